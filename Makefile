@@ -1,0 +1,62 @@
+# moorage: `make run` starts the whole suite, `make test` runs every test.
+# Both install what is missing first (Debian packages, the virtualenv).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := .build
+APT_PACKAGES := python3-venv python3-dev gcc make git runc crun containerd golang-go \
+	golang-github-containerd-ttrpc-dev containernetworking-plugins docker-registry skopeo \
+	umoci busybox-static iproute2 iptables apache2-utils openssl zstd procps util-linux systemd
+GOPEER := $(STAMP)/ttrpc-gopeer
+
+.PHONY: run test bench protos check-protos deps venv gopeer typecheck clean
+
+run: deps venv
+	$(VENV)/bin/moorage up
+
+test: deps venv gopeer
+	$(MAKE) check-protos
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -q
+
+bench: deps venv gopeer
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+deps: $(STAMP)/deps
+$(STAMP)/deps:
+	@mkdir -p $(STAMP)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; rc=$$?; \
+	  rm -f /usr/sbin/policy-rc.d; [ $$rc -eq 0 ] || exit $$rc; \
+	fi
+	@# moorage never runs the containerd daemon: only its runc shim is used.
+	@if [ -d /run/systemd/system ]; then systemctl disable --now containerd.service >/dev/null 2>&1 || true; fi
+	@touch $@
+
+venv: $(STAMP)/venv
+$(STAMP)/venv: pyproject.toml setup.py
+	@mkdir -p $(STAMP)
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+gopeer: $(GOPEER)
+$(GOPEER): tests/interop/gopeer/main.go
+	@mkdir -p $(STAMP)
+	cd tests/interop/gopeer && GOPATH=/usr/share/gocode GO111MODULE=off GOFLAGS=-mod=mod GOCACHE=$(CURDIR)/$(STAMP)/gocache \
+	  go build -o $(CURDIR)/$(GOPEER) .
+
+protos: venv
+	$(PY) -m moorage.api.build
+
+check-protos: venv
+	$(PY) -m moorage.api.build --check
+
+clean:
+	rm -rf $(STAMP)
