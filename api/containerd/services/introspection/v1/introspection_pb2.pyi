@@ -4,7 +4,6 @@ from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from moorage.api.google.rpc import status_pb2 as _status_pb2
-from moorage.api.containerd.types import introspection_pb2 as _introspection_pb2
 from moorage.api.containerd.types import platform_pb2 as _platform_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
