@@ -1,0 +1,62 @@
+"""``moor services``: every service the proxy routes or serves, its process, replicas,
+health and the round-trip time the proxy measured to it just now.
+
+Data comes from containerd.services.introspection.v1 Plugins: one Plugin per service, type
+``io.moorage.service.v1``, id = the ttrpc service name, exports ``process``, ``replicas``,
+``healthy`` and ``rtt_us`` (see moorage.proxy.introspection). The first row is the proxy
+itself, with moor's own round trip to it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from moorage.cli.context import EXIT, CliContext
+
+SERVICE = "containerd.services.introspection.v1.Introspection"
+PLUGIN_TYPE = "io.moorage.service.v1"
+
+
+def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
+    from moorage.api.containerd.services.introspection.v1 import introspection_pb2 as pb
+
+    client = ctx.connect()
+    start = time.perf_counter()
+    resp = client.unary(SERVICE, "Plugins", pb.PluginsRequest(filters=[f"type=={PLUGIN_TYPE}"]),
+                        pb.PluginsResponse, timeout=ctx.timeout, metadata=ctx.metadata())
+    total_us = (time.perf_counter() - start) * 1e6
+    assert isinstance(resp, pb.PluginsResponse)
+    rows = []
+    for p in resp.plugins:
+        if p.type != PLUGIN_TYPE:
+            continue
+        ex = dict(p.exports)
+        replicas = int(ex.get("replicas", "0"))
+        healthy = int(ex.get("healthy", "0"))
+        rtt = ex.get("rtt_us", "")
+        rows.append({
+            "service": p.id,
+            "process": ex.get("process", ""),
+            "replicas": replicas,
+            "healthy": healthy,
+            "health": "ok" if healthy == replicas and replicas else ("down" if healthy == 0 else "degraded"),
+            "rtt_us": float(rtt) if rtt else None,
+            "error": p.init_err.message if p.HasField("init_err") else "",
+        })
+    if ctx.json:
+        ctx.emit_json({"address": ctx.address, "call_us": round(total_us, 1), "services": rows})
+    else:
+        ctx.table(
+            ["service", "process", "replicas", "health", "rtt"],
+            [
+                (r["service"], r["process"], f"{r['healthy']}/{r['replicas']}",
+                 r["health"] + (f" ({r['error']})" if r["error"] else ""),
+                 "-" if r["rtt_us"] is None else _fmt_us(float(r["rtt_us"])))
+                for r in rows
+            ],
+        )
+    return EXIT["ok"] if all(r["health"] == "ok" for r in rows) else EXIT["unavailable"]
+
+
+def _fmt_us(us: float) -> str:
+    return f"{us:.0f}µs" if us < 10_000 else f"{us / 1000:.1f}ms"

@@ -1,0 +1,60 @@
+"""Namespaces on the wire and in the running call.
+
+Every durable record in the suite is keyed by a namespace. A call carries it in ttrpc
+metadata ``containerd-namespace-ttrpc``; the runner copies it into :data:`current_namespace`
+for the handler, so servicers and stores call :func:`namespace` instead of passing it around.
+
+Names follow containerd's identifier rules: runs of ``[A-Za-z0-9]`` joined by single ``.``,
+``_`` or ``-``, 1 to 76 characters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
+
+from moorage.errdefs import FailedPrecondition, InvalidArgument
+
+NAMESPACE_KEY = "containerd-namespace-ttrpc"
+GRPC_NAMESPACE_KEY = "containerd-namespace"
+DEFAULT = "default"
+MAX_LENGTH = 76
+
+_IDENTIFIER = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
+
+current_namespace: ContextVar[str | None] = ContextVar("moorage_namespace", default=None)
+
+
+def namespace() -> str:
+    """The namespace of the running call; FailedPrecondition when the caller sent none."""
+    ns = current_namespace.get()
+    if not ns:
+        raise FailedPrecondition("namespace is required")
+    return ns
+
+
+def validate_namespace(name: str) -> str:
+    """Return ``name`` if it is a valid identifier, else raise InvalidArgument."""
+    if not name:
+        raise InvalidArgument("namespace: identifier must not be empty")
+    if len(name) > MAX_LENGTH:
+        raise InvalidArgument(f"namespace: identifier {name[:MAX_LENGTH]!r}... greater than maximum length ({MAX_LENGTH} characters)")
+    if not _IDENTIFIER.fullmatch(name):
+        raise InvalidArgument(f"namespace: identifier {name!r} must match {_IDENTIFIER.pattern}")
+    return name
+
+
+def from_metadata(metadata: Mapping[str, Sequence[str] | str]) -> str | None:
+    """The namespace a call's metadata names (first value), or None."""
+    values = metadata.get(NAMESPACE_KEY)
+    if not values:
+        return None
+    if isinstance(values, str):
+        return values
+    return values[0]
+
+
+def metadata(name: str) -> dict[str, str]:
+    """Metadata that carries ``name`` on an outgoing call."""
+    return {NAMESPACE_KEY: name}
