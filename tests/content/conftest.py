@@ -1,0 +1,109 @@
+"""Fixtures for the content tests: one ``store`` per implementation of the contract.
+
+``store`` is parametrized over the local store, the ttrpc client against the service over a
+real unix socket, and the client through the proxy of a real suite (tests/suite.py). The
+conformance suite (test_conformance.py) runs unchanged against each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moorage.namespaces import current_namespace
+
+NS = "conformance"
+OTHER = "conformance-other"
+
+
+@contextlib.contextmanager
+def using(ns: str | None) -> Iterator[None]:
+    token = current_namespace.set(ns)
+    try:
+        yield
+    finally:
+        current_namespace.reset(token)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "content"
+
+
+@pytest.fixture(autouse=True)
+def _namespace() -> Iterator[None]:
+    with using(NS):
+        yield
+
+
+async def _local(root: Path) -> AsyncIterator[Any]:
+    from moorage.services.content.store import LocalStore
+
+    store = LocalStore(str(root))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+async def _socket(root: Path) -> AsyncIterator[Any]:
+    pytest.importorskip("ttrpc.server")
+    pytest.importorskip("moorage.api.containerd.services.content.v1.content_ttrpc")
+    from ttrpc.server import Server
+
+    from moorage.events import NullPublisher
+    from moorage.rpc import connect, status_of
+    from moorage.services.content.api import ContentService
+    from moorage.services.content.client import ContentClient
+    from moorage.services.content.store import LocalStore
+
+    store = LocalStore(str(root))
+    server = Server(status_of=status_of)
+    server.register(ContentService(store, NullPublisher()))
+    # a short path: unix socket paths are limited to 108 bytes
+    sockdir = tempfile.mkdtemp(prefix="moor-c-")
+    os.chmod(sockdir, 0o700)
+    sock = os.path.join(sockdir, "content.sock")
+    await server.listen_unix(sock)
+    client = await connect(sock)
+    try:
+        yield ContentClient(client)
+    finally:
+        await client.close()
+        await server.shutdown(1.0)
+        store.close()
+        os.unlink(sock) if os.path.exists(sock) else None
+        os.rmdir(sockdir)
+
+
+async def _proxy(root: Path) -> AsyncIterator[Any]:
+    suite = pytest.importorskip("tests.suite")
+    from moorage.rpc import connect
+    from moorage.services.content.client import ContentClient
+
+    async with suite.running(["content"]) as s:
+        client = await connect(s.address)
+        try:
+            yield ContentClient(client)
+        finally:
+            await client.close()
+
+
+_KINDS = {"local": _local, "socket": _socket, "proxy": _proxy}
+
+
+@pytest.fixture(params=sorted(_KINDS))
+async def store(request: pytest.FixtureRequest, root: Path) -> AsyncIterator[Any]:
+    gen = _KINDS[request.param](root)
+    value = await gen.__anext__()
+    try:
+        yield value
+    finally:
+        with contextlib.suppress(StopAsyncIteration):
+            await gen.__anext__()
