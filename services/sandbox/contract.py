@@ -1,0 +1,343 @@
+"""The sandbox contracts: the metadata Store, the Controller, and their plain types.
+
+Two APIs, as containerd's ``core/sandbox``:
+
+- :class:`Store` keeps sandbox *metadata* records (``containerd.types.Sandbox``): id,
+  runtime, spec, labels, extensions, sandboxer. Records are keyed by namespace (the
+  running call's, :func:`moorage.namespaces.namespace`). No side effects beyond the record.
+- :class:`Controller` manages sandbox *instances* for one sandboxer. Lifecycle::
+
+      create ─► start ─► (ready) ─► stop ─► (not ready, exited) ─► shutdown (gone)
+        │                                      ▲
+        └──── failure: not ready, cleanup pending ─┘  (stop/shutdown retry the cleanup)
+
+  ``create`` prepares (the pod sandboxer: a network namespace, CNI ADD, hostname and
+  resolv.conf files); ``start`` makes it ready; ``stop`` releases the network (CNI DEL,
+  namespace removed) and makes ``wait`` return; ``shutdown`` stops if needed and deletes
+  the instance. ``stop`` and ``shutdown`` are idempotent and retry a teardown that failed
+  before; an instance whose teardown failed stays NotReady with its namespace path
+  recorded until a retry succeeds.
+
+How the runtime service joins a container to a pod sandbox: ``Controller.status(id)`` (and
+the Store record's extension :data:`NETWORK_EXTENSION`) give the namespace path and the
+prepared files; see :class:`Network`. Keys of ``ControllerStatus.info``: ``netns_path``,
+``ips`` (comma separated), ``hostname``, ``hostname_path``, ``hosts_path``,
+``resolv_conf_path``, ``error`` (the last teardown failure, if any).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+NETWORK_EXTENSION = "io.moorage.sandbox.network"
+"""Store-record extension the pod sandboxer writes after create: an Any whose type_url is
+:data:`NETWORK_TYPE` and whose value is :meth:`Network.to_json` (JSON, as containerd's
+typeurl marshals non-protobuf types)."""
+NETWORK_TYPE = "moorage.sandbox.v1.Network"
+POD_CONFIG_TYPE = "moorage.sandbox.v1.PodConfig"
+"""type_url of ``Controller.Create`` options for the pod sandboxer (JSON of PodConfig)."""
+
+READY = "SANDBOX_READY"
+NOT_READY = "SANDBOX_NOTREADY"
+
+
+@dataclass(frozen=True)
+class AnyValue:
+    """A protobuf Any kept opaque: type_url and the encoded value."""
+
+    type_url: str
+    value: bytes = b""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    options: AnyValue | None = None
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """A metadata record, as ``containerd.types.Sandbox``. Times are ns since the epoch."""
+
+    id: str
+    runtime: Runtime
+    sandboxer: str = ""
+    spec: AnyValue | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    extensions: Mapping[str, AnyValue] = field(default_factory=dict)
+    created_at: int = 0
+    updated_at: int = 0
+
+
+class Store(Protocol):
+    """Sandbox metadata, per namespace.
+
+    create: AlreadyExists for a taken id, InvalidArgument for a bad id or empty runtime name;
+    sets created_at/updated_at. update: ``fieldpaths`` empty = replace labels, extensions,
+    spec, runtime and sandboxer; else each of ``labels``, ``labels.K``, ``extensions``,
+    ``extensions.K``, ``spec``, ``runtime``, ``sandboxer``; NotFound when absent. list:
+    containerd filters over ``id``, ``runtime.name``, ``sandboxer``, ``labels.K``.
+    """
+
+    async def create(self, sandbox: Sandbox) -> Sandbox: ...
+    async def update(self, sandbox: Sandbox, fieldpaths: Sequence[str] = ()) -> Sandbox: ...
+    async def get(self, sandbox_id: str) -> Sandbox: ...
+    async def list(self, filters: Sequence[str] = ()) -> list[Sandbox]: ...
+    async def delete(self, sandbox_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """A host port forwarded to a port in the sandbox (CNI portmap ``portMappings``)."""
+
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+    host_ip: str = ""
+
+    def to_cni(self) -> dict[str, Any]:
+        return {"hostPort": self.host_port, "containerPort": self.container_port, "protocol": self.protocol, "hostIP": self.host_ip}
+
+    @classmethod
+    def parse(cls, text: str) -> PortMapping:
+        """``[IP:]HOST:CTR[/PROTO]`` as docker/nerdctl ``-p``; ValueError when malformed."""
+        spec, _, proto = text.partition("/")
+        parts = spec.rsplit(":", 2)
+        if len(parts) == 2:
+            ip, host, ctr = "", parts[0], parts[1]
+        elif len(parts) == 3:
+            ip, host, ctr = parts
+        else:
+            raise ValueError(f"port mapping {text!r}: want [IP:]HOST:CTR[/PROTO]")
+        mapping = cls(int(host), int(ctr), (proto or "tcp").lower(), ip)
+        mapping.validate()
+        return mapping
+
+    def validate(self) -> None:
+        for port in (self.host_port, self.container_port):
+            if not 0 < port < 65536:
+                raise ValueError(f"port {port} out of range")
+        if self.protocol not in ("tcp", "udp", "sctp"):
+            raise ValueError(f"protocol {self.protocol!r}: want tcp, udp or sctp")
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    servers: tuple[str, ...] = ()
+    searches: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PodConfig:
+    """Options of a pod sandbox (``Controller.Create`` options, type :data:`POD_CONFIG_TYPE`).
+
+    ``host_network``: no namespace, no CNI (containers share the host's network).
+    ``dns`` None: a copy of the host's resolv.conf. ``hostname`` empty: the sandbox id
+    (truncated to 63 characters).
+    """
+
+    hostname: str = ""
+    dns: DNSConfig | None = None
+    port_mappings: tuple[PortMapping, ...] = ()
+    host_network: bool = False
+    cni_args: tuple[tuple[str, str], ...] = ()
+
+    def to_json(self) -> bytes:
+        doc: dict[str, Any] = {
+            "hostname": self.hostname,
+            "port_mappings": [m.to_cni() for m in self.port_mappings],
+            "host_network": self.host_network,
+            "cni_args": [list(a) for a in self.cni_args],
+        }
+        if self.dns is not None:
+            doc["dns"] = {"servers": list(self.dns.servers), "searches": list(self.dns.searches), "options": list(self.dns.options)}
+        return json.dumps(doc, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> PodConfig:
+        """Parse; ValueError (or KeyError/TypeError) on a malformed document."""
+        doc = json.loads(data or "{}")
+        if not isinstance(doc, dict):
+            raise ValueError("pod config: not a JSON object")
+        dns = doc.get("dns")
+        mappings = tuple(
+            PortMapping(int(m["hostPort"]), int(m["containerPort"]), str(m.get("protocol") or "tcp").lower(), str(m.get("hostIP") or ""))
+            for m in doc.get("port_mappings") or ()
+        )
+        for m in mappings:
+            m.validate()
+        return cls(
+            hostname=str(doc.get("hostname") or ""),
+            dns=None
+            if dns is None
+            else DNSConfig(tuple(map(str, dns.get("servers") or ())), tuple(map(str, dns.get("searches") or ())), tuple(map(str, dns.get("options") or ()))),
+            port_mappings=mappings,
+            host_network=bool(doc.get("host_network", False)),
+            cni_args=tuple((str(k), str(v)) for k, v in doc.get("cni_args") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class Network:
+    """What a container joining the sandbox needs (the pod sandboxer's view)."""
+
+    netns_path: str = ""
+    ips: tuple[str, ...] = ()
+    hostname: str = ""
+    hostname_path: str = ""
+    hosts_path: str = ""
+    resolv_conf_path: str = ""
+    port_mappings: tuple[PortMapping, ...] = ()
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "netns_path": self.netns_path,
+                "ips": list(self.ips),
+                "hostname": self.hostname,
+                "hostname_path": self.hostname_path,
+                "hosts_path": self.hosts_path,
+                "resolv_conf_path": self.resolv_conf_path,
+                "port_mappings": [m.to_cni() for m in self.port_mappings],
+            },
+            sort_keys=True,
+        ).encode()
+
+
+@dataclass(frozen=True)
+class CreateOptions:
+    """``Controller.Create`` arguments beside the id (as ControllerCreateRequest)."""
+
+    rootfs: Sequence[Mapping[str, Any]] = ()
+    options: AnyValue | None = None
+    netns_path: str = ""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    sandbox: Sandbox | None = None
+
+
+@dataclass(frozen=True)
+class ControllerInstance:
+    """Start's answer (``address``/``version``: the shim endpoint when there is one)."""
+
+    sandbox_id: str
+    pid: int = 0
+    created_at: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    address: str = ""
+    version: int = 0
+    spec: AnyValue | None = None
+
+
+@dataclass(frozen=True)
+class ControllerStatus:
+    sandbox_id: str
+    state: str
+    pid: int = 0
+    info: Mapping[str, str] = field(default_factory=dict)
+    created_at: int = 0
+    exited_at: int = 0
+    extra: AnyValue | None = None
+    address: str = ""
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    exit_status: int
+    exited_at: int
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str = ""
+
+
+class Controller(Protocol):
+    """One sandboxer's instances, per namespace (see the module docstring for lifecycle).
+
+    NotFound for an unknown id (except stop/shutdown of an id that has no instance: stop ->
+    NotFound, shutdown -> NotFound). ``create`` of an existing instance: AlreadyExists.
+    ``timeout_secs`` 0 on stop means no limit of the caller's own.
+    """
+
+    async def create(self, sandbox_id: str, opts: CreateOptions) -> None: ...
+    async def start(self, sandbox_id: str) -> ControllerInstance: ...
+    async def platform(self, sandbox_id: str) -> Platform: ...
+    async def stop(self, sandbox_id: str, timeout_secs: int = 0) -> None: ...
+    async def wait(self, sandbox_id: str) -> ExitStatus: ...
+    async def status(self, sandbox_id: str, verbose: bool = False) -> ControllerStatus: ...
+    async def shutdown(self, sandbox_id: str) -> None: ...
+    async def metrics(self, sandbox_id: str) -> AnyValue | None: ...
+
+
+class Controllers(Protocol):
+    """Controllers by sandboxer name: InvalidArgument for an empty name, NotFound for an unknown."""
+
+    def get(self, sandboxer: str) -> Controller: ...
+
+
+class PodHooks(Protocol):
+    """Pod lifecycle hook point (NRI RunPodSandbox/StopPodSandbox/RemovePodSandbox later).
+
+    ``run`` is called once the network is up, before the sandbox is reported ready; raising
+    fails create (and the network is torn down). ``stop``/``remove`` are best effort: their
+    errors are logged, never block teardown.
+    """
+
+    async def run(self, sandbox_id: str, network: Network) -> None: ...
+    async def stop(self, sandbox_id: str) -> None: ...
+    async def remove(self, sandbox_id: str) -> None: ...
+
+
+class NoHooks:
+    async def run(self, sandbox_id: str, network: Network) -> None:
+        return None
+
+    async def stop(self, sandbox_id: str) -> None:
+        return None
+
+    async def remove(self, sandbox_id: str) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class SandboxEvent:
+    """``/sandboxes/create`` and ``/sandboxes/start`` carry the id; ``/sandboxes/exit`` also
+    the exit status and time (ns)."""
+
+    topic: str
+    sandbox_id: str
+    exit_status: int = 0
+    exited_at: int = 0
+
+
+class EventSink(Protocol):
+    """Where sandbox events go (the events Publisher through process.py, or a test list).
+    Publishing is best effort: a sink must not raise."""
+
+    async def publish(self, event: SandboxEvent) -> None: ...
+
+
+class NullSink:
+    async def publish(self, event: SandboxEvent) -> None:
+        return None
+
+
+request_deadline: ContextVar[float | None] = ContextVar("sandbox_request_deadline", default=None)
+"""The running call's deadline (event-loop time), set by the API adapter; setup steps are
+bounded by it as well as by their own timeouts, teardown never is."""
+
+
+class State(str, enum.Enum):
+    CREATED = "created"
+    READY = "ready"
+    STOPPED = "stopped"
+    FAILED = "failed"
