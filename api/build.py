@@ -84,12 +84,14 @@ def run_protoc(out_dir: Path, api_dir: Path, protos: list[Path], with_ttrpc: boo
         if with_ttrpc:
             wrapper = _write_plugin_wrapper(Path(tools))
             args += [f"--plugin=protoc-gen-ttrpc={wrapper}", f"--ttrpc_out={out_dir}"]
-        args += [str(p) for p in protos]
+        args += [str(api_dir / p) for p in protos]
         env = dict(os.environ)
         # the plugin must import ttrpc even when the project is not installed
         repo = str(api_dir.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
-        done = subprocess.run(args, cwd=api_dir, env=env, capture_output=True, text=True)
+        # not cwd=api_dir: `python -m` would put it first on sys.path, where api/google
+        # shadows the protobuf runtime for the plugin
+        done = subprocess.run(args, cwd=tools, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"protoc failed ({done.returncode}):\n{done.stderr}")
 
