@@ -1,0 +1,208 @@
+"""Task stdio the runtime owns: fifos in the bundle copied into one log file per container.
+
+Fifos `<bundle>/io/stdout` and `io/stderr` are created and opened for reading (non-blocking)
+before the shim is asked to create the task, as containerd's cio does: the shim opens them
+write-only and would block (or fail) without a reader. Until the shim has opened its end, a
+placeholder writer keeps the reader from seeing EOF; `attached()` drops it. EOF then means
+the shim closed its end (the process's output is complete).
+
+Log lines use the CRI format `<RFC3339Nano> <stdout|stderr> <F|P> <text>` so `moor logs`
+can split and interleave the two streams; P marks a partial line (no newline yet, or a line
+cut at MAX_LINE). After a runtime restart, `reopen` attaches to the same fifos again; what
+the shim wrote meanwhile waits in the pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+MAX_LINE = 16 * 1024
+
+
+def timestamp(ns: int | None = None) -> str:
+    ns = time.time_ns() if ns is None else ns
+    secs, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+
+
+def parse_line(line: bytes) -> tuple[str, str, bool, bytes] | None:
+    """(timestamp, stream, complete, text) of one log line, or None if malformed."""
+    parts = line.rstrip(b"\n").split(b" ", 3)
+    if len(parts) < 3:
+        return None
+    text = parts[3] if len(parts) == 4 else b""
+    return parts[0].decode(), parts[1].decode(), parts[2] == b"F", text
+
+
+def read_log(path: Path, offset: int = 0) -> tuple[list[tuple[str, bytes]], int]:
+    """Complete log lines from `offset`: [(stream, bytes to write)], the new offset."""
+    out: list[tuple[str, bytes]] = []
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return out, offset
+    end = data.rfind(b"\n")
+    if end < 0:
+        return out, offset
+    for raw in data[: end + 1].splitlines():
+        p = parse_line(raw)
+        if p is None:
+            continue
+        _, stream, complete, text = p
+        out.append((stream, text + (b"\n" if complete else b"")))
+    return out, offset + end + 1
+
+
+class _Stream:
+    def __init__(self, name: str, path: Path, sink: LogFile) -> None:
+        self.name = name
+        self.path = path
+        self.sink = sink
+        self.fd = -1
+        self.placeholder = -1
+        self.pending = b""
+        self.done = asyncio.get_running_loop().create_future()
+
+    def open(self, placeholder: bool) -> None:
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if placeholder:
+            self.placeholder = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        asyncio.get_running_loop().add_reader(self.fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            chunk = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._finish()
+            return
+        self.pending += chunk
+        lines = self.pending.split(b"\n")
+        self.pending = lines.pop()
+        for line in lines:
+            self.sink.write(self.name, line, True)
+        while len(self.pending) >= MAX_LINE:
+            self.sink.write(self.name, self.pending[:MAX_LINE], False)
+            self.pending = self.pending[MAX_LINE:]
+
+    def _finish(self) -> None:
+        if self.pending:
+            self.sink.write(self.name, self.pending, True)
+            self.pending = b""
+        self.close()
+
+    def drop_placeholder(self) -> None:
+        if self.placeholder >= 0:
+            os.close(self.placeholder)
+            self.placeholder = -1
+
+    def close(self) -> None:
+        self.drop_placeholder()
+        if self.fd >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+class LogFile:
+    """One container's log file, appended to by its stream copiers."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def write(self, stream: str, text: bytes, complete: bool) -> None:
+        line = b"%s %s %s %s\n" % (timestamp().encode(), stream.encode(),
+                                   b"F" if complete else b"P", text)
+        os.write(self.fd, line)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class LoggedIO:
+    """stdout and stderr fifos of one task, copied into its log file."""
+
+    def __init__(self, io_dir: Path, log_path: Path) -> None:
+        self.io_dir = io_dir
+        self.log = LogFile(log_path)
+        self.streams = [_Stream(n, io_dir / n, self.log) for n in ("stdout", "stderr")]
+
+    @property
+    def stdout(self) -> str:
+        return str(self.io_dir / "stdout")
+
+    @property
+    def stderr(self) -> str:
+        return str(self.io_dir / "stderr")
+
+    @classmethod
+    def create(cls, io_dir: Path, log_path: Path) -> LoggedIO:
+        io_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for n in ("stdout", "stderr"):
+            with contextlib.suppress(FileExistsError):
+                os.mkfifo(io_dir / n, 0o600)
+        lio = cls(io_dir, log_path)
+        try:
+            for s in lio.streams:
+                s.open(placeholder=True)
+        except BaseException:
+            lio.close()
+            raise
+        return lio
+
+    @classmethod
+    def reopen(cls, io_dir: Path, log_path: Path) -> LoggedIO | None:
+        """Attach again after a restart (None when the fifos are gone)."""
+        if not all((io_dir / n).exists() for n in ("stdout", "stderr")):
+            return None
+        lio = cls(io_dir, log_path)
+        try:
+            for s in lio.streams:
+                s.open(placeholder=False)
+        except OSError:
+            lio.close()
+            return None
+        return lio
+
+    def attached(self) -> None:
+        """The shim has opened its ends: EOF from now on means the output is complete."""
+        for s in self.streams:
+            s.drop_placeholder()
+
+    async def wait(self, timeout: float) -> None:
+        """Until both streams reached EOF (or `timeout`), then close."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(s.done for s in self.streams)), timeout)
+        self.close()
+
+    def close(self) -> None:
+        for s in self.streams:
+            s.close()
+        self.log.close()
+
+
+def fifo_set(directory: Path, id: str, stdin: bool, stdout: bool = True,
+             stderr: bool = True) -> Iterator[Path]:
+    """Create `<dir>/<id>-stdin|stdout|stderr` fifos (containerd's cio naming)."""
+    for name, want in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
+        if want:
+            p = directory / f"{id}-{name}"
+            os.mkfifo(p, 0o600)
+            yield p

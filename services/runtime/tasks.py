@@ -1,0 +1,641 @@
+"""The task manager: tasks.v1 on runtime v2 shims (implements contract.TaskService).
+
+One `Task` per container with a task: its bundle, its shim connection (shared by grouped
+containers), the stdio the runtime logs, and a waiter that holds a shim Wait call open.
+The waiter is how the runtime learns two things without polling: the init process exited
+(Wait returns), or the shim died (the connection drops while we were not deleting). A dead
+shim is cleaned up as containerd does (`delete` subcommand, then `/tasks/exit` and
+`/tasks/delete` published once, bundle and record removed).
+
+Everything else about a task's state is asked from its shim. `recover()` runs at start:
+every shim record is reconnected; a shim that is gone is cleaned up as dead; a shim whose
+task was never created (the runtime died between `start` and Create) is reaped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal as _signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from google.protobuf import any_pb2, empty_pb2
+from google.protobuf.message import Message
+
+from moorage.api.containerd.events import task_pb2 as events_pb2
+from moorage.api.containerd.runtime.task.v2 import shim_pb2
+from moorage.api.containerd.types import mount_pb2
+from moorage.api.containerd.types.runc.options import oci_pb2
+from moorage.errdefs import (
+    AlreadyExists,
+    Error,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from moorage.namespaces import current_namespace, metadata as ns_metadata, namespace
+
+from .bundle import Bundle, Bundles
+from .cio import LoggedIO
+from .containers import SqliteContainerStore, validate_id
+from .contract import (
+    AnyValue,
+    CreateTask,
+    ExitInfo,
+    Mount,
+    ProcessState,
+    Status,
+    StdIO,
+)
+from .shim import ShimFlags, ShimRecord, ShimRecords, binary_for, group_of, run_delete, run_start
+from .spec import PROCESS_TYPE_URL, SPEC_TYPE_URL
+
+if TYPE_CHECKING:
+    from ttrpc.client import Client
+
+    from moorage.events import EventPublisher
+
+SHIM_SERVICE = "containerd.task.v2.Task"
+RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
+LOG_LABEL = "moorage/logging"
+LOG_PATH_LABEL = "moorage/log-path"
+CALL_TIMEOUT = 30.0
+IO_DRAIN_TIMEOUT = 2.0
+
+M = TypeVar("M", bound=Message)
+
+
+def _ts(ns: int) -> Any:
+    from google.protobuf import timestamp_pb2
+
+    t = timestamp_pb2.Timestamp()
+    t.seconds, t.nanos = divmod(ns, 1_000_000_000)
+    return t
+
+
+def _ns(ts: Any) -> int:
+    return int(ts.seconds) * 1_000_000_000 + int(ts.nanos)
+
+
+def _any(v: AnyValue | None) -> any_pb2.Any | None:
+    return None if v is None else any_pb2.Any(type_url=v.type_url, value=v.value)
+
+
+class ShimConn:
+    """One ttrpc connection to one shim; several tasks when grouped."""
+
+    def __init__(self, address: str, client: Client) -> None:
+        self.address = address
+        self.client = client
+        self.tasks: set[tuple[str, str]] = set()
+
+    async def call(self, method: str, req: Message, resp: type[M],
+                   timeout: float | None = CALL_TIMEOUT) -> M:
+        out: M = await self.client.unary(SHIM_SERVICE, method, req, resp, timeout=timeout)
+        return out
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.close()
+
+
+@dataclass
+class Task:
+    namespace: str
+    id: str
+    bundle: Bundle
+    shim: ShimConn
+    record: ShimRecord
+    pid: int = 0
+    io: LoggedIO | None = None
+    stdio: StdIO = StdIO()
+    log_fd: int = -1
+    waiter: asyncio.Task[None] | None = None
+    exited: asyncio.Future[ExitInfo] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+    deleting: bool = False
+    gone: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class TaskManager:
+    """contract.TaskService on shims. The namespace of every call is the context's."""
+
+    def __init__(
+        self,
+        containers: SqliteContainerStore,
+        bundles: Bundles,
+        records: ShimRecords,
+        flags: ShimFlags,
+        publisher: EventPublisher,
+        logger: logging.Logger,
+        *,
+        runc_root: Path,
+        log_dir: Path,
+        connect: Callable[[str], Any],
+        proxy: Callable[[], Any] | None = None,
+        shim_search_path: str | None = None,
+    ) -> None:
+        self.containers = containers
+        self.bundles = bundles
+        self.records = records
+        self.flags = flags
+        self.publisher = publisher
+        self.log = logger
+        self.runc_root = runc_root
+        self.log_dir = log_dir
+        self._connect = connect
+        self._proxy = proxy
+        self._search = shim_search_path
+        self.tasks: dict[tuple[str, str], Task] = {}
+        self.shims: dict[str, ShimConn] = {}
+        self._creating: set[tuple[str, str]] = set()
+        self._closing = False
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _task(self, id: str) -> Task:
+        t = self.tasks.get((namespace(), id))
+        if t is None or t.gone:
+            raise NotFound(f"no running task found: task {id} not found")
+        return t
+
+    def log_path(self, ns: str, id: str) -> Path:
+        validate_id(id)
+        return self.log_dir / ns / f"{id}.log"
+
+    async def _shim_conn(self, address: str) -> ShimConn:
+        conn = self.shims.get(address)
+        if conn is not None and not getattr(conn.client, "closed", False):
+            return conn
+        client = await self._connect(address)
+        conn = ShimConn(address, client)
+        self.shims[address] = conn
+        return conn
+
+    async def _release(self, task: Task) -> None:
+        conn = task.shim
+        conn.tasks.discard((task.namespace, task.id))
+        if not conn.tasks and self.shims.get(conn.address) is conn:
+            del self.shims[conn.address]
+            await conn.close()
+
+    def _watch_log(self, task: Task) -> None:
+        try:
+            fd = task.bundle.open_log()
+        except OSError:
+            return
+        task.log_fd = fd
+        logger = self.log.getChild("shim")
+        name = f"{task.namespace}/{task.id}"
+
+        def readable() -> None:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                return
+            for line in data.decode("utf-8", "replace").splitlines():
+                logger.debug("shim %s: %s", name, line)
+
+        asyncio.get_running_loop().add_reader(fd, readable)
+
+    def _unwatch_log(self, task: Task) -> None:
+        if task.log_fd >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(task.log_fd)
+            os.close(task.log_fd)
+            task.log_fd = -1
+
+    def _task_options(self, runtime: str, options: AnyValue | None) -> any_pb2.Any | None:
+        """Runtime options for Create/start: runc's get our state root unless they set one."""
+        is_runc = runtime.startswith("io.containerd.runc.") or "runc" in os.path.basename(runtime)
+        if options is None:
+            if not is_runc:
+                return None
+            opts = oci_pb2.Options(root=str(self.runc_root))
+            return any_pb2.Any(type_url=RUNC_OPTIONS_URL, value=opts.SerializeToString())
+        if options.type_url.rsplit("/", 1)[-1] == RUNC_OPTIONS_URL:
+            opts = oci_pb2.Options()
+            try:
+                opts.ParseFromString(options.value)
+            except Exception:
+                raise InvalidArgument("runtime options: not a containerd.runc.v1.Options") from None
+            if not opts.root:
+                opts.root = str(self.runc_root)
+            return any_pb2.Any(type_url=RUNC_OPTIONS_URL, value=opts.SerializeToString())
+        return any_pb2.Any(type_url=options.type_url, value=options.value)
+
+    async def _snapshot_mounts(self, snapshotter: str, key: str) -> list[Mount]:
+        if self._proxy is None:
+            raise FailedPrecondition("no rootfs given and no snapshots service to ask")
+        from moorage.api.containerd.services.snapshots.v1 import snapshots_pb2
+
+        client = await self._proxy()
+        resp = await client.unary(
+            "containerd.services.snapshots.v1.Snapshots", "Mounts",
+            snapshots_pb2.MountsRequest(snapshotter=snapshotter, key=key),
+            snapshots_pb2.MountsResponse, timeout=CALL_TIMEOUT,
+            metadata=ns_metadata(namespace()))
+        return [Mount(m.type, m.source, m.target, tuple(m.options)) for m in resp.mounts]
+
+    async def _publish(self, topic: str, event: Message, ns: str) -> None:
+        try:
+            await self.publisher.publish(topic, event, namespace=ns)
+        except Exception as exc:  # events are not durable; never fail the operation
+            self.log.warning("publish %s: %s", topic, exc)
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def create(self, req: CreateTask) -> ProcessState:
+        ns = namespace()
+        key = (ns, req.container_id)
+        if key in self.tasks or key in self._creating:
+            raise AlreadyExists(f"task {req.container_id}: already exists")
+        self._creating.add(key)
+        try:
+            return await self._create(ns, req)
+        finally:
+            self._creating.discard(key)
+
+    async def _create(self, ns: str, req: CreateTask) -> ProcessState:
+        c = await self.containers.get(req.container_id)
+        binary = req.runtime_path or binary_for(c.runtime.name, self._search)
+        if c.spec is None or not c.spec.value:
+            raise FailedPrecondition(f"container {c.id} has no spec")
+        if c.spec.type_url.lstrip("/").split("/", 1)[-1] != SPEC_TYPE_URL.split("/", 1)[-1] \
+                and c.spec.type_url != SPEC_TYPE_URL:
+            raise InvalidArgument(f"container {c.id}: spec type {c.spec.type_url!r} is not an OCI spec")
+        try:
+            spec = json.loads(c.spec.value)
+        except ValueError:
+            raise InvalidArgument(f"container {c.id}: spec is not valid JSON") from None
+        rootfs = list(req.rootfs)
+        if not rootfs and c.snapshot_key:
+            rootfs = await self._snapshot_mounts(c.snapshotter or "overlayfs", c.snapshot_key)
+        options = self._task_options(c.runtime.name, req.options or c.runtime.options)
+        stdio = req.stdio
+        logged = c.labels.get(LOG_LABEL) == "file" and not stdio.terminal
+        bundle = self.bundles.create(ns, c.id, c.spec.value, binary)
+        record = ShimRecord(ns, c.id, c.runtime.name, binary, str(bundle.path), logged=logged)
+        task: Task | None = None
+        lio: LoggedIO | None = None
+        conn: ShimConn | None = None
+        try:
+            self.records.put(record)
+            task = Task(ns, c.id, bundle, ShimConn("", None), record)  # type: ignore[arg-type]
+            self._watch_log(task)
+            if logged:
+                lio = LoggedIO.create(bundle.io_dir, self.log_path(ns, c.id))
+                stdio = StdIO(stdio.stdin, stdio.stdout or lio.stdout,
+                              stdio.stderr or lio.stderr, stdio.terminal)
+            address = await run_start(self.flags, binary, ns, c.id, bundle.path,
+                                      options.SerializeToString() if options else b"")
+            record.address = address
+            self.records.put(record)
+            conn = await self._shim_conn(address)
+            conn.tasks.add((ns, c.id))
+            task.shim = conn
+            creq = shim_pb2.CreateTaskRequest(
+                id=c.id, bundle=str(bundle.path), terminal=stdio.terminal, stdin=stdio.stdin,
+                stdout=stdio.stdout, stderr=stdio.stderr,
+                rootfs=[mount_pb2.Mount(type=m.type, source=m.source, target=m.target,
+                                        options=list(m.options)) for m in rootfs])
+            if options is not None:
+                creq.options.CopyFrom(options)
+            resp = await conn.call("Create", creq, shim_pb2.CreateTaskResponse)
+            record.phase = "created"
+            self.records.put(record)
+        except BaseException as exc:
+            await self._abort_create(ns, c.id, bundle, record, task, conn, lio)
+            if isinstance(exc, Error) and not isinstance(exc, (NotFound, AlreadyExists)):
+                raise type(exc)(f"failed to create shim task: {exc}") from exc
+            raise
+        if lio is not None:
+            lio.attached()
+        task.io = lio
+        task.pid = resp.pid
+        task.stdio = stdio
+        self.tasks[(ns, c.id)] = task
+        task.waiter = asyncio.get_running_loop().create_task(self._wait_exit(task))
+        _ = group_of(spec.get("annotations") or {}, c.id)
+        return ProcessState(c.id, c.id, resp.pid, Status.CREATED, stdio)
+
+    async def _abort_create(self, ns: str, id: str, bundle: Bundle, record: ShimRecord,
+                            task: Task | None, conn: ShimConn | None,
+                            lio: LoggedIO | None) -> None:
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.call("Delete", shim_pb2.DeleteRequest(id=id), shim_pb2.DeleteResponse,
+                                timeout=5)
+            with contextlib.suppress(Exception):
+                await conn.call("Shutdown", shim_pb2.ShutdownRequest(id=id), empty_pb2.Empty,
+                                timeout=5)
+            conn.tasks.discard((ns, id))
+            if not conn.tasks and self.shims.get(conn.address) is conn:
+                del self.shims[conn.address]
+                await conn.close()
+        elif record.address:
+            with contextlib.suppress(Exception):
+                await run_delete(self.flags, record.binary, ns, id, bundle.path)
+        if lio is not None:
+            lio.close()
+            with contextlib.suppress(OSError):
+                self.log_path(ns, id).unlink()
+        if task is not None:
+            self._unwatch_log(task)
+        bundle.remove()
+        self.records.delete(ns, id)
+
+    async def _wait_exit(self, task: Task) -> None:
+        try:
+            r = await task.shim.call("Wait", shim_pb2.WaitRequest(id=task.id),
+                                     shim_pb2.WaitResponse, timeout=None)
+            if not task.exited.done():
+                task.exited.set_result(ExitInfo(task.pid, r.exit_status, _ns(r.exited_at)))
+        except asyncio.CancelledError:
+            raise
+        except Unavailable:
+            if not task.deleting and not self._closing:
+                await self._dead(task)
+        except Exception as exc:
+            self.log.debug("wait %s/%s: %s", task.namespace, task.id, exc)
+
+    async def _dead(self, task: Task) -> None:
+        """The shim is gone: `delete` it, publish exit then delete (once), clean up."""
+        if task.gone:
+            return
+        task.gone = True
+        token = current_namespace.set(task.namespace)
+        try:
+            self.log.warning("shim for %s/%s is gone: cleaning up", task.namespace, task.id)
+            try:
+                info = await run_delete(self.flags, task.record.binary, task.namespace, task.id,
+                                        task.bundle.path)
+                if not info.exited_at:
+                    info = ExitInfo(info.pid, info.exit_status, time.time_ns())
+            except Exception as exc:
+                self.log.warning("shim delete %s/%s: %s", task.namespace, task.id, exc)
+                info = ExitInfo(task.pid or task.bundle.init_pid(), 255, time.time_ns())
+            await self._publish("/tasks/exit", events_pb2.TaskExit(
+                container_id=task.id, id=task.id, pid=info.pid, exit_status=info.exit_status,
+                exited_at=_ts(info.exited_at)), task.namespace)
+            await self._publish("/tasks/delete", events_pb2.TaskDelete(
+                container_id=task.id, pid=info.pid, exit_status=info.exit_status,
+                exited_at=_ts(info.exited_at)), task.namespace)
+            if not task.exited.done():
+                task.exited.set_result(info)
+            await self._cleanup(task)
+        finally:
+            current_namespace.reset(token)
+
+    async def _cleanup(self, task: Task) -> None:
+        if task.io is not None:
+            await task.io.wait(IO_DRAIN_TIMEOUT)
+        self._unwatch_log(task)
+        task.bundle.remove()
+        self.records.delete(task.namespace, task.id)
+        if self.tasks.get((task.namespace, task.id)) is task:
+            del self.tasks[(task.namespace, task.id)]
+        await self._release(task)
+
+    async def start(self, container_id: str, exec_id: str = "") -> int:
+        t = self._task(container_id)
+        r = await t.shim.call("Start", shim_pb2.StartRequest(id=container_id, exec_id=exec_id),
+                              shim_pb2.StartResponse)
+        if not exec_id:
+            t.pid = r.pid
+        return int(r.pid)
+
+    async def delete(self, container_id: str) -> ExitInfo:
+        t = self._task(container_id)
+        async with t.lock:
+            if t.gone:
+                raise NotFound(f"no running task found: task {container_id} not found")
+            t.deleting = True
+            try:
+                r = await t.shim.call("Delete", shim_pb2.DeleteRequest(id=container_id),
+                                      shim_pb2.DeleteResponse)
+            except Unavailable:
+                t.deleting = False
+                await self._dead(t)
+                return t.exited.result()
+            except BaseException:
+                t.deleting = False
+                raise
+            info = ExitInfo(r.pid, r.exit_status, _ns(r.exited_at))
+            with contextlib.suppress(Exception):
+                await t.shim.call("Shutdown", shim_pb2.ShutdownRequest(id=container_id),
+                                  empty_pb2.Empty, timeout=5)
+            t.gone = True
+            if not t.exited.done():
+                t.exited.set_result(info)
+            if t.waiter is not None:
+                t.waiter.cancel()
+            await self._cleanup(t)
+            return info
+
+    async def delete_process(self, container_id: str, exec_id: str) -> ExitInfo:
+        if not exec_id:
+            raise InvalidArgument("exec id is required (use Delete for the task)")
+        t = self._task(container_id)
+        r = await t.shim.call("Delete", shim_pb2.DeleteRequest(id=container_id, exec_id=exec_id),
+                              shim_pb2.DeleteResponse)
+        return ExitInfo(r.pid, r.exit_status, _ns(r.exited_at))
+
+    async def _state(self, t: Task, exec_id: str = "") -> ProcessState:
+        try:
+            r = await t.shim.call("State", shim_pb2.StateRequest(id=t.id, exec_id=exec_id),
+                                  shim_pb2.StateResponse, timeout=10)
+        except Unavailable:
+            return ProcessState(t.id, exec_id or t.id, t.pid, Status.UNKNOWN, t.stdio)
+        return ProcessState(
+            t.id, exec_id or t.id, r.pid, Status(r.status),
+            StdIO(r.stdin, r.stdout, r.stderr, r.terminal), r.exit_status,
+            _ns(r.exited_at) if r.HasField("exited_at") else 0)
+
+    async def get(self, container_id: str, exec_id: str = "") -> ProcessState:
+        return await self._state(self._task(container_id), exec_id)
+
+    async def list(self, filters: Sequence[str] = ()) -> list[ProcessState]:
+        ns = namespace()
+        tasks = [t for (n, _), t in sorted(self.tasks.items()) if n == ns and not t.gone]
+        return list(await asyncio.gather(*(self._state(t) for t in tasks)))
+
+    async def kill(self, container_id: str, signal: int, exec_id: str = "",
+                   all: bool = False) -> None:
+        t = self._task(container_id)
+        await t.shim.call("Kill", shim_pb2.KillRequest(id=container_id, exec_id=exec_id,
+                                                       signal=signal or int(_signal.SIGTERM),
+                                                       all=all), empty_pb2.Empty)
+
+    async def exec(self, container_id: str, exec_id: str, spec: AnyValue | None,
+                   stdio: StdIO) -> None:
+        validate_id(exec_id, "exec id")
+        if spec is None or not spec.value:
+            # the runc shim 1.6 crashes on an Exec without a process spec
+            raise InvalidArgument("exec: a process spec is required")
+        t = self._task(container_id)
+        await t.shim.call("Exec", shim_pb2.ExecProcessRequest(
+            id=container_id, exec_id=exec_id, terminal=stdio.terminal, stdin=stdio.stdin,
+            stdout=stdio.stdout, stderr=stdio.stderr,
+            spec=any_pb2.Any(type_url=spec.type_url or PROCESS_TYPE_URL, value=spec.value)),
+            empty_pb2.Empty)
+
+    async def resize_pty(self, container_id: str, exec_id: str, width: int, height: int) -> None:
+        t = self._task(container_id)
+        await t.shim.call("ResizePty", shim_pb2.ResizePtyRequest(
+            id=container_id, exec_id=exec_id, width=width, height=height), empty_pb2.Empty)
+
+    async def close_io(self, container_id: str, exec_id: str, stdin: bool) -> None:
+        t = self._task(container_id)
+        await t.shim.call("CloseIO", shim_pb2.CloseIORequest(
+            id=container_id, exec_id=exec_id, stdin=stdin), empty_pb2.Empty)
+
+    async def pause(self, container_id: str) -> None:
+        t = self._task(container_id)
+        await t.shim.call("Pause", shim_pb2.PauseRequest(id=container_id), empty_pb2.Empty)
+
+    async def resume(self, container_id: str) -> None:
+        t = self._task(container_id)
+        await t.shim.call("Resume", shim_pb2.ResumeRequest(id=container_id), empty_pb2.Empty)
+
+    async def pids(self, container_id: str) -> list[tuple[int, AnyValue | None]]:
+        t = self._task(container_id)
+        r = await t.shim.call("Pids", shim_pb2.PidsRequest(id=container_id),
+                              shim_pb2.PidsResponse)
+        return [(p.pid, AnyValue(p.info.type_url, p.info.value) if p.HasField("info") else None)
+                for p in r.processes]
+
+    async def update(self, container_id: str, resources: AnyValue | None,
+                     annotations: Mapping[str, str]) -> None:
+        t = self._task(container_id)
+        req = shim_pb2.UpdateTaskRequest(id=container_id, annotations=dict(annotations))
+        if resources is not None:
+            req.resources.CopyFrom(any_pb2.Any(type_url=resources.type_url, value=resources.value))
+        await t.shim.call("Update", req, empty_pb2.Empty)
+
+    async def metrics(self, filters: Sequence[str]) -> list[tuple[str, AnyValue | None]]:
+        ns = namespace()
+        tasks = [t for (n, _), t in sorted(self.tasks.items()) if n == ns and not t.gone]
+        if filters and any(filters):
+            from moorage.filters import parse
+
+            flt = parse([f for f in filters if f])
+            tasks = [t for t in tasks if flt.match(
+                lambda p, t=t: (t.id, True) if list(p) == ["id"] else ("", False))]
+
+        async def one(t: Task) -> tuple[str, AnyValue | None]:
+            try:
+                r = await t.shim.call("Stats", shim_pb2.StatsRequest(id=t.id),
+                                      shim_pb2.StatsResponse, timeout=10)
+            except Error:
+                return t.id, None
+            return t.id, (AnyValue(r.stats.type_url, r.stats.value)
+                          if r.HasField("stats") else None)
+
+        return list(await asyncio.gather(*(one(t) for t in tasks)))
+
+    async def wait(self, container_id: str, exec_id: str = "") -> ExitInfo:
+        t = self._task(container_id)
+        if exec_id:
+            r = await t.shim.call("Wait", shim_pb2.WaitRequest(id=container_id, exec_id=exec_id),
+                                  shim_pb2.WaitResponse, timeout=None)
+            return ExitInfo(0, r.exit_status, _ns(r.exited_at))
+        return await asyncio.shield(t.exited)
+
+    def has_task(self, ns: str, id: str) -> bool:
+        t = self.tasks.get((ns, id))
+        return (t is not None and not t.gone) or (ns, id) in self._creating
+
+    # ---- recovery ------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Reconnect to every recorded shim; reap orphans; clean up dead shims."""
+        recorded = set()
+        for rec in self.records.all():
+            recorded.add((rec.namespace, rec.id))
+            token = current_namespace.set(rec.namespace)
+            try:
+                await self._recover_one(rec)
+            except Exception as exc:
+                self.log.error("recover %s/%s: %s", rec.namespace, rec.id, exc)
+            finally:
+                current_namespace.reset(token)
+        for b in self.bundles.list():
+            if (b.namespace, b.id) not in recorded:
+                self.log.warning("removing bundle without a shim record: %s", b.path)
+                b.remove()
+
+    async def _recover_one(self, rec: ShimRecord) -> None:
+        bundle = Bundle(Path(rec.bundle), rec.namespace, rec.id)
+        address = rec.address or bundle.shim_address().removeprefix("unix://")
+        conn: ShimConn | None = None
+        if address:
+            with contextlib.suppress(Error, OSError):
+                conn = await self._shim_conn(address)
+        task = Task(rec.namespace, rec.id, bundle, conn or ShimConn(address, None),  # type: ignore[arg-type]
+                    rec)
+        if rec.phase != "created":
+            self.log.warning("reaping orphan shim of %s/%s (runtime stopped before create)",
+                             rec.namespace, rec.id)
+            if conn is not None:
+                conn.tasks.add((rec.namespace, rec.id))
+                with contextlib.suppress(Exception):
+                    await conn.call("Kill", shim_pb2.KillRequest(id=rec.id, signal=9, all=True),
+                                    empty_pb2.Empty, timeout=5)
+                with contextlib.suppress(Exception):
+                    await conn.call("Delete", shim_pb2.DeleteRequest(id=rec.id),
+                                    shim_pb2.DeleteResponse, timeout=5)
+                with contextlib.suppress(Exception):
+                    await conn.call("Shutdown", shim_pb2.ShutdownRequest(id=rec.id, now=True),
+                                    empty_pb2.Empty, timeout=5)
+                await self._release(task)
+            elif address or bundle.path.joinpath("runtime").exists():
+                with contextlib.suppress(Exception):
+                    await run_delete(self.flags, rec.binary, rec.namespace, rec.id, bundle.path)
+            bundle.remove()
+            self.records.delete(rec.namespace, rec.id)
+            return
+        if conn is None:
+            task.gone = False
+            await self._dead(task)
+            return
+        conn.tasks.add((rec.namespace, rec.id))
+        try:
+            st = await conn.call("State", shim_pb2.StateRequest(id=rec.id),
+                                 shim_pb2.StateResponse, timeout=10)
+        except NotFound:
+            await self._dead(task)
+            return
+        task.pid = st.pid
+        task.stdio = StdIO(st.stdin, st.stdout, st.stderr, st.terminal)
+        self._watch_log(task)
+        if rec.logged:
+            task.io = LoggedIO.reopen(bundle.io_dir, self.log_path(rec.namespace, rec.id))
+        self.tasks[(rec.namespace, rec.id)] = task
+        task.waiter = asyncio.get_running_loop().create_task(self._wait_exit(task))
+
+    async def close(self) -> None:
+        """Stop watching (the shims and their containers keep running)."""
+        self._closing = True
+        for t in list(self.tasks.values()):
+            if t.waiter is not None:
+                t.waiter.cancel()
+            self._unwatch_log(t)
+            if t.io is not None:
+                t.io.close()
+        for conn in list(self.shims.values()):
+            await conn.close()
+        self.shims.clear()
