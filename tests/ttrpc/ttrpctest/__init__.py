@@ -1,0 +1,1 @@
+"""Test service shared by the ttrpc and interop tests."""

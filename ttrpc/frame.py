@@ -1,0 +1,150 @@
+"""Framing: the 10-byte header and a sans-IO frame decoder.
+
+A frame is ``length u32 | stream id u32 | type u8 | flags u8`` (big-endian) followed by
+``length`` bytes of body, at most 4 MiB. The decoder owns its receive buffer so a transport
+can read straight into it (``get_buffer`` / ``buffer_updated``, the shape of
+``asyncio.BufferedProtocol``); ``feed`` does the same for plain bytes.
+
+Bodies over the limit are never buffered: the decoder reports an ``Oversized`` event as
+soon as the header arrives, then discards the body as it streams past, in chunks no larger
+than its buffer. Any byte sequence decodes; the decoder never raises on peer input.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+HEADER_SIZE = 10
+MAX_MESSAGE_SIZE = 4 << 20
+
+REQUEST = 0x01
+RESPONSE = 0x02
+DATA = 0x03
+
+FLAG_REMOTE_CLOSED = 0x01
+FLAG_REMOTE_OPEN = 0x02
+FLAG_NO_DATA = 0x04
+
+_HEADER = struct.Struct(">IIBB")
+_unpack_header = _HEADER.unpack_from
+pack_header = _HEADER.pack
+
+_MIN_BUFFER = 256 * 1024
+
+
+class Frame(NamedTuple):
+    """One complete frame as received."""
+
+    stream_id: int
+    type: int
+    flags: int
+    body: bytes
+
+
+class Oversized(NamedTuple):
+    """A frame whose body exceeds the limit; its body is being discarded, never delivered."""
+
+    stream_id: int
+    type: int
+    flags: int
+    length: int
+
+
+Event = Frame | Oversized
+
+
+def encode_frame(stream_id: int, type_: int, flags: int, body: bytes = b"") -> bytes:
+    """One frame's bytes. The caller enforces the size limit (see ``MAX_MESSAGE_SIZE``)."""
+    return _HEADER.pack(len(body), stream_id, type_, flags) + body
+
+
+class FrameDecoder:
+    """Turns a byte stream into frames.
+
+    Feed it either with ``feed(data)`` or by writing into ``get_buffer()`` and calling
+    ``buffer_updated(n)``; both return the events completed by those bytes, in order.
+    ``in_frame`` tells whether a disconnect now would cut a frame in two.
+    """
+
+    __slots__ = ("_buf", "_start", "_end", "_skip", "_max")
+
+    def __init__(self, max_size: int = MAX_MESSAGE_SIZE) -> None:
+        self._buf = bytearray(_MIN_BUFFER)
+        self._start = 0
+        self._end = 0
+        self._skip = 0
+        self._max = max_size
+
+    @property
+    def in_frame(self) -> bool:
+        return self._skip > 0 or self._end > self._start
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Free space to receive into; never empty."""
+        buf = self._buf
+        start, end = self._start, self._end
+        if self._skip:
+            need = 1
+        elif end - start >= HEADER_SIZE:
+            need = HEADER_SIZE + _unpack_header(buf, start)[0] - (end - start)
+        else:
+            need = HEADER_SIZE - (end - start)
+        if len(buf) - end >= max(need, 4096):
+            return memoryview(buf)[end:]
+        pending = end - start
+        size = len(buf)
+        while size - pending < max(need, 4096):
+            size *= 2
+        if size == len(buf) and start:
+            buf[0:pending] = buf[start:end]
+        else:
+            grown = bytearray(size)
+            grown[0:pending] = buf[start:end]
+            self._buf = buf = grown
+        self._start, self._end = 0, pending
+        return memoryview(buf)[pending:]
+
+    def buffer_updated(self, nbytes: int) -> list[Event]:
+        """Account for ``nbytes`` written at the start of the last ``get_buffer()``."""
+        self._end += nbytes
+        events: list[Event] = []
+        buf = self._buf
+        start, end = self._start, self._end
+        while True:
+            if self._skip:
+                n = min(self._skip, end - start)
+                start += n
+                self._skip -= n
+                if self._skip:
+                    break
+            if end - start < HEADER_SIZE:
+                break
+            length, sid, mtype, flags = _unpack_header(buf, start)
+            if length > self._max:
+                events.append(Oversized(sid, mtype, flags, length))
+                start += HEADER_SIZE
+                self._skip = length
+                continue
+            stop = start + HEADER_SIZE + length
+            if stop > end:
+                break
+            events.append(Frame(sid, mtype, flags, bytes(buf[start + HEADER_SIZE : stop])))
+            start = stop
+        if start == end:
+            start = end = 0
+        self._start, self._end = start, end
+        return events
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Decode plain bytes (tests, blocking sockets)."""
+        events: list[Event] = []
+        view = memoryview(data)
+        while view:
+            target = self.get_buffer()
+            n = min(len(target), len(view))
+            target[:n] = view[:n]
+            del target
+            events.extend(self.buffer_updated(n))
+            view = view[n:]
+        return events
