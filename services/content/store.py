@@ -18,6 +18,7 @@ import asyncio
 import functools
 import os
 import shutil
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -398,6 +399,15 @@ class LocalReader:
             self.fd = -1
 
 
+def _serial(fn: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(fn)
+    def locked(self: LocalWriter, *args: object) -> T:
+        with self._mu:
+            return fn(self, *args)
+
+    return locked
+
+
 class LocalWriter:
     """``contract.Writer`` of the local store: a real ingest, or a shared blob until written."""
 
@@ -420,6 +430,8 @@ class LocalWriter:
         self._shared = shared
         self._started = _now()
         self._done = False
+        # one call at a time, and close waits for a write still running in the pool
+        self._mu = threading.Lock()
 
     def _ingest(self) -> IngestWriter:
         if self._done:
@@ -430,6 +442,7 @@ class LocalWriter:
             self._shared = None
         return self._w
 
+    @_serial
     def status_sync(self) -> Status:
         if self._w is not None:
             return self._w.status()
@@ -437,23 +450,27 @@ class LocalWriter:
         dgst, size = self._shared
         return Status(self.ref, size, size, self._started, self._started, dgst)
 
+    @_serial
     def digest_sync(self) -> str:
         if self._w is not None:
             return self._w.digest()
         assert self._shared is not None
         return self._shared[0]
 
+    @_serial
     def write_sync(self, data: bytes | memoryview) -> int:
         if len(data) == 0 and self._w is None and self._shared is not None:
             return self._shared[1]
         return self._ingest().write(data)
 
+    @_serial
     def truncate_sync(self, size: int) -> None:
         if size != 0:
             raise InvalidArgument("truncate: only size 0 is supported")
         w = self._ingest()
         w.truncate(0)
 
+    @_serial
     def commit_sync(self, size: int, expected: str, labels: Mapping[str, str]) -> tuple[str, int]:
         if self._done:
             raise FailedPrecondition(f"ref {self.ref}: writer is closed")
@@ -465,6 +482,7 @@ class LocalWriter:
             )
         return self._store.commit_ingest(self._ns, self._w, size, expected, labels)
 
+    @_serial
     def close_sync(self) -> None:
         self._done = True
         if self._w is not None:

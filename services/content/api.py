@@ -1,0 +1,153 @@
+"""The ttrpc servicer for containerd.services.content.v1.Content: decode, call the store,
+encode. Errors cross as errdefs kinds; the server turns them into statuses.
+
+The Write session follows containerd's contentserver: the first message names the ref (and
+may declare total and expected); the ref stays locked for the session; every request gets
+exactly one response echoing its action with the committed offset; WRITE/COMMIT at a
+non-zero offset must match the current one (OutOfRange), offset 0 on a non-empty ingest
+restarts it; an expected digest the namespace already has aborts the ingest with
+AlreadyExists; COMMIT ends the stream. Publishes /content/create and /content/delete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from google.protobuf import empty_pb2
+
+from moorage.api.containerd.events import content_pb2 as events_pb
+from moorage.api.containerd.services.content.v1 import content_pb2 as pb
+from moorage.api.containerd.services.content.v1.content_ttrpc import ContentServicer
+from moorage.errdefs import AlreadyExists, InvalidArgument, NotFound, OutOfRange
+
+from . import wire
+from .contract import Store
+
+if TYPE_CHECKING:
+    from ttrpc.server import Context, ServerStream
+
+    from moorage.events import EventPublisher
+
+LIST_BATCH = 100
+
+
+class ContentService(ContentServicer):  # type: ignore[misc, unused-ignore]
+    def __init__(self, store: Store, publisher: EventPublisher | None = None) -> None:
+        self.store = store
+        self.publisher = publisher
+
+    async def Info(self, request: pb.InfoRequest, ctx: Context) -> pb.InfoResponse:
+        return pb.InfoResponse(info=wire.info_to_pb(await self.store.info(request.digest)))
+
+    async def Update(self, request: pb.UpdateRequest, ctx: Context) -> pb.UpdateResponse:
+        info = await self.store.update(
+            wire.info_from_pb(request.info), list(request.update_mask.paths)
+        )
+        return pb.UpdateResponse(info=wire.info_to_pb(info))
+
+    async def List(
+        self, request: pb.ListContentRequest, ctx: Context
+    ) -> AsyncIterator[pb.ListContentResponse]:
+        batch: list[pb.Info] = []
+        async for info in self.store.walk(list(request.filters)):
+            batch.append(wire.info_to_pb(info))
+            if len(batch) >= LIST_BATCH:
+                yield pb.ListContentResponse(info=batch)
+                batch = []
+        if batch:
+            yield pb.ListContentResponse(info=batch)
+
+    async def Delete(self, request: pb.DeleteContentRequest, ctx: Context) -> empty_pb2.Empty:
+        await self.store.delete(request.digest)
+        if self.publisher is not None:
+            await self.publisher.publish(
+                "/content/delete", events_pb.ContentDelete(digest=request.digest)
+            )
+        return empty_pb2.Empty()
+
+    async def Read(
+        self, request: pb.ReadContentRequest, ctx: Context
+    ) -> AsyncIterator[pb.ReadContentResponse]:
+        offset = max(request.offset, 0)
+        async for chunk in self.store.read(request.digest, offset, request.size):
+            yield pb.ReadContentResponse(offset=offset, data=chunk)
+            offset += len(chunk)
+
+    async def Status(self, request: pb.StatusRequest, ctx: Context) -> pb.StatusResponse:
+        return pb.StatusResponse(status=wire.status_to_pb(await self.store.status(request.ref)))
+
+    async def ListStatuses(
+        self, request: pb.ListStatusesRequest, ctx: Context
+    ) -> pb.ListStatusesResponse:
+        found = await self.store.list_statuses(list(request.filters))
+        return pb.ListStatusesResponse(statuses=[wire.status_to_pb(s) for s in found])
+
+    async def Abort(self, request: pb.AbortRequest, ctx: Context) -> empty_pb2.Empty:
+        await self.store.abort(request.ref)
+        return empty_pb2.Empty()
+
+    async def Write(
+        self, stream: ServerStream[pb.WriteContentRequest, pb.WriteContentResponse], ctx: Context
+    ) -> None:
+        req = await stream.recv()
+        if req is None:
+            return
+        if not req.ref:
+            raise InvalidArgument("first message must have a reference")
+        ref, total, expected = req.ref, req.total, req.expected
+        w = await self.store.writer(ref, total=total, expected=expected)
+        try:
+            st = await w.status()
+            offset = st.offset
+            while True:
+                resp = pb.WriteContentResponse(action=req.action)
+                if req.expected:
+                    expected = req.expected
+                    try:
+                        await self.store.info(expected)
+                    except NotFound:
+                        pass
+                    else:
+                        await w.close()
+                        await self.store.abort(ref)
+                        raise AlreadyExists(f"blob with expected digest {expected} exists")
+                if req.total > 0:
+                    total = req.total
+                if req.action == pb.STAT:
+                    st = await w.status()
+                    offset = st.offset
+                    resp.digest = await w.digest()
+                    resp.started_at.CopyFrom(wire.timestamp(st.started_at))
+                    resp.updated_at.CopyFrom(wire.timestamp(st.updated_at))
+                    resp.total = total
+                elif req.action in (pb.WRITE, pb.COMMIT):
+                    if req.offset > 0 and req.offset != offset:
+                        raise OutOfRange(
+                            f"write @{req.offset} must occur at current offset {offset}"
+                        )
+                    if req.offset == 0 and offset > 0:
+                        await w.truncate(0)
+                        offset = 0
+                    if req.data:
+                        offset = await w.write(req.data)
+                    if req.action == pb.COMMIT:
+                        resp.digest = await w.commit(total, expected, dict(req.labels))
+                        if self.publisher is not None:
+                            await self.publisher.publish(
+                                "/content/create",
+                                events_pb.ContentCreate(digest=resp.digest, size=offset),
+                            )
+                    else:
+                        resp.digest = await w.digest()
+                else:
+                    raise InvalidArgument(f"unknown write action {req.action}")
+                resp.offset = offset
+                await stream.send(resp)
+                if req.action == pb.COMMIT:
+                    return
+                req = await stream.recv()
+                if req is None:
+                    return
+        finally:
+            await w.close()
