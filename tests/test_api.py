@@ -333,3 +333,47 @@ def test_generate_and_check_a_small_tree(tmp_path: Path) -> None:
     assert not (tmp_path / "containerd" / "x" / "v1" / "gone_pb2.py").exists()
     assert build.stale(build.generate(tmp_path), build.committed_files(tmp_path)) == []
 
+
+
+async def test_generated_stubs_serve_and_call_over_a_socket(tmp_path: Path) -> None:
+    if not build.ttrpc_plugin_available():
+        pytest.skip("ttrpc/codegen.py not present")
+    from collections.abc import AsyncIterator
+
+    from google.protobuf import empty_pb2
+    from ttrpc.client import Client
+    from ttrpc.server import Context, Server
+
+    from moorage.api.containerd.services.content.v1 import content_pb2, content_ttrpc
+    from moorage.api.containerd.services.version.v1 import version_pb2, version_ttrpc
+
+    class Version(version_ttrpc.VersionServicer):
+        async def Version(self, request: empty_pb2.Empty, ctx: Context) -> version_pb2.VersionResponse:
+            return version_pb2.VersionResponse(version="v-test", revision="r")
+
+    class Content(content_ttrpc.ContentServicer):
+        async def List(
+            self, request: content_pb2.ListContentRequest, ctx: Context
+        ) -> AsyncIterator[content_pb2.ListContentResponse]:
+            for f in request.filters:
+                yield content_pb2.ListContentResponse(info=[content_pb2.Info(digest=f)])
+
+    server = Server()
+    server.register(Version())
+    server.register(Content())
+    path = str(tmp_path / "s.sock")
+    await server.listen_unix(path)
+    client = await Client.connect(path)
+    try:
+        got = await version_ttrpc.VersionClient(client).Version(empty_pb2.Empty(), timeout=5)
+        assert (got.version, got.revision) == ("v-test", "r")
+        listed = [
+            r.info[0].digest
+            async for r in content_ttrpc.ContentClient(client).List(
+                content_pb2.ListContentRequest(filters=["a", "b"])
+            )
+        ]
+        assert listed == ["a", "b"]
+    finally:
+        await client.close()
+        server.close()
