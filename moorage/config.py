@@ -67,8 +67,8 @@ class SuiteConfig:
     """Seconds a process drains in-flight calls on SIGTERM before cancelling them."""
     plugins: tuple[str, ...] = ()
     """Extra process records, as ``"module:attr"`` strings."""
-    socket_group: str = ""
-    """Group that owns the sockets (0660); "" keeps the process's own group."""
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """The event loop every process runs on."""
 
     def __post_init__(self) -> None:
         if not self.root.is_absolute():

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"moorage: config {loaded.config.source or '(defaults)'} is valid")
             return 0
         if args.command == "serve":
-            loaded = _load(args, [args.name])
+            loaded = _load(args, None if args.name == "proxy" else [args.name])
             record = loaded.record(args.name)
             from moorage import runner
 

@@ -11,6 +11,7 @@ Names follow containerd's identifier rules: runs of ``[A-Za-z0-9]`` joined by si
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 
@@ -27,11 +28,30 @@ current_namespace: ContextVar[str | None] = ContextVar("moorage_namespace", defa
 
 
 def namespace() -> str:
-    """The namespace of the running call; FailedPrecondition when the caller sent none."""
+    """The namespace of the running call; FailedPrecondition when the caller sent none.
+
+    Read from :data:`current_namespace` (the runner sets it for every call), else from the
+    metadata of the running ttrpc handler.
+    """
     ns = current_namespace.get()
+    if ns is None:
+        ns = _from_running_call()
     if not ns:
         raise FailedPrecondition("namespace is required")
     return ns
+
+
+def _from_running_call() -> str | None:
+    server = sys.modules.get("ttrpc.server")  # never imported here: no server, no call
+    if server is None:
+        return None
+    try:
+        ctx = server.current_context()
+    except LookupError:
+        return None
+    if ctx is None:
+        return None
+    return from_metadata(ctx.metadata)
 
 
 def validate_namespace(name: str) -> str:

@@ -1,0 +1,74 @@
+"""Tiny test processes for the skeleton's tests: raw-handler services, no protos.
+
+``echo`` serves moorage.test.v1.Echo, ``other`` serves moorage.test.v1.Other (the same
+methods): Echo (unary: payload back), Namespace (unary: the call's namespace), Sleep
+(unary: sleeps float(payload) seconds), Stream (server stream: int(payload) frames),
+Bidi (each frame back), Concat (client stream: one Response with all frames joined).
+A namespace whose name starts with ``busy`` is reported as holding "thing".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from moorage.namespaces import namespace
+from moorage.registry import BuildContext, Process, RawService
+from ttrpc.server import Context, RawCall
+
+
+async def _echo(ctx: Context, call: RawCall) -> None:
+    await call.respond(call.payload)
+
+
+async def _namespace(ctx: Context, call: RawCall) -> None:
+    await call.respond(namespace().encode())
+
+
+async def _sleep(ctx: Context, call: RawCall) -> None:
+    await asyncio.sleep(float(call.payload.decode() or "0"))
+    await call.respond(call.payload)
+
+
+async def _stream(ctx: Context, call: RawCall) -> None:
+    for i in range(int(call.payload.decode() or "0")):
+        await call.send(str(i).encode())
+    await call.close()
+
+
+async def _bidi(ctx: Context, call: RawCall) -> None:
+    while (data := await call.recv()) is not None:
+        await call.send(data)
+    await call.close()
+
+
+async def _concat(ctx: Context, call: RawCall) -> None:
+    parts = []
+    while (data := await call.recv()) is not None:
+        parts.append(data)
+    await call.respond(b"".join(parts))
+
+
+METHODS = {
+    "Echo": _echo,
+    "Namespace": _namespace,
+    "Sleep": _sleep,
+    "Stream": _stream,
+    "Bidi": _bidi,
+    "Concat": _concat,
+}
+
+
+def _record(name: str, service: str) -> Process:
+    async def build(ctx: BuildContext) -> list[object]:
+        async def usage(ns: str) -> Sequence[str]:
+            return ["thing"] if ns.startswith("busy") else []
+
+        ctx.namespace_usage(usage)
+        return [RawService(service, METHODS)]
+
+    return Process(name=name, services=(service,), build=build, replica_safe=True, description=f"test {name}")
+
+
+PROCESS = _record("echo", "moorage.test.v1.Echo")
+OTHER = _record("other", "moorage.test.v1.Other")
