@@ -116,6 +116,13 @@ class LocalStore:
             self._pool, functools.partial(fn, *args)
         )
 
+    async def usage(self, ns: str) -> tuple[int, int]:
+        """(blobs, active ingests) namespace ``ns`` holds."""
+        return await self._run(self._usage, ns)
+
+    def _usage(self, ns: str) -> tuple[int, int]:
+        return len(self.meta.list(ns)), len(self._list_statuses(ns))
+
     # -- Manager -------------------------------------------------------------
 
     async def info(self, digest: str) -> Info:

@@ -84,7 +84,8 @@ async def _socket(root: Path) -> AsyncIterator[Any]:
 
 
 async def _proxy(root: Path) -> AsyncIterator[Any]:
-    suite = pytest.importorskip("tests.suite")
+    suite = pytest.importorskip("suite")
+    pytest.importorskip("moorage.proxy.process")
     from moorage.rpc import connect
     from moorage.services.content.client import ContentClient
 
