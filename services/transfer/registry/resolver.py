@@ -89,8 +89,8 @@ class Resolver:
                     body = await read_limited(resp, oci.MAX_MANIFEST_SIZE, f"manifest {ref}")
                     ctype = resp.headers.get("content-type", "").split(";")[0].strip()
                     header_digest = resp.headers.get("docker-content-digest", "")
-            except (errdefs.NotFound, errdefs.Unavailable) as e:
-                last = e
+            except _NEXT_HOST as e:
+                last = _first(last, e)
                 continue
             dgst = oci.digest_of(body, (pinned or "sha256:").partition(":")[0])
             if pinned and dgst != pinned:
@@ -116,8 +116,8 @@ class Resolver:
                                                 {"Accept": oci.ACCEPT_MANIFESTS if kind == "manifests" else "*/*"}) as resp:
                     body = await read_limited(resp, min(limit, desc.size), desc.digest)
                     ctype = resp.headers.get("content-type", "")
-            except (errdefs.NotFound, errdefs.Unavailable) as e:
-                last = e
+            except _NEXT_HOST as e:
+                last = _first(last, e)
                 continue
             oci.verify_bytes(body, desc)
             if kind == "manifests":
@@ -159,10 +159,10 @@ class Resolver:
                     yielded = True
                     yield _capped(resp.aiter_raw(65536 * 4), skip, desc.size - offset, desc.digest)
                     return
-            except (errdefs.NotFound, errdefs.Unavailable) as e:
+            except _NEXT_HOST as e:
                 if yielded:
                     raise
-                last = e
+                last = _first(last, e)
                 continue
         assert last is not None
         raise last
@@ -253,6 +253,19 @@ class Resolver:
         async with self.session.request("PUT", h, url, self.scope(self.ref.path, True),
                                         {"Content-Type": desc.media_type}, content=data, ok=(201, 202, 204)):
             pass
+
+
+_NEXT_HOST = (errdefs.NotFound, errdefs.Unavailable, errdefs.Unauthenticated, errdefs.PermissionDenied,
+              errdefs.Unknown)
+"""Errors that move on to the next endpoint (containerd: any status > 399 or a dial error);
+bad content (DataLoss, InvalidArgument, ResourceExhausted) stops at once."""
+
+
+def _first(prev: errdefs.Error | None, e: errdefs.Error) -> errdefs.Error:
+    """The error to report: the first one that is not NotFound (containerd's firstErr)."""
+    if prev is None or (isinstance(prev, errdefs.NotFound) and not isinstance(e, errdefs.NotFound)):
+        return e
+    return prev
 
 
 def _q(url: str, q: Mapping[str, str]) -> str:

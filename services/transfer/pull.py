@@ -1,0 +1,323 @@
+"""Pull: registry -> content store -> image store, unpacking per platform as layers arrive.
+
+Order of work (containerd's transfer pull, with its labels):
+1. resolve the reference (root document verified, ≤ 4 MiB);
+2. walk index -> manifests (platform-filtered) -> config + layers; every document is
+   verified before it is parsed; blobs stream into the content store, whose commit
+   verifies size and digest (an ingest that fails verification is aborted, so a later pull
+   refetches);
+3. layers download concurrently (`concurrency`, 3 by default) while each unpack target
+   applies them strictly in order as they complete: Prepare(`extract-<nanos>-<rand> <chainID>`,
+   parent chainID, `containerd.io/snapshot.ref`) -> diff Apply -> diff id checked against the
+   config's `rootfs.diff_ids` -> Commit(chainID) -> `containerd.io/uncompressed` on the layer;
+   finally `containerd.io/gc.ref.snapshot.<snapshotter>=<top chainID>` on the config blob;
+4. parents are written after their children with `containerd.io/gc.ref.content.*` labels
+   (`m.<i>` for index children, `config`, `l.<i>` for layers); the image record last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from moorage import errdefs
+
+from . import oci
+from .contract import BlobInfo, ContentStore, Image, ImageStore, ProgressEvent, ProgressFn, UnpackTarget
+from .oci import Descriptor, Platform
+from .reference import Reference
+from .registry.resolver import Resolver
+
+DEFAULT_CONCURRENCY = 3
+PROGRESS_INTERVAL = 0.1
+GC_REF = "containerd.io/gc.ref.content"
+UNCOMPRESSED = "containerd.io/uncompressed"
+SNAPSHOT_REF = "containerd.io/snapshot.ref"
+
+
+@dataclass
+class PullOptions:
+    name: str = ""  # image name to store (default: the reference)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    platforms: Sequence[Platform] | None = None  # None: all
+    unpacks: Sequence[UnpackTarget] = ()
+    concurrency: int = DEFAULT_CONCURRENCY
+
+
+class Progress:
+    """Rate-limited progress reporting (one event per blob per interval, plus edges)."""
+
+    def __init__(self, fn: ProgressFn | None) -> None:
+        self.fn = fn
+        self._last: dict[str, float] = {}
+
+    async def emit(self, event: str, name: str = "", progress: int = 0, total: int = 0,
+                   desc: Descriptor | None = None, parents: tuple[str, ...] = (), force: bool = True) -> None:
+        if self.fn is None:
+            return
+        if not force:
+            now = time.monotonic()
+            if now - self._last.get(name, 0.0) < PROGRESS_INTERVAL:
+                return
+            self._last[name] = now
+        r = self.fn(ProgressEvent(event, name, parents, progress, total, desc))
+        if r is not None:
+            await r
+
+
+def ref_key(desc: Descriptor) -> str:
+    """containerd's remotes.MakeRefKey."""
+    if oci.is_index(desc.media_type):
+        kind = "index"
+    elif oci.is_manifest(desc.media_type):
+        kind = "manifest"
+    elif oci.is_layer(desc.media_type):
+        kind = "layer"
+    elif "config" in desc.media_type or desc.media_type == oci.DOCKER_CONFIG:
+        kind = "config"
+    else:
+        kind = "unknown"
+    return f"{kind}-{desc.digest}"
+
+
+async def has_blob(content: ContentStore, digest: str) -> bool:
+    try:
+        await content.info(digest)
+        return True
+    except errdefs.NotFound:
+        return False
+
+
+async def write_bytes(content: ContentStore, desc: Descriptor, data: bytes,
+                      labels: Mapping[str, str] | None = None) -> None:
+    """Store verified bytes (checked again here) with labels; an existing blob gets the labels."""
+    oci.verify_bytes(data, desc)
+    try:
+        w = await content.writer(ref_key(desc), desc.size, desc.digest)
+    except errdefs.AlreadyExists:
+        await _add_labels(content, desc.digest, labels or {})
+        return
+    try:
+        await w.truncate(0)
+        await w.write(data)
+        await w.commit(desc.size, desc.digest, labels or {})
+    except errdefs.AlreadyExists:
+        await _add_labels(content, desc.digest, labels or {})
+    finally:
+        await w.close()
+
+
+async def _add_labels(content: ContentStore, digest: str, labels: Mapping[str, str]) -> None:
+    if not labels:
+        return
+    info = await content.info(digest)
+    await content.update(BlobInfo(info.digest, info.size, info.created_at, info.updated_at, dict(labels)),
+                         [f"labels.{k}" for k in labels])
+
+
+async def fetch_blob(resolver: Resolver, content: ContentStore, desc: Descriptor, progress: Progress,
+                     labels: Mapping[str, str] | None = None) -> bool:
+    """Download `desc` into the content store (resuming a partial ingest). Returns False if it
+    was already there."""
+    if await has_blob(content, desc.digest):
+        await progress.emit("already exists", desc.digest, desc.size, desc.size, desc)
+        return False
+    ref = ref_key(desc)
+    try:
+        w = await content.writer(ref, desc.size, desc.digest)
+    except errdefs.AlreadyExists:
+        await progress.emit("already exists", desc.digest, desc.size, desc.size, desc)
+        return False
+    committed = False
+    try:
+        st = await w.status()
+        offset = st.offset if 0 <= st.offset <= desc.size else 0
+        if offset != st.offset:
+            await w.truncate(0)
+        await progress.emit("downloading", desc.digest, offset, desc.size, desc)
+        if offset < desc.size:
+            async with resolver.open_blob(desc, offset) as chunks:
+                async for chunk in chunks:
+                    offset = await w.write(chunk)
+                    await progress.emit("downloading", desc.digest, offset, desc.size, desc, force=False)
+        try:
+            await w.commit(desc.size, desc.digest, labels or {})
+        except errdefs.AlreadyExists:
+            pass
+        committed = True
+    except (errdefs.DataLoss, errdefs.FailedPrecondition, errdefs.InvalidArgument):
+        await w.close()
+        with contextlib.suppress(errdefs.Error):
+            await content.abort(ref)
+        raise
+    finally:
+        if not committed:
+            await w.close()
+    await progress.emit("complete", desc.digest, desc.size, desc.size, desc)
+    return True
+
+
+@dataclass
+class _ManifestPlan:
+    desc: Descriptor
+    data: bytes
+    manifest: oci.Manifest
+    config_data: bytes
+    config: oci.ImageConfig
+
+
+async def pull(resolver: Resolver, ref: Reference, content: ContentStore, images: ImageStore,
+               opts: PullOptions, progress_fn: ProgressFn | None = None) -> Image:
+    progress = Progress(progress_fn)
+    await progress.emit(f"Resolving from {ref}")
+    root, root_data = await resolver.resolve(ref)
+    await progress.emit(f"Pulling from {ref}")
+    await progress.emit("fetching image content")
+    plans: list[_ManifestPlan] = []
+    index_children: list[tuple[Descriptor, bytes, oci.Index, list[Descriptor]]] = []
+    await _walk(resolver, root, root_data, opts.platforms, plans, index_children, depth=0)
+    if not plans:
+        raise errdefs.NotFound(f"{ref}: no manifest for platform(s) {', '.join(map(str, opts.platforms or []))}")
+
+    # configs first (small, needed for diff ids)
+    for p in plans:
+        await write_bytes(content, p.manifest.config, p.config_data)
+
+    # layers: download concurrently, unpack in order as they arrive
+    sem = asyncio.Semaphore(max(1, opts.concurrency))
+    done: dict[str, asyncio.Future[None]] = {}
+
+    async def download(desc: Descriptor) -> None:
+        async with sem:
+            await fetch_blob(resolver, content, desc, progress)
+
+    for p in plans:
+        for layer in p.manifest.layers:
+            if layer.digest not in done:
+                await progress.emit("waiting", layer.digest, 0, layer.size, layer)
+                done[layer.digest] = asyncio.ensure_future(download(layer))
+
+    unpack_jobs: list[asyncio.Future[str]] = []
+    for target in opts.unpacks:
+        plan = next((p for p in plans if oci.platform_matches(target.platform, p.config.platform)
+                     or (p.desc.platform and oci.platform_matches(target.platform, p.desc.platform))), None)
+        if plan is None:
+            continue
+        unpack_jobs.append(asyncio.ensure_future(unpack(target, plan.manifest, plan.config, done, content)))
+    jobs: list[asyncio.Future[object]] = [*done.values(), *unpack_jobs]  # type: ignore[list-item]
+    try:
+        await asyncio.gather(*jobs)
+    except BaseException:
+        for f in jobs:
+            f.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        raise
+
+    # parents after children
+    for p in plans:
+        labels = {f"{GC_REF}.config": p.manifest.config.digest}
+        for i, layer in enumerate(p.manifest.layers):
+            labels[f"{GC_REF}.l.{i}"] = layer.digest
+        await write_bytes(content, p.desc, p.data, labels)
+    for desc, data, _index, children in reversed(index_children):
+        labels = {f"{GC_REF}.m.{i}": c.digest for i, c in enumerate(children)}
+        await write_bytes(content, desc, data, labels)
+    await progress.emit("saved", str(ref), desc=root)
+
+    image = Image(opts.name or str(ref), root, dict(opts.labels))
+    stored = await store_image(images, image)
+    await progress.emit(f"Completed pull from {ref}", desc=root)
+    return stored
+
+
+async def store_image(images: ImageStore, image: Image) -> Image:
+    try:
+        return await images.create(image)
+    except errdefs.AlreadyExists:
+        return await images.update(image, ["target", *(f"labels.{k}" for k in image.labels)])
+
+
+async def _walk(resolver: Resolver, desc: Descriptor, data: bytes, platforms: Sequence[Platform] | None,
+                plans: list[_ManifestPlan], indexes: list[tuple[Descriptor, bytes, oci.Index, list[Descriptor]]],
+                depth: int) -> None:
+    if depth > 4:
+        raise errdefs.InvalidArgument("index nesting too deep")
+    doc = oci.parse_document(data, desc.media_type)
+    if isinstance(doc, oci.Index):
+        children = oci.select_manifests(doc, platforms)
+        if platforms is not None:
+            best: list[Descriptor] = [c for c in children if oci.is_index(c.media_type)]
+            for p in platforms:  # the best manifest per requested platform
+                m = next((c for c in children if oci.is_manifest(c.media_type) and c.platform
+                          and oci.platform_matches(p, c.platform) and c not in best), None)
+                if m is not None:
+                    best.append(m)
+            children = best
+        indexes.append((desc, data, doc, children))
+        for child in children:
+            if not (oci.is_index(child.media_type) or oci.is_manifest(child.media_type)):
+                continue
+            child_data = await resolver.fetch_document(child)
+            await _walk(resolver, child, child_data, platforms, plans, indexes, depth + 1)
+        return
+    cfg_data = await resolver.fetch_document(doc.config, oci.MAX_JSON_SIZE)
+    cfg = oci.parse_config(cfg_data)
+    if len(cfg.diff_ids) != len(doc.layers):
+        raise errdefs.InvalidArgument(f"{desc.digest}: {len(doc.layers)} layers but {len(cfg.diff_ids)} diff ids")
+    if platforms is not None and depth == 0 and cfg.platform.os and not any(
+            oci.platform_matches(p, cfg.platform) for p in platforms):
+        raise errdefs.NotFound(f"image is for {cfg.platform}, not {', '.join(map(str, platforms))}")
+    plans.append(_ManifestPlan(desc, data, doc, cfg_data, cfg))
+
+
+async def unpack(target: UnpackTarget, manifest: oci.Manifest, config: oci.ImageConfig,
+                 done: Mapping[str, asyncio.Future[None]], content: ContentStore) -> str:
+    """Apply the manifest's layers in order onto `target`; returns the top chain id."""
+    sn, applier = target.snapshotter, target.applier
+    chain = oci.chain_ids(config.diff_ids)
+    parent = ""
+    for i, layer in enumerate(manifest.layers):
+        chain_id = chain[i]
+        if await _snapshot_exists(sn, chain_id):
+            parent = chain_id
+            continue
+        key = f"extract-{time.time_ns()}-{os.urandom(6).hex()} {chain_id}"
+        try:
+            mounts = await sn.prepare(key, parent, {SNAPSHOT_REF: chain_id})
+        except errdefs.AlreadyExists:
+            if await _snapshot_exists(sn, chain_id):
+                parent = chain_id
+                continue
+            raise
+        try:
+            await asyncio.shield(done[layer.digest])
+            diff_id = await applier.apply(layer, mounts)
+            if diff_id != config.diff_ids[i]:
+                raise errdefs.DataLoss(f"wrong diff id {diff_id} calculated on extraction, expected {config.diff_ids[i]}")
+            try:
+                await sn.commit(chain_id, key, {SNAPSHOT_REF: chain_id})
+            except errdefs.AlreadyExists:
+                with contextlib.suppress(errdefs.Error):
+                    await sn.remove(key)
+        except BaseException:
+            with contextlib.suppress(errdefs.Error, OSError):
+                await sn.remove(key)
+            raise
+        await _add_labels(content, layer.digest, {UNCOMPRESSED: diff_id})
+        parent = chain_id
+    if chain:
+        await _add_labels(content, manifest.config.digest,
+                          {f"containerd.io/gc.ref.snapshot.{target.snapshotter_name}": chain[-1]})
+    return chain[-1] if chain else ""
+
+
+async def _snapshot_exists(sn: object, key: str) -> bool:
+    try:
+        await sn.stat(key)  # type: ignore[attr-defined]
+        return True
+    except errdefs.NotFound:
+        return False
