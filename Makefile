@@ -47,10 +47,11 @@ $(STAMP)/venv: pyproject.toml setup.py
 	@touch $@
 
 gopeer: $(GOPEER)
-$(GOPEER): tests/interop/gopeer/main.go
-	@mkdir -p $(STAMP)
-	cd tests/interop/gopeer && GOPATH=/usr/share/gocode GO111MODULE=off GOFLAGS=-mod=mod GOCACHE=$(CURDIR)/$(STAMP)/gocache \
-	  go build -o $(CURDIR)/$(GOPEER) .
+# Offline, GOPATH mode, against Debian's golang-github-containerd-ttrpc-dev (ttrpc 1.1.1).
+$(GOPEER): $(wildcard tests/interop/gopeer/*.go) | deps
+	@mkdir -p $(STAMP)/gocache
+	cd tests/interop/gopeer && GOPATH=/usr/share/gocode GO111MODULE=off GOFLAGS= GOPROXY=off \
+	  GOCACHE=$(CURDIR)/$(STAMP)/gocache go build -o $(CURDIR)/$(GOPEER) .
 
 protos: venv
 	$(PY) -m moorage.api.build
