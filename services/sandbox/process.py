@@ -1,0 +1,77 @@
+"""``moorage serve sandbox``: the registration record and its build."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from moorage.registry import BuildContext, Process
+
+from .config import SandboxConfig
+
+SERVICES = ("containerd.services.sandbox.v1.Store", "containerd.services.sandbox.v1.Controller")
+
+
+async def build(ctx: BuildContext) -> Sequence[object]:
+    from moorage.namespaces import current_namespace
+
+    from .api import ControllerService, StoreService
+    from .contract import Controller
+    from .controller import PublisherSink, Sandboxers
+    from .db import Database
+    from .pod import PodController
+    from .reconcile import reconcile
+    from .shim import ShimController
+    from .store import SqliteStore
+
+    cfg: SandboxConfig = ctx.settings or SandboxConfig()
+    db = Database(ctx.root / "sandbox.db")
+    store = SqliteStore(db)
+    sink = PublisherSink(ctx.publisher)
+    controllers: dict[str, Controller] = {}
+    pods: list[PodController] = []
+    shims: list[ShimController] = []
+    for name, kind in cfg.sandboxers.items():
+        if kind == "pod":
+            pod = PodController(name, db, store, cfg, ctx.root, sink)
+            pods.append(pod)
+            controllers[name] = pod
+        else:
+            shim = ShimController(name, db, store, cfg, ctx.state / "shims" / name, str(ctx.proxy_address), sink)
+            shims.append(shim)
+            controllers[name] = shim
+    if cfg.reconcile:
+        report = await reconcile(pods)
+        ctx.logger.info(
+            "reconciled: %d marked not ready, %d teardowns retried (%d still failing), %d namespaces and %d addresses released",
+            len(report.marked_failed),
+            len(report.retried),
+            len(report.still_failing),
+            len(report.netns_removed),
+            len(report.ips_released),
+        )
+
+    async def usage(ns: str) -> Sequence[str]:
+        token = current_namespace.set(ns)
+        try:
+            return [f"sandbox {s.id}" for s in await store.list()]
+        finally:
+            current_namespace.reset(token)
+
+    async def close() -> None:
+        for shim in shims:
+            await shim.close()
+        db.close()
+
+    ctx.namespace_usage(usage)
+    ctx.on_close(close)
+    return [StoreService(store, db), ControllerService(Sandboxers(controllers))]
+
+
+PROCESS = Process(
+    name="sandbox",
+    services=SERVICES,
+    build=build,
+    replica_safe=False,
+    config=SandboxConfig,
+    description="sandbox.v1 Store and Controller: pod sandboxes (netns + CNI) and shim sandboxes",
+)
