@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import keyword
 import os
 import re
 import shlex
@@ -105,6 +106,17 @@ def rewrite_imports(text: str, roots: list[str]) -> str:
     return pattern.sub(rf"\1\2 {IMPORT_PREFIX}.\3", text)
 
 
+_KEYWORD_ANNOTATION = re.compile(
+    rf"^(\s*)((?:{'|'.join(keyword.kwlist)}):)", re.MULTILINE
+)
+
+
+def fix_stub_keywords(text: str) -> str:
+    """Comment out stub annotations named by a Python keyword (NRI's enum value ``None``),
+    which protoc's pyi output writes as-is and no parser accepts; ``getattr`` reaches them."""
+    return _KEYWORD_ANNOTATION.sub(r"\1# keyword, use getattr(): \2", text)
+
+
 def generate(api_dir: Path = API_DIR) -> dict[Path, bytes]:
     """The full generated tree as ``{path relative to api_dir: content}``."""
     protos = proto_files(api_dir)
@@ -121,7 +133,10 @@ def generate(api_dir: Path = API_DIR) -> dict[Path, bytes]:
         for path in sorted(out.rglob("*")):
             if path.is_file():
                 rel = path.relative_to(out)
-                files[rel] = rewrite_imports(path.read_text(), roots).encode()
+                text = rewrite_imports(path.read_text(), roots)
+                if rel.suffix == ".pyi":
+                    text = fix_stub_keywords(text)
+                files[rel] = text.encode()
     for rel in list(files):
         for parent in rel.parents:
             if parent != Path("."):

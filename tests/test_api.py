@@ -136,6 +136,22 @@ def fields(full_name: str) -> dict[str, int]:
           "task_api_version": 13}),
         ("containerd.v1.types.ProcessInfo", {"pid": 1, "info": 2}),
         ("google.rpc.Status", {"code": 1, "message": 2, "details": 3}),
+        ("nri.pkg.api.v1alpha1.RegisterPluginRequest",
+         {"plugin_name": 1, "plugin_idx": 2, "NRI_version": 3}),
+        ("nri.pkg.api.v1alpha1.ConfigureRequest",
+         {"config": 1, "runtime_name": 2, "runtime_version": 3, "registration_timeout": 4,
+          "request_timeout": 5, "NRI_version": 6}),
+        ("nri.pkg.api.v1alpha1.ConfigureResponse", {"events": 2}),
+        ("nri.pkg.api.v1alpha1.SynchronizeRequest", {"pods": 1, "containers": 2, "more": 3}),
+        ("nri.pkg.api.v1alpha1.CreateContainerResponse", {"adjust": 1, "update": 2, "evict": 3}),
+        ("nri.pkg.api.v1alpha1.PodSandbox",
+         {"id": 1, "name": 2, "uid": 3, "namespace": 4, "labels": 5, "annotations": 6,
+          "runtime_handler": 7, "linux": 8, "pid": 9, "ips": 10}),
+        ("nri.pkg.api.v1alpha1.ContainerAdjustment",
+         {"annotations": 2, "mounts": 3, "env": 4, "hooks": 5, "linux": 6, "rlimits": 7,
+          "CDI_devices": 8, "args": 9}),
+        ("nri.pkg.api.v1alpha1.ContainerUpdate", {"container_id": 1, "linux": 2, "ignore_failure": 3}),
+        ("nri.pkg.api.v1alpha1.LinuxIOPriority", {"class": 1, "priority": 2}),
     ],
 )
 def test_fields_match_containerd(full_name: str, expected: dict[str, int]) -> None:
@@ -157,6 +173,13 @@ def test_field_types() -> None:
     assert create.fields_by_name["options"].message_type.full_name == "google.protobuf.Any"
 
 
+def test_nri_container_fields() -> None:
+    container = fields("nri.pkg.api.v1alpha1.Container")
+    assert [container[n] for n in ("id", "state", "rlimits", "created_at", "CDI_devices", "user",
+                                   "image")] == [1, 4, 13, 14, 20, 21, 22]
+    assert len(container) == 22
+
+
 def test_enums() -> None:
     pool = descriptor_pool.Default()
     message("containerd.v1.types.Process")
@@ -171,6 +194,10 @@ def test_enums() -> None:
         "UNKNOWN": 0, "CREATED": 1, "RUNNING": 2, "STOPPED": 3, "PAUSED": 4, "PAUSING": 5}
     assert values("containerd.types.transfer.AuthType") == {
         "NONE": 0, "CREDENTIALS": 1, "REFRESH": 2, "HEADER": 3}
+    events = values("nri.pkg.api.v1alpha1.Event")
+    assert (events["RUN_POD_SANDBOX"], events["VALIDATE_CONTAINER_ADJUSTMENT"], events["LAST"]) == (
+        1, 14, 15)
+    assert values("nri.pkg.api.v1alpha1.Field")["MemoryPolicy"] == 40
 
 
 SERVICES = {
@@ -205,6 +232,13 @@ SERVICES = {
     "containerd.runtime.sandbox.v1.Sandbox":
         "CreateSandbox StartSandbox Platform StopSandbox WaitSandbox SandboxStatus PingSandbox "
         "ShutdownSandbox SandboxMetrics",
+    "nri.pkg.api.v1alpha1.Runtime": "RegisterPlugin UpdateContainers",
+    "nri.pkg.api.v1alpha1.Plugin":
+        "Configure Synchronize Shutdown RunPodSandbox UpdatePodSandbox PostUpdatePodSandbox "
+        "StopPodSandbox RemovePodSandbox CreateContainer PostCreateContainer StartContainer "
+        "PostStartContainer UpdateContainer PostUpdateContainer StopContainer RemoveContainer "
+        "StateChange ValidateContainerAdjustment",
+    "nri.pkg.api.v1alpha1.HostFunctions": "Log",
 }
 
 
@@ -270,6 +304,21 @@ def test_ttrpc_stubs_where_the_plugin_exists() -> None:
 
 
 # --- the generator itself ------------------------------------------------------------------
+
+
+def test_stubs_parse() -> None:
+    import ast
+
+    for path in sorted(API_DIR.rglob("*.pyi")):
+        ast.parse(path.read_text(), str(path))
+
+
+def test_fix_stub_keywords() -> None:
+    text = "class F:\n    None: _ClassVar[F]\n    Nonesuch: int\nNone: F\nclass_: int\n"
+    assert build.fix_stub_keywords(text) == (
+        "class F:\n    # keyword, use getattr(): None: _ClassVar[F]\n    Nonesuch: int\n"
+        "# keyword, use getattr(): None: F\nclass_: int\n"
+    )
 
 
 def test_rewrite_imports() -> None:
