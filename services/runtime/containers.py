@@ -7,6 +7,8 @@ the request context (`moorage.namespaces.namespace()`).
 
 from __future__ import annotations
 
+import builtins
+
 import re
 import sqlite3
 import time
@@ -142,7 +144,7 @@ class SqliteContainerStore:
     async def get(self, id: str) -> Container:
         return self._get(namespace(), id)
 
-    async def list(self, filters: Sequence[str] = ()) -> list[Container]:
+    async def list(self, filters: Sequence[str] = ()) -> builtins.list[Container]:
         ns = namespace()
         rows = self._db.execute(
             "SELECT * FROM containers WHERE namespace=? ORDER BY created_at, id", (ns,)

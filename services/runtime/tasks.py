@@ -14,6 +14,8 @@ task was never created (the runtime died between `start` and Create) is reaped.
 
 from __future__ import annotations
 
+import builtins
+
 import asyncio
 import contextlib
 import json
@@ -237,7 +239,7 @@ class TaskManager:
             return any_pb2.Any(type_url=RUNC_OPTIONS_URL, value=opts.SerializeToString())
         return any_pb2.Any(type_url=options.type_url, value=options.value)
 
-    async def _snapshot_mounts(self, snapshotter: str, key: str) -> list[Mount]:
+    async def _snapshot_mounts(self, snapshotter: str, key: str) -> builtins.list[Mount]:
         if self._proxy is None:
             raise FailedPrecondition("no rootfs given and no snapshots service to ask")
         from moorage.api.containerd.services.snapshots.v1 import snapshots_pb2
@@ -468,7 +470,7 @@ class TaskManager:
     async def get(self, container_id: str, exec_id: str = "") -> ProcessState:
         return await self._state(self._task(container_id), exec_id)
 
-    async def list(self, filters: Sequence[str] = ()) -> list[ProcessState]:
+    async def list(self, filters: Sequence[str] = ()) -> builtins.list[ProcessState]:
         ns = namespace()
         tasks = [t for (n, _), t in sorted(self.tasks.items()) if n == ns and not t.gone]
         return list(await asyncio.gather(*(self._state(t) for t in tasks)))
@@ -511,7 +513,7 @@ class TaskManager:
         t = self._task(container_id)
         await t.shim.call("Resume", shim_pb2.ResumeRequest(id=container_id), empty_pb2.Empty)
 
-    async def pids(self, container_id: str) -> list[tuple[int, AnyValue | None]]:
+    async def pids(self, container_id: str) -> builtins.list[tuple[int, AnyValue | None]]:
         t = self._task(container_id)
         r = await t.shim.call("Pids", shim_pb2.PidsRequest(id=container_id),
                               shim_pb2.PidsResponse)
@@ -526,15 +528,18 @@ class TaskManager:
             req.resources.CopyFrom(any_pb2.Any(type_url=resources.type_url, value=resources.value))
         await t.shim.call("Update", req, empty_pb2.Empty)
 
-    async def metrics(self, filters: Sequence[str]) -> list[tuple[str, AnyValue | None]]:
+    async def metrics(self, filters: Sequence[str]) -> builtins.list[tuple[str, AnyValue | None]]:
         ns = namespace()
         tasks = [t for (n, _), t in sorted(self.tasks.items()) if n == ns and not t.gone]
         if filters and any(filters):
             from moorage.filters import parse
 
             flt = parse([f for f in filters if f])
-            tasks = [t for t in tasks if flt.match(
-                lambda p, t=t: (t.id, True) if list(p) == ["id"] else ("", False))]
+
+            def adaptor(t: Task) -> Callable[[Sequence[str]], tuple[str, bool]]:
+                return lambda p: (t.id, True) if list(p) == ["id"] else ("", False)
+
+            tasks = [t for t in tasks if flt.match(adaptor(t))]
 
         async def one(t: Task) -> tuple[str, AnyValue | None]:
             try:

@@ -1,0 +1,820 @@
+"""`moor run`, `ps`, `exec`, `kill`, `stop`, `rm`, `logs`, `wait`, `pause`, `unpause`, `top`,
+`stats`, `update`, `containers`, `tasks`: the runtime's commands (blocking client, no asyncio).
+
+`moor run` does what `ctr run` does on the client side: resolve the image, prepare the
+rootfs snapshot on its chain id, build the spec (image config + flags), create the
+container and its task, start it. Without `-d` it then follows the container's log (or,
+with `-t`, its terminal) until the task exits, deletes the task, and with `--rm` the
+container and snapshot too; the exit code is the container's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from moorage.errdefs import FailedPrecondition, InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from moorage.cli.context import CliContext
+
+CONTAINERS = "containerd.services.containers.v1.Containers"
+TASKS = "containerd.services.tasks.v1.Tasks"
+SNAPSHOTS = "containerd.services.snapshots.v1.Snapshots"
+DEFAULT_RUNTIME = "io.containerd.runc.v2"
+DEFAULT_SNAPSHOTTER = "overlayfs"
+RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
+RESOURCES_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+LOG_LABEL = "moorage/logging"
+LOG_PATH_LABEL = "moorage/log-path"
+NAME_LABEL = "moorage/name"
+STATUS = {0: "unknown", 1: "created", 2: "running", 3: "stopped", 4: "paused", 5: "pausing"}
+
+
+def _pb() -> tuple[Any, Any]:
+    from moorage.api.containerd.services.containers.v1 import containers_pb2
+    from moorage.api.containerd.services.tasks.v1 import tasks_pb2
+
+    return containers_pb2, tasks_pb2
+
+
+class _Api:
+    """The calls the commands make, on one blocking client."""
+
+    def __init__(self, ctx: CliContext) -> None:
+        self.ctx = ctx
+        self.c = ctx.connect()
+        self.md = ctx.metadata()
+        self.timeout = ctx.timeout
+        self.cpb, self.tpb = _pb()
+
+    def call(self, svc: str, method: str, req: Any, resp: Any, timeout: float | None = -1.0) -> Any:
+        t = self.timeout if timeout == -1.0 else timeout
+        return self.c.unary(svc, method, req, resp, timeout=t, metadata=self.md)
+
+    def container(self, id: str) -> Any:
+        return self.call(CONTAINERS, "Get", self.cpb.GetContainerRequest(id=id),
+                         self.cpb.GetContainerResponse).container
+
+    def containers(self) -> list[Any]:
+        return list(self.call(CONTAINERS, "List", self.cpb.ListContainersRequest(),
+                              self.cpb.ListContainersResponse).containers)
+
+    def task(self, id: str, exec_id: str = "") -> Any | None:
+        try:
+            return self.call(TASKS, "Get", self.tpb.GetRequest(container_id=id, exec_id=exec_id),
+                             self.tpb.GetResponse).process
+        except NotFound:
+            return None
+
+    def tasks(self) -> dict[str, Any]:
+        r = self.call(TASKS, "List", self.tpb.ListTasksRequest(), self.tpb.ListTasksResponse)
+        return {t.container_id: t for t in r.tasks}
+
+    def kill(self, id: str, sig: int, exec_id: str = "", all: bool = False) -> None:
+        from google.protobuf import empty_pb2
+
+        self.call(TASKS, "Kill", self.tpb.KillRequest(container_id=id, exec_id=exec_id,
+                                                       signal=sig, all=all), empty_pb2.Empty)
+
+    def wait(self, id: str, exec_id: str = "", timeout: float | None = None) -> int:
+        r = self.call(TASKS, "Wait", self.tpb.WaitRequest(container_id=id, exec_id=exec_id),
+                      self.tpb.WaitResponse, timeout=timeout)
+        return int(r.exit_status)
+
+    def delete_task(self, id: str) -> int:
+        r = self.call(TASKS, "Delete", self.tpb.DeleteTaskRequest(container_id=id),
+                      self.tpb.DeleteResponse)
+        return int(r.exit_status)
+
+    def remove_container(self, c: Any) -> None:
+        from google.protobuf import empty_pb2
+
+        self.call(CONTAINERS, "Delete", self.cpb.DeleteContainerRequest(id=c.id),
+                  empty_pb2.Empty)
+        if c.snapshot_key:
+            from moorage.api.containerd.services.snapshots.v1 import snapshots_pb2 as spb
+
+            try:
+                self.call(SNAPSHOTS, "Remove", spb.RemoveSnapshotRequest(
+                    snapshotter=c.snapshotter or DEFAULT_SNAPSHOTTER, key=c.snapshot_key),
+                    empty_pb2.Empty)
+            except NotFound:
+                pass
+
+    def resize(self, id: str, exec_id: str, fd: int) -> None:
+        from google.protobuf import empty_pb2
+
+        try:
+            size = os.get_terminal_size(fd)
+        except OSError:
+            return
+        self.call(TASKS, "ResizePty", self.tpb.ResizePtyRequest(
+            container_id=id, exec_id=exec_id, width=size.columns, height=size.lines),
+            empty_pb2.Empty)
+
+
+# ---- stdio on the client side (fifos this process owns, as ctr does) ----------------------
+
+class _ClientIO:
+    """Fifos in a private temp dir: stdin written from our stdin, stdout/stderr copied out."""
+
+    def __init__(self, stdin: bool, stdout: bool, stderr: bool) -> None:
+        import tempfile
+
+        base = "/run/moorage" if os.access("/run/moorage", os.W_OK) else None
+        self.dir = tempfile.mkdtemp(prefix="moor-io-", dir=base)
+        self.paths: dict[str, str] = {}
+        self.fds: dict[str, int] = {}
+        self.threads: list[threading.Thread] = []
+        for name, want in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
+            if want:
+                p = os.path.join(self.dir, name)
+                os.mkfifo(p, 0o600)
+                self.paths[name] = p
+        for name in ("stdout", "stderr"):
+            if name in self.paths:
+                self.fds[name] = os.open(self.paths[name], os.O_RDONLY | os.O_NONBLOCK)
+
+    def path(self, name: str) -> str:
+        return self.paths.get(name, "")
+
+    def start(self, on_stdin_eof: Callable[[], None] | None = None) -> None:
+        """After the shim opened its ends: copy in both directions in threads."""
+        import fcntl
+
+        for name, out in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+            fd = self.fds.get(name)
+            if fd is None:
+                continue
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+            t = threading.Thread(target=self._copy_out, args=(fd, out.fileno()), daemon=True)
+            t.start()
+            self.threads.append(t)
+        if "stdin" in self.paths:
+            t = threading.Thread(target=self._copy_in, args=(on_stdin_eof,), daemon=True)
+            t.start()
+
+    def _copy_out(self, fd: int, out: int) -> None:
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view):]
+
+    def _copy_in(self, on_eof: Callable[[], None] | None) -> None:
+        try:
+            w = os.open(self.paths["stdin"], os.O_WRONLY)
+        except OSError:
+            return
+        try:
+            while True:
+                data = os.read(sys.stdin.fileno(), 65536)
+                if not data:
+                    break
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(w, view):]
+        except OSError:
+            pass
+        finally:
+            os.close(w)
+        if on_eof is not None:
+            try:
+                on_eof()
+            except Exception:
+                pass
+
+    def drain(self, timeout: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        import shutil
+
+        for fd in self.fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _RawTerminal:
+    def __init__(self, fd: int) -> None:
+        import termios
+        import tty
+
+        self.fd = fd
+        self.saved = termios.tcgetattr(fd)
+        tty.setraw(fd)
+
+    def restore(self) -> None:
+        import termios
+
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+
+def _copy_log(path: str, offset: int) -> int:
+    """Write the complete log lines after `offset` to our stdout/stderr; the new offset."""
+    from pathlib import Path
+
+    from .cio import read_log
+
+    lines, offset = read_log(Path(path), offset)
+    for stream, data in lines:
+        out = sys.stderr if stream == "stderr" else sys.stdout
+        out.buffer.write(data)
+        out.flush()
+    return offset
+
+
+def _follow_log(path: str, done: threading.Event, offset: int = 0) -> int:
+    while True:
+        finished = done.is_set()
+        offset = _copy_log(path, offset)
+        if finished:
+            return offset
+        done.wait(0.05)
+
+
+# ---- run ----------------------------------------------------------------------------------
+
+def _runtime(value: str) -> tuple[str, str]:
+    """`--runtime`: a shim runtime name/path, or an OCI runtime binary for the runc shim."""
+    if not value:
+        return DEFAULT_RUNTIME, ""
+    base = os.path.basename(value)
+    if value.startswith("io.containerd.") or base.startswith("containerd-shim-"):
+        return value, ""
+    return DEFAULT_RUNTIME, value
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="moor run", add_help=True)
+    p.add_argument("-d", "--detach", action="store_true")
+    p.add_argument("--rm", action="store_true")
+    p.add_argument("-i", "--interactive", action="store_true")
+    p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument("--name", default="")
+    p.add_argument("-e", "--env", action="append", default=[])
+    p.add_argument("--mount", action="append", default=[])
+    p.add_argument("-u", "--user", default="")
+    p.add_argument("-w", "--workdir", default="")
+    p.add_argument("--hostname", default="")
+    p.add_argument("-m", "--memory", default="")
+    p.add_argument("--cpus", type=float, default=0.0)
+    p.add_argument("--runtime", default="")
+    p.add_argument("--snapshotter", default=DEFAULT_SNAPSHOTTER)
+    p.add_argument("--label", action="append", default=[])
+    p.add_argument("image")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    return p
+
+
+def cmd_run(argv: list[str], ctx: CliContext) -> int:
+    from google.protobuf import any_pb2
+
+    from . import image as img
+    from . import rootfs as rfs
+    from . import spec as sp
+    from .contract import Mount
+
+    a = _run_parser().parse_args(argv)
+    if a.detach and a.rm:
+        raise InvalidArgument("--rm and -d cannot be used together")
+    api = _Api(ctx)
+    cpb, tpb = api.cpb, api.tpb
+    from moorage.api.containerd.services.snapshots.v1 import snapshots_pb2 as spb
+
+    id = a.name or secrets.token_hex(8)
+    runtime, oci_binary = _runtime(a.runtime)
+    if runtime.startswith("io.containerd.") or os.path.isabs(runtime):
+        from .shim import binary_for
+
+        binary_for(runtime)  # unknown runtime: fail before anything is created
+    resolved = img.resolve(api.c, api.md, a.image, api.timeout)
+    overrides = sp.Overrides(
+        args=tuple(a.command), env=tuple(a.env), user=a.user, workdir=a.workdir,
+        hostname=a.hostname, terminal=a.tty,
+        memory=sp.parse_memory(a.memory) if a.memory else 0, cpus=a.cpus,
+        mounts=tuple(sp.parse_mount(m) for m in a.mount))
+    labels = {LOG_LABEL: "file"} if not a.tty else {}
+    for kv in a.label:
+        k, _, v = kv.partition("=")
+        labels[k] = v
+    if a.name:
+        labels[NAME_LABEL] = a.name
+    cleanup: list[Callable[[], None]] = []
+
+    def undo() -> None:
+        for fn in reversed(cleanup):
+            try:
+                fn()
+            except Exception:
+                pass
+
+    cio: _ClientIO | None = None
+    try:
+        prep = api.call(SNAPSHOTS, "Prepare", spb.PrepareSnapshotRequest(
+            snapshotter=a.snapshotter, key=id, parent=resolved.chain_id),
+            spb.PrepareSnapshotResponse)
+
+        def rm_snapshot() -> None:
+            from google.protobuf import empty_pb2
+
+            api.call(SNAPSHOTS, "Remove", spb.RemoveSnapshotRequest(
+                snapshotter=a.snapshotter, key=id), empty_pb2.Empty)
+
+        cleanup.append(rm_snapshot)
+        mounts = [Mount(m.type, m.source, m.target, tuple(m.options)) for m in prep.mounts]
+        spec = sp.build_spec(ctx.namespace, id, resolved.config, overrides,
+                             read_rootfs=rfs.reader(mounts))
+        c = cpb.Container(id=id, image=resolved.name, labels=labels,
+                          snapshotter=a.snapshotter, snapshot_key=id)
+        c.runtime.name = runtime
+        if oci_binary:
+            from moorage.api.containerd.types.runc.options import oci_pb2
+
+            c.runtime.options.CopyFrom(any_pb2.Any(
+                type_url=RUNC_OPTIONS_URL,
+                value=oci_pb2.Options(binary_name=oci_binary).SerializeToString()))
+        c.spec.CopyFrom(any_pb2.Any(type_url=sp.SPEC_TYPE_URL, value=sp.dumps(spec)))
+        created = api.call(CONTAINERS, "Create", cpb.CreateContainerRequest(container=c),
+                           cpb.CreateContainerResponse).container
+
+        def rm_container() -> None:
+            from google.protobuf import empty_pb2
+
+            api.call(CONTAINERS, "Delete", cpb.DeleteContainerRequest(id=id), empty_pb2.Empty)
+
+        cleanup.append(rm_container)
+        if a.tty or a.interactive:
+            cio = _ClientIO(stdin=a.interactive, stdout=a.tty, stderr=False)
+        treq = tpb.CreateTaskRequest(
+            container_id=id, terminal=a.tty,
+            stdin=cio.path("stdin") if cio else "", stdout=cio.path("stdout") if cio else "",
+            rootfs=list(prep.mounts))
+        api.call(TASKS, "Create", treq, tpb.CreateTaskResponse)
+
+        def rm_task() -> None:
+            api.delete_task(id)
+
+        cleanup.append(rm_task)
+        api.call(TASKS, "Start", tpb.StartRequest(container_id=id), tpb.StartResponse)
+    except BaseException:
+        undo()
+        if cio is not None:
+            cio.close()
+        raise
+    if a.detach:
+        print(id)
+        return 0
+    return _attach_and_wait(api, id, created.labels.get(LOG_PATH_LABEL, ""), cio, a.tty,
+                            a.interactive, a.rm, created)
+
+
+def _attach_and_wait(api: _Api, id: str, log_path: str, cio: _ClientIO | None, tty: bool,
+                     interactive: bool, rm: bool, container: Any, exec_id: str = "") -> int:
+    from google.protobuf import empty_pb2
+
+    done = threading.Event()
+    result: list[int] = []
+    errors: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            from ttrpc.blocking import Client
+
+            from moorage import errdefs
+
+            with Client(api.ctx.address, error_factory=errdefs.from_status) as c:
+                r = c.unary(TASKS, "Wait", api.tpb.WaitRequest(container_id=id, exec_id=exec_id),
+                            api.tpb.WaitResponse, metadata=api.md)
+                result.append(int(r.exit_status))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    term: _RawTerminal | None = None
+    winch = threading.Event()
+    if tty and sys.stdin.isatty():
+        if interactive:
+            term = _RawTerminal(sys.stdin.fileno())
+        signal.signal(signal.SIGWINCH, lambda *_: winch.set())
+        winch.set()
+
+    def close_stdin() -> None:
+        from ttrpc.blocking import Client
+
+        from moorage import errdefs
+
+        with Client(api.ctx.address, error_factory=errdefs.from_status) as c:
+            c.unary(TASKS, "CloseIO", api.tpb.CloseIORequest(container_id=id, exec_id=exec_id,
+                                                               stdin=True),
+                    empty_pb2.Empty, metadata=api.md)
+
+    logged = bool(log_path) and (cio is None or "stdout" not in cio.paths)
+    threading.Thread(target=waiter, daemon=True).start()
+    try:
+        if cio is not None:
+            cio.start(close_stdin)
+        offset = 0
+        while not done.is_set():
+            if winch.is_set():
+                winch.clear()
+                try:
+                    api.resize(id, exec_id, sys.stdin.fileno())
+                except Exception:
+                    pass
+            if logged:
+                offset = _copy_log(log_path, offset)
+            done.wait(0.02)
+        if exec_id:
+            r = api.call(TASKS, "DeleteProcess", api.tpb.DeleteProcessRequest(
+                container_id=id, exec_id=exec_id), api.tpb.DeleteResponse)
+            code = int(r.exit_status)
+        else:
+            code = api.delete_task(id)
+        if cio is not None:
+            cio.drain()
+        if logged:
+            _copy_log(log_path, offset)
+    finally:
+        if term is not None:
+            term.restore()
+        if cio is not None:
+            cio.close()
+    if rm and not exec_id:
+        api.remove_container(container)
+    if errors and not result:
+        raise errors[0]
+    return code
+
+
+# ---- exec ---------------------------------------------------------------------------------
+
+def cmd_exec(argv: list[str], ctx: CliContext) -> int:
+    from google.protobuf import any_pb2, empty_pb2
+
+    from . import spec as sp
+
+    p = argparse.ArgumentParser(prog="moor exec")
+    p.add_argument("-i", "--interactive", action="store_true")
+    p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument("-d", "--detach", action="store_true")
+    p.add_argument("-e", "--env", action="append", default=[])
+    p.add_argument("-u", "--user", default="")
+    p.add_argument("-w", "--workdir", default="")
+    p.add_argument("--exec-id", default="")
+    p.add_argument("container")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    a = p.parse_args(argv)
+    api = _Api(ctx)
+    c = api.container(a.container)
+    spec = json.loads(c.spec.value)
+    proc = sp.process_spec(spec, a.command, env=a.env, user=a.user, cwd=a.workdir,
+                           terminal=a.tty)
+    exec_id = a.exec_id or "exec-" + secrets.token_hex(6)
+    cio = None if a.detach else _ClientIO(stdin=a.interactive, stdout=True,
+                                           stderr=not a.tty)
+    try:
+        api.call(TASKS, "Exec", api.tpb.ExecProcessRequest(
+            container_id=a.container, exec_id=exec_id, terminal=a.tty,
+            stdin=cio.path("stdin") if cio else "", stdout=cio.path("stdout") if cio else "",
+            stderr=cio.path("stderr") if cio else "",
+            spec=any_pb2.Any(type_url=sp.PROCESS_TYPE_URL, value=json.dumps(proc).encode())),
+            empty_pb2.Empty)
+        api.call(TASKS, "Start", api.tpb.StartRequest(container_id=a.container,
+                                                      exec_id=exec_id), api.tpb.StartResponse)
+    except BaseException:
+        if cio is not None:
+            cio.close()
+        raise
+    if a.detach:
+        print(exec_id)
+        return 0
+    return _attach_and_wait(api, a.container, "", cio, a.tty, a.interactive, False, c,
+                            exec_id=exec_id)
+
+
+# ---- the rest -----------------------------------------------------------------------------
+
+def _signal(text: str) -> int:
+    t = text.upper()
+    if t.isdigit():
+        return int(t)
+    if not t.startswith("SIG"):
+        t = "SIG" + t
+    try:
+        return int(getattr(signal, t))
+    except AttributeError:
+        raise InvalidArgument(f"unknown signal {text!r}") from None
+
+
+def cmd_ps(argv: list[str], ctx: CliContext) -> int:
+    p = argparse.ArgumentParser(prog="moor ps")
+    p.add_argument("-a", "--all", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    a = p.parse_args(argv)
+    api = _Api(ctx)
+    tasks = api.tasks()
+    rows = []
+    for c in api.containers():
+        t = tasks.get(c.id)
+        status = STATUS.get(t.status, "unknown") if t else "no task"
+        if t is not None and t.status == 3:
+            status = f"exited ({t.exit_status})"
+        running = t is not None and t.status in (1, 2, 4, 5)
+        if not a.all and not running:
+            continue
+        try:
+            args = json.loads(c.spec.value).get("process", {}).get("args", [])
+        except ValueError:
+            args = []
+        rows.append({"id": c.id, "image": c.image, "command": " ".join(args)[:40],
+                     "status": status, "pid": t.pid if t else 0, "runtime": c.runtime.name})
+    if ctx.json:
+        ctx.emit_json(rows)
+    elif a.quiet:
+        for r in rows:
+            print(r["id"])
+    else:
+        ctx.table(["container", "image", "command", "status", "pid"],
+                  [[r["id"], r["image"], r["command"], r["status"], r["pid"] or "-"]
+                   for r in rows])
+    return 0
+
+
+def cmd_kill(argv: list[str], ctx: CliContext) -> int:
+    p = argparse.ArgumentParser(prog="moor kill")
+    p.add_argument("-s", "--signal", default="SIGKILL")
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--exec-id", default="")
+    p.add_argument("containers", nargs="+")
+    a = p.parse_args(argv)
+    api = _Api(ctx)
+    for id in a.containers:
+        api.kill(id, _signal(a.signal), a.exec_id, a.all)
+    return 0
+
+
+def cmd_stop(argv: list[str], ctx: CliContext) -> int:
+    from moorage.errdefs import DeadlineExceeded
+
+    p = argparse.ArgumentParser(prog="moor stop")
+    p.add_argument("-t", "--time", type=float, default=10.0)
+    p.add_argument("containers", nargs="+")
+    a = p.parse_args(argv)
+    api = _Api(ctx)
+    for id in a.containers:
+        t = api.task(id)
+        if t is None or t.status == 3:
+            continue
+        api.kill(id, int(signal.SIGTERM))
+        try:
+            api.wait(id, timeout=a.time if a.time > 0 else None)
+        except DeadlineExceeded:
+            api.kill(id, int(signal.SIGKILL), all=True)
+            api.wait(id)
+        print(id)
+    return 0
+
+
+def cmd_rm(argv: list[str], ctx: CliContext) -> int:
+    p = argparse.ArgumentParser(prog="moor rm")
+    p.add_argument("-f", "--force", action="store_true")
+    p.add_argument("containers", nargs="+")
+    a = p.parse_args(argv)
+    api = _Api(ctx)
+    failed = 0
+    for id in a.containers:
+        try:
+            c = api.container(id)
+            t = api.task(id)
+            if t is not None:
+                if t.status != 3:
+                    if not a.force:
+                        raise FailedPrecondition(
+                            f"container {id} is running: stop it first or use rm -f")
+                    api.kill(id, int(signal.SIGKILL), all=True)
+                    api.wait(id)
+                api.delete_task(id)
+            api.remove_container(c)
+            print(id)
+        except Exception as exc:
+            failed = ctx.fail(exc)
+    return failed
+
+
+def cmd_logs(argv: list[str], ctx: CliContext) -> int:
+    p = argparse.ArgumentParser(prog="moor logs")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("container")
+    a = p.parse_args(argv)
+    api = _Api(ctx)
+    c = api.container(a.container)
+    path = c.labels.get(LOG_PATH_LABEL, "")
+    if not path:
+        raise FailedPrecondition(f"container {a.container} has no log (run with a terminal?)")
+    done = threading.Event()
+    if not a.follow:
+        done.set()
+        _follow_log(path, done)
+        return 0
+
+    def waiter() -> None:
+        try:
+            from ttrpc.blocking import Client
+
+            from moorage import errdefs
+
+            with Client(ctx.address, error_factory=errdefs.from_status) as cl:
+                cl.unary(TASKS, "Wait", api.tpb.WaitRequest(container_id=a.container),
+                         api.tpb.WaitResponse, metadata=api.md)
+        except Exception:
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=waiter, daemon=True).start()
+    try:
+        _follow_log(path, done)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def cmd_wait(argv: list[str], ctx: CliContext) -> int:
+    api = _Api(ctx)
+    code = 0
+    for id in argv:
+        code = api.wait(id, timeout=None)
+        print(code)
+    return 0
+
+
+def cmd_pause(cmd: str, argv: list[str], ctx: CliContext) -> int:
+    from google.protobuf import empty_pb2
+
+    api = _Api(ctx)
+    for id in argv:
+        if cmd == "pause":
+            api.call(TASKS, "Pause", api.tpb.PauseTaskRequest(container_id=id), empty_pb2.Empty)
+        else:
+            api.call(TASKS, "Resume", api.tpb.ResumeTaskRequest(container_id=id),
+                     empty_pb2.Empty)
+    return 0
+
+
+def cmd_top(argv: list[str], ctx: CliContext) -> int:
+    if len(argv) != 1:
+        raise InvalidArgument("usage: moor top CONTAINER")
+    api = _Api(ctx)
+    r = api.call(TASKS, "ListPids", api.tpb.ListPidsRequest(container_id=argv[0]),
+                 api.tpb.ListPidsResponse)
+    rows = []
+    for p in r.processes:
+        try:
+            with open(f"/proc/{p.pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            cmd = "?"
+        rows.append([p.pid, cmd])
+    if ctx.json:
+        ctx.emit_json([{"pid": p, "command": c} for p, c in rows])
+    else:
+        ctx.table(["pid", "command"], rows)
+    return 0
+
+
+def _cgroup_read(controller: str, path: str, name: str) -> int | None:
+    try:
+        with open(f"/sys/fs/cgroup/{controller}{path}/{name}") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cmd_stats(argv: list[str], ctx: CliContext) -> int:
+    api = _Api(ctx)
+    r = api.call(TASKS, "Metrics", api.tpb.MetricsRequest(
+        filters=[f"id=={i}" for i in argv] if len(argv) == 1 else []), api.tpb.MetricsResponse)
+    rows = []
+    for m in r.metrics:
+        if argv and m.id not in argv:
+            continue
+        c = api.container(m.id)
+        cg = json.loads(c.spec.value).get("linux", {}).get("cgroupsPath", "")
+        mem = _cgroup_read("memory", cg, "memory.usage_in_bytes")
+        lim = _cgroup_read("memory", cg, "memory.limit_in_bytes")
+        cpu = _cgroup_read("cpuacct", cg, "cpuacct.usage")
+        pids = _cgroup_read("pids", cg, "pids.current")
+        rows.append({"id": m.id, "memory": mem, "memory_limit": lim, "cpu_ns": cpu,
+                     "pids": pids, "metrics_type": m.data.type_url})
+    if ctx.json:
+        ctx.emit_json(rows)
+    else:
+        ctx.table(["container", "memory", "limit", "cpu (s)", "pids"],
+                  [[r["id"], r["memory"], r["memory_limit"],
+                    f"{(r['cpu_ns'] or 0) / 1e9:.3f}", r["pids"]] for r in rows])
+    return 0
+
+
+def cmd_update(argv: list[str], ctx: CliContext) -> int:
+    from google.protobuf import any_pb2, empty_pb2
+
+    from . import spec as sp
+
+    p = argparse.ArgumentParser(prog="moor update")
+    p.add_argument("-m", "--memory", default="")
+    p.add_argument("--cpus", type=float, default=0.0)
+    p.add_argument("containers", nargs="+")
+    a = p.parse_args(argv)
+    api = _Api(ctx)
+    for id in a.containers:
+        c = api.container(id)
+        res: dict[str, Any] = json.loads(c.spec.value).get("linux", {}).get("resources", {})
+        if a.memory:
+            res["memory"] = {"limit": sp.parse_memory(a.memory)}
+        if a.cpus:
+            res["cpu"] = {"quota": int(a.cpus * 100000), "period": 100000}
+        api.call(TASKS, "Update", api.tpb.UpdateTaskRequest(
+            container_id=id,
+            resources=any_pb2.Any(type_url=RESOURCES_URL, value=json.dumps(res).encode())),
+            empty_pb2.Empty)
+    return 0
+
+
+def cmd_containers(argv: list[str], ctx: CliContext) -> int:
+    sub = argv[0] if argv else "ls"
+    api = _Api(ctx)
+    if sub in ("ls", "list"):
+        cs = api.containers()
+        if ctx.json:
+            ctx.emit_json([{"id": c.id, "image": c.image, "runtime": c.runtime.name,
+                            "labels": dict(c.labels)} for c in cs])
+        else:
+            ctx.table(["container", "image", "runtime"],
+                      [[c.id, c.image or "-", c.runtime.name] for c in cs])
+        return 0
+    if sub in ("rm", "delete", "del"):
+        for id in argv[1:]:
+            api.remove_container(api.container(id))
+        return 0
+    if sub == "info" and len(argv) == 2:
+        c = api.container(argv[1])
+        ctx.emit_json({"id": c.id, "image": c.image, "runtime": c.runtime.name,
+                       "labels": dict(c.labels), "snapshotter": c.snapshotter,
+                       "snapshot_key": c.snapshot_key, "spec": json.loads(c.spec.value)})
+        return 0
+    raise InvalidArgument("usage: moor containers ls|rm ID...|info ID")
+
+
+def cmd_tasks(argv: list[str], ctx: CliContext) -> int:
+    api = _Api(ctx)
+    ts = api.tasks()
+    if ctx.json:
+        ctx.emit_json([{"id": t.container_id, "pid": t.pid, "status": STATUS.get(t.status),
+                        "exit_status": t.exit_status} for t in ts.values()])
+    else:
+        ctx.table(["task", "pid", "status"],
+                  [[t.container_id, t.pid, STATUS.get(t.status, "?")] for t in ts.values()])
+    return 0
+
+
+def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
+    simple: dict[str, Callable[[list[str], CliContext], int]] = {
+        "run": cmd_run, "ps": cmd_ps, "exec": cmd_exec, "kill": cmd_kill, "stop": cmd_stop,
+        "rm": cmd_rm, "logs": cmd_logs, "wait": cmd_wait, "top": cmd_top, "stats": cmd_stats,
+        "update": cmd_update, "containers": cmd_containers, "tasks": cmd_tasks,
+    }
+    if cmd in ("pause", "unpause"):
+        return cmd_pause(cmd, argv, ctx)
+    fn = simple.get(cmd)
+    if fn is None:
+        raise InvalidArgument(f"unknown command {cmd!r}")
+    try:
+        return fn(argv, ctx)
+    except SystemExit as exc:  # argparse
+        return int(exc.code or 0) if isinstance(exc.code, int) else 2
+
+
+__all__: Sequence[str] = ["main"]

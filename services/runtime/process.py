@@ -1,0 +1,70 @@
+"""`moorage serve runtime`: the registration record and its build."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from moorage.registry import BuildContext, Process
+
+from .config import RuntimeConfig
+
+SERVICES = (
+    "containerd.services.containers.v1.Containers",
+    "containerd.services.tasks.v1.Tasks",
+)
+
+
+async def build(ctx: BuildContext) -> Sequence[object]:
+    from moorage import rpc
+
+    from .api import ContainersService, TasksService
+    from .bundle import Bundles
+    from .containers import SqliteContainerStore
+    from .shim import ShimFlags, ShimRecords
+    from .tasks import TaskManager
+
+    settings: RuntimeConfig = ctx.settings or RuntimeConfig()
+    store = SqliteContainerStore(ctx.root / "runtime.db")
+    records = ShimRecords(store._db)
+    flags = ShimFlags(address=str(ctx.proxy_address), ttrpc_address=str(ctx.proxy_address),
+                      debug=settings.shim_debug)
+    proxy_client: list[Any] = []
+
+    async def proxy() -> Any:
+        if not proxy_client or getattr(proxy_client[0], "closed", False):
+            proxy_client[:] = [await rpc.connect(ctx.proxy_address)]
+        return proxy_client[0]
+
+    search = os.pathsep.join(p for p in (settings.shim_path, os.environ.get("PATH", "")) if p)
+    tasks = TaskManager(
+        store, Bundles(ctx.state, ctx.root), records, flags, ctx.publisher, ctx.logger,
+        runc_root=Path(settings.runc_root) if settings.runc_root else ctx.state / "runc",
+        log_dir=ctx.root / "logs", connect=rpc.connect, proxy=proxy, shim_search_path=search)
+    await tasks.recover()
+
+    async def close() -> None:
+        await tasks.close()
+        for c in proxy_client:
+            await c.close()
+        store.close()
+
+    async def usage(ns: str) -> Sequence[str]:
+        rows = store._db.execute("SELECT id FROM containers WHERE namespace=?", (ns,)).fetchall()
+        return [f"container {r[0]}" for r in rows]
+
+    ctx.on_close(close)
+    ctx.namespace_usage(usage)
+    return [ContainersService(store, tasks, ctx.publisher), TasksService(tasks)]
+
+
+PROCESS = Process(
+    name="runtime",
+    services=SERVICES,
+    build=build,
+    replica_safe=False,
+    config=RuntimeConfig,
+    description="containers.v1 and tasks.v1 on runtime v2 shims",
+)
