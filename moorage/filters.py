@@ -21,7 +21,8 @@ match everything. A selector is
 
 Matching goes through an *adaptor*: ``(fieldpath) -> (value, present)``, so the filter
 knows nothing about the objects it selects; :func:`adaptor` builds one from plain
-mappings. Any problem with the text raises :class:`moorage.errdefs.InvalidArgument`
+mappings and :func:`message_adaptor` one from a protobuf message (event envelopes).
+A value starting with ``/`` is a quote, so topics are written ``topic=="/tasks/exit"``. Any problem with the text raises :class:`moorage.errdefs.InvalidArgument`
 with containerd's message shape (``filters: parse error: [name >|=|< ...]: ...``); an
 invalid regular expression is reported at parse time too (containerd matches nothing).
 Regular expressions are Python's ``re``, close to Go's RE2 for the patterns used in practice.
@@ -34,9 +35,12 @@ import enum
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from moorage.errdefs import InvalidArgument
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
 
 __all__ = [
     "ALWAYS",
@@ -47,6 +51,7 @@ __all__ = [
     "Operator",
     "Selector",
     "adaptor",
+    "message_adaptor",
     "parse",
     "parse_one",
 ]
@@ -186,6 +191,74 @@ def adaptor(
         return "", False
 
     return lookup
+
+
+def message_adaptor(message: Message) -> Adaptor:
+    """An adaptor over a protobuf message by proto field names, with the rules of
+    containerd's generated event adaptors (``event.<field>`` in Events.Subscribe):
+
+    - string fields: present when non-empty; bool fields: ``"true"``/``"false"``, present;
+    - a map field named ``labels``: the rest of the path joined with ``.`` as the key;
+    - a singular message field (not Timestamp): the rest of the path inside it, absent
+      when unset; a ``google.protobuf.Any`` is unpacked when its type is registered (its
+      ``_pb2`` module imported);
+    - anything else (numbers, repeated fields, timestamps, other maps) is absent.
+    """
+
+    def lookup(fieldpath: Sequence[str]) -> tuple[str, bool]:
+        return _message_field(message, fieldpath)
+
+    return lookup
+
+
+def _message_field(message: Message, fieldpath: Sequence[str]) -> tuple[str, bool]:
+    from google.protobuf.descriptor import FieldDescriptor
+
+    if not fieldpath:
+        return "", False
+    fd = message.DESCRIPTOR.fields_by_name.get(fieldpath[0])
+    if fd is None:
+        return "", False
+    value = getattr(message, fd.name)
+    kind = fd.message_type if fd.type == FieldDescriptor.TYPE_MESSAGE else None
+    if kind is not None and kind.GetOptions().map_entry:
+        if fd.name != "labels" or len(fieldpath) < 2 or not value:
+            return "", False
+        key = ".".join(fieldpath[1:])
+        return (str(value[key]), True) if key in value else ("", False)
+    if fd.is_repeated:
+        return "", False
+    if fd.type == FieldDescriptor.TYPE_STRING:
+        return (value, True) if len(fieldpath) == 1 and value else ("", False)
+    if fd.type == FieldDescriptor.TYPE_BOOL:
+        return ("true" if value else "false", True) if len(fieldpath) == 1 else ("", False)
+    if kind is None or not message.HasField(fd.name):
+        return "", False
+    if kind.full_name == "google.protobuf.Timestamp":
+        return "", False
+    if kind.full_name == "google.protobuf.Any":
+        value = _unpack_any(value)
+        if value is None:
+            return "", False
+    return _message_field(value, fieldpath[1:])
+
+
+def _unpack_any(any_message: Message) -> Message | None:
+    from google.protobuf import descriptor_pool, message_factory
+    from google.protobuf.message import DecodeError
+
+    type_url: str = getattr(any_message, "type_url")
+    name = type_url.rsplit("/", 1)[-1]
+    try:
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(name)
+    except KeyError:
+        return None
+    decoded = message_factory.GetMessageClass(descriptor)()
+    try:
+        decoded.ParseFromString(getattr(any_message, "value"))
+    except DecodeError:
+        return None
+    return decoded
 
 
 # --- the scanner and parser -------------------------------------------------------------

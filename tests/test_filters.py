@@ -299,3 +299,75 @@ def test_quoted_round_trip(path: list[str], value: str, other: str) -> None:
         return (other, True) if tuple(fieldpath) == tuple(path) else ("", False)
 
     assert filters.parse([text]).match(lookup) is (other == value)
+
+
+# --- protobuf messages (events) ---------------------------------------------------------
+
+
+def _envelope() -> filters.Adaptor:
+    from google.protobuf import any_pb2
+
+    from moorage.api.containerd.events import container_pb2, task_pb2
+    from moorage.api.containerd.types import event_pb2
+
+    create = task_pb2.TaskCreate(
+        container_id="c1", bundle="", pid=7, io=task_pb2.TaskIO(stdout="/tmp/out", terminal=True)
+    )
+    event = any_pb2.Any(type_url="containerd.events.TaskCreate", value=create.SerializeToString())
+    env = event_pb2.Envelope(namespace="default", topic="/tasks/create", event=event)
+    env.timestamp.FromSeconds(5)
+    assert container_pb2  # imported for its registration only
+    return filters.message_adaptor(env)
+
+
+@pytest.mark.parametrize(
+    ("fieldpath", "expected"),
+    [
+        (["namespace"], ("default", True)),
+        (["topic"], ("/tasks/create", True)),
+        (["timestamp"], ("", False)),
+        (["event", "container_id"], ("c1", True)),
+        (["event", "bundle"], ("", False)),  # empty strings are absent
+        (["event", "pid"], ("", False)),  # numbers are not filterable
+        (["event", "io", "stdout"], ("/tmp/out", True)),
+        (["event", "io", "terminal"], ("true", True)),
+        (["event", "io", "stdin"], ("", False)),
+        (["event", "rootfs"], ("", False)),
+        (["event", "nope"], ("", False)),
+        (["event"], ("", False)),
+        (["topic", "x"], ("", False)),
+        ([], ("", False)),
+    ],
+)
+def test_message_adaptor(fieldpath: list[str], expected: tuple[str, bool]) -> None:
+    assert _envelope()(fieldpath) == expected
+
+
+def test_message_adaptor_labels_and_unknown_any() -> None:
+    from google.protobuf import any_pb2
+
+    from moorage.api.containerd.events import container_pb2
+    from moorage.api.containerd.types import event_pb2
+
+    update = container_pb2.ContainerUpdate(id="c", labels={"a.b": "x", "e": ""})
+    adaptor = filters.message_adaptor(update)
+    assert adaptor(["labels", "a", "b"]) == ("x", True)
+    assert adaptor(["labels", "e"]) == ("", True)
+    assert adaptor(["labels"]) == ("", False)
+    assert adaptor(["labels", "zz"]) == ("", False)
+    assert not filters.parse(['labels."a.b"!=x']).match(adaptor)
+
+    unknown = event_pb2.Envelope(event=any_pb2.Any(type_url="example.Unknown", value=b"\x08\x01"))
+    assert filters.message_adaptor(unknown)(["event", "x"]) == ("", False)
+    garbage = event_pb2.Envelope(
+        event=any_pb2.Any(type_url="containerd.events.TaskStart", value=b"\xff\xff")
+    )
+    assert filters.message_adaptor(garbage)(["event", "container_id"]) == ("", False)
+
+
+def test_subscribe_style_filters() -> None:
+    env = _envelope()
+    assert matches('topic~="^/tasks/"', adaptor=env)
+    assert matches("namespace==default,event.container_id==c1", adaptor=env)
+    assert not matches("namespace==other", 'topic=="/tasks/exit"', adaptor=env)
+    assert matches('topic=="/tasks/exit"', "event.io.terminal==true", adaptor=env)
