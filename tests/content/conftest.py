@@ -8,7 +8,9 @@ conformance suite (test_conformance.py) runs unchanged against each.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,7 +21,6 @@ import pytest
 from moorage.namespaces import current_namespace
 
 NS = "conformance"
-OTHER = "conformance-other"
 
 
 @contextlib.contextmanager
@@ -36,9 +37,18 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "content"
 
 
+_seq = itertools.count()
+
+
+def other() -> str:
+    """A second namespace, next to the test's own."""
+    return f"{current_namespace.get()}-b"
+
+
 @pytest.fixture(autouse=True)
 def _namespace() -> Iterator[None]:
-    with using(NS):
+    """A namespace of its own for every test (suites may be shared between tests)."""
+    with using(f"{NS}-{next(_seq)}"):
         yield
 
 
@@ -83,26 +93,39 @@ async def _socket(root: Path) -> AsyncIterator[Any]:
         os.rmdir(sockdir)
 
 
-async def _proxy(root: Path) -> AsyncIterator[Any]:
+@pytest.fixture(scope="module")
+def proxied_suite() -> Iterator[Any]:
+    """One proxy + content suite for the module; tests keep apart by namespace."""
     suite = pytest.importorskip("suite")
     pytest.importorskip("moorage.proxy.process")
+    tmp = Path(tempfile.mkdtemp(prefix="moorage-", dir="/tmp"))
+    s = suite.Suite(tmp)
+    try:
+        s.start("proxy")
+        s.start("content")
+        yield s
+    finally:
+        s.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _proxy(suite: Any) -> AsyncIterator[Any]:
     from moorage.rpc import connect
     from moorage.services.content.client import ContentClient
 
-    async with suite.running(["content"]) as s:
-        client = await connect(s.address)
-        try:
-            yield ContentClient(client)
-        finally:
-            await client.close()
+    client = await connect(suite.address)
+    try:
+        yield ContentClient(client)
+    finally:
+        await client.close()
 
 
-_KINDS = {"local": _local, "socket": _socket, "proxy": _proxy}
-
-
-@pytest.fixture(params=sorted(_KINDS))
+@pytest.fixture(params=["local", "socket", "proxy"])
 async def store(request: pytest.FixtureRequest, root: Path) -> AsyncIterator[Any]:
-    gen = _KINDS[request.param](root)
+    if request.param == "proxy":
+        gen = _proxy(request.getfixturevalue("proxied_suite"))
+    else:
+        gen = (_local if request.param == "local" else _socket)(root)
     value = await gen.__anext__()
     try:
         yield value

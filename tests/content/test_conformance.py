@@ -16,7 +16,7 @@ import pytest
 from moorage import errdefs
 from moorage.services.content.contract import Info
 
-from .conftest import OTHER, using
+from .conftest import other, using
 
 
 def blob(n: int, seed: int = 0) -> tuple[bytes, str]:
@@ -304,7 +304,7 @@ async def test_delete(store: Any) -> None:
 async def test_namespaces_isolate(store: Any) -> None:
     data, d = blob(1000, 13)
     await write_blob(store, "iso", data, d)
-    with using(OTHER):
+    with using(other()):
         with pytest.raises(errdefs.NotFound):
             await store.info(d)
         with pytest.raises(errdefs.NotFound):
@@ -322,7 +322,7 @@ async def test_namespaces_isolate(store: Any) -> None:
 async def test_namespaces_share_existing_bytes(store: Any) -> None:
     data, d = blob(1000, 14)
     await write_blob(store, "ref-1000", data, d)
-    with using(OTHER):
+    with using(other()):
         w = await store.writer("ref-1000", total=1000, expected=d)
         st = await w.status()
         assert (st.ref, st.offset, st.total) == ("ref-1000", 1000, 1000)
@@ -342,7 +342,7 @@ async def test_namespaces_append_to_shared(store: Any) -> None:
     await write_blob(store, "ref-app", data, d)
     extra = b"appended bytes"
     d2 = "sha256:" + hashlib.sha256(data + extra).hexdigest()
-    with using(OTHER):
+    with using(other()):
         w = await store.writer("ref-app", total=1000, expected=d)
         assert (await w.status()).offset == 1000
         await w.write(extra)

@@ -27,9 +27,10 @@ from typing import Any
 import pytest
 
 from moorage import errdefs
+from moorage.namespaces import current_namespace
 from moorage.services.content.store import LocalStore
 
-from .conftest import NS, using
+from .conftest import using
 from .test_conformance import BAD_DIGESTS, BAD_REFS, blob, read_all, write_blob
 
 REPO = Path(__file__).resolve().parents[2]
@@ -207,7 +208,7 @@ HOLDER = textwrap.dedent(
 def spawn_holder(root: Path, ref: str, mode: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(root), ref, mode, NS],
+        [sys.executable, "-c", HOLDER, str(root), ref, mode, str(current_namespace.get())],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
     )
     assert proc.stdout is not None

@@ -1,0 +1,351 @@
+"""``moor content ...``: the content store through the proxy, with the blocking client.
+
+    moor content ls [-q] [FILTER...]              blobs of the namespace
+    moor content get DIGEST                        the blob's bytes on stdout
+    moor content ingest [--expected-size N] [--expected-digest D] REF
+                                                   stdin into the store (resumes REF)
+    moor content rm DIGEST...
+    moor content label DIGEST [KEY=VALUE | KEY=]... (an empty value removes the label)
+    moor content active [-q] [FILTER...]           ingests in progress
+    moor content abort REF...
+
+Light imports only (no asyncio): protobuf messages and the blocking ttrpc client. Ingest
+pipelines its 1 MiB WRITE requests (a bounded window of replies outstanding) and shows
+progress on stderr when that is a terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, BinaryIO
+
+from moorage import errdefs
+from moorage.cli.context import EXIT, CliContext, Usage, labels_text
+
+if TYPE_CHECKING:
+    from ttrpc.blocking import BlockingStream, Client
+
+SERVICE = "containerd.services.content.v1.Content"
+CHUNK = 1 << 20
+WINDOW = 16
+USAGE = __doc__.split("\n\n")[1] if __doc__ else ""
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _age(seconds: int) -> str:
+    delta = max(0, int(time.time()) - seconds)
+    for unit, span in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if delta >= span:
+            return f"{delta // span} {unit}"
+    return f"{delta} seconds"
+
+
+def _iso(seconds: int, nanos: int) -> str:
+    return datetime.fromtimestamp(seconds + nanos / 1e9, UTC).isoformat()
+
+
+def _labels(args: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for a in args:
+        key, eq, value = a.partition("=")
+        if not eq or not key:
+            raise Usage(f"label {a!r} is not KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return EXIT["ok"] if argv else EXIT["usage"]
+    action, args = argv[0], argv[1:]
+    handler = _ACTIONS.get(action)
+    if handler is None:
+        raise Usage(f"unknown content command {action!r}\n{USAGE}")
+    return handler(args, ctx)
+
+
+def _ls(args: list[str], ctx: CliContext) -> int:
+    from moorage.api.containerd.services.content.v1 import content_pb2 as pb
+
+    quiet = any(a in ("-q", "--quiet") for a in args)
+    filters = [a for a in args if not a.startswith("-")]
+    client = ctx.connect()
+    infos = [
+        info
+        for resp in client.server_stream(
+            SERVICE, "List", pb.ListContentRequest(filters=filters), pb.ListContentResponse,
+            timeout=ctx.timeout, metadata=ctx.metadata(),
+        )
+        for info in resp.info
+    ]
+    if ctx.json:
+        ctx.emit_json([
+            {"digest": i.digest, "size": i.size,
+             "created_at": _iso(i.created_at.seconds, i.created_at.nanos),
+             "updated_at": _iso(i.updated_at.seconds, i.updated_at.nanos),
+             "labels": dict(i.labels)}
+            for i in infos
+        ])
+    elif quiet:
+        for i in infos:
+            print(i.digest)
+    else:
+        ctx.table(
+            ["digest", "size", "age", "labels"],
+            [(i.digest, _size(i.size), _age(i.created_at.seconds), labels_text(i.labels))
+             for i in infos],
+        )
+    return EXIT["ok"]
+
+
+def _get(args: list[str], ctx: CliContext) -> int:
+    from moorage.api.containerd.services.content.v1 import content_pb2 as pb
+
+    if len(args) != 1:
+        raise Usage("content get DIGEST")
+    out = sys.stdout.buffer
+    client = ctx.connect()
+    for resp in client.server_stream(
+        SERVICE, "Read", pb.ReadContentRequest(digest=args[0]), pb.ReadContentResponse,
+        metadata=ctx.metadata(),
+    ):
+        out.write(resp.data)
+    out.flush()
+    return EXIT["ok"]
+
+
+def _rm(args: list[str], ctx: CliContext) -> int:
+    from moorage.api.containerd.services.content.v1 import content_pb2 as pb
+
+    if not args:
+        raise Usage("content rm DIGEST...")
+    client = ctx.connect()
+    code = EXIT["ok"]
+    for d in args:
+        try:
+            client.unary_raw(SERVICE, "Delete", pb.DeleteContentRequest(digest=d).SerializeToString(),
+                             metadata=ctx.metadata())
+        except errdefs.Error as exc:
+            code = ctx.fail(exc)
+            continue
+        if not ctx.json:
+            print(d)
+    return code
+
+
+def _abort(args: list[str], ctx: CliContext) -> int:
+    from moorage.api.containerd.services.content.v1 import content_pb2 as pb
+
+    if not args:
+        raise Usage("content abort REF...")
+    client = ctx.connect()
+    code = EXIT["ok"]
+    for ref in args:
+        try:
+            client.unary_raw(SERVICE, "Abort", pb.AbortRequest(ref=ref).SerializeToString(),
+                             metadata=ctx.metadata())
+        except errdefs.Error as exc:
+            code = ctx.fail(exc)
+    return code
+
+
+def _label(args: list[str], ctx: CliContext) -> int:
+    from google.protobuf import field_mask_pb2
+
+    from moorage.api.containerd.services.content.v1 import content_pb2 as pb
+
+    if not args:
+        raise Usage("content label DIGEST [KEY=VALUE | KEY=]...")
+    labels = _labels(args[1:])
+    req = pb.UpdateRequest(
+        info=pb.Info(digest=args[0], labels=labels),
+        update_mask=field_mask_pb2.FieldMask(paths=[f"labels.{k}" for k in labels]),
+    )
+    client = ctx.connect()
+    if labels:
+        info = client.unary(SERVICE, "Update", req, pb.UpdateResponse, timeout=ctx.timeout,
+                            metadata=ctx.metadata()).info
+    else:
+        info = client.unary(SERVICE, "Info", pb.InfoRequest(digest=args[0]), pb.InfoResponse,
+                            timeout=ctx.timeout, metadata=ctx.metadata()).info
+    if ctx.json:
+        ctx.emit_json({"digest": info.digest, "labels": dict(info.labels)})
+    else:
+        print(f"{info.digest}\t{labels_text(info.labels)}")
+    return EXIT["ok"]
+
+
+def _active(args: list[str], ctx: CliContext) -> int:
+    from moorage.api.containerd.services.content.v1 import content_pb2 as pb
+
+    quiet = any(a in ("-q", "--quiet") for a in args)
+    filters = [a for a in args if not a.startswith("-")]
+    client = ctx.connect()
+    resp = client.unary(SERVICE, "ListStatuses", pb.ListStatusesRequest(filters=filters),
+                        pb.ListStatusesResponse, timeout=ctx.timeout, metadata=ctx.metadata())
+    statuses = sorted(resp.statuses, key=lambda s: s.ref)
+    if ctx.json:
+        ctx.emit_json([
+            {"ref": s.ref, "offset": s.offset, "total": s.total, "expected": s.expected,
+             "started_at": _iso(s.started_at.seconds, s.started_at.nanos),
+             "updated_at": _iso(s.updated_at.seconds, s.updated_at.nanos)}
+            for s in statuses
+        ])
+    elif quiet:
+        for s in statuses:
+            print(s.ref)
+    else:
+        ctx.table(
+            ["ref", "size", "total", "age"],
+            [(s.ref, _size(s.offset), _size(s.total) if s.total else "-",
+              _age(s.started_at.seconds)) for s in statuses],
+        )
+    return EXIT["ok"]
+
+
+def _read_full(src: BinaryIO, buf: memoryview) -> int:
+    """Fill ``buf`` from ``src`` unless it ends first; the byte count."""
+    got = 0
+    while got < len(buf):
+        n = src.readinto(buf[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _chunks(src: BinaryIO, skip: int) -> Iterator[memoryview]:
+    buf = bytearray(CHUNK)
+    mv = memoryview(buf)
+    while skip > 0:
+        n = _read_full(src, mv[: min(skip, CHUNK)])
+        if n == 0:
+            raise errdefs.FailedPrecondition(f"input ended within the {skip} bytes to resume past")
+        skip -= n
+    while n := _read_full(src, mv):
+        yield mv[:n]
+
+
+class _Progress:
+    def __init__(self, ref: str, total: int, on: bool) -> None:
+        self.ref, self.total, self.on = ref, total, on
+        self.start = self.last = time.monotonic()
+
+    def show(self, offset: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if not self.on or (not final and now - self.last < 0.2):
+            return
+        self.last = now
+        rate = offset / max(now - self.start, 1e-6)
+        total = f"/{_size(self.total)}" if self.total else ""
+        sys.stderr.write(f"\r{self.ref}: {_size(offset)}{total} {_size(int(rate))}/s   ")
+        if final:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def ingest(client: Client, md: dict[str, str], ref: str, src: BinaryIO, total: int = 0,
+           expected: str = "", progress: bool = False) -> tuple[str, int]:
+    """Write ``src`` into the store under ``ref`` (resuming it); (digest, size)."""
+    from ttrpc.frame import FLAG_REMOTE_OPEN
+
+    from moorage.api.containerd.services.content.v1 import content_pb2 as pb
+    from .wire import encode_write
+
+    stream: BlockingStream[bytes, bytes] = client.open_stream(
+        SERVICE, "Write", None, FLAG_REMOTE_OPEN, metadata=md)
+    try:
+        def reply() -> pb.WriteContentResponse:
+            data = stream.recv()
+            if data is None:
+                raise errdefs.Unavailable(f"ref {ref}: write stream ended early")
+            return pb.WriteContentResponse.FromString(data)
+
+        stream.send(pb.WriteContentRequest(
+            action=pb.STAT, ref=ref, total=total, expected=expected).SerializeToString())
+        offset = reply().offset
+        bar = _Progress(ref, total, progress)
+        refb = ref.encode()
+        pending: deque[int] = deque()
+
+        def settle(keep: int) -> None:
+            while len(pending) > keep:
+                want = pending.popleft()
+                got = reply().offset
+                if got != want:
+                    raise errdefs.OutOfRange(f"ref {ref}: server at offset {got}, expected {want}")
+
+        if not (expected and total and offset == total):
+            for chunk in _chunks(src, offset):
+                settle(WINDOW - 1)
+                stream.send(encode_write(refb, offset, chunk))
+                offset += len(chunk)
+                pending.append(offset)
+                bar.show(offset)
+            settle(0)
+        stream.send(pb.WriteContentRequest(
+            action=pb.COMMIT, ref=ref, total=total, offset=offset,
+            expected=expected).SerializeToString())
+        done = reply()
+        bar.show(done.offset, final=True)
+        stream.close_send()
+        while stream.recv() is not None:
+            pass
+        return done.digest, done.offset
+    finally:
+        stream.close()
+
+
+def _ingest(args: list[str], ctx: CliContext) -> int:
+    total, expected, rest = 0, "", []
+    it = iter(args)
+    for a in it:
+        if a in ("--expected-size", "--expected-digest"):
+            value = next(it, None)
+            if value is None:
+                raise Usage(f"{a} needs a value")
+            a = f"{a}={value}"
+        if a.startswith("--expected-size="):
+            try:
+                total = int(a.partition("=")[2])
+            except ValueError:
+                raise Usage("--expected-size takes a byte count") from None
+        elif a.startswith("--expected-digest="):
+            expected = a.partition("=")[2]
+        elif a.startswith("-"):
+            raise Usage(f"unknown option {a}")
+        else:
+            rest.append(a)
+    if len(rest) != 1:
+        raise Usage("content ingest [--expected-size N] [--expected-digest D] REF")
+    digest, size = ingest(ctx.connect(), ctx.metadata(), rest[0], sys.stdin.buffer, total,
+                          expected, progress=sys.stderr.isatty())
+    if ctx.json:
+        ctx.emit_json({"ref": rest[0], "digest": digest, "size": size})
+    else:
+        print(digest)
+    return EXIT["ok"]
+
+
+_ACTIONS = {
+    "ls": _ls, "list": _ls,
+    "get": _get,
+    "ingest": _ingest,
+    "rm": _rm, "delete": _rm,
+    "label": _label,
+    "active": _active,
+    "abort": _abort,
+}
