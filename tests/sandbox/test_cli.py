@@ -79,3 +79,17 @@ def test_moor_sandbox_end_to_end(testnet: CniNet, tmp_path: Path) -> None:
         testnet.assert_clean()
     finally:
         s.close()
+
+
+def test_cli_imports_no_asyncio() -> None:
+    import sys
+
+    code = (
+        "import sys\n"
+        "from moorage.services.sandbox import cli, contract\n"
+        "from moorage.api.containerd.services.sandbox.v1 import sandbox_ttrpc\n"
+        "import ttrpc.blocking\n"
+        "print(sorted(m for m in ('asyncio', 'uvloop', 'pyroute2', 'msgpack') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
