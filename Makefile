@@ -18,7 +18,7 @@ run: deps venv
 
 test: deps venv gopeer
 	$(MAKE) check-protos
-	$(VENV)/bin/mypy
+	$(MAKE) typecheck
 	$(VENV)/bin/pytest -q
 
 bench: deps venv gopeer
@@ -58,6 +58,9 @@ protos: venv
 
 check-protos: venv
 	$(PY) -m moorage.api.build --check
+
+typecheck: venv
+	$(PY) .ci/typecheck.py
 
 clean:
 	rm -rf $(STAMP)
