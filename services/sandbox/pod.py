@@ -149,6 +149,7 @@ class PodController:
                 "exit_status": 0,
                 "error": "",
                 "hostname": pod.hostname or sandbox_id[:63],
+                "setup_done": False,
             }
             self._put(ns, sandbox_id, rec)
             self._exits.pop((ns, sandbox_id), None)
@@ -174,6 +175,8 @@ class PodController:
         network = _network(rec)
         await self.hooks.run(sandbox_id, network)
         self.store.update_extension(ns, sandbox_id, NETWORK_EXTENSION, AnyValue(NETWORK_TYPE, network.to_json()))
+        rec.update(setup_done=True)
+        self._put(ns, sandbox_id, rec)
 
     async def _rollback(self, ns: str, sandbox_id: str, cause: BaseException) -> None:
         """Undo a failed create on its own deadline, whatever happens to the caller."""

@@ -2,8 +2,9 @@
 
 Run once when the service starts, before it serves (reliability.md §3):
 
-1. Instances whose namespace vanished (a reboot) become NotReady (``failed``); DEL is
-   still owed to release their IPAM state.
+1. Instances whose create never finished (the service died mid-setup) or whose namespace
+   vanished (a reboot) become NotReady (``failed``); DEL is still owed to release their
+   IPAM state.
 2. Every instance with a pending teardown (``failed``) gets one DEL attempt.
 3. Namespace files ``<netns_dir>/<netns_prefix>*`` that no instance references are
    released: CNI DEL with the key taken from the file name, then unmounted and removed.
@@ -97,7 +98,11 @@ async def reconcile(pods: list[PodController]) -> Report:
 async def _instance(pod: PodController, ns: str, sandbox_id: str, rec: dict[str, Any], report: Report) -> None:
     name = f"{ns}/{sandbox_id}"
     live = rec["state"] in (State.CREATED.value, State.READY.value)
-    if live and rec["netns_owned"] and not netns.is_netns(rec["netns"]):
+    if live and not rec.get("setup_done", True):
+        pod.mark_failed(ns, sandbox_id, "the service stopped during create")
+        report.marked_failed.append(name)
+        live = False
+    elif live and rec["netns_owned"] and not netns.is_netns(rec["netns"]):
         pod.mark_failed(ns, sandbox_id, "network namespace is gone (host rebooted?)")
         report.marked_failed.append(name)
         live = False

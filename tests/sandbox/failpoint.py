@@ -4,7 +4,8 @@ Plugin config: ``{"type": "failpoint", "delegate": "bridge", "control": PATH, ..
 other key goes to the delegate. ``control`` is a JSON file read at each call:
 ``{"ADD": "ok" | "fail" | "hang" | "fail-after" | "hang-after", "DEL": "ok" | "fail"}``.
 ``fail-after``/``hang-after`` run the delegate first (so an address is allocated) and then
-fail or hang. Each call is appended to ``<control>.log`` as ``COMMAND CONTAINERID NETNS``.
+fail or hang. Each call is appended to ``<control>.log`` as ``COMMAND CONTAINERID NETNS PID``
+(NETNS ``-`` when empty).
 """
 
 import json
@@ -19,7 +20,7 @@ def main() -> int:
     command = os.environ.get("CNI_COMMAND", "")
     control_path = conf["control"]
     with open(control_path + ".log", "a") as log:
-        log.write(f"{command} {os.environ.get('CNI_CONTAINERID', '')} {os.environ.get('CNI_NETNS', '')}\n")
+        log.write(f"{command} {os.environ.get('CNI_CONTAINERID', '')} {os.environ.get('CNI_NETNS', '') or '-'} {os.getpid()}\n")
     try:
         with open(control_path) as f:
             control = json.load(f)
