@@ -209,7 +209,8 @@ class TaskManager:
             if not data:
                 return
             for line in data.decode("utf-8", "replace").splitlines():
-                logger.debug("shim %s: %s", name, line)
+                bad = "level=error" in line or "level=fatal" in line or line.startswith("panic")
+                logger.log(logging.WARNING if bad else logging.DEBUG, "shim %s: %s", name, line)
 
         asyncio.get_running_loop().add_reader(fd, readable)
 
@@ -425,6 +426,11 @@ class TaskManager:
         async with t.lock:
             if t.gone:
                 raise NotFound(f"no running task found: task {container_id} not found")
+            if not t.exited.done():
+                st = await self._state(t)
+                if st.status in (Status.RUNNING, Status.PAUSED, Status.PAUSING):
+                    raise FailedPrecondition(
+                        f"task must be stopped before deletion: {st.status.name.lower()}")
             t.deleting = True
             try:
                 r = await t.shim.call("Delete", shim_pb2.DeleteRequest(id=container_id),
