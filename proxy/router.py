@@ -78,16 +78,20 @@ class Pool:
         self.backends = [Backend(process, p) for p in paths]
 
     async def acquire(self, service: str) -> tuple[Backend, Client]:
+        """The least busy reachable replica, its outstanding count already raised;
+        the caller lowers it when the call ends."""
         backends = self.backends
         if len(backends) == 1:
             order = backends
         else:
-            order = sorted(backends, key=lambda b: (not b.connected, b.outstanding))
+            order = sorted(backends, key=lambda b: (b.outstanding, not b.connected))
         last: BaseException | None = None
         for backend in order:
+            backend.outstanding += 1
             try:
                 return backend, await backend.get()
             except OSError as exc:
+                backend.outstanding -= 1
                 last = exc
         reason = getattr(last, "strerror", None) or str(last)
         raise errdefs.Unavailable(f"service {service} is unavailable: {self.process} is not running ({reason})")
@@ -126,8 +130,8 @@ class Router:
         if not values:
             return
         for ns in values:
-            if ns in self.known_namespaces:
-                continue
+            if not ns or ns in self.known_namespaces:
+                continue  # empty: absent, as containerd reads it ("namespace is required")
             validate_namespace(ns)
             if self.on_namespace is not None:
                 await self.on_namespace(ns)
@@ -146,7 +150,6 @@ class Router:
             return
         remaining = ctx.time_remaining()
         timeout_nano = 0 if remaining is None else max(1, int(remaining * 1e9))
-        backend.outstanding += 1
         try:
             if call.flags == 0:
                 payload = await client.unary_raw(call.service, call.method, call.payload, timeout_nano, ctx.metadata)

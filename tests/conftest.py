@@ -1,8 +1,8 @@
 """Fixtures shared by every test folder.
 
 ``suite``: a :class:`suite.Suite` under this test's tmp dir (real ``moorage serve``
-processes, ready-by-notification), closed after the test. Tests pass config sections and
-plugins with ``suite.configure(...)`` before starting processes, or build their own Suite.
+processes, ready-by-notification), closed after the test. Tests that need another config
+build their own Suite (or use ``suite.running``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,12 @@ from suite import Suite
 
 @pytest.fixture
 def suite(tmp_path: Path) -> Iterator[Suite]:
-    s = Suite(tmp_path, plugins=["skeleton.echo:PROCESS", "skeleton.echo:OTHER"])
+    """The proxy and the test processes ``echo`` and ``other`` (tests/skeleton/echo.py)
+    configured, every built-in service disabled; start what the test needs."""
+    from moorage.registry import builtin_names
+
+    disabled = {name: {"enabled": False} for name in builtin_names() if name != "proxy"}
+    s = Suite(tmp_path, config=disabled, plugins=["skeleton.echo:PROCESS", "skeleton.echo:OTHER"])
     try:
         yield s
     finally:

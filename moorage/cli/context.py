@@ -90,9 +90,10 @@ class CliContext:
 
             try:
                 self._client = Client(self.address, error_factory=errdefs.from_status)
-            except OSError as exc:
+            except (OSError, errdefs.Unavailable) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
                 raise errdefs.Unavailable(
-                    f"cannot reach moorage at {self.address}: {exc.strerror or exc} (is the suite running? `moorage up`)"
+                    f"cannot reach moorage at {self.address}: {reason} (is the suite running? `moorage up`)"
                 ) from exc
         return self._client
 

@@ -3,13 +3,15 @@
 ``echo`` serves moorage.test.v1.Echo, ``other`` serves moorage.test.v1.Other (the same
 methods): Echo (unary: payload back), Namespace (unary: the call's namespace), Sleep
 (unary: sleeps float(payload) seconds), Stream (server stream: int(payload) frames),
-Bidi (each frame back), Concat (client stream: one Response with all frames joined).
+Bidi (each frame back), Concat (client stream: one Response with all frames joined),
+Who (unary: "<program> <pid>").
 A namespace whose name starts with ``busy`` is reported as holding "thing".
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 
 from moorage.namespaces import namespace
@@ -64,8 +66,13 @@ def _record(name: str, service: str) -> Process:
         async def usage(ns: str) -> Sequence[str]:
             return ["thing"] if ns.startswith("busy") else []
 
+        program = name if ctx.replica is None else f"{name}-{ctx.replica}"
+
+        async def who(c: Context, call: RawCall) -> None:
+            await call.respond(f"{program} {os.getpid()}".encode())
+
         ctx.namespace_usage(usage)
-        return [RawService(service, METHODS)]
+        return [RawService(service, {**METHODS, "Who": who})]
 
     return Process(name=name, services=(service,), build=build, replica_safe=True, description=f"test {name}")
 

@@ -1,0 +1,202 @@
+"""The proxy routes by service name to real backend processes, bytes unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import stat
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from moorage import errdefs
+from moorage.rpc import connect
+from suite import Suite
+from ttrpc.client import Client
+
+ECHO = "moorage.test.v1.Echo"
+OTHER = "moorage.test.v1.Other"
+MD = {"containerd-namespace-ttrpc": "default"}
+
+
+@pytest.fixture
+async def client(suite: Suite) -> AsyncIterator[Client]:
+    await asyncio.to_thread(suite.start, "proxy")
+    await asyncio.to_thread(suite.start, "echo")
+    await asyncio.to_thread(suite.start, "other")
+    c = await connect(suite.address)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def test_unary_stream_bidi_client_stream(client: Client) -> None:
+    assert await client.unary_raw(ECHO, "Echo", b"\x00\xffbytes", metadata=MD) == b"\x00\xffbytes"
+    stream = await client.open_stream(OTHER, "Stream", b"4", 0x01, metadata=MD)
+    assert [m async for m in stream] == [b"0", b"1", b"2", b"3"]
+    bidi = await client.open_stream(ECHO, "Bidi", None, 0x02, metadata=MD)
+    for chunk in (b"a", b"", b"c" * 100_000):
+        await bidi.send(chunk)
+        assert await bidi.recv() == chunk
+    await bidi.close_send()
+    assert await bidi.recv() is None
+    concat = await client.open_stream(ECHO, "Concat", None, 0x02, metadata=MD)
+    await concat.send(b"x")
+    await concat.send(b"y")
+    await concat.close_send()
+    assert [m async for m in concat] == [b"xy"]
+
+
+async def test_metadata_reaches_the_backend(client: Client) -> None:
+    md = {"containerd-namespace-ttrpc": "prod-1"}
+    assert await client.unary_raw(ECHO, "Namespace", b"", metadata=md) == b"prod-1"
+    with pytest.raises(errdefs.FailedPrecondition, match="namespace is required"):
+        await client.unary_raw(ECHO, "Namespace", b"")
+
+
+async def test_deadline_is_forwarded(client: Client) -> None:
+    start = time.monotonic()
+    with pytest.raises(errdefs.DeadlineExceeded):
+        await client.unary_raw(ECHO, "Sleep", b"5", timeout_nano=200_000_000, metadata=MD)
+    assert time.monotonic() - start < 2
+    assert await client.unary_raw(ECHO, "Echo", b"after", metadata=MD) == b"after"
+
+
+async def test_unknown_service_is_unimplemented_naming_it(client: Client) -> None:
+    with pytest.raises(errdefs.NotImplemented, match="service no.such.v1.Service"):
+        await client.unary_raw("no.such.v1.Service", "Call", b"")
+    stream = await client.open_stream("no.such.v1.Service", "Watch", b"", 0x01)
+    with pytest.raises(errdefs.NotImplemented, match="no.such.v1.Service"):
+        await stream.recv()
+
+
+@pytest.mark.parametrize("ns", ["", "-bad", "a..b", "x" * 77, "a/b", "ns with space"])
+async def test_invalid_namespace_is_refused(client: Client, ns: str) -> None:
+    with pytest.raises(errdefs.InvalidArgument if ns else errdefs.FailedPrecondition):
+        await client.unary_raw(ECHO, "Namespace", b"", metadata={"containerd-namespace-ttrpc": ns})
+
+
+async def test_a_backend_down_is_unavailable_at_once_naming_the_service(suite: Suite, client: Client) -> None:
+    suite.stop("other")
+    start = time.monotonic()
+    with pytest.raises(errdefs.Unavailable, match=OTHER):
+        await client.unary_raw(OTHER, "Echo", b"x", metadata=MD)
+    assert time.monotonic() - start < 0.5
+    assert await client.unary_raw(ECHO, "Echo", b"x", metadata=MD) == b"x"
+    await asyncio.to_thread(suite.start, "other")
+    assert await client.unary_raw(OTHER, "Echo", b"back", metadata=MD) == b"back"
+
+
+async def test_a_client_that_connects_and_sends_nothing(suite: Suite, client: Client) -> None:
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.connect(suite.address)
+    half = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    half.connect(suite.address)
+    half.sendall(b"\x00\x00\x00")  # part of a header, then nothing
+    try:
+        for _ in range(20):
+            assert await client.unary_raw(ECHO, "Echo", b"ok", metadata=MD) == b"ok"
+        other = await connect(suite.address)
+        assert await other.unary_raw(ECHO, "Echo", b"ok2", metadata=MD) == b"ok2"
+        await other.close()
+    finally:
+        silent.close()
+        half.close()
+    assert await client.unary_raw(ECHO, "Echo", b"still", metadata=MD) == b"still"
+
+
+async def test_sockets_are_0660_in_0700_dirs(suite: Suite, client: Client) -> None:
+    for path in (suite.address, suite.socket("echo")):
+        st = os.stat(path)
+        assert stat.S_ISSOCK(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o660
+    assert stat.S_IMODE(os.stat(os.path.dirname(suite.socket("echo"))).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(suite.state).st_mode) == 0o711
+    with open("/proc/net/unix") as f:
+        mine = [line for line in f if str(suite.state) in line]
+    assert mine and not [line for line in mine if " @" in line]
+
+
+async def test_kill_9_a_backend_under_load(suite: Suite, client: Client) -> None:
+    """In-flight calls fail UNAVAILABLE, other services keep working, the client's
+    connection to the proxy stays up, and the restarted backend serves new calls."""
+    inflight = [
+        asyncio.ensure_future(client.unary_raw(ECHO, "Sleep", b"30", metadata=MD)) for _ in range(20)
+    ]
+    streams = [await client.open_stream(ECHO, "Bidi", None, 0x02, metadata=MD) for _ in range(5)]
+    for s in streams:
+        await s.send(b"ping")
+        assert await s.recv() == b"ping"
+    stop = asyncio.Event()
+
+    async def other_load() -> int:
+        n = 0
+        while not stop.is_set():
+            assert await client.unary_raw(OTHER, "Echo", b"o", metadata=MD) == b"o"
+            n += 1
+        return n
+
+    load = [asyncio.ensure_future(other_load()) for _ in range(8)]
+    await asyncio.sleep(0)  # let the load start: ordering only, not a wait for a condition
+    suite.kill("echo", signal.SIGKILL)
+    results = await asyncio.wait_for(asyncio.gather(*inflight, return_exceptions=True), 10)
+    assert all(isinstance(r, errdefs.Unavailable) for r in results), results
+    assert all(ECHO in str(r) for r in results)
+    for s in streams:
+        with pytest.raises(errdefs.Unavailable):
+            await asyncio.wait_for(s.recv(), 10)
+    with pytest.raises(errdefs.Unavailable, match=ECHO):
+        await client.unary_raw(ECHO, "Echo", b"x", metadata=MD)
+    stop.set()
+    counts = await asyncio.gather(*load)
+    assert sum(counts) > 0
+    assert not client.closed
+    await asyncio.to_thread(suite.start, "echo")
+    assert await client.unary_raw(ECHO, "Echo", b"again", metadata=MD) == b"again"
+    assert not client.closed
+
+
+async def test_kill_9_the_proxy_clients_reconnect(suite: Suite, client: Client) -> None:
+    suite.kill("proxy", signal.SIGKILL)
+    await asyncio.wait_for(client.wait_closed(), 10)
+    with pytest.raises(errdefs.Unavailable):
+        await client.unary_raw(ECHO, "Echo", b"x", metadata=MD)
+    await asyncio.to_thread(suite.start, "proxy")
+    fresh = await connect(suite.address)
+    try:
+        assert await fresh.unary_raw(ECHO, "Echo", b"back", metadata=MD) == b"back"
+    finally:
+        await fresh.close()
+
+
+async def test_replicas_share_the_load(tmp_path_factory: pytest.TempPathFactory) -> None:
+    suite = Suite(
+        tmp_path_factory.mktemp("replicas"),
+        config={"echo": {"replicas": 2}},
+        plugins=["skeleton.echo:PROCESS"],
+    )
+    try:
+        await asyncio.to_thread(suite.start, "proxy")
+        await asyncio.to_thread(suite.start, "echo", 1)
+        await asyncio.to_thread(suite.start, "echo", 2)
+        c = await connect(suite.address)
+        # one slow call holds a replica; least-outstanding sends the next ones to the other
+        slow = asyncio.ensure_future(c.unary_raw(ECHO, "Sleep", b"1", metadata=MD))
+        await asyncio.sleep(0)  # ordering only: the slow request goes out first
+        whos = {(await c.unary_raw(ECHO, "Who", b"", metadata=MD)).split()[0] for _ in range(5)}
+        await slow
+        assert len(whos) == 1
+        both = await asyncio.gather(*(c.unary_raw(ECHO, "Sleep", b"0.2", metadata=MD) for _ in range(2)))
+        assert both == [b"0.2", b"0.2"]
+        seen = {(await c.unary_raw(ECHO, "Who", b"", metadata=MD)).split()[0] for _ in range(3)}
+        assert seen <= {b"echo-1", b"echo-2"}
+        suite.kill("echo-1")
+        for _ in range(5):  # one replica down: the other takes every call
+            assert (await c.unary_raw(ECHO, "Who", b"", metadata=MD)).split()[0] == b"echo-2"
+        await c.close()
+    finally:
+        suite.close()
