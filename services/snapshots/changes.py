@@ -27,8 +27,13 @@ class _Sink:
         self.out = out
         self.hash = hashlib.sha256()
         self.z = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
+        self.offset = 0
+
+    def tell(self) -> int:
+        return self.offset
 
     def write(self, data: bytes) -> int:
+        self.offset += len(data)
         self.hash.update(data)
         self.out.write(self.z.compress(data) if self.z else data)
         return len(data)

@@ -18,6 +18,7 @@ Exceeding a cap raises ``ResourceExhausted``; corrupt or truncated compression r
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import os
 import queue
@@ -86,7 +87,11 @@ class LayerStream:
         self._off = 0
         self._eof = False
         self._consumed = 0
-        self._thread = threading.Thread(target=self._run, name="layer-decompress", daemon=True)
+        # the source may call back into the caller's event loop: keep its context (namespace)
+        ctx = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=ctx.run, args=(self._run,), name="layer-decompress", daemon=True
+        )
         self._thread.start()
 
     # producer -------------------------------------------------------------------------
