@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from .codes import Code
 from .errors import RpcError
@@ -134,8 +134,7 @@ class _Protocol(asyncio.BufferedProtocol):
         self.stalls: Stalls = Stalls(self.loop, lambda: None, lambda: None, stall_timeout)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport = cast(asyncio.Transport, transport)
         self.stalls = Stalls(
             self.loop, transport.pause_reading, transport.resume_reading, self.stall_timeout
         )

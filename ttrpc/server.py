@@ -23,7 +23,7 @@ import os
 import socket
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from google.protobuf.message import DecodeError
 
@@ -426,8 +426,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.stalls: Stalls | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport = cast(asyncio.Transport, transport)
         self.peer = peer_cred(transport.get_extra_info("socket"))
         server = self.server
         if server.closing or (server.require_same_uid and self.peer.uid != os.geteuid()):

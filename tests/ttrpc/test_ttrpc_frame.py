@@ -157,7 +157,7 @@ def test_response_matches_pb2(code: int, message: str, payload: bytes) -> None:
     assert decode_response(encode_response(payload)) == Response(0, "", payload)
 
 
-@settings(max_examples=2000)
+@settings(max_examples=1000, deadline=None)
 @given(st.binary(max_size=200))
 def test_envelope_decoders_parse_or_raise_protocol_error(data: bytes) -> None:
     for decode in (decode_request, decode_response):
@@ -182,7 +182,7 @@ frame_bytes = st.lists(
 ).map(b"".join)
 
 
-@settings(max_examples=1500)
+@settings(max_examples=300, deadline=None)
 @given(frame_bytes, st.integers(1, 50))
 def test_connections_never_raise_on_any_bytes(data: bytes, step: int) -> None:
     server = ServerConnection()

@@ -285,11 +285,10 @@ async def test_require_same_uid_refuses_other_users() -> None:
             print("refused")
         """
     )
-    proc = await asyncio.create_subprocess_exec(
-        python, "-I", "-c", probe, user=65534, group=65534, stdout=subprocess.PIPE
+    proc = await asyncio.to_thread(
+        subprocess.run, [python, "-I", "-c", probe], user=65534, group=65534, capture_output=True, timeout=30
     )
-    out, _ = await proc.communicate()
-    assert out.strip() == b"refused"
+    assert proc.stdout.strip() == b"refused"
     client = await Client.connect(path)
     assert (await EchoClient(client).Echo(EchoRequest(data=b"me"))).data == b"me"
     await client.close()
