@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ttrpc.server import Context
 
 
-class StoreService(StoreServicer):  # type: ignore[misc]
+class StoreService(StoreServicer):
     def __init__(self, store: Store, db: Database | None = None) -> None:
         self.store = store
         self.db = db
@@ -50,7 +50,7 @@ class StoreService(StoreServicer):  # type: ignore[misc]
         return pb.StoreGetResponse(sandbox=wire.sandbox_to_pb(await self.store.get(request.sandbox_id)))
 
 
-class ControllerService(ControllerServicer):  # type: ignore[misc]
+class ControllerService(ControllerServicer):
     def __init__(self, controllers: Controllers) -> None:
         self.controllers = controllers
 

@@ -139,7 +139,7 @@ def _run(api: _Api, args: argparse.Namespace, ctx: CliContext) -> int:
 
 def _ls(api: _Api, args: argparse.Namespace, ctx: CliContext) -> int:
     resp = api.store.List(api.pb.StoreListRequest(), timeout=api.timeout, metadata=api.md)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for sb in resp.list:
         st = api.status(sb.sandbox_id, sb.sandboxer) if sb.sandboxer else None
         rows.append(

@@ -225,9 +225,9 @@ class ShimController:
                 await self._run(argv, Path(rec["bundle"]), ns)
             except (errdefs.Error, OSError) as exc:
                 log.warning("sandbox %s/%s: shim delete: %s", ns, sandbox_id, exc)
-        client = self._clients.pop((ns, sandbox_id), None)
-        if client is not None:
-            await client.close()
+        conn = self._clients.pop((ns, sandbox_id), None)
+        if conn is not None:
+            await conn.close()
         watcher = self._watchers.pop((ns, sandbox_id), None)
         if watcher is not None:
             watcher.cancel()

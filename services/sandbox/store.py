@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from moorage import errdefs
+from moorage import filters as filtering
 from moorage.namespaces import namespace
 
 from .contract import AnyValue, Runtime, Sandbox
@@ -98,8 +99,6 @@ class SqliteStore:
         records = [_row(r) for r in self.db.query(f"SELECT {_COLUMNS} FROM sandboxes WHERE namespace = ? ORDER BY id", (ns,))]
         if not any(filters):
             return records
-        from moorage import filters as filtering  # type: ignore[attr-defined,unused-ignore]
-
         flt = filtering.parse([f for f in filters if f])
         return [r for r in records if flt.match(_adaptor(r))]
 

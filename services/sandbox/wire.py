@@ -43,11 +43,11 @@ def sandbox_to_pb(sb: Sandbox) -> types_pb.Sandbox:
     msg = types_pb.Sandbox(sandbox_id=sb.id, sandboxer=sb.sandboxer, labels=dict(sb.labels))
     msg.runtime.name = sb.runtime.name
     if sb.runtime.options is not None:
-        msg.runtime.options.CopyFrom(any_to_pb(sb.runtime.options))
+        msg.runtime.options.CopyFrom(any_pb2.Any(type_url=sb.runtime.options.type_url, value=sb.runtime.options.value))
     if sb.spec is not None:
-        msg.spec.CopyFrom(any_to_pb(sb.spec))
+        msg.spec.CopyFrom(any_pb2.Any(type_url=sb.spec.type_url, value=sb.spec.value))
     for key, value in sb.extensions.items():
-        msg.extensions[key].CopyFrom(any_to_pb(value))
+        msg.extensions[key].CopyFrom(any_pb2.Any(type_url=value.type_url, value=value.value))
     for field, ns in (("created_at", sb.created_at), ("updated_at", sb.updated_at)):
         ts = ts_to_pb(ns)
         if ts is not None:
@@ -94,8 +94,9 @@ def event_to_pb(event: SandboxEvent) -> Message:
     elif event.topic == "/sandboxes/start":
         msg = events_pb.SandboxStart(sandbox_id=event.sandbox_id)
     else:
-        msg = events_pb.SandboxExit(sandbox_id=event.sandbox_id, exit_status=event.exit_status)
+        exit_msg = events_pb.SandboxExit(sandbox_id=event.sandbox_id, exit_status=event.exit_status)
         ts = ts_to_pb(event.exited_at)
         if ts is not None:
-            msg.exited_at.CopyFrom(ts)  # type: ignore[attr-defined]
+            exit_msg.exited_at.CopyFrom(ts)
+        msg = exit_msg
     return msg
