@@ -27,7 +27,7 @@ class ProxyContent:
 
     async def _content(self) -> Any:
         from moorage.rpc import connect
-        from moorage.services.content.client import ContentClient  # type: ignore[import-not-found, unused-ignore]
+        from moorage.services.content.client import ContentClient
 
         if self._client is None or self._client.closed:
             self._client = await connect(self.address)

@@ -14,7 +14,7 @@ DIFF = "containerd.services.diff.v1.Diff"
 
 
 def info_to_pb(info: Info) -> pb.Info:
-    m = pb.Info(name=info.name, parent=info.parent, kind=int(info.kind), labels=dict(info.labels))
+    m = pb.Info(name=info.name, parent=info.parent, kind=int(info.kind), labels=dict(info.labels))  # type: ignore[arg-type]
     m.created_at.FromNanoseconds(info.created_at)
     m.updated_at.FromNanoseconds(info.updated_at)
     return m
