@@ -39,10 +39,12 @@ def flags(argv: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def start(opts: dict[str, str]) -> int:
-    digest = hashlib.sha256(f"{opts['address']}/{opts['namespace']}/{opts['id']}".encode()).hexdigest()[:16]
-    sockdir = f"/tmp/moortest-shim-{digest}"
-    os.makedirs(sockdir, mode=0o700, exist_ok=True)
-    sock = os.path.join(sockdir, "s.sock")
+    sock = os.path.join(os.getcwd(), "shim.sock")  # in the bundle: removed with it
+    if len(sock) > 100:
+        digest = hashlib.sha256(f"{opts['address']}/{opts['namespace']}/{opts['id']}".encode()).hexdigest()[:16]
+        sockdir = f"/tmp/moortest-shim-{digest}"
+        os.makedirs(sockdir, mode=0o700, exist_ok=True)
+        sock = os.path.join(sockdir, "s.sock")
     r, w = os.pipe()
     log = open(os.path.join(os.getcwd(), "shim.log"), "ab")
     argv = [sys.executable, os.path.abspath(__file__), "-namespace", opts["namespace"], "-id", opts["id"]]
@@ -157,11 +159,12 @@ async def serve(opts: dict[str, str]) -> int:
     os.close(fd)
     await done.wait()
     await server.shutdown(2.0)
-    for path in (sock, os.path.dirname(sock)):
-        try:
-            os.unlink(path) if path == sock else os.rmdir(path)
-        except OSError:
-            pass
+    try:
+        os.unlink(sock)
+        if os.path.basename(os.path.dirname(sock)).startswith("moortest-shim-"):
+            os.rmdir(os.path.dirname(sock))
+    except OSError:
+        pass
     return 0
 
 
