@@ -1,0 +1,76 @@
+"""Sandbox events reach subscribers through the proxy, in order, with the caller's namespace."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from moorage.namespaces import NAMESPACE_KEY, current_namespace
+from moorage.services.sandbox.contract import CreateOptions, Runtime, Sandbox
+
+from .test_conformance import HOSTNET
+
+
+async def test_sandbox_events_through_proxy(tmp_path: Path) -> None:
+    suite = pytest.importorskip("suite")
+    from google.protobuf import any_pb2
+
+    from moorage.api.containerd.events import sandbox_pb2 as events_pb
+    from moorage.api.containerd.services.events.v1 import events_pb2
+    from moorage.api.containerd.services.events.v1.events_ttrpc import EventsClient
+    from moorage.rpc import connect
+    from moorage.services.sandbox.client import ControllerClient, StoreClient
+
+    config = {"sandbox": {"cni_conf_dir": str(tmp_path / "net.d"), "reconcile": False}}
+    token = current_namespace.set("evtest")
+    try:
+        async with suite.running(["sandbox"], config=config) as s:
+            client = await connect(s.address)
+            try:
+                events = EventsClient(client)
+                stream = events.Subscribe(events_pb2.SubscribeRequest(filters=['topic~="^/(sandboxes|marker)/"']))
+                seen: list[tuple[str, str, str]] = []
+                marker = asyncio.Event()
+                done = asyncio.Event()
+
+                async def collect() -> None:
+                    async for env in stream:
+                        if env.topic == "/marker/ready":
+                            marker.set()
+                            continue
+                        msg = {"/sandboxes/create": events_pb.SandboxCreate, "/sandboxes/start": events_pb.SandboxStart}.get(
+                            env.topic, events_pb.SandboxExit
+                        )()
+                        msg.ParseFromString(env.event.value)
+                        seen.append((env.namespace, env.topic, msg.sandbox_id))
+                        if env.topic == "/sandboxes/exit":
+                            done.set()
+
+                task = asyncio.ensure_future(collect())
+                md = {NAMESPACE_KEY: "evtest"}
+                while not marker.is_set():  # the subscription is live once our own event comes back
+                    await events.Publish(events_pb2.PublishRequest(topic="/marker/ready", event=any_pb2.Any(type_url="x")), metadata=md)
+                    try:
+                        await asyncio.wait_for(marker.wait(), 0.5)
+                    except TimeoutError:
+                        pass
+                store, ctl = StoreClient(client), ControllerClient(client, "podsandbox")
+                await store.create(Sandbox("ev", Runtime("io.containerd.runc.v2"), sandboxer="podsandbox"))
+                await ctl.create("ev", HOSTNET)
+                await ctl.start("ev")
+                await ctl.stop("ev")
+                await asyncio.wait_for(done.wait(), 10)
+                task.cancel()
+                assert seen == [
+                    ("evtest", "/sandboxes/create", "ev"),
+                    ("evtest", "/sandboxes/start", "ev"),
+                    ("evtest", "/sandboxes/exit", "ev"),
+                ]
+                await ctl.shutdown("ev")
+                await store.delete("ev")
+            finally:
+                await client.close()
+    finally:
+        current_namespace.reset(token)
