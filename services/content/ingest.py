@@ -7,6 +7,8 @@ name a path) with ``data`` and the small files ``ref``, ``startedat``, ``updated
 (``locks/ref-<hash>``) is held by the writer from open to commit or close.
 
 Resume re-hashes what is on disk: after a crash the offset is the bytes in ``data``.
+While data streams in, an fdatasync runs in the background every ``FLUSH_EVERY`` bytes, so
+the disk works during the transfer and commit's fsync only waits for the tail.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from moorage.errdefs import FailedPrecondition, InvalidArgument, NotFound
@@ -25,6 +28,9 @@ from .locks import FileLock
 from .metadata import from_ns
 
 _HASH_CHUNK = 4 << 20
+FLUSH_EVERY = 32 << 20
+"""Start writing an ingest back to disk every this many bytes, so commit's fsync is short."""
+_flusher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="content-flush")
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,8 @@ class IngestWriter:
         self._hasher = digests.hasher(alg)
         self._fd = -1
         self.updated_at = 0
+        self._unflushed = 0
+        self._flush: Future[None] | None = None
         try:
             self._open(total)
         except BaseException:
@@ -257,19 +265,34 @@ class IngestWriter:
         self._hasher.update(mv)
         self.offset += size
         self.updated_at = time.time_ns()
+        self._unflushed += size
+        if self._unflushed >= FLUSH_EVERY and (self._flush is None or self._flush.done()):
+            self._unflushed = 0
+            self._flush = _flusher.submit(os.fdatasync, self._fd)
         return self.offset
+
+    def _settle(self) -> None:
+        """Wait for a background flush: it must not outlive the fd or cross a truncate."""
+        if self._flush is not None:
+            try:
+                self._flush.result()
+            except OSError:
+                pass  # the final fsync reports what matters
+            self._flush = None
 
     def truncate(self, size: int) -> None:
         if size != 0:
             raise InvalidArgument("truncate: only size 0 is supported")
         if self._fd < 0:
             raise FailedPrecondition(f"ref {self.ref}: writer is closed")
+        self._settle()
         os.ftruncate(self._fd, 0)
         self._hasher = digests.hasher(self._alg)
         self.offset = 0
         self.updated_at = time.time_ns()
 
     def sync(self) -> None:
+        self._settle()
         os.fsync(self._fd)
 
     def verified_digest(self, expected: str) -> str:
@@ -286,6 +309,7 @@ class IngestWriter:
 
     def close(self) -> None:
         """End the session; the ingest stays on disk (resumable). Idempotent."""
+        self._settle()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -298,6 +322,7 @@ class IngestWriter:
 
     def remove(self) -> None:
         """Delete the ingest dir (caller holds the lock), then end the session."""
+        self._settle()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
