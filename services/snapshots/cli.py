@@ -1,0 +1,250 @@
+"""``moor snapshots ...``: snapshots through the proxy, with the blocking client.
+
+    moor snapshots [--snapshotter NAME] ls [FILTER...]      KEY PARENT KIND
+    moor snapshots tree                                      parent/child chains
+    moor snapshots prepare [--mounts] KEY [PARENT]           an active snapshot
+    moor snapshots view [--mounts] KEY [PARENT]              a read-only view
+    moor snapshots mounts TARGET KEY                         `mount` commands for KEY
+    moor snapshots mount TARGET KEY                          mount KEY on TARGET (root)
+    moor snapshots commit NAME KEY
+    moor snapshots rm KEY...
+    moor snapshots usage [KEY...]                            SIZE INODES
+    moor snapshots label KEY [KEY=VALUE | KEY=]...           an empty value removes it
+
+The snapshotter defaults to overlayfs (``--snapshotter``, or $CONTAINERD_SNAPSHOTTER as
+ctr). Light imports only (no asyncio): protobuf messages and the blocking ttrpc client.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Sequence
+from typing import Any
+
+from moorage.cli.context import EXIT, CliContext, Usage, labels_text
+
+from .contract import DEFAULT_SNAPSHOTTER, Kind, Mount
+
+SERVICE = "containerd.services.snapshots.v1.Snapshots"
+USAGE = __doc__.split("\n\n")[1] if __doc__ else ""
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+class _Cmd:
+    def __init__(self, ctx: CliContext, snapshotter: str) -> None:
+        from moorage.api.containerd.services.snapshots.v1 import snapshots_pb2
+
+        self.ctx = ctx
+        self.sn = snapshotter
+        self.pb: Any = snapshots_pb2
+
+    def call(self, method: str, req: Any, resp_type: Any) -> Any:
+        return self.ctx.connect().unary(
+            SERVICE, method, req, resp_type, timeout=self.ctx.timeout, metadata=self.ctx.metadata()
+        )
+
+    def infos(self, filters: Sequence[str] = ()) -> list[Any]:
+        client = self.ctx.connect()
+        return [
+            i
+            for resp in client.server_stream(
+                SERVICE, "List",
+                self.pb.ListSnapshotsRequest(snapshotter=self.sn, filters=list(filters)),
+                self.pb.ListSnapshotsResponse, timeout=self.ctx.timeout, metadata=self.ctx.metadata(),
+            )
+            for i in resp.info
+        ]
+
+    def mounts(self, key: str) -> list[Mount]:
+        resp = self.call("Mounts", self.pb.MountsRequest(snapshotter=self.sn, key=key), self.pb.MountsResponse)
+        return [Mount(m.type, m.source, tuple(m.options), m.target) for m in resp.mounts]
+
+
+def _kind(k: int) -> str:
+    return Kind(k).label if k in (0, 1, 2, 3) else "Unknown"
+
+
+def _print_mounts(ctx: CliContext, target: str, mounts: Sequence[Mount]) -> None:
+    if ctx.json:
+        ctx.emit_json([{"type": m.type, "source": m.source, "target": m.target, "options": list(m.options)} for m in mounts])
+        return
+    for m in mounts:
+        where = os.path.join(target, m.target.lstrip("/")) if m.target else target
+        opts = f" -o {shlex.quote(','.join(m.options))}" if m.options else ""
+        print(f"mount -t {m.type} {shlex.quote(m.source)} {shlex.quote(where)}{opts}")
+
+
+def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
+    snapshotter = os.environ.get("CONTAINERD_SNAPSHOTTER", DEFAULT_SNAPSHOTTER)
+    while argv and argv[0].startswith("--snapshotter"):
+        opt = argv.pop(0)
+        if "=" in opt:
+            snapshotter = opt.split("=", 1)[1]
+        elif argv:
+            snapshotter = argv.pop(0)
+        else:
+            raise Usage("--snapshotter NAME")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return EXIT["ok"] if argv else EXIT["usage"]
+    action, args = argv[0], argv[1:]
+    handler = _ACTIONS.get(action)
+    if handler is None:
+        raise Usage(f"unknown snapshots command {action!r}\n{USAGE}")
+    return handler(_Cmd(ctx, snapshotter), args)
+
+
+def _ls(c: _Cmd, args: list[str]) -> int:
+    infos = c.infos([a for a in args if not a.startswith("-")])
+    if c.ctx.json:
+        c.ctx.emit_json([
+            {"key": i.name, "parent": i.parent, "kind": _kind(i.kind),
+             "created_at": i.created_at.ToJsonString(), "updated_at": i.updated_at.ToJsonString(),
+             "labels": dict(i.labels)}
+            for i in infos
+        ])
+    else:
+        c.ctx.table(["key", "parent", "kind"], [(i.name, i.parent, _kind(i.kind)) for i in infos])
+    return EXIT["ok"]
+
+
+def _tree(c: _Cmd, args: list[str]) -> int:
+    infos = c.infos()
+    children: dict[str, list[str]] = {}
+    for i in infos:
+        children.setdefault(i.parent, []).append(i.name)
+    if c.ctx.json:
+        c.ctx.emit_json({p: sorted(ch) for p, ch in children.items()})
+        return EXIT["ok"]
+
+    def show(name: str, depth: int) -> None:
+        print("  " * depth + ("\\_ " if depth else "") + name)
+        for child in sorted(children.get(name, [])):
+            show(child, depth + 1)
+
+    for root in sorted(children.get("", [])):
+        show(root, 0)
+    return EXIT["ok"]
+
+
+def _create(c: _Cmd, args: list[str], view: bool) -> int:
+    show = "--mounts" in args
+    rest = [a for a in args if a != "--mounts"]
+    if not 1 <= len(rest) <= 2:
+        raise Usage(f"snapshots {'view' if view else 'prepare'} [--mounts] KEY [PARENT]")
+    key, parent = rest[0], rest[1] if len(rest) == 2 else ""
+    if view:
+        resp = c.call("View", c.pb.ViewSnapshotRequest(snapshotter=c.sn, key=key, parent=parent), c.pb.ViewSnapshotResponse)
+    else:
+        resp = c.call("Prepare", c.pb.PrepareSnapshotRequest(snapshotter=c.sn, key=key, parent=parent), c.pb.PrepareSnapshotResponse)
+    if show or c.ctx.json:
+        _print_mounts(c.ctx, "/tmp", [Mount(m.type, m.source, tuple(m.options), m.target) for m in resp.mounts])
+    return EXIT["ok"]
+
+
+def _prepare(c: _Cmd, args: list[str]) -> int:
+    return _create(c, args, False)
+
+
+def _view(c: _Cmd, args: list[str]) -> int:
+    return _create(c, args, True)
+
+
+def _mounts(c: _Cmd, args: list[str]) -> int:
+    if len(args) != 2:
+        raise Usage("snapshots mounts TARGET KEY")
+    _print_mounts(c.ctx, args[0], c.mounts(args[1]))
+    return EXIT["ok"]
+
+
+def _mount(c: _Cmd, args: list[str]) -> int:
+    if len(args) != 2:
+        raise Usage("snapshots mount TARGET KEY")
+    from .mounts import mount_all
+
+    mount_all(c.mounts(args[1]), args[0])
+    return EXIT["ok"]
+
+
+def _commit(c: _Cmd, args: list[str]) -> int:
+    if len(args) != 2:
+        raise Usage("snapshots commit NAME KEY")
+    from google.protobuf import empty_pb2
+
+    c.call("Commit", c.pb.CommitSnapshotRequest(snapshotter=c.sn, name=args[0], key=args[1]), empty_pb2.Empty)
+    return EXIT["ok"]
+
+
+def _rm(c: _Cmd, args: list[str]) -> int:
+    if not args:
+        raise Usage("snapshots rm KEY...")
+    from google.protobuf import empty_pb2
+
+    code = EXIT["ok"]
+    for key in args:
+        try:
+            c.call("Remove", c.pb.RemoveSnapshotRequest(snapshotter=c.sn, key=key), empty_pb2.Empty)
+        except Exception as exc:  # report each, keep going, as ctr
+            code = c.ctx.fail(exc)
+    return code
+
+
+def _usage(c: _Cmd, args: list[str]) -> int:
+    keys = args or [i.name for i in c.infos()]
+    rows = []
+    for key in keys:
+        u = c.call("Usage", c.pb.UsageRequest(snapshotter=c.sn, key=key), c.pb.UsageResponse)
+        rows.append((key, u.size, u.inodes))
+    if c.ctx.json:
+        c.ctx.emit_json([{"key": k, "size": s, "inodes": n} for k, s, n in rows])
+    else:
+        c.ctx.table(["key", "size", "inodes"], [(k, _size(s), n) for k, s, n in rows])
+    return EXIT["ok"]
+
+
+def _label(c: _Cmd, args: list[str]) -> int:
+    if not args:
+        raise Usage("snapshots label KEY [KEY=VALUE | KEY=]...")
+    from google.protobuf import field_mask_pb2
+
+    key, pairs = args[0], args[1:]
+    labels: dict[str, str] = {}
+    paths = []
+    for p in pairs:
+        k, eq, v = p.partition("=")
+        if not eq or not k:
+            raise Usage(f"label {p!r} is not KEY=VALUE")
+        paths.append(f"labels.{k}")
+        if v:
+            labels[k] = v
+    if paths:
+        info = c.pb.Info(name=key, labels=labels)
+        resp = c.call(
+            "Update",
+            c.pb.UpdateSnapshotRequest(snapshotter=c.sn, info=info, update_mask=field_mask_pb2.FieldMask(paths=paths)),
+            c.pb.UpdateSnapshotResponse,
+        )
+        result = resp.info
+    else:
+        result = c.call("Stat", c.pb.StatSnapshotRequest(snapshotter=c.sn, key=key), c.pb.StatSnapshotResponse).info
+    if c.ctx.json:
+        c.ctx.emit_json(dict(result.labels))
+    else:
+        print(labels_text(result.labels))
+    return EXIT["ok"]
+
+
+_ACTIONS = {
+    "ls": _ls, "list": _ls, "tree": _tree, "prepare": _prepare, "view": _view,
+    "mounts": _mounts, "mount": _mount, "commit": _commit, "rm": _rm, "remove": _rm,
+    "delete": _rm, "usage": _usage, "label": _label,
+}
