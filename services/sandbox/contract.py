@@ -28,6 +28,7 @@ prepared files; see :class:`Network`. Keys of ``ControllerStatus.info``: ``netns
 from __future__ import annotations
 
 import enum
+import ipaddress
 import json
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
@@ -114,7 +115,7 @@ class PortMapping:
             ip, host, ctr = parts
         else:
             raise ValueError(f"port mapping {text!r}: want [IP:]HOST:CTR[/PROTO]")
-        mapping = cls(int(host), int(ctr), (proto or "tcp").lower(), ip)
+        mapping = cls(int(host), int(ctr), (proto or "tcp").lower(), ip.strip("[]"))
         mapping.validate()
         return mapping
 
@@ -124,6 +125,8 @@ class PortMapping:
                 raise ValueError(f"port {port} out of range")
         if self.protocol not in ("tcp", "udp", "sctp"):
             raise ValueError(f"protocol {self.protocol!r}: want tcp, udp or sctp")
+        if self.host_ip:
+            ipaddress.ip_address(self.host_ip)
 
 
 @dataclass(frozen=True)
