@@ -592,12 +592,15 @@ class TaskManager:
     async def _recover_one(self, rec: ShimRecord) -> None:
         bundle = Bundle(Path(rec.bundle), rec.namespace, rec.id)
         address = rec.address or bundle.shim_address().removeprefix("unix://")
+        task = Task(rec.namespace, rec.id, bundle, ShimConn(address, None), rec)  # type: ignore[arg-type]
+        # first the shim's log fifo: without a reader the shim blocks on its next log line
+        self._watch_log(task)
         conn: ShimConn | None = None
         if address:
             with contextlib.suppress(Error, OSError):
                 conn = await self._shim_conn(address)
-        task = Task(rec.namespace, rec.id, bundle, conn or ShimConn(address, None),  # type: ignore[arg-type]
-                    rec)
+        if conn is not None:
+            task.shim = conn
         if rec.phase != "created":
             self.log.warning("reaping orphan shim of %s/%s (runtime stopped before create)",
                              rec.namespace, rec.id)
@@ -616,6 +619,7 @@ class TaskManager:
             elif address or bundle.path.joinpath("runtime").exists():
                 with contextlib.suppress(Exception):
                     await run_delete(self.flags, rec.binary, rec.namespace, rec.id, bundle.path)
+            self._unwatch_log(task)
             bundle.remove()
             self.records.delete(rec.namespace, rec.id)
             return
@@ -632,7 +636,6 @@ class TaskManager:
             return
         task.pid = st.pid
         task.stdio = StdIO(st.stdin, st.stdout, st.stderr, st.terminal)
-        self._watch_log(task)
         if rec.logged:
             task.io = LoggedIO.reopen(bundle.io_dir, self.log_path(rec.namespace, rec.id))
         self.tasks[(rec.namespace, rec.id)] = task

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -89,6 +87,34 @@ class Rt:
     def remove(self, id: str) -> None:
         self.call(CONTAINERS, "Delete", cpb.DeleteContainerRequest(id=id), empty_pb2.Empty)
 
+    def cleanup(self) -> None:
+        """Best effort after a test: kill and delete every task, remove every container."""
+        try:
+            c = Client(self.address, error_factory=errdefs.from_status)
+        except Exception:
+            return
+        try:
+            self.c = c
+            tasks = self.call(TASKS, "List", tpb.ListTasksRequest(), tpb.ListTasksResponse).tasks
+            for t in tasks:
+                try:
+                    if t.status != 3:
+                        self.kill(t.container_id, 9, all=True)
+                        self.wait(t.container_id, timeout=10)
+                    self.delete(t.container_id)
+                except Exception:
+                    pass
+            for ctr in self.call(CONTAINERS, "List", cpb.ListContainersRequest(),
+                                 cpb.ListContainersResponse).containers:
+                try:
+                    self.remove(ctr.id)
+                except Exception:
+                    pass
+        except Exception:
+            pass
+        finally:
+            c.close()
+
     def log(self, container: Any) -> str:
         return Path(container.labels["moorage/log-path"]).read_text()
 
@@ -133,15 +159,11 @@ class Events:
         self.client.close()
 
 
-def shim_pid(address: str) -> int:
-    """The pid of the shim serving `address` (SO_PEERCRED)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(address)
-        cred = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        return int(struct.unpack("3i", cred)[0])
-    finally:
-        s.close()
+def shim_pid(namespace: str, id: str) -> int:
+    """The pid of the shim server started for `namespace`/`id` (SO_PEERCRED would name the
+    `start` process, which created the socket and exited)."""
+    (pid,) = shims_of(namespace, id)
+    return pid
 
 
 def alive(pid: int) -> bool:
@@ -161,7 +183,7 @@ def wait_until(pred: Callable[[], bool], timeout: float = 20, what: str = "") ->
         time.sleep(0.02)
 
 
-def shims_of(namespace: str) -> list[int]:
+def shims_of(namespace: str, id: str = "") -> list[int]:
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -172,7 +194,8 @@ def shims_of(namespace: str) -> list[int]:
         except OSError:
             continue
         if argv and argv[0].endswith(b"containerd-shim-runc-v2") and \
-                b"-namespace" in argv and argv[argv.index(b"-namespace") + 1] == namespace.encode():
+                b"-namespace" in argv and argv[argv.index(b"-namespace") + 1] == namespace.encode() \
+                and (not id or argv[argv.index(b"-id") + 1] == id.encode()):
             if alive(int(d)):
                 out.append(int(d))
     return out

@@ -30,6 +30,7 @@ def ns() -> str:
 def api(rt: Suite, ns: str) -> Rt:
     r = Rt(rt.address, ns)
     yield r
+    r.cleanup()
     r.close()
 
 
