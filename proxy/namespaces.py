@@ -60,7 +60,7 @@ class NamespaceStore:
             raise errdefs.NotFound(f"namespace {name}: not found")
         return dict(msgpack.unpackb(row[0]))
 
-    def list(self) -> list[tuple[str, dict[str, str]]]:
+    def all(self) -> list[tuple[str, dict[str, str]]]:
         rows = self.db.execute("SELECT name, labels FROM namespaces ORDER BY name").fetchall()
         return [(n, dict(msgpack.unpackb(b))) for n, b in rows]
 
@@ -124,7 +124,7 @@ class NamespacesService:
 
     async def list(self, req: pb.ListNamespacesRequest, ctx: Context) -> pb.ListNamespacesResponse:
         return pb.ListNamespacesResponse(
-            namespaces=[pb.Namespace(name=n, labels=labels) for n, labels in self.store.list()]
+            namespaces=[pb.Namespace(name=n, labels=labels) for n, labels in self.store.all()]
         )
 
     async def create(self, req: pb.CreateNamespaceRequest, ctx: Context) -> pb.CreateNamespaceResponse:

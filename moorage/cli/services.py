@@ -10,6 +10,7 @@ itself, with moor's own round trip to it.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from moorage.cli.context import EXIT, CliContext
 
@@ -26,7 +27,7 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
                         pb.PluginsResponse, timeout=ctx.timeout, metadata=ctx.metadata())
     total_us = (time.perf_counter() - start) * 1e6
     assert isinstance(resp, pb.PluginsResponse)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for p in resp.plugins:
         if p.type != PLUGIN_TYPE:
             continue
