@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ from .contract import (
     ControllerStatus,
     CreateOptions,
     EventSink,
+    NOT_READY,
     ExitStatus,
     NullSink,
     Platform,
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from ttrpc.client import Client
 
 log = logging.getLogger(__name__)
+UNKNOWN_EXIT = 255
 
 
 def binary_for(runtime: str) -> str:
@@ -262,9 +265,16 @@ class ShimController:
         await self.events.publish(SandboxEvent("/sandboxes/exit", sandbox_id, status.exit_status, status.exited_at))
 
     async def _wait(self, ns: str, sandbox_id: str) -> ExitStatus:
+        """The shim's answer; a shim that died (connection lost) exits 255, as containerd
+        reports a task whose shim vanished."""
         rec = self._get(ns, sandbox_id)
-        client = await self._client(ns, sandbox_id, rec)
-        resp = await client.WaitSandbox(spb.WaitSandboxRequest(sandbox_id=sandbox_id), metadata=self._md(ns))
+        try:
+            client = await self._client(ns, sandbox_id, rec)
+            resp = await client.WaitSandbox(spb.WaitSandboxRequest(sandbox_id=sandbox_id), metadata=self._md(ns))
+        except errdefs.Unavailable:
+            if self.db.get_instance(ns, sandbox_id, self.name) is None:
+                raise errdefs.NotFound(f"sandbox {sandbox_id!r}: shut down") from None
+            return ExitStatus(UNKNOWN_EXIT, time.time_ns())
         return ExitStatus(resp.exit_status, wire.ts_from_pb(resp.exited_at, resp.HasField("exited_at")))
 
     async def platform(self, sandbox_id: str) -> Platform:
@@ -285,8 +295,17 @@ class ShimController:
     async def status(self, sandbox_id: str, verbose: bool = False) -> ControllerStatus:
         ns = namespace()
         rec = self._get(ns, sandbox_id)
-        client = await self._client(ns, sandbox_id, rec)
-        r = await client.SandboxStatus(spb.SandboxStatusRequest(sandbox_id=sandbox_id, verbose=verbose), metadata=self._md(ns))
+        try:
+            client = await self._client(ns, sandbox_id, rec)
+            r = await client.SandboxStatus(spb.SandboxStatusRequest(sandbox_id=sandbox_id, verbose=verbose), metadata=self._md(ns))
+        except errdefs.Unavailable as exc:  # the shim is gone: report it, Shutdown cleans up
+            return ControllerStatus(
+                sandbox_id=sandbox_id,
+                state=NOT_READY,
+                info={"error": f"shim unreachable: {exc}"},
+                address=f"ttrpc+unix://{rec['address']}" if rec.get("address") else "",
+                version=int(rec["version"]),
+            )
         return ControllerStatus(
             sandbox_id=sandbox_id,
             state=r.state,

@@ -19,7 +19,7 @@ import pytest
 from moorage import errdefs
 from moorage.namespaces import current_namespace
 from moorage.services.sandbox.config import SandboxConfig
-from moorage.services.sandbox.contract import READY, AnyValue, CreateOptions, Runtime, Sandbox
+from moorage.services.sandbox.contract import NOT_READY, READY, AnyValue, CreateOptions, Runtime, Sandbox
 from moorage.services.sandbox.db import Database
 from moorage.services.sandbox.shim import ShimController, parse_start_output
 from moorage.services.sandbox.store import SqliteStore
@@ -121,8 +121,9 @@ async def test_shim_errors_and_crash(shims: Any, shim_binary: Path, tmp_path: Pa
         await ctl.create("crash", CreateOptions())
     os.kill(pid, signal.SIGKILL)
     assert gone(pid)
-    with pytest.raises(errdefs.Unavailable):
-        await ctl.status("crash")
+    status = await ctl.status("crash")
+    assert status.state == NOT_READY and "unreachable" in status.info["error"]
+    assert (await ctl.wait("crash")).exit_status == 255
     await ctl.shutdown("crash")  # shim unreachable: `<shim> delete` cleans up
     calls = (tmp_path / "shim-calls.log").read_text()
     assert "delete shimtest crash" in calls
