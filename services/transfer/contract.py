@@ -143,3 +143,51 @@ class ContentStore(Protocol):
     async def abort(self, ref: str) -> None: ...
 
     def read(self, digest: str, offset: int = 0, size: int = 0) -> AsyncIterator[bytes]: ...
+
+
+# ---- transfer endpoints (containerd.types.transfer, decoded) --------------------------------
+
+CredentialsFn = Callable[[str, str, str], Awaitable[object]]
+"""(host, reference, www-authenticate) -> registry.auth.Credentials | None."""
+
+
+@dataclass(frozen=True)
+class RegistryEndpoint:
+    """OCIRegistry: a reference plus how to reach its registry."""
+
+    reference: str
+    hosts_dir: str = ""
+    default_scheme: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    credentials: CredentialsFn | None = None
+
+
+@dataclass(frozen=True)
+class UnpackRequest:
+    platform: Platform
+    snapshotter: str = ""
+
+
+@dataclass(frozen=True)
+class ImageTarget:
+    """ImageStore: an image name (source or destination) with what to keep of it."""
+
+    name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    platforms: tuple[Platform, ...] = ()
+    all_metadata: bool = False
+    unpacks: tuple[UnpackRequest, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImportSource:
+    data: BytesSource
+    media_type: str = ""
+
+
+@dataclass(frozen=True)
+class ExportTarget:
+    sink: Callable[[AsyncIterator[bytes]], Awaitable[None]]
+    platforms: tuple[Platform, ...] = ()
+    all_platforms: bool = False
+    skip_non_distributable: bool = False

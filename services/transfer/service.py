@@ -1,0 +1,157 @@
+"""The transferrer: one `transfer(source, destination)` call dispatched by the pair, as
+containerd's local transfer service: registry -> image store = pull; image store ->
+registry = push; import stream -> image store = import; image store -> export stream =
+export; image store -> image store = tag. Any other pair -> NotImplemented.
+
+Unpack targets come from `unpacker(platform, snapshotter)` (the process wires the snapshots
+and diff services in); an ImageStore destination without unpacks only stores content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from moorage import errdefs
+
+from . import oci
+from .archive import ImportOptions, _read_blob, export_archive, import_archive
+from .contract import (
+    ContentStore,
+    ExportTarget,
+    Image,
+    ImageStore,
+    ImageTarget,
+    ImportSource,
+    ProgressFn,
+    RegistryEndpoint,
+    UnpackRequest,
+    UnpackTarget,
+)
+from .oci import Platform
+from .pull import DEFAULT_CONCURRENCY, PullOptions, pull, unpack
+from .push import push
+from .reference import parse as parse_ref
+from .registry.auth import CredentialStore, load_credentials_file
+from .registry.resolver import Resolver, ResolverOptions
+
+Unpacker = Callable[[Platform, str], UnpackTarget]
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    max_concurrent_downloads: int = DEFAULT_CONCURRENCY
+    max_concurrent_uploads: int = DEFAULT_CONCURRENCY
+    hosts_dir: str = ""
+    credentials_file: str = ""
+    default_snapshotter: str = "overlayfs"
+    chunk_size: int = 0
+
+
+class Transferrer:
+    def __init__(self, content: ContentStore, images: ImageStore, unpacker: Unpacker | None = None,
+                 settings: TransferSettings | None = None) -> None:
+        self.content = content
+        self.images = images
+        self.unpacker = unpacker
+        self.settings = settings or TransferSettings()
+
+    async def transfer(self, src: object, dst: object, progress: ProgressFn | None = None) -> None:
+        if isinstance(src, RegistryEndpoint) and isinstance(dst, ImageTarget):
+            await self.pull(src, dst, progress)
+        elif isinstance(src, ImageTarget) and isinstance(dst, RegistryEndpoint):
+            await self.push(src, dst, progress)
+        elif isinstance(src, ImportSource) and isinstance(dst, ImageTarget):
+            await self.import_(src, dst, progress)
+        elif isinstance(src, ImageTarget) and isinstance(dst, ExportTarget):
+            await self.export(src, dst)
+        elif isinstance(src, ImageTarget) and isinstance(dst, ImageTarget):
+            await self.tag(src, dst)
+        else:
+            raise errdefs.NotImplemented(
+                f"method Transfer not implemented for {type(src).__name__} to {type(dst).__name__}")
+
+    def _resolver(self, ep: RegistryEndpoint, ref: object) -> Resolver:
+        entries = {}
+        if self.settings.credentials_file:
+            from pathlib import Path
+            p = Path(self.settings.credentials_file)
+            if p.exists():
+                entries = load_credentials_file(p)
+        creds = CredentialStore(ep.credentials, entries)  # type: ignore[arg-type]
+        hosts = ep.hosts_dir or self.settings.hosts_dir or None
+        return Resolver(ref, ResolverOptions(hosts_dir=hosts, default_scheme=ep.default_scheme,  # type: ignore[arg-type]
+                                             headers=ep.headers, credentials=creds,
+                                             chunk_size=self.settings.chunk_size))
+
+    def _unpacks(self, reqs: Sequence[UnpackRequest]) -> list[UnpackTarget]:
+        if not reqs:
+            return []
+        if self.unpacker is None:
+            raise errdefs.FailedPrecondition("no unpack platforms defined: no snapshotter is configured")
+        return [self.unpacker(r.platform, r.snapshotter or self.settings.default_snapshotter) for r in reqs]
+
+    @staticmethod
+    def _platforms(t: ImageTarget) -> list[Platform] | None:
+        if t.platforms:
+            return list(t.platforms)
+        if t.unpacks:
+            return [u.platform for u in t.unpacks]
+        return None
+
+    async def pull(self, src: RegistryEndpoint, dst: ImageTarget, progress: ProgressFn | None) -> Image:
+        ref = parse_ref(src.reference)
+        async with self._resolver(src, ref) as res:
+            return await pull(res, ref, self.content, self.images,
+                              PullOptions(name=dst.name or str(ref), labels=dst.labels,
+                                          platforms=self._platforms(dst), unpacks=self._unpacks(dst.unpacks),
+                                          concurrency=self.settings.max_concurrent_downloads), progress)
+
+    async def push(self, src: ImageTarget, dst: RegistryEndpoint, progress: ProgressFn | None) -> None:
+        image = await self.images.get(src.name)
+        ref = parse_ref(dst.reference)
+        async with self._resolver(dst, ref) as res:
+            await push(res, ref, image, self.content, self._platforms(src), progress,
+                       self.settings.max_concurrent_uploads)
+
+    async def import_(self, src: ImportSource, dst: ImageTarget, progress: ProgressFn | None) -> list[Image]:
+        imgs = await import_archive(src.data(), self.content, self.images,
+                                    ImportOptions(dst.name, dst.labels, self._platforms(dst)), progress)
+        for target in self._unpacks(dst.unpacks):
+            for img in imgs:
+                await self.unpack_image(img, target)
+        return imgs
+
+    async def unpack_image(self, img: Image, target: UnpackTarget) -> str:
+        """Unpack an image whose content is all present (import, or re-unpack)."""
+        desc = img.target
+        for _ in range(5):
+            doc = oci.parse_document(await _read_blob(self.content, desc, oci.MAX_MANIFEST_SIZE), desc.media_type)
+            if isinstance(doc, oci.Manifest):
+                cfg = oci.parse_config(await _read_blob(self.content, doc.config, oci.MAX_JSON_SIZE))
+                done: dict[str, asyncio.Future[None]] = {}
+                for layer in doc.layers:
+                    f: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                    f.set_result(None)
+                    done[layer.digest] = f
+                return await unpack(target, doc, cfg, done, self.content)
+            present = [m for m in oci.select_manifests(doc, [target.platform])]
+            if not present:
+                raise errdefs.NotFound(f"{img.name}: no manifest for {target.platform}")
+            desc = present[0]
+        raise errdefs.InvalidArgument("index nesting too deep")
+
+    async def export(self, src: ImageTarget, dst: ExportTarget) -> None:
+        names = [n for n in src.name.split(",") if n] if src.name else []
+        imgs = [await self.images.get(n) for n in names] if names else await self.images.list()
+        platforms = None if dst.all_platforms or not dst.platforms else list(dst.platforms)
+        await dst.sink(export_archive(imgs, self.content, platforms, dst.skip_non_distributable))
+
+    async def tag(self, src: ImageTarget, dst: ImageTarget) -> Image:
+        image = await self.images.get(src.name)
+        new = Image(dst.name, image.target, dict(dst.labels) or dict(image.labels))
+        try:
+            return await self.images.create(new)
+        except errdefs.AlreadyExists:
+            return await self.images.update(new, ["target", "labels"])

@@ -1,0 +1,163 @@
+"""The transfer process end to end, through the proxy of a real suite (proxy, content,
+snapshots, transfer): pulls with unpack from real registries (plain; token auth over the
+auth stream), push read back by skopeo, export/import over data streams, tag, images API."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moorage import errdefs
+from moorage.namespaces import current_namespace
+
+from . import registry as regfix
+from .conftest import hosts_dir_for
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def suite_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="moorage-t-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def e2e(suite_dir: Path) -> Iterator[Any]:
+    suite = pytest.importorskip("suite")
+    pytest.importorskip("moorage.services.snapshots.process")
+    s = suite.Suite(suite_dir, config={"transfer": {"hosts_dir": str(suite_dir / "certs.d")}})
+    try:
+        for name in ("proxy", "content", "snapshots", "transfer"):
+            s.start(name)
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+async def conn(e2e: Any) -> AsyncIterator[Any]:
+    from moorage.rpc import connect
+    c = await connect(e2e.address)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+def _pb() -> Any:
+    from moorage.api.containerd.types import platform_pb2
+    from moorage.api.containerd.types.transfer import imagestore_pb2, importexport_pb2, registry_pb2
+    return registry_pb2, imagestore_pb2, importexport_pb2, platform_pb2
+
+
+async def test_pull_unpack_push_export_import(e2e: Any, conn: Any, plain_registry: regfix.Registry,
+                                              layout: Path, suite_dir: Path) -> None:
+    from moorage.services.content.client import ContentClient
+    from moorage.services.snapshots.client import RemoteSnapshotter
+    from moorage.services.transfer import oci
+    from moorage.services.transfer.client import ImagesClient, TransferClient
+
+    registry_pb2, imagestore_pb2, importexport_pb2, platform_pb2 = _pb()
+    ref = regfix.push(layout, plain_registry, "e2e/app")
+    events: list[Any] = []
+    src = registry_pb2.OCIRegistry(reference=ref)
+    dst = imagestore_pb2.ImageStore(name=ref, unpacks=[imagestore_pb2.UnpackConfiguration(
+        platform=platform_pb2.Platform(os="linux", architecture="amd64"), snapshotter="overlayfs")])
+    await TransferClient(conn).transfer(src, dst, progress=events.append)
+    kinds = {e.event for e in events}
+    assert f"Resolving from {ref}" in kinds and f"Completed pull from {ref}" in kinds and "complete" in kinds
+    images = ImagesClient(conn)
+    img = await images.get(ref)
+    content = ContentClient(conn)
+    minfo = await content.info(img.target.digest)
+    cfg_digest = minfo.labels["containerd.io/gc.ref.content.config"]
+    cinfo = await content.info(cfg_digest)
+    top = cinfo.labels["containerd.io/gc.ref.snapshot.overlayfs"]
+    sn = RemoteSnapshotter(conn, "overlayfs")
+    assert (await sn.stat(top)).name == top
+    layer0 = minfo.labels["containerd.io/gc.ref.content.l.0"]
+    assert (await content.info(layer0)).labels["containerd.io/uncompressed"].startswith("sha256:")
+
+    # pull again: everything already there
+    events.clear()
+    await TransferClient(conn).transfer(registry_pb2.OCIRegistry(reference=ref), imagestore_pb2.ImageStore(name=ref))
+    await TransferClient(conn).transfer(imagestore_pb2.ImageStore(name=ref),
+                                        imagestore_pb2.ImageStore(name="example.com/tagged/app:v1"))
+    assert (await images.get("example.com/tagged/app:v1")).target == img.target
+
+    dst_ref = f"{plain_registry.host}/e2e/pushed:v9"
+    await TransferClient(conn).transfer(imagestore_pb2.ImageStore(name=ref), registry_pb2.OCIRegistry(reference=dst_ref))
+    assert regfix.skopeo_inspect(dst_ref, plain_registry)["Digest"] == img.target.digest
+
+    out = suite_dir / "export.tar"
+    with open(out, "wb") as f:
+        await TransferClient(conn).transfer(imagestore_pb2.ImageStore(name=ref),
+                                            importexport_pb2.ImageExportStream(), sink=f.write)
+    insp = subprocess.run(["skopeo", "inspect", f"oci-archive:{out}:latest"], check=True, capture_output=True, text=True)
+    assert img.target.digest in insp.stdout
+
+    token = current_namespace.set("e2e-import")
+    try:
+        async def data() -> AsyncIterator[bytes]:
+            with open(out, "rb") as f:
+                while chunk := f.read(100_000):
+                    yield chunk
+        await TransferClient(conn).transfer(importexport_pb2.ImageImportStream(), imagestore_pb2.ImageStore(),
+                                            data=data())
+        assert [i.name for i in await images.list()] == [ref]
+        assert (await images.get(ref)).target.digest == img.target.digest
+    finally:
+        current_namespace.reset(token)
+
+
+async def test_token_auth_over_auth_stream(e2e: Any, conn: Any, token_registry: regfix.Registry, layout: Path,
+                                           suite_dir: Path) -> None:
+    from moorage.services.transfer.client import ImagesClient, TransferClient
+    registry_pb2, imagestore_pb2, _, _ = _pb()
+    ref = regfix.push(layout, token_registry, "e2e/private")
+    hosts = hosts_dir_for(token_registry, suite_dir / "tok")
+    asked: list[str] = []
+
+    async def auth(host: str, reference: str, challenges: Any) -> Any:
+        asked.append(host)
+        return registry_pb2.AuthResponse(authType=registry_pb2.CREDENTIALS, username=regfix.USER, secret=regfix.PASSWORD)
+    src = registry_pb2.OCIRegistry(reference=ref, resolver=registry_pb2.RegistryResolver(host_dir=hosts))
+    await TransferClient(conn).transfer(src, imagestore_pb2.ImageStore(name=ref), auth=auth)
+    assert asked == [token_registry.host]
+    assert (await ImagesClient(conn).get(ref)).name == ref
+
+    async def bad(host: str, reference: str, challenges: Any) -> Any:
+        return registry_pb2.AuthResponse(authType=registry_pb2.CREDENTIALS, username="moor", secret="wrong-SECRET-42")
+    src = registry_pb2.OCIRegistry(reference=ref, resolver=registry_pb2.RegistryResolver(host_dir=hosts))
+    with pytest.raises(errdefs.Unauthenticated) as ei:
+        await TransferClient(conn).transfer(src, imagestore_pb2.ImageStore(name=ref + "x"), auth=bad)
+    assert "wrong-SECRET-42" not in str(ei.value)
+
+
+async def test_unsupported_pair_and_images_api(e2e: Any, conn: Any) -> None:
+    from moorage.services.transfer import oci
+    from moorage.services.transfer.client import ImagesClient, TransferClient
+    from moorage.services.transfer.contract import Image
+    registry_pb2, imagestore_pb2, _, _ = _pb()
+    with pytest.raises(errdefs.NotImplemented):
+        await TransferClient(conn).transfer(registry_pb2.OCIRegistry(reference="a/b"),
+                                            registry_pb2.OCIRegistry(reference="c/d"))
+    images = ImagesClient(conn)
+    d = oci.Descriptor(oci.OCI_MANIFEST, "sha256:" + "7" * 64, 7)
+    await images.create(Image("api/x:1", d, {"a": "b"}))
+    with pytest.raises(errdefs.AlreadyExists):
+        await images.create(Image("api/x:1", d))
+    assert [i.name for i in await images.list(["labels.a==b"])] == ["api/x:1"]
+    await images.update(Image("api/x:1", d, {"c": "d"}), ["labels.c"])
+    assert (await images.get("api/x:1")).labels == {"a": "b", "c": "d"}
+    await images.delete("api/x:1")
+    with pytest.raises(errdefs.NotFound):
+        await images.get("api/x:1")
