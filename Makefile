@@ -62,15 +62,5 @@ check-protos: venv
 typecheck: venv
 	$(PY) .ci/typecheck.py
 
-# mypy strict over the installed layout: setup.py maps proxy/, services/, nri/ and api/ under
-# `moorage`, which mypy cannot follow, so check a tree of symlinks shaped like the install.
-TYPECHECK := $(STAMP)/typecheck
-typecheck: venv
-	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/moorage
-	@for f in moorage/*; do ln -s ../../../$$f $(TYPECHECK)/moorage/; done
-	@for d in proxy services nri api; do ln -s ../../../$$d $(TYPECHECK)/moorage/$$d; done
-	@ln -s ../../ttrpc $(TYPECHECK)/ttrpc
-	cd $(TYPECHECK) && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p moorage -p ttrpc
-
 clean:
 	rm -rf $(STAMP)
