@@ -23,8 +23,8 @@ def ns_of(t: timestamp_pb2.Timestamp) -> int:
     return int(t.seconds) * 1_000_000_000 + int(t.nanos)
 
 
-def any_out(v: AnyValue | None) -> any_pb2.Any | None:
-    return None if v is None else any_pb2.Any(type_url=v.type_url, value=v.value)
+def any_out(v: AnyValue) -> any_pb2.Any:
+    return any_pb2.Any(type_url=v.type_url, value=v.value)
 
 
 def any_in(msg: Any, field: str) -> AnyValue | None:
@@ -76,7 +76,7 @@ def mounts_out(ms: Any) -> list[mount_pb2.Mount]:
 
 def process_to_pb(p: ProcessState) -> task_pb2.Process:
     out = task_pb2.Process(
-        container_id=p.container_id, id=p.id, pid=p.pid, status=int(p.status),
+        container_id=p.container_id, id=p.id, pid=p.pid, status=p.status.name,
         stdin=p.stdio.stdin, stdout=p.stdio.stdout, stderr=p.stdio.stderr,
         terminal=p.stdio.terminal, exit_status=p.exit_status)
     if p.exited_at:
