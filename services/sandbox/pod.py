@@ -97,6 +97,7 @@ class PodController:
         self.cni = Cni(config.cni_bin_dirs)
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._exits: dict[tuple[str, str], asyncio.Event] = {}
+        self._background: set[asyncio.Future[None]] = set()
 
     # records -----------------------------------------------------------------------------
 
@@ -179,18 +180,24 @@ class PodController:
         self._put(ns, sandbox_id, rec)
 
     async def _rollback(self, ns: str, sandbox_id: str, cause: BaseException) -> None:
-        """Undo a failed create on its own deadline, whatever happens to the caller."""
-        task = asyncio.ensure_future(self._teardown(ns, sandbox_id))
+        """Undo a failed create on its own deadline, whatever happens to the caller: if the
+        caller is cancelled the undo carries on alone, records included."""
+        task = asyncio.ensure_future(self._undo(ns, sandbox_id, cause))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
-            log.warning("sandbox %s/%s: create cancelled; teardown continues in the background", ns, sandbox_id)
-            return
+            log.warning("sandbox %s/%s: create cancelled; its teardown continues in the background", ns, sandbox_id)
+
+    async def _undo(self, ns: str, sandbox_id: str, cause: BaseException) -> None:
+        try:
+            await self._teardown(ns, sandbox_id)
         except errdefs.Error as exc:
             log.warning("sandbox %s/%s: create failed (%s) and its teardown too (%s); kept NotReady", ns, sandbox_id, cause, exc)
             rec = self.db.get_instance(ns, sandbox_id, self.name)
             if rec is not None:
-                rec.update(state=State.FAILED.value, error=f"setup: {cause}; teardown: {exc}")
+                rec.update(state=State.FAILED.value, error=f"setup: {cause or type(cause).__name__}; teardown: {exc}")
                 self._put(ns, sandbox_id, rec)
             return
         podfiles.remove(self.pod_dir(ns, sandbox_id))
@@ -319,6 +326,11 @@ class PodController:
     async def metrics(self, sandbox_id: str) -> AnyValue | None:
         self._get(namespace(), sandbox_id)
         return None
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (bounded) for rollbacks still running after their callers were cancelled."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout)
 
     # reconciler support ------------------------------------------------------------------
 

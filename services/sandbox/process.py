@@ -58,6 +58,8 @@ async def build(ctx: BuildContext) -> Sequence[object]:
             current_namespace.reset(token)
 
     async def close() -> None:
+        for pod in pods:
+            await pod.drain(cfg.cni_del_timeout)
         for shim in shims:
             await shim.close()
         db.close()

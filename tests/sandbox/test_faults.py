@@ -163,3 +163,23 @@ async def test_restart_keeps_instances(pods: Pods, testnet: CniNet, tmp_path: ob
     await again.shutdown("pod")
     testnet.assert_clean()
     assert json.loads(after.extra.value)["netns_path"] == before.info["netns_path"] if after.extra else False
+
+
+async def test_create_cancelled_twice_still_tears_down(pods: Pods, faulty: CniNet) -> None:
+    faulty.set_faults(ADD="hang-after", DEL="hang")
+    pods.controller.config = faulty.config(cni_del_timeout=2.0)
+    task = asyncio.ensure_future(pods.controller.create("pod", CreateOptions()))
+    while not any(c.startswith("ADD ") for c in faulty.calls()):
+        await asyncio.sleep(0.02)  # the plugin runs in another process: watch its log
+    task.cancel()  # the first cancel starts the rollback ...
+    while not any(c.startswith("DEL ") for c in faulty.calls()):
+        await asyncio.sleep(0.02)
+    faulty.set_faults(DEL="ok")
+    task.cancel()  # ... a second one abandons it: the rollback goes on in the background
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await pods.controller.drain(10)
+    # the hanging DEL hit its own deadline, so the sandbox is kept NotReady with its namespace
+    await assert_kept_not_ready(pods, faulty, "pod")
+    await pods.controller.shutdown("pod")  # and a later shutdown retries DEL successfully
+    faulty.assert_clean()
