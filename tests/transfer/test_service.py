@@ -161,3 +161,34 @@ async def test_unsupported_pair_and_images_api(e2e: Any, conn: Any) -> None:
     await images.delete("api/x:1")
     with pytest.raises(errdefs.NotFound):
         await images.get("api/x:1")
+
+
+def test_cli_pull_images_tag_export_import_rmi(e2e: Any, basic_registry: regfix.Registry, layout: Path,
+                                               suite_dir: Path) -> None:
+    ref = regfix.push(layout, basic_registry, "cli/app")
+    hosts = hosts_dir_for(basic_registry, suite_dir / "cli")
+    ns = ["--namespace", "cli"]
+    r = e2e.moor(*ns, "pull", "--hosts-dir", hosts, ref)
+    assert r.returncode != 0  # no credentials: refused
+    assert "401" in r.stderr or "unauthorized" in r.stderr.lower() or "Unauthenticated" in r.stderr
+    r = e2e.moor(*ns, "pull", "--hosts-dir", hosts, "--user", f"{regfix.USER}:{regfix.PASSWORD}", ref)
+    assert r.returncode == 0, r.stderr
+    assert "layer-sha256:" in r.stderr and regfix.PASSWORD not in r.stderr + r.stdout
+    r = e2e.moor(*ns, "images", "-q")
+    assert r.stdout.split() == [ref]
+    assert e2e.moor(*ns, "tag", ref, "example.org/cli/copy:2").returncode == 0
+    r = e2e.moor(*ns, "--json", "images")
+    import json
+    names = sorted(i["name"] for i in json.loads(r.stdout))
+    assert names == sorted([ref, "example.org/cli/copy:2"])
+    out = suite_dir / "cli-export.tar"
+    r = e2e.moor(*ns, "export", str(out), "example.org/cli/copy:2")
+    assert r.returncode == 0, r.stderr
+    insp = subprocess.run(["skopeo", "inspect", f"oci-archive:{out}:2"], check=True, capture_output=True, text=True)
+    assert "Layers" in insp.stdout
+    assert e2e.moor(*ns, "rmi", ref, "example.org/cli/copy:2").returncode == 0
+    assert e2e.moor(*ns, "images", "-q").stdout.split() == []
+    r = e2e.moor(*ns, "import", str(out))
+    assert r.returncode == 0, r.stderr
+    assert e2e.moor(*ns, "images", "-q").stdout.split() == ["example.org/cli/copy:2"]
+    assert e2e.moor(*ns, "rmi", "nope/none:1").returncode == 3
