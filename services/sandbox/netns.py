@@ -4,12 +4,14 @@ A namespace is a file in a directory (``/var/run/netns`` by default, so ``ip net
 sees it) onto which a fresh network namespace is bind-mounted, as containerd's pkg/netns
 and iproute2 do. Creation happens on a dedicated, short-lived thread: the thread unshares
 its network namespace (namespaces belong to threads), brings ``lo`` up inside it and
-bind-mounts ``/proc/thread-self/ns/net`` onto the file, then exits; no other thread of the
-process ever changes namespace. Removal detaches the mount and unlinks the file; removing a
-path that is already gone is not an error (teardown is idempotent).
+bind-mounts ``/proc/self/task/<tid>/ns/net`` onto the file, then exits; no other thread of
+the process ever changes namespace. Removal detaches the mount and unlinks the file;
+removing a path that is already gone is not an error (teardown is idempotent).
 
 Unlike ``ip netns add`` the directory is not turned into a shared mount of itself: like
 containerd, nothing is mounted but the namespace files, so nothing else is left behind.
+mount/umount2 come from :mod:`moorage.syscalls`; unshare(2), which it lacks, is called
+through ctypes here.
 """
 
 from __future__ import annotations
@@ -23,27 +25,21 @@ import socket
 import struct
 import threading
 
+from moorage import syscalls
+
 CLONE_NEWNET = 0x40000000
-MS_BIND = 4096
-MNT_DETACH = 2
-NSFS_MAGIC = 0x6E736673
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 
-def _check(rc: int, what: str, path: str | None = None) -> None:
-    if rc != 0:
+
+def _unshare_net() -> None:
+    if _libc.unshare(CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}", path)
-
-
-def _mount(source: str, target: str, flags: int) -> None:
-    _check(_libc.mount(source.encode(), target.encode(), b"none", flags, None), "mount", target)
+        raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
 
 
 def _loopback_up() -> None:
@@ -54,9 +50,9 @@ def _loopback_up() -> None:
 
 
 def _bind_new_netns(path: str) -> None:
-    _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+    _unshare_net()
     _loopback_up()
-    _mount(f"/proc/self/task/{threading.get_native_id()}/ns/net", path, MS_BIND)
+    syscalls.mount(f"/proc/self/task/{threading.get_native_id()}/ns/net", path, "none", syscalls.MS_BIND)
 
 
 def create(path: str) -> None:
@@ -84,29 +80,20 @@ def create(path: str) -> None:
 
 
 def is_netns(path: str) -> bool:
-    """Whether ``path`` is a mounted network namespace (an nsfs file)."""
+    """Whether ``path`` is a mounted namespace (a file of the nsfs filesystem)."""
     try:
-        return _fs_magic(path) == NSFS_MAGIC
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
     except OSError:
         return False
 
 
-def _fs_magic(path: str) -> int:
-    class _Statfs(ctypes.Structure):
-        _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 112)]
-
-    buf = _Statfs()
-    _libc.statfs.argtypes = [ctypes.c_char_p, ctypes.POINTER(_Statfs)]
-    _check(_libc.statfs(path.encode(), ctypes.byref(buf)), "statfs", path)
-    return int(buf.f_type) & 0xFFFFFFFF
-
-
 def remove(path: str) -> None:
     """Unmount and unlink ``path``; a missing path or a path no longer mounted is fine."""
-    if _libc.umount2(path.encode(), MNT_DETACH) != 0:
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOENT):
-            raise OSError(err, f"umount {path}: {os.strerror(err)}", path)
+    try:
+        syscalls.umount2(path, syscalls.MNT_DETACH)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOENT):
+            raise
     try:
         os.unlink(path)
     except FileNotFoundError:
