@@ -30,7 +30,7 @@ def test_create_inspect_remove(path: str, tmp_path: Path) -> None:
     assert os.readlink("/proc/thread-self/ns/net") == own  # the caller never moved
     assert netns.is_netns(path)
     links = in_netns(path, "ip", "-o", "link")
-    assert links.returncode == 0 and links.stdout.count(": ") == 1 and "lo:" in links.stdout and "UP" in links.stdout
+    assert links.returncode == 0 and len(links.stdout.splitlines()) == 1 and "lo:" in links.stdout and "UP" in links.stdout
     assert os.path.basename(path) in os.listdir("/var/run/netns")
     assert path in netns.listdir("/var/run/netns", os.path.basename(path)[:5])
     with pytest.raises(FileExistsError):
