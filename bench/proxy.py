@@ -89,7 +89,7 @@ async def main() -> int:
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--callers", type=int, default=64)
-    ap.add_argument("--loop", default=os.environ.get("MOORAGE_TEST_LOOP", "asyncio"))
+    ap.add_argument("--loop", default=os.environ.get("MOORAGE_TEST_LOOP", "uvloop"))
     ap.add_argument("--pin", choices=["none", "same", "split"], default="same",
                     help="CPU placement: same = every process on CPU 0 (the anchors' 'same'), "
                          "split = servers on CPU 0 and the client on CPU 1, none = the scheduler's")
@@ -157,4 +157,8 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
+    if os.environ.get("MOORAGE_TEST_LOOP", "uvloop") == "uvloop":
+        from ttrpc.loop import run
+
+        sys.exit(run(main()))
     sys.exit(asyncio.run(main()))

@@ -67,8 +67,8 @@ class SuiteConfig:
     """Seconds a process drains in-flight calls on SIGTERM before cancelling them."""
     plugins: tuple[str, ...] = ()
     """Extra process records, as ``"module:attr"`` strings."""
-    event_loop: Literal["uvloop", "asyncio"] = "asyncio"
-    """The event loop every process runs on (uvloop once ttrpc's transports accept it)."""
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """The event loop every process runs on."""
 
     def __post_init__(self) -> None:
         if not self.root.is_absolute():

@@ -136,7 +136,7 @@ class Suite:
                 "log_format": "text",
                 "log_level": "info",
                 "shutdown_timeout": 5.0,
-                "event_loop": os.environ.get("MOORAGE_TEST_LOOP", "asyncio"),
+                "event_loop": os.environ.get("MOORAGE_TEST_LOOP", "uvloop"),
                 **(suite or {}),
             }
         }
