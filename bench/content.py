@@ -98,7 +98,7 @@ def wait_gone(path: Path, timeout: float = 30.0) -> None:
 
 def moorage(blob: Path, digest: str, size: int, trials: int, tmp: Path) -> tuple[list[float], list[float]]:
     (tmp / "moorage").mkdir()
-    s = Suite(tmp / "moorage")
+    s = Suite(tmp / "moorage", suite={"event_loop": "uvloop"})
     moor = [sys.executable, "-m", "moorage.cli.main", "--address", s.address, "--namespace", "bench"]
     ingest, read = [], []
     try:

@@ -227,16 +227,33 @@ def _read_full(src: BinaryIO, buf: memoryview) -> int:
     return got
 
 
-def _chunks(src: BinaryIO, skip: int) -> Iterator[memoryview]:
-    buf = bytearray(CHUNK)
-    mv = memoryview(buf)
-    while skip > 0:
-        n = _read_full(src, mv[: min(skip, CHUNK)])
-        if n == 0:
-            raise errdefs.FailedPrecondition(f"input ended within the {skip} bytes to resume past")
-        skip -= n
-    while n := _read_full(src, mv):
-        yield mv[:n]
+class _Chunks:
+    """Reads ``src`` into one reused buffer, leaving room before the data for the WRITE
+    request's other fields, so a request is built without copying its data."""
+
+    def __init__(self, src: BinaryIO, room: int) -> None:
+        self.src = src
+        self.room = room
+        self.buf = bytearray(room + CHUNK)
+        self.mv = memoryview(self.buf)
+
+    def skip(self, n: int) -> None:
+        while n > 0:
+            got = _read_full(self.src, self.mv[self.room : self.room + min(n, CHUNK)])
+            if got == 0:
+                raise errdefs.FailedPrecondition(f"input ended within the {n} bytes to resume past")
+            n -= got
+
+    def requests(self, ref: bytes, offset: int) -> Iterator[tuple[memoryview, int]]:
+        """(serialized WRITE request, data length) per chunk, the request a view of the buffer."""
+        from .wire import write_prefix
+
+        while n := _read_full(self.src, self.mv[self.room :]):
+            head = write_prefix(ref, offset, n)
+            start = self.room - len(head)
+            self.mv[start : self.room] = head
+            yield self.mv[start : self.room + n], n
+            offset += n
 
 
 class _Progress:
@@ -263,8 +280,10 @@ def ingest(client: Client, md: dict[str, str], ref: str, src: BinaryIO, total: i
     from ttrpc.frame import FLAG_REMOTE_OPEN
 
     from moorage.api.containerd.services.content.v1 import content_pb2 as pb
-    from .wire import encode_write
 
+    from .memory import keep_freed_memory
+
+    keep_freed_memory()
     stream: BlockingStream[bytes, bytes] = client.open_stream(
         SERVICE, "Write", None, FLAG_REMOTE_OPEN, metadata=md)
     try:
@@ -289,10 +308,12 @@ def ingest(client: Client, md: dict[str, str], ref: str, src: BinaryIO, total: i
                     raise errdefs.OutOfRange(f"ref {ref}: server at offset {got}, expected {want}")
 
         if not (expected and total and offset == total):
-            for chunk in _chunks(src, offset):
+            chunks = _Chunks(src, room=len(refb) + 32)
+            chunks.skip(offset)
+            for request, n in chunks.requests(refb, offset):
                 settle(WINDOW - 1)
-                stream.send(encode_write(refb, offset, chunk))
-                offset += len(chunk)
+                stream.send(request)  # type: ignore[arg-type]  # a view: framed with one copy
+                offset += n
                 pending.append(offset)
                 bar.show(offset)
             settle(0)

@@ -12,8 +12,10 @@ from .wire import SERVICE
 
 async def build(ctx: BuildContext) -> Sequence[object]:
     from .api import ContentService
+    from .memory import keep_freed_memory
     from .store import LocalStore
 
+    keep_freed_memory()
     settings: ContentConfig = ctx.settings or ContentConfig()
     store = LocalStore(str(ctx.root), workers=settings.workers)
     ctx.on_close(store.close)
