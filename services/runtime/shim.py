@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -153,43 +154,46 @@ class ShimFlags:
         return env
 
 
+def _run(args: list[str], cwd: Path, env: dict[str, str], stdin: bytes,
+         timeout: float) -> subprocess.CompletedProcess[bytes]:
+    # stdlib subprocess in a thread: its pipes are O_CLOEXEC and close_fds is honoured, so
+    # the shim server the `start` process leaves behind never holds our stdout open (with
+    # uvloop's spawn it did, and reading to EOF hung until the shim exited).
+    return subprocess.run(args, cwd=str(cwd), env=env, input=stdin, capture_output=True,
+                          timeout=timeout, close_fds=True, check=False)
+
+
+async def _exec(args: list[str], cwd: Path, env: dict[str, str], stdin: bytes,
+                timeout: float, what: str) -> subprocess.CompletedProcess[bytes]:
+    try:
+        return await asyncio.to_thread(_run, args, cwd, env, stdin, timeout)
+    except subprocess.TimeoutExpired:
+        raise Unavailable(f"{what} timed out after {timeout}s") from None
+    except OSError as exc:
+        raise Unavailable(f"{what}: {exc}") from None
+
+
 async def run_start(flags: ShimFlags, binary: str, namespace: str, id: str, bundle: Path,
                     options: bytes) -> str:
     """`<shim> ... start` in the bundle; the task socket path it printed."""
-    proc = await asyncio.create_subprocess_exec(
-        *flags.args(binary, namespace, id), "start",
-        cwd=str(bundle), env=flags.env(),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, close_fds=True)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(options), SHIM_START_TIMEOUT)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise Unavailable(f"shim {binary} start timed out") from None
-    if proc.returncode != 0:
-        msg = err.decode("utf-8", "replace").strip() or out.decode("utf-8", "replace").strip()
+    r = await _exec([*flags.args(binary, namespace, id), "start"], bundle, flags.env(), options,
+                    SHIM_START_TIMEOUT, f"{os.path.basename(binary)} start")
+    if r.returncode != 0:
+        msg = r.stderr.decode("utf-8", "replace").strip() or r.stdout.decode("utf-8", "replace").strip()
         raise Unavailable(f"{os.path.basename(binary)}: start failed: {msg}")
-    return parse_start_output(out)
+    return parse_start_output(r.stdout)
 
 
 async def run_delete(flags: ShimFlags, binary: str, namespace: str, id: str,
                      bundle: Path) -> ExitInfo:
     """`<shim> ... -bundle B delete` for a shim that is gone: force-delete and unmount."""
-    proc = await asyncio.create_subprocess_exec(
-        *flags.args(binary, namespace, id), "-bundle", str(bundle), "delete",
-        cwd=str(bundle), env=flags.env(), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, close_fds=True)
+    r = await _exec([*flags.args(binary, namespace, id), "-bundle", str(bundle), "delete"],
+                    bundle, flags.env(), b"", SHIM_DELETE_TIMEOUT,
+                    f"{os.path.basename(binary)} delete")
+    if r.returncode != 0:
+        raise Unavailable(f"shim delete failed: {r.stderr.decode('utf-8', 'replace').strip()}")
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), SHIM_DELETE_TIMEOUT)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise Unavailable(f"shim {binary} delete timed out") from None
-    if proc.returncode != 0:
-        raise Unavailable(f"shim delete failed: {err.decode('utf-8', 'replace').strip()}")
-    try:
-        return parse_delete_response(out)
+        return parse_delete_response(r.stdout)
     except ValueError as exc:
         raise Unavailable(f"shim delete printed an invalid response: {exc}") from None
 
