@@ -95,6 +95,24 @@ class _Stream:
             self.sink.write(self.name, self.pending[:MAX_LINE], False)
             self.pending = self.pending[MAX_LINE:]
 
+    def drain(self) -> None:
+        """Read what the pipe holds now (the writer is done), then finish."""
+        while self.fd >= 0:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                break
+            if not chunk:
+                break
+            self.pending += chunk
+            lines = self.pending.split(b"\n")
+            self.pending = lines.pop()
+            for line in lines:
+                self.sink.write(self.name, line, True)
+        self._finish()
+
     def _finish(self) -> None:
         if self.pending:
             self.sink.write(self.name, self.pending, True)
@@ -185,6 +203,12 @@ class LoggedIO:
         """The shim has opened its ends: EOF from now on means the output is complete."""
         for s in self.streams:
             s.drop_placeholder()
+
+    def drain(self) -> None:
+        """The shim finished writing (its Delete returned): log what is buffered, close."""
+        for s in self.streams:
+            s.drain()
+        self.close()
 
     async def wait(self, timeout: float) -> None:
         """Until both streams reached EOF (or `timeout`), then close."""

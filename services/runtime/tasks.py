@@ -451,6 +451,9 @@ class TaskManager:
                 t.exited.set_result(info)
             if t.waiter is not None:
                 t.waiter.cancel()
+            if t.io is not None:  # the shim's Delete waited for its copiers: all is buffered
+                t.io.drain()
+                t.io = None
             await self._cleanup(t)
             return info
 
