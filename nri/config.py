@@ -1,0 +1,36 @@
+"""The ``[nri]`` config section (containerd's ``[plugins."io.containerd.nri.v1.nri"]`` keys)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class NriConfig:
+    """Where plugins connect and live, and how long they get.
+
+    ``socket_path``: the NRI socket external plugins dial (its folder is made 0700, the
+    socket 0600: it is root-equivalent). ``plugin_path``: pre-installed plugins, started at
+    boot (``NN-name`` executables); ``plugin_config_path``: their ``NN-name.conf`` /
+    ``name.conf``. Timeouts in seconds: ``registration_timeout`` from connect to
+    RegisterPlugin, ``request_timeout`` per call (a plugin that misses it is dropped),
+    ``sync_timeout`` for the whole (possibly split) Synchronize of a new plugin.
+    ``disable_connections``: no socket, only pre-installed plugins. ``apply_updates``:
+    updates and evictions plugins ask for go to the runtime's tasks (Tasks.Update / Kill
+    through the proxy); off, they are logged and reported failed.
+    """
+
+    socket_path: str = "/var/run/nri/nri.sock"
+    plugin_path: str = "/opt/nri/plugins"
+    plugin_config_path: str = "/etc/nri/conf.d"
+    registration_timeout: float = 5.0
+    request_timeout: float = 2.0
+    sync_timeout: float = 10.0
+    disable_connections: bool = False
+    apply_updates: bool = True
+
+    def __post_init__(self) -> None:
+        if min(self.registration_timeout, self.request_timeout, self.sync_timeout) <= 0:
+            raise ValueError("timeouts must be positive")
+        if not self.socket_path.startswith("/"):
+            raise ValueError("socket_path must be absolute")
