@@ -131,3 +131,16 @@ async def test_host_network_and_errors(pods: Pods, testnet: CniNet) -> None:
     with pytest.raises(errdefs.NotFound):
         await pods.controller.status("hostnet")
     testnet.assert_clean()
+
+
+async def test_concurrent_sandboxes(pods: Pods, testnet: CniNet) -> None:
+    import asyncio
+
+    ids = [f"par{i}" for i in range(6)]
+    await asyncio.gather(*(pods.controller.create(i, CreateOptions()) for i in ids))
+    infos = [dict((await pods.controller.status(i)).info) for i in ids]
+    ips = [info["ips"] for info in infos]
+    assert len(set(ips)) == len(ids) and sorted(testnet.allocations()) == sorted(ips)
+    assert len(testnet.bridge_ports()) == len(ids)
+    await asyncio.gather(*(pods.controller.shutdown(i) for i in ids))
+    testnet.assert_clean()
