@@ -21,13 +21,13 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from moorage import errdefs
 
 from . import oci
-from .contract import BlobInfo, ContentStore, Image, ImageStore, ProgressEvent, ProgressFn, UnpackTarget
+from .contract import BlobInfo, BlobWriter, ContentStore, Image, ImageStore, ProgressEvent, ProgressFn, UnpackTarget
 from .oci import Descriptor, Platform
 from .reference import Reference
 from .registry.resolver import Resolver
@@ -141,9 +141,7 @@ async def fetch_blob(resolver: Resolver, content: ContentStore, desc: Descriptor
         await progress.emit("downloading", desc.digest, offset, desc.size, desc)
         if offset < desc.size:
             async with resolver.open_blob(desc, offset) as chunks:
-                async for chunk in chunks:
-                    offset = await w.write(chunk)
-                    await progress.emit("downloading", desc.digest, offset, desc.size, desc, force=False)
+                await _pump(chunks, w, offset, desc, progress)
         try:
             await w.commit(desc.size, desc.digest, labels or {})
         except errdefs.AlreadyExists:
@@ -159,6 +157,49 @@ async def fetch_blob(resolver: Resolver, content: ContentStore, desc: Descriptor
             await w.close()
     await progress.emit("complete", desc.digest, desc.size, desc.size, desc)
     return True
+
+
+WRITE_BATCH = 4 << 20
+QUEUE_DEPTH = 4
+
+
+async def _pump(chunks: AsyncIterator[bytes], w: BlobWriter, offset: int, desc: Descriptor,
+                progress: Progress) -> None:
+    """Network -> content store with the two overlapping: the reader batches chunks into
+    WRITE_BATCH buffers (so a remote writer pipelines its requests), the writer drains them."""
+    q: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_DEPTH)
+
+    async def read() -> None:
+        buf = bytearray()
+        async for chunk in chunks:
+            buf += chunk
+            if len(buf) >= WRITE_BATCH:
+                await q.put(bytes(buf))
+                buf.clear()
+        if buf:
+            await q.put(bytes(buf))
+        await q.put(None)
+
+    reader = asyncio.ensure_future(read())
+    try:
+        while True:
+            get = asyncio.ensure_future(q.get())
+            done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if get not in done:
+                get.cancel()
+                reader.result()  # raises the reader's error
+                get = asyncio.ensure_future(q.get())
+                await asyncio.wait({get})
+            data = get.result()
+            if data is None:
+                break
+            offset = await w.write(data)
+            await progress.emit("downloading", desc.digest, offset, desc.size, desc, force=False)
+        reader.result()
+    finally:
+        if not reader.done():
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
 
 @dataclass

@@ -78,7 +78,27 @@ def status_error(method: str, url: str, status: int, body: bytes = b"") -> errde
     return kind(msg)
 
 
+_CONTEXTS: dict[tuple[Any, ...], ssl.SSLContext] = {}
+
+
 def ssl_context(h: RegistryHost) -> ssl.SSLContext:
+    """The TLS context for an endpoint's settings, built once per process (loading the
+    system CAs costs tens of milliseconds)."""
+    key = (h.scheme, h.ca, h.client, h.skip_verify)
+    ctx = _CONTEXTS.get(key)
+    if ctx is None:
+        ctx = _CONTEXTS[key] = _new_context(h)
+    return ctx
+
+
+def _plain_context() -> ssl.SSLContext:
+    ctx = _CONTEXTS.get(("http",))
+    if ctx is None:
+        ctx = _CONTEXTS[("http",)] = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    return ctx
+
+
+def _new_context(h: RegistryHost) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     for ca in h.ca:
         ctx.load_verify_locations(cafile=str(ca))
@@ -158,7 +178,7 @@ class Session:
         key = (h.scheme, h.ca, h.client, h.skip_verify)
         c = self._clients.get(key)
         if c is None:
-            verify: ssl.SSLContext | bool = ssl_context(h) if h.scheme == "https" else False
+            verify = ssl_context(h) if h.scheme == "https" else _plain_context()
             c = httpx.AsyncClient(verify=verify, follow_redirects=False, trust_env=False,
                                   timeout=httpx.Timeout(self._timeout, connect=30.0),
                                   limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
