@@ -128,6 +128,8 @@ class PodController:
         ns = namespace()
         validate_id(sandbox_id)
         pod = _pod_config(opts)
+        if opts.netns_path and not pod.host_network and not netns.is_netns(opts.netns_path):
+            raise errdefs.InvalidArgument(f"netns_path {opts.netns_path!r} is not a network namespace")
         async with self._lock(ns, sandbox_id):
             if self.db.has_instance(ns, sandbox_id):
                 raise errdefs.AlreadyExists(f"sandbox {sandbox_id!r}: instance already exists")
@@ -163,7 +165,10 @@ class PodController:
 
     async def _setup(self, ns: str, sandbox_id: str, rec: dict[str, Any], pod: PodConfig) -> None:
         if rec["netns_owned"]:
-            netns.create(rec["netns"])
+            try:
+                netns.create(rec["netns"])
+            except OSError as exc:
+                raise errdefs.Internal(f"sandbox {sandbox_id}: create network namespace: {exc}") from exc
             net = load_conflist(self.config.cni_conf_dir)
             rec.update(cni=CNI_ADDING, network=net.to_json())
             self._put(ns, sandbox_id, rec)

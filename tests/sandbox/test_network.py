@@ -144,3 +144,19 @@ async def test_concurrent_sandboxes(pods: Pods, testnet: CniNet) -> None:
     assert len(testnet.bridge_ports()) == len(ids)
     await asyncio.gather(*(pods.controller.shutdown(i) for i in ids))
     testnet.assert_clean()
+
+
+async def test_joins_a_given_namespace_without_cni(pods: Pods, testnet: CniNet, tmp_path: Path) -> None:
+    given = f"/var/run/netns/{testnet.prefix}given"
+    netns.create(given)
+    try:
+        await pods.controller.create("joined", CreateOptions(netns_path=given))
+        info = (await pods.controller.status("joined")).info
+        assert info["netns_path"] == given and info["ips"] == ""
+        await pods.controller.shutdown("joined")
+        assert netns.is_netns(given)  # not ours: left in place
+        assert testnet.allocations() == [] and testnet.bridge_ports() == []
+        with pytest.raises(errdefs.InvalidArgument):
+            await pods.controller.create("bogus", CreateOptions(netns_path=str(tmp_path)))
+    finally:
+        netns.remove(given)
