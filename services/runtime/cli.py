@@ -377,6 +377,8 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
             api.delete_task(id)
 
         cleanup.append(rm_task)
+        if a.tty and sys.stdin.isatty():
+            api.resize(id, "", sys.stdin.fileno())  # before start: the first read sees it
         api.call(TASKS, "Start", tpb.StartRequest(container_id=id), tpb.StartResponse)
     except BaseException:
         undo()
@@ -502,6 +504,8 @@ def cmd_exec(argv: list[str], ctx: CliContext) -> int:
             stderr=cio.path("stderr") if cio else "",
             spec=any_pb2.Any(type_url=sp.PROCESS_TYPE_URL, value=json.dumps(proc).encode())),
             empty_pb2.Empty)
+        if a.tty and sys.stdin.isatty():
+            api.resize(a.container, exec_id, sys.stdin.fileno())
         api.call(TASKS, "Start", api.tpb.StartRequest(container_id=a.container,
                                                       exec_id=exec_id), api.tpb.StartResponse)
     except BaseException:

@@ -14,7 +14,7 @@ from suite import Suite
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 APPLETS = ("sh", "echo", "true", "false", "cat", "sleep", "ls", "id", "env", "pwd", "hostname",
-           "kill", "ps", "grep", "head", "wc", "stat", "mkdir", "touch", "test")
+           "kill", "ps", "grep", "head", "wc", "stat", "mkdir", "touch", "test", "stty", "tty")
 NS = "default"
 MD = {"containerd-namespace-ttrpc": NS}
 

@@ -1,0 +1,184 @@
+"""`moor run` and friends end to end: a real suite (proxy, content, snapshots, transfer,
+runtime), the busybox image imported through the transfer service with an overlayfs unpack."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import secrets
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from suite import Suite
+
+from .helpers import shims_of, wait_until
+from .ociimage import build_archive, import_image
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+class Env:
+    def __init__(self, suite: Suite, ns: str) -> None:
+        self.suite = suite
+        self.ns = ns
+
+    def moor(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "moorage.cli.main", "--address", self.suite.address,
+               "--namespace", self.ns, *args]
+        return subprocess.run(cmd, env=self.suite.env(), capture_output=True, text=True,
+                              timeout=timeout, input=input)
+
+    def nothing_left(self) -> None:
+        assert self.moor("containers", "ls", "--json").stdout.strip() in ("", "[]") or \
+            self.moor("--json", "containers", "ls").stdout.strip() == "[]"
+        bundles = self.suite.state / "runtime" / "bundles" / self.ns
+        assert not bundles.exists() or os.listdir(bundles) == []
+        wait_until(lambda: shims_of(self.ns) == [], what="no shim left")
+        snaps = self.moor("snapshots", "ls").stdout.splitlines()[1:]
+        assert all("Committed" in s for s in snaps), snaps
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    tmp = Path(tempfile.mkdtemp(prefix="moorage-cli-", dir="/tmp"))
+    s = Suite(tmp)
+    ns = "cli" + secrets.token_hex(3)
+    try:
+        for name in ("proxy", "content", "snapshots", "transfer", "runtime"):
+            s.start(name)
+        import_image(s.address, build_archive(tmp / "busybox.tar"), namespace=ns)
+        yield Env(s, ns)
+    finally:
+        e = Env(s, ns)
+        for line in e.moor("ps", "-a", "-q").stdout.split():
+            e.moor("rm", "-f", line)
+        s.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_run_rm_echo_hi_leaves_nothing(env: Env) -> None:
+    r = env.moor("run", "--rm", "busybox", "echo", "hi")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "hi\n", "")
+    env.nothing_left()
+
+
+def test_exit_code_and_streams(env: Env) -> None:
+    r = env.moor("run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (r.returncode, r.stdout, r.stderr) == (3, "out\n", "err\n")
+    env.nothing_left()
+
+
+def test_flags(env: Env) -> None:
+    r = env.moor("run", "--rm", "--env", "A=b", "--user", "app", "--workdir", "/tmp",
+                 "--hostname", "hh", "--memory", "64m", "--cpus", "0.5", "busybox", "sh", "-c",
+                 "echo $A; id -u; id -G; pwd; hostname")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["b", "1000", "1000", "2000", "/tmp", "hh"]
+
+
+def test_bind_mount(env: Env, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("from-host\n")
+    r = env.moor("run", "--rm", "--mount", f"type=bind,src={tmp_path},dst=/host,ro", "busybox",
+                 "cat", "/host/f")
+    assert (r.returncode, r.stdout) == (0, "from-host\n")
+
+
+def test_interactive_stdin(env: Env) -> None:
+    r = env.moor("run", "--rm", "-i", "busybox", "cat", input="abc\ndef\n")
+    assert (r.returncode, r.stdout) == (0, "abc\ndef\n")
+    env.nothing_left()
+
+
+def test_terminal_with_size(env: Env) -> None:
+    pid, fd = pty.fork()
+    if pid == 0:
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+        os.environ.update(env.suite.env())
+        os.execv(sys.executable, [sys.executable, "-m", "moorage.cli.main", "--address",
+                                  env.suite.address, "--namespace", env.ns, "run", "--rm", "-t",
+                                  "busybox", "sh", "-c", "tty; stty size"])
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "/dev/pts/0" in text and "33 101" in text
+    env.nothing_left()
+
+
+def test_detached_lifecycle(env: Env) -> None:
+    r = env.moor("run", "-d", "--name", "web", "busybox", "sh", "-c",
+                 "echo started; exec sleep 1000")
+    assert (r.returncode, r.stdout) == (0, "web\n"), r.stderr
+    ps = env.moor("ps").stdout
+    assert "web" in ps and "running" in ps
+    assert env.moor("exec", "web", "echo", "in-exec").stdout == "in-exec\n"
+    assert env.moor("exec", "web", "sh", "-c", "exit 5").returncode == 5
+    assert "sleep 1000" in env.moor("top", "web").stdout
+    assert env.moor("stats", "web").returncode == 0
+    assert env.moor("pause", "web").returncode == 0
+    assert "paused" in env.moor("ps").stdout
+    assert env.moor("unpause", "web").returncode == 0
+    assert env.moor("update", "--memory", "128m", "web").returncode == 0
+    wait_until(lambda: env.moor("logs", "web").stdout == "started\n", what="log")
+    r = env.moor("rm", "web")
+    assert r.returncode == 6 and "running" in r.stderr  # refuses without -f
+    assert env.moor("kill", "web").returncode == 0
+    assert env.moor("wait", "web").stdout == "137\n"
+    assert "exited (137)" in env.moor("ps", "-a").stdout
+    assert env.moor("logs", "--follow", "web").stdout == "started\n"
+    assert env.moor("rm", "web").returncode == 0
+    env.nothing_left()
+
+
+def test_stop(env: Env) -> None:
+    assert env.moor("run", "-d", "--name", "st", "busybox", "sleep", "1000").returncode == 0
+    r = env.moor("stop", "-t", "0.5", "st")  # sleep as pid 1 ignores SIGTERM: SIGKILL after 0.5 s
+    assert r.returncode == 0, r.stderr
+    assert "exited (137)" in env.moor("ps", "-a").stdout
+    assert env.moor("rm", "st").returncode == 0
+
+
+def test_missing_image(env: Env) -> None:
+    r = env.moor("run", "--rm", "nosuchimage:1", "true")
+    assert r.returncode == 3 and "not found" in r.stderr and "pull" in r.stderr
+    env.nothing_left()
+
+
+def test_bad_command(env: Env) -> None:
+    r = env.moor("run", "--rm", "busybox", "/no/such/cmd")
+    assert r.returncode != 0 and "/no/such/cmd" in r.stderr
+    env.nothing_left()
+
+
+def test_unknown_runtime(env: Env) -> None:
+    r = env.moor("run", "--rm", "--runtime", "io.containerd.nope.v1", "busybox", "true")
+    assert r.returncode == 3 and "containerd-shim-nope-v1" in r.stderr
+    env.nothing_left()
+
+
+def test_crun_runtime_binary(env: Env, tmp_path: Path) -> None:
+    wrapper = tmp_path / "crun-legacy"
+    wrapper.write_text("#!/bin/sh\nexec unshare -m sh -c "
+                       "'umount -l /sys/fs/cgroup/unified 2>/dev/null; exec crun \"$@\"' crun \"$@\"\n")
+    wrapper.chmod(0o755)
+    r = env.moor("run", "--rm", "--runtime", str(wrapper), "busybox", "echo", "crun-ok")
+    assert (r.returncode, r.stdout) == (0, "crun-ok\n"), r.stderr
+    env.nothing_left()
