@@ -106,6 +106,20 @@ class Adaptation:
         self._accept_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._change: asyncio.Event | None = None
+
+    def _changed(self) -> None:
+        ev, self._change = self._change, None
+        if ev is not None:
+            ev.set()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Return once ``predicate()`` holds, re-checked whenever a plugin comes or goes."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                if self._change is None:
+                    self._change = asyncio.Event()
+                await self._change.wait()
 
     # plugins ---------------------------------------------------------------------------
 
@@ -188,6 +202,7 @@ class Adaptation:
         self.plugins.append(p)
         self.plugins.sort(key=lambda x: (x.idx, x.name))
         log.info("nri: plugin %s registered (pid %d, events %s)", p.id, p.pid, ",".join(event_names(p.events)))
+        self._changed()
         return p
 
     def _on_closed(self, p: PluginConn) -> None:
@@ -196,6 +211,7 @@ class Adaptation:
         if p in self.plugins:
             self.plugins.remove(p)
             log.warning("nri: plugin %s dropped: %s", p.id, p.close_reason)
+        self._changed()
 
     def drop(self, p: PluginConn, reason: str) -> None:
         p.close(reason)
