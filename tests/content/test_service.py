@@ -1,0 +1,169 @@
+"""The content service as deployed: events through the proxy, two replicas on one root,
+and the fast-path wire encoding checked against protobuf."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moorage import errdefs
+from moorage.api.containerd.services.content.v1 import content_pb2 as pb
+from moorage.services.content import digests, wire
+
+from .test_conformance import read_all, write_blob
+
+suite_mod = pytest.importorskip("suite")
+
+
+@given(
+    ref=st.text(min_size=0, max_size=300),
+    offset=st.integers(min_value=0, max_value=(1 << 63) - 1),
+    data=st.binary(max_size=3000),
+)
+@settings(max_examples=300, deadline=None)
+def test_encode_write_matches_protobuf(ref: str, offset: int, data: bytes) -> None:
+    refb = ref.encode("utf-8", "surrogatepass")
+    try:
+        expected = pb.WriteContentRequest(action=pb.WRITE, ref=ref, offset=offset, data=data)
+        want = expected.SerializeToString()
+    except (UnicodeEncodeError, ValueError):
+        return
+    got = wire.encode_write(refb, offset, data)
+    assert pb.WriteContentRequest.FromString(got) == expected
+    assert got == want
+
+
+@given(st.text(max_size=200))
+@settings(max_examples=500, deadline=None)
+def test_digest_and_ref_validation_never_crash(text: str) -> None:
+    for fn in (digests.validate, digests.validate_ref):
+        try:
+            fn(text)
+        except errdefs.InvalidArgument:
+            pass
+
+
+def test_valid_digests_pass() -> None:
+    for alg, n in (("sha256", 64), ("sha384", 96), ("sha512", 128)):
+        assert digests.validate(f"{alg}:" + "0af" * (n // 3) + "0" * (n % 3)) == (
+            alg, "0af" * (n // 3) + "0" * (n % 3))
+
+
+@pytest.fixture
+def replicas() -> Any:
+    tmp = Path(tempfile.mkdtemp(prefix="moorage-", dir="/tmp"))
+    s = suite_mod.Suite(tmp, config={"content": {"replicas": 2}})
+    try:
+        s.start("proxy")
+        s.start("content", 1)
+        s.start("content", 2)
+        yield s
+    finally:
+        s.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def test_events_through_the_proxy(replicas: Any) -> None:
+    from moorage.api.containerd.events import content_pb2 as events_pb
+    from moorage.api.containerd.services.events.v1 import events_pb2
+    from moorage.api.containerd.types import event_pb2
+    from moorage.rpc import connect
+    from moorage.services.content.client import ContentClient
+
+    client = await connect(replicas.address)
+    envelopes: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def subscribe() -> None:
+        async for env in client.server_stream(
+            "containerd.services.events.v1.Events", "Subscribe",
+            events_pb2.SubscribeRequest(filters=['topic~="^/content/"']), event_pb2.Envelope,
+        ):
+            await envelopes.put(env)
+
+    task = asyncio.create_task(subscribe())
+    try:
+        cs = ContentClient(client)
+        await _until_subscribed(client, envelopes)
+        data = random.Random(1).randbytes(5000)
+        d = await write_blob(cs, "ev", data)
+        await cs.delete(d)
+        first = await asyncio.wait_for(envelopes.get(), 10)
+        second = await asyncio.wait_for(envelopes.get(), 10)
+    finally:
+        task.cancel()
+        await client.close()
+    assert (first.topic, second.topic) == ("/content/create", "/content/delete")
+    assert first.namespace == second.namespace and first.namespace.startswith("conformance")
+    created = events_pb.ContentCreate.FromString(first.event.value)
+    assert (created.digest, created.size) == (d, 5000)
+    assert events_pb.ContentDelete.FromString(second.event.value).digest == d
+
+
+async def _until_subscribed(client: Any, envelopes: asyncio.Queue[Any]) -> None:
+    """Publish probes until one comes back: the subscription is then live."""
+    from google.protobuf import any_pb2
+
+    from moorage.api.containerd.events import content_pb2 as events_pb
+    from moorage.api.containerd.services.events.v1 import events_pb2
+    from moorage.namespaces import NAMESPACE_KEY, current_namespace
+
+    probe = events_pb.ContentDelete(digest="probe")
+    req = events_pb2.PublishRequest(topic="/content/probe", event=any_pb2.Any(
+        type_url=probe.DESCRIPTOR.full_name, value=probe.SerializeToString()))
+    for _ in range(100):
+        await client.unary_raw("containerd.services.events.v1.Events", "Publish",
+                               req.SerializeToString(),
+                               metadata={NAMESPACE_KEY: str(current_namespace.get())})
+        try:
+            await asyncio.wait_for(envelopes.get(), 0.1)
+        except TimeoutError:
+            continue
+        break
+    else:
+        raise AssertionError("the subscription never delivered a probe")
+    while not envelopes.empty():
+        assert envelopes.get_nowait().topic == "/content/probe"
+
+
+async def test_two_replicas_on_one_root(replicas: Any) -> None:
+    from moorage.rpc import connect
+    from moorage.services.content.client import ContentClient
+
+    c1, c2 = await connect(replicas.socket("content", 1)), await connect(replicas.socket("content", 2))
+    try:
+        r1, r2 = ContentClient(c1), ContentClient(c2)
+        w = await r1.writer("held")
+        await w.write(b"partial")
+        with pytest.raises(errdefs.Unavailable):
+            await r2.writer("held")
+        with pytest.raises(errdefs.Unavailable):
+            await r2.abort("held")
+        assert (await r2.status("held")).offset == 7
+        await w.close()
+        w = await r2.writer("held")
+        assert (await w.status()).offset == 7
+        await w.write(b" then whole")
+        d = await w.commit()
+        assert await read_all(r1, d) == b"partial then whole"
+
+        data = random.Random(2).randbytes(4 << 20)
+        d2 = "sha256:" + hashlib.sha256(data).hexdigest()
+        wa, wb = await r1.writer("race-1"), await r2.writer("race-2")
+        await asyncio.gather(wa.write(data), wb.write(data))
+        results = await asyncio.gather(
+            wa.commit(len(data), d2), wb.commit(len(data), d2), return_exceptions=True)
+        assert sorted(type(r).__name__ for r in results) == ["AlreadyExists", "str"], results
+        assert await read_all(r2, d2) == await read_all(r1, d2) == data
+        assert await r1.list_statuses() == [] and await r2.list_statuses() == []
+    finally:
+        await c1.close()
+        await c2.close()
