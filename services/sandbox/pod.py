@@ -169,7 +169,12 @@ class PodController:
                 netns.create(rec["netns"])
             except OSError as exc:
                 raise errdefs.Internal(f"sandbox {sandbox_id}: create network namespace: {exc}") from exc
-            net = load_conflist(self.config.cni_conf_dir)
+            try:
+                net = load_conflist(self.config.cni_conf_dir)
+            except errdefs.FailedPrecondition as exc:
+                raise errdefs.FailedPrecondition(
+                    f"{exc}: install one there (deploy/10-moorage.conflist), set [sandbox] cni_conf_dir, or use host networking"
+                ) from None
             rec.update(cni=CNI_ADDING, network=net.to_json())
             self._put(ns, sandbox_id, rec)
             result = await self.cni.add(net, self._attachment(rec, pod), self._setup_timeout())

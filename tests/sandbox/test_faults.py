@@ -183,3 +183,13 @@ async def test_create_cancelled_twice_still_tears_down(pods: Pods, faulty: CniNe
     await assert_kept_not_ready(pods, faulty, "pod")
     await pods.controller.shutdown("pod")  # and a later shutdown retries DEL successfully
     faulty.assert_clean()
+
+
+async def test_no_cni_config_fails_cleanly(pods: Pods, testnet: CniNet, tmp_path: object) -> None:
+    for f in testnet.conf_dir.iterdir():
+        f.unlink()
+    with pytest.raises(errdefs.FailedPrecondition, match="cni_conf_dir"):
+        await pods.controller.create("pod", CreateOptions())
+    with pytest.raises(errdefs.NotFound):
+        await pods.controller.status("pod")
+    testnet.assert_clean()
