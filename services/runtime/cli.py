@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import signal
 import sys
 import threading
@@ -294,7 +293,6 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
     from . import image as img
     from . import rootfs as rfs
     from . import spec as sp
-    from .contract import Mount
 
     a = _run_parser().parse_args(argv)
     if a.detach and a.rm:
@@ -303,10 +301,10 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
     cpb, tpb = api.cpb, api.tpb
     from moorage.api.containerd.services.snapshots.v1 import snapshots_pb2 as spb
 
-    id = a.name or secrets.token_hex(8)
+    id = a.name or os.urandom(8).hex()
     runtime, oci_binary = _runtime(a.runtime)
     if runtime.startswith("io.containerd.") or os.path.isabs(runtime):
-        from .shim import binary_for
+        from .runtimes import binary_for
 
         binary_for(runtime)  # unknown runtime: fail before anything is created
     resolved = img.resolve(api.c, api.md, a.image, api.timeout)
@@ -343,9 +341,8 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
                 snapshotter=a.snapshotter, key=id), empty_pb2.Empty)
 
         cleanup.append(rm_snapshot)
-        mounts = [Mount(m.type, m.source, m.target, tuple(m.options)) for m in prep.mounts]
         spec = sp.build_spec(ctx.namespace, id, resolved.config, overrides,
-                             read_rootfs=rfs.reader(mounts))
+                             read_rootfs=rfs.reader(list(prep.mounts)))
         c = cpb.Container(id=id, image=resolved.name, labels=labels,
                           snapshotter=a.snapshotter, snapshot_key=id)
         c.runtime.name = runtime
@@ -494,7 +491,7 @@ def cmd_exec(argv: list[str], ctx: CliContext) -> int:
     spec = json.loads(c.spec.value)
     proc = sp.process_spec(spec, a.command, env=a.env, user=a.user, cwd=a.workdir,
                            terminal=a.tty)
-    exec_id = a.exec_id or "exec-" + secrets.token_hex(6)
+    exec_id = a.exec_id or "exec-" + os.urandom(6).hex()
     cio = None if a.detach else _ClientIO(stdin=a.interactive, stdout=True,
                                            stderr=not a.tty)
     try:

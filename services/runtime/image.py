@@ -2,13 +2,17 @@
 
 Image record (images.v1 Get) → manifest (through an index, for the host's platform) →
 config (content.v1 Read) → the process config and the chain id the rootfs snapshot is
-prepared on. Bounded reads; the documents are untrusted (parsed by transfer's oci module).
-No asyncio here: the CLI imports it.
+prepared on. The documents are untrusted: reads are bounded, digests are checked before
+use, types are checked. Light imports only (json, re, hashlib): the CLI imports this.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +23,12 @@ from .spec import ImageConfig
 IMAGES = "containerd.services.images.v1.Images"
 CONTENT = "containerd.services.content.v1.Content"
 MAX_DOC = 4 << 20
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
+               "application/vnd.docker.distribution.manifest.list.v2+json")
+MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.v2+json")
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "i386": "386"}
 
 
 @dataclass(frozen=True)
@@ -30,26 +40,73 @@ class ResolvedImage:
 
 
 def normalize(ref: str) -> str:
-    from moorage.services.transfer.reference import parse  # type: ignore[import-not-found, unused-ignore]
+    """docker's normalisation: `busybox` → `docker.io/library/busybox:latest`."""
+    if not ref or any(c.isspace() for c in ref) or "\0" in ref:
+        raise InvalidArgument(f"invalid reference {ref!r}")
+    name, at, digest = ref.partition("@")
+    first, slash, rest = name.partition("/")
+    if not slash or ("." not in first and ":" not in first and first != "localhost"):
+        host, path = "docker.io", name
+    else:
+        host, path = first, rest
+    if host == "docker.io" and "/" not in path.split(":")[0]:
+        path = "library/" + path
+    last = path.rsplit("/", 1)[-1]
+    if ":" not in last and not at:
+        path += ":latest"
+    if at and not DIGEST.match(digest):
+        raise InvalidArgument(f"invalid digest in reference {ref!r}")
+    return f"{host}/{path}" + (f"@{digest}" if at else "")
 
-    return str(parse(ref))
+
+def host_arch() -> str:
+    m = os.uname().machine
+    return _ARCH.get(m, m)
 
 
 def read_blob(client: Any, md: dict[str, str], digest: str, timeout: float | None) -> bytes:
     from moorage.api.containerd.services.content.v1 import content_pb2 as cpb
 
+    if not DIGEST.match(digest):
+        raise InvalidArgument(f"invalid digest {digest!r}")
     out = bytearray()
     for r in client.server_stream(CONTENT, "Read", cpb.ReadContentRequest(digest=digest),
                                   cpb.ReadContentResponse, timeout=timeout, metadata=md):
         out += r.data
         if len(out) > MAX_DOC:
             raise InvalidArgument(f"image document {digest} is larger than {MAX_DOC} bytes")
+    if "sha256:" + hashlib.sha256(out).hexdigest() != digest:
+        raise InvalidArgument(f"image document {digest}: digest mismatch")
     return bytes(out)
+
+
+def _doc(data: bytes, what: str) -> Mapping[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise InvalidArgument(f"{what} is not JSON") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"{what} is not an object")
+    return doc
+
+
+def _desc(obj: Any, what: str) -> tuple[str, str]:
+    if not isinstance(obj, dict) or not isinstance(obj.get("digest"), str):
+        raise InvalidArgument(f"{what}: bad descriptor")
+    return str(obj.get("mediaType", "")), obj["digest"]
+
+
+def chain_id(diff_ids: list[str]) -> str:
+    chain = ""
+    for d in diff_ids:
+        if not isinstance(d, str) or not DIGEST.match(d):
+            raise InvalidArgument(f"image config: invalid diff id {d!r}")
+        chain = d if not chain else "sha256:" + hashlib.sha256(f"{chain} {d}".encode()).hexdigest()
+    return chain
 
 
 def resolve(client: Any, md: dict[str, str], ref: str, timeout: float | None) -> ResolvedImage:
     from moorage.api.containerd.services.images.v1 import images_pb2 as ipb
-    from moorage.services.transfer import oci  # type: ignore[import-not-found, unused-ignore]
 
     name = normalize(ref)
     try:
@@ -57,21 +114,30 @@ def resolve(client: Any, md: dict[str, str], ref: str, timeout: float | None) ->
                            timeout=timeout, metadata=md).image
     except NotFound:
         raise NotFound(f"image {name!r} not found: pull it first (moor pull {ref})") from None
-    desc_type, digest = img.target.media_type, img.target.digest
+    mt, digest = img.target.media_type, img.target.digest
     for _ in range(4):
-        data = read_blob(client, md, digest, timeout)
-        doc = oci.parse_document(data, desc_type)
-        if isinstance(doc, oci.Index):
-            found = oci.select_manifests(doc, [oci.host_platform()])
-            if not found:
-                raise NotFound(f"image {name!r} has no manifest for {oci.host_platform()}")
-            desc_type, digest = found[0].media_type, found[0].digest
+        doc = _doc(read_blob(client, md, digest, timeout), f"image {name}: {digest}")
+        if "manifests" in doc and ("layers" in doc or "config" in doc):
+            raise InvalidArgument(f"image {name}: ambiguous document {digest}")
+        if "manifests" in doc or mt in INDEX_TYPES:
+            want = ("linux", host_arch())
+            chosen = None
+            for m in doc.get("manifests") or []:
+                p = m.get("platform") if isinstance(m, dict) else None
+                if isinstance(p, dict) and (p.get("os"), p.get("architecture")) == want:
+                    chosen = m
+                    break
+            if chosen is None:
+                raise NotFound(f"image {name!r} has no manifest for linux/{host_arch()}")
+            mt, digest = _desc(chosen, f"image {name} index")
             continue
-        config_data = read_blob(client, md, doc.config.digest, timeout)
-        cfg = oci.parse_config(config_data)
-        chain = oci.chain_ids(cfg.diff_ids)
-        if not chain:
-            raise InvalidArgument(f"image {name!r} has no layers")
-        return ResolvedImage(name, ImageConfig.from_json(json.loads(config_data)), chain[-1],
+        cmt, cdigest = _desc(doc.get("config"), f"image {name} manifest config")
+        raw = read_blob(client, md, cdigest, timeout)
+        cfg = _doc(raw, f"image {name} config")
+        rootfs = cfg.get("rootfs")
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+        if not isinstance(diff_ids, list) or not diff_ids:
+            raise InvalidArgument(f"image {name!r}: config has no rootfs.diff_ids")
+        return ResolvedImage(name, ImageConfig.from_json(cfg), chain_id(diff_ids),
                              dict(img.labels))
     raise InvalidArgument(f"image {name!r}: index nesting too deep")

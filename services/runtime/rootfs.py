@@ -9,8 +9,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Protocol
 
-from .contract import Mount
+
+class Mount(Protocol):
+    """Anything shaped like a mount: contract.Mount or a containerd.types.Mount message."""
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def options(self) -> Sequence[str]: ...
 
 MAX_FILE = 1 << 20
 

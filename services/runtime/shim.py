@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -30,32 +29,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from moorage.errdefs import InvalidArgument, NotFound, Unavailable
+from moorage.errdefs import Unavailable
 
 from .contract import ExitInfo
+from .runtimes import binary_for
+
+__all__ = ["binary_for"]
 
 SHIM_START_TIMEOUT = 10.0
 SHIM_DELETE_TIMEOUT = 10.0
-
-
-def binary_for(runtime: str, search_path: str | None = None) -> str:
-    """`io.containerd.runc.v2` → path of `containerd-shim-runc-v2`; absolute names as is."""
-    if not runtime:
-        raise InvalidArgument("must specify a runtime name")
-    if os.path.isabs(runtime):
-        if not os.access(runtime, os.X_OK) or not os.path.isfile(runtime):
-            raise NotFound(f"runtime {runtime!r}: binary not installed")
-        return runtime
-    parts = runtime.split(".")
-    if len(parts) < 2 or not all(parts[-2:]) or "/" in runtime:
-        raise InvalidArgument(
-            f"invalid runtime name {runtime}, correct runtime name should be either format "
-            "like `io.containerd.runc.v2` or a full path to the binary")
-    name = f"containerd-shim-{parts[-2]}-{parts[-1]}"
-    found = shutil.which(name, path=search_path)
-    if not found:
-        raise NotFound(f"runtime {runtime!r} binary not installed {name!r}")
-    return found
 
 
 def parse_start_output(out: bytes) -> str:

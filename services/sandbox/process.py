@@ -40,14 +40,17 @@ async def build(ctx: BuildContext) -> Sequence[object]:
             shims.append(shim)
             controllers[name] = shim
     if cfg.reconcile:
-        report = await reconcile(pods)
+        report = await reconcile(pods, shims)
         ctx.logger.info(
-            "reconciled: %d marked not ready, %d teardowns retried (%d still failing), %d namespaces and %d addresses released",
+            "reconciled: %d marked not ready, %d teardowns retried (%d still failing), %d namespaces and %d addresses released,"
+            " %d stale pod dirs removed, %d half-created shim sandboxes cleaned",
             len(report.marked_failed),
             len(report.retried),
             len(report.still_failing),
             len(report.netns_removed),
             len(report.ips_released),
+            len(report.dirs_removed),
+            len(report.shims_cleaned),
         )
 
     async def usage(ns: str) -> Sequence[str]:

@@ -12,6 +12,10 @@ Run once when the service starts, before it serves (reliability.md §3):
    network) held by a container id of our key form (32 hex) that no instance references
    get a DEL without namespace, which frees the address.
 
+5. Pod file directories no instance owns are removed; shim instances whose create never
+   finished (the service died between ``start`` and ``CreateSandbox``) are cleaned up
+   (ShutdownSandbox or ``<shim> delete``, bundle removed).
+
 Nothing here raises: each step logs what it could not do and the next start retries.
 """
 
@@ -21,7 +25,9 @@ import ipaddress
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +38,7 @@ from . import netns
 from .cni import NetworkConfig, load_conflist
 from .contract import State
 from .pod import PodController
+from .shim import ShimController
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,8 @@ class Report:
     retried: list[str] = field(default_factory=list)
     still_failing: list[str] = field(default_factory=list)
     netns_removed: list[str] = field(default_factory=list)
+    dirs_removed: list[str] = field(default_factory=list)
+    shims_cleaned: list[str] = field(default_factory=list)
     ips_released: list[str] = field(default_factory=list)
 
 
@@ -76,8 +85,10 @@ def allocations(directory: str) -> Iterator[tuple[str, str, str]]:
             yield name, lines[0].strip(), (lines[1].strip() if len(lines) > 1 else "")
 
 
-async def reconcile(pods: list[PodController]) -> Report:
+async def reconcile(pods: list[PodController], shims: Sequence[ShimController] = ()) -> Report:
     report = Report()
+    for shim in shims:
+        report.shims_cleaned += await shim.reconcile()
     keys: set[str] = set()
     netns_paths: set[str] = set()
     for pod in pods:
@@ -92,7 +103,21 @@ async def reconcile(pods: list[PodController]) -> Report:
                 current_namespace.reset(token)
     for pod in pods:
         await _orphans(pod, keys, netns_paths, report)
+        _stale_dirs(pod, report)
     return report
+
+
+def _stale_dirs(pod: PodController, report: Report) -> None:
+    """Pod file directories (``<root>/pods/<ns>/<id>``) of instances that no longer exist."""
+    live = {Path(rec["dir"]) for _, _, _, rec in pod.db.instances()}
+    base = pod.root / "pods"
+    if not base.is_dir():
+        return
+    for ns_dir in base.iterdir():
+        for pod_dir in ns_dir.iterdir() if ns_dir.is_dir() else ():
+            if pod_dir not in live and pod_dir.is_dir():
+                shutil.rmtree(pod_dir, ignore_errors=True)
+                report.dirs_removed.append(str(pod_dir))
 
 
 async def _instance(pod: PodController, ns: str, sandbox_id: str, rec: dict[str, Any], report: Report) -> None:

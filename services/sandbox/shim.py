@@ -331,6 +331,19 @@ class ShimController:
         r = await client.SandboxMetrics(spb.SandboxMetricsRequest(sandbox_id=sandbox_id), metadata=self._md(ns))
         return wire.any_from_pb(r.metrics.data, r.metrics.HasField("data"))
 
+    async def reconcile(self) -> list[str]:
+        """Clean up instances whose create never finished; ``ns/id`` of each one cleaned."""
+        cleaned = []
+        for ns, sandbox_id, _sb, rec in self.db.instances(self.name):
+            if rec.get("state") != "creating":
+                continue
+            try:
+                await self._cleanup(ns, sandbox_id, rec)
+                cleaned.append(f"{ns}/{sandbox_id}")
+            except (errdefs.Error, OSError) as exc:
+                log.warning("reconcile: shim sandbox %s/%s: %s", ns, sandbox_id, exc)
+        return cleaned
+
     async def close(self) -> None:
         for task in self._watchers.values():
             task.cancel()

@@ -132,8 +132,13 @@ async def test_reconciler_releases_leaks(pods: Pods, testnet: CniNet) -> None:
     await ctl.create("healthy", CreateOptions())
     healthy = (await ctl.status("healthy")).info
 
+    # 5. a pod directory nobody owns
+    ghost = ctl.root / "pods" / "testing" / "ghost"
+    ghost.mkdir(parents=True)
+
     assert len(testnet.allocations()) == 4
     report = await reconcile([ctl])
+    assert sorted(report.dirs_removed) == [str(ghost), str(ghost.parent / "lost")] and not ghost.exists()
     assert report.marked_failed == ["testing/rebooted"]
     assert report.still_failing == []
     assert len(report.netns_removed) == 1 and len(report.ips_released) == 1

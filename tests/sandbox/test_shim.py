@@ -156,3 +156,16 @@ async def test_shim_sandboxer_through_proxy(shim_binary: Path, tmp_path: Path) -
                 await client.close()
     finally:
         current_namespace.reset(token)
+
+
+async def test_reconcile_cleans_half_created_shim_sandbox(shims: Any, shim_binary: Path, tmp_path: Path) -> None:
+    from moorage.services.sandbox.reconcile import reconcile
+
+    ctl, _, _ = shims
+    bundle = tmp_path / "shims" / "shimtest" / "half"
+    bundle.mkdir(parents=True)
+    ctl.db.put_instance("shimtest", "half", "shim", {"binary": str(shim_binary), "bundle": str(bundle), "address": "", "version": 2, "state": "creating"})
+    report = await reconcile([], [ctl])
+    assert report.shims_cleaned == ["shimtest/half"]
+    assert not bundle.exists() and ctl.db.get_instance("shimtest", "half", "shim") is None
+    assert "delete shimtest half" in (tmp_path / "shim-calls.log").read_text()
