@@ -1,0 +1,261 @@
+"""`moor run --rm busybox true` vs containerd 1.6's `ctr run --rm`, same shim, runc and image;
+50 containers started concurrently; the suite's memory with 50 running.
+
+    .venv/bin/python bench/run.py [--runs 15] [--warmup 2] [--concurrent 50] [--skip-containerd]
+
+- moorage: a suite started here (proxy, content, snapshots, transfer, runtime; uvloop) under
+  a tmp root; the busybox image (tests/runtime/ociimage.py, from busybox-static) imported
+  through the transfer service with an overlayfs unpack. Whole `moor` processes are timed
+  (CLI start included), stdout to /dev/null.
+- containerd: `containerd` 1.6 started here on a temp root/state/socket (CRI disabled), the
+  same OCI archive imported with `ctr images import`, stopped (and its dirs removed) after.
+  Both use Debian's containerd-shim-runc-v2 and runc. The two are interleaved run by run.
+- concurrency: N `moor run -d busybox sleep 1000` at once; wall time until all returned;
+  then RSS of the suite's own processes (shims counted apart); then all removed.
+
+Goal (issue 7): ratio moor/ctr <= 1.0. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# bench/ holds ttrpc.py: keep it off the path so the ttrpc package is found
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
+sys.path.append(str(REPO / "tests"))
+
+from runtime.helpers import shims_of  # noqa: E402
+from runtime.ociimage import NAME, build_archive, import_image  # noqa: E402
+from suite import Suite  # noqa: E402
+
+MOOR = str(REPO / ".venv" / "bin" / "moor")
+NS = "bench"
+
+CONTAINERD_CONFIG = """\
+version = 2
+root = "{root}"
+state = "{state}"
+plugin_dir = ""
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = "{sock}"
+
+[ttrpc]
+  address = "{sock}.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{root}/opt"
+"""
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    t = time.perf_counter()
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    dt = time.perf_counter() - t
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: exit {r.returncode}: {r.stderr.decode()[-500:]}")
+    return dt
+
+
+def wait_quiet(limit: float = 0.85, timeout: float = 30.0) -> float:
+    """Wait (bounded) until the machine is mostly idle over 1 s; returns the idle share seen."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)
+
+    deadline = time.monotonic() + timeout
+    idle = 0.0
+    while time.monotonic() < deadline:
+        i0, t0 = sample()
+        time.sleep(1.0)
+        i1, t1 = sample()
+        idle = (i1 - i0) / max(1, t1 - t0)
+        if idle >= limit:
+            break
+    return idle
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Containerd:
+    def __init__(self) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="ctrd-run-", dir="/tmp"))
+        self.sock = self.base / "c.sock"
+        cfg = self.base / "config.toml"
+        cfg.write_text(CONTAINERD_CONFIG.format(root=self.base / "root", state=self.base / "state",
+                                                sock=self.sock))
+        self.log = open(self.base / "containerd.log", "wb")
+        self.proc = subprocess.Popen(["containerd", "--config", str(cfg)], stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.ctr = ["ctr", "--address", str(self.sock), "--namespace", NS]
+        self.version = ""
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"containerd exited: {(self.base / 'containerd.log').read_text()[-2000:]}")
+            if self.sock.exists():
+                r = subprocess.run([*self.ctr, "version"], capture_output=True, text=True)
+                if r.returncode == 0:
+                    self.version = next((ln.split()[-1] for ln in r.stdout.splitlines()
+                                         if ln.strip().startswith("Version:")), "")
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError("containerd did not come up")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        try:
+            subprocess.run([*self.ctr, "images", "rm", "--sync", NAME], capture_output=True)
+        finally:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            self.log.close()
+            for line in open("/proc/self/mountinfo"):
+                mp = line.split()[4]
+                if mp.startswith(str(self.base)):
+                    subprocess.run(["umount", "-l", mp], capture_output=True)
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else 0.0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--runs", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--concurrent", type=int, default=50)
+    p.add_argument("--skip-containerd", action="store_true")
+    args = p.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="moorage-benchrun-", dir="/tmp"))
+    archive = build_archive(tmp / "busybox.tar")
+    suite = Suite(tmp, suite={"event_loop": "uvloop", "log_level": "warning"})
+    ctrd: Containerd | None = None
+    result: dict[str, object] = {"bench": "run", "runs": args.runs}
+    try:
+        for name in ("proxy", "content", "snapshots", "transfer", "runtime"):
+            suite.start(name)
+        import_image(suite.address, archive, namespace=NS)
+        moor = [MOOR, "--address", suite.address, "--namespace", NS]
+        env = suite.env()
+        if not args.skip_containerd and shutil.which("containerd") and shutil.which("ctr"):
+            ctrd = Containerd()
+            subprocess.run([*ctrd.ctr, "images", "import", "--snapshotter", "overlayfs",
+                            str(archive)], check=True, capture_output=True)
+        idle = wait_quiet()
+        result["idle_before"] = round(idle, 2)
+        m_times: list[float] = []
+        c_times: list[float] = []
+        for i in range(args.warmup + args.runs):
+            dm = timed([*moor, "run", "--rm", "busybox", "true"], env)
+            dc = timed([*ctrd.ctr, "run", "--rm", NAME, f"benchrun-{i}", "/bin/true"]) if ctrd else 0.0
+            if i >= args.warmup:
+                m_times.append(dm)
+                if ctrd:
+                    c_times.append(dc)
+        result["moor_run_rm_ms"] = round(median(m_times) * 1000, 1)
+        result["moor_run_rm_min_ms"] = round(min(m_times) * 1000, 1)
+        result["moor_run_rm_max_ms"] = round(max(m_times) * 1000, 1)
+        if ctrd:
+            result["containerd_version"] = ctrd.version
+            result["ctr_run_rm_ms"] = round(median(c_times) * 1000, 1)
+            result["ctr_run_rm_min_ms"] = round(min(c_times) * 1000, 1)
+            result["ctr_run_rm_max_ms"] = round(max(c_times) * 1000, 1)
+            result["ratio"] = round(median(m_times) / median(c_times), 2)
+            ctrd.close()
+            ctrd = None
+
+        # N containers at once
+        n = args.concurrent
+        baseline = sum(rss_kib(p.popen.pid) for p in suite.procs.values())
+        wait_quiet(timeout=10)
+        t = time.perf_counter()
+
+        def start(i: int) -> int:
+            r = subprocess.run([*moor, "run", "-d", "--name", f"c{i}", "busybox", "sleep", "1000"],
+                               capture_output=True, env=env)
+            return r.returncode
+
+        with ThreadPoolExecutor(n) as pool:
+            codes = list(pool.map(start, range(n)))
+        result["concurrent"] = n
+        result["concurrent_start_s"] = round(time.perf_counter() - t, 2)
+        result["concurrent_failures"] = sum(1 for c in codes if c != 0)
+        running = subprocess.run([*moor, "ps", "-q"], capture_output=True, text=True, env=env)
+        result["concurrent_running"] = len(running.stdout.split())
+        suite_rss = {name: rss_kib(p.popen.pid) for name, p in suite.procs.items()}
+        result["suite_rss_mib_with_running"] = round(sum(suite_rss.values()) / 1024, 1)
+        result["suite_rss_mib_idle"] = round(baseline / 1024, 1)
+        result["suite_rss_mib_by_process"] = {k: round(v / 1024, 1) for k, v in suite_rss.items()}
+        shims = shims_of(NS)
+        result["shims"] = len(shims)
+        result["shims_rss_mib"] = round(sum(rss_kib(s) for s in shims) / 1024, 1)
+        t = time.perf_counter()
+
+        def remove(i: int) -> int:
+            return subprocess.run([*moor, "rm", "-f", f"c{i}"], capture_output=True, env=env).returncode
+
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(remove, range(n)))
+        result["concurrent_remove_s"] = round(time.perf_counter() - t, 2)
+        result["left_after_remove"] = len(subprocess.run([*moor, "ps", "-a", "-q"], capture_output=True,
+                                                         text=True, env=env).stdout.split())
+    finally:
+        if ctrd is not None:
+            ctrd.close()
+        suite.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    ratio = result.get("ratio")
+    result["goal_ratio_le_1"] = bool(ratio is not None and float(ratio) <= 1.0)  # type: ignore[arg-type]
+    print(f"  moor run --rm busybox true   {result['moor_run_rm_ms']:7.1f} ms median "
+          f"[{result['moor_run_rm_min_ms']}-{result['moor_run_rm_max_ms']}]")
+    if "ctr_run_rm_ms" in result:
+        print(f"  ctr run --rm ({result['containerd_version']})     {result['ctr_run_rm_ms']:7.1f} ms median "
+              f"[{result['ctr_run_rm_min_ms']}-{result['ctr_run_rm_max_ms']}]   ratio {ratio} (goal <= 1.0)")
+    print(f"  {result['concurrent']} concurrent `moor run -d`: {result['concurrent_start_s']} s, "
+          f"{result['concurrent_running']} running; suite RSS {result['suite_rss_mib_with_running']} MiB "
+          f"(idle {result['suite_rss_mib_idle']}), shims {result['shims_rss_mib']} MiB")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
