@@ -1,0 +1,158 @@
+"""``moorage serve nri`` as a real process: pre-installed plugins launched from a plugin
+folder, external plugins on its socket, the hook API through the proxy, ``moor nri ls``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moorage import errdefs
+from moorage.namespaces import current_namespace
+from moorage.nri.adjust import apply_adjustment
+from moorage.nri.client import NriHooks
+from moorage.nri.stub import Adjustment, Plugin, Stub
+from moorage.api.nri.pkg.api import api_pb2 as api
+from suite import Suite
+
+LAUNCHER = "#!{python}\nfrom moorage.nri.plugins.{module} import main\nraise SystemExit(main())\n"
+ENV_PROBE = """#!{python}
+import json, os, stat, sys
+initial = open("/proc/self/environ", "rb").read().split(b"\\0")
+env = dict(e.decode().split("=", 1) for e in initial if e)
+json.dump({{"env": env, "fd3": stat.S_ISSOCK(os.fstat(3).st_mode), "argv0": sys.argv[0]}},
+          open({out!r}, "w"))
+from moorage.nri.plugins.logger import main
+raise SystemExit(main(["--log-file", {log!r}]))
+"""
+
+
+def executable(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def nri_suite() -> Iterator[tuple[Suite, Path]]:
+    from moorage.registry import builtin_names
+
+    tmp = Path(tempfile.mkdtemp(prefix="nri-", dir="/tmp"))
+    plugins, conf = tmp / "plugins", tmp / "conf.d"
+    plugins.mkdir()
+    conf.mkdir()
+    py = sys.executable
+    executable(plugins / "10-inject", LAUNCHER.format(python=py, module="inject"))
+    (conf / "10-inject.conf").write_text('[env]\nHELLO = "world"\n[annotations]\n"example.com/by" = "inject"\n')
+    executable(plugins / "20-ulimit", LAUNCHER.format(python=py, module="ulimit"))
+    (conf / "ulimit.conf").write_text("[rlimits]\nnofile = { soft = 4242, hard = 4242 }\n")
+    executable(plugins / "30-probe", ENV_PROBE.format(python=py, out=str(tmp / "probe.json"), log=str(tmp / "logger.log")))
+    executable(plugins / "05-crash", "#!/bin/sh\nexit 3\n")
+    executable(plugins / "not-a-plugin", "#!/bin/sh\nexit 0\n")
+    (plugins / "40-notexec").write_text("data")
+    disabled = {n: {"enabled": False} for n in builtin_names() if n not in ("proxy", "nri")}
+    config: dict[str, Any] = {
+        **disabled,
+        "nri": {"socket_path": str(tmp / "run" / "nri.sock"), "plugin_path": str(plugins),
+                "plugin_config_path": str(conf), "registration_timeout": 10.0, "request_timeout": 2.0},
+    }
+    s = Suite(tmp, config=config)
+    try:
+        s.start("proxy")
+        s.start("nri")
+        yield s, tmp
+    finally:
+        s.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def spec() -> dict[str, Any]:
+    return {"process": {"args": ["sh"], "env": ["PATH=/bin"]}, "annotations": {}}
+
+
+async def test_preinstalled_plugins_and_hooks(nri_suite: tuple[Suite, Path]) -> None:
+    s, tmp = nri_suite
+    ls = s.moor("--json", "nri", "ls")
+    assert ls.returncode == 0, ls.stderr
+    listed = json.loads(ls.stdout)
+    assert [(p["index"], p["name"], p["launched"]) for p in listed] == [
+        ("10", "inject", True), ("20", "ulimit", True), ("30", "probe", True)]
+    assert all(p["pid"] > 0 for p in listed)
+    assert listed[2]["events"][0] == "run_pod_sandbox" and len(listed[2]["events"]) == 14
+
+    probe = json.loads((tmp / "probe.json").read_text())
+    assert probe["env"] == {"NRI_PLUGIN_NAME": "probe", "NRI_PLUGIN_IDX": "30", "NRI_PLUGIN_SOCKET": "3"}
+    assert probe["fd3"] is True
+
+    hooks = NriHooks(s.address, optional=False)
+    token = current_namespace.set("default")
+    try:
+        sp = spec()
+        adj = await hooks.create_container(sp, container_id="c1", name="web")
+        apply_adjustment(sp, adj)
+        assert "HELLO=world" in sp["process"]["env"]
+        assert sp["annotations"]["example.com/by"] == "inject"
+        assert sp["process"]["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 4242, "soft": 4242}]
+        await hooks.post_create_container(sp, container_id="c1", name="web", pid=1)
+        await hooks.start_container(sp, container_id="c1", name="web", pid=1)
+        await hooks.remove_container(sp, container_id="c1", name="web")
+    finally:
+        current_namespace.reset(token)
+        await hooks.close()
+    log = (tmp / "logger.log").read_text().splitlines()
+    assert "create_container c1 web" in log and "remove_container c1" in log
+
+    table = s.moor("nri", "ls")
+    assert table.returncode == 0
+    assert table.stdout.splitlines()[0].split() == ["INDEX", "NAME", "PID", "EVENTS"]
+    assert "inject" in table.stdout and "create_container" in table.stdout
+
+
+async def test_external_plugin_error_and_conflict_through_the_proxy(nri_suite: tuple[Suite, Path]) -> None:
+    s, tmp = nri_suite
+
+    class Clash(Plugin):
+        async def create_container(self, pod: api.PodSandbox, container: api.Container) -> Adjustment:
+            if container.name == "boom":
+                raise RuntimeError("refusing boom")
+            return Adjustment().add_env("HELLO", "mars")
+
+    stub = Stub(Clash(), name="clash", idx="50", socket_path=str(tmp / "run" / "nri.sock"))
+    await stub.start()
+    hooks = NriHooks(s.address, optional=False)
+    try:
+        ls = json.loads(s.moor("--json", "nri", "ls").stdout)
+        assert [p["name"] for p in ls][-1] == "clash"
+        with pytest.raises(errdefs.FailedPrecondition, match='plugins "10-inject" and "50-clash" both tried to set environment variable HELLO'):
+            await hooks.create_container(spec(), container_id="c2", name="web")
+        with pytest.raises(errdefs.Unknown, match='plugin "50-clash" failed to handle CreateContainer: refusing boom'):
+            await hooks.create_container(spec(), container_id="c3", name="boom")
+    finally:
+        stub.close()
+        await hooks.close()
+
+
+async def test_hooks_are_optional_without_the_nri_process(tmp_path: Path) -> None:
+    from moorage.registry import builtin_names
+
+    disabled = {n: {"enabled": False} for n in builtin_names() if n != "proxy"}
+    s = Suite(tmp_path, config=disabled)
+    try:
+        s.start("proxy")
+        hooks = NriHooks(s.address)
+        adj = await hooks.create_container(spec(), container_id="c1")
+        assert adj == api.ContainerAdjustment()
+        await hooks.close()
+        strict = NriHooks(s.address, optional=False)
+        with pytest.raises((errdefs.Unavailable, errdefs.NotImplemented)):
+            await strict.create_container(spec(), container_id="c1")
+        await strict.close()
+    finally:
+        s.close()
