@@ -37,7 +37,7 @@ def rlimit_type(name: str) -> str:
 def parse_limit(entry: Any) -> tuple[str, int, int]:
     if not isinstance(entry, dict) or "type" not in entry:
         raise ValueError(f"bad rlimit {entry!r}")
-    soft = int(entry.get("soft", entry.get("hard", 0)))
+    soft = int(entry.get("soft", entry.get("hard")) or 0)
     hard = int(entry.get("hard", soft))
     if soft > hard:
         raise ValueError(f"rlimit {entry['type']}: soft {soft} > hard {hard}")
