@@ -52,7 +52,14 @@ async def latency(address: str, calls: int) -> list[float]:
         await client.close()
 
 
-async def throughput(address: str, callers: int, seconds: float) -> float:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def throughput(address: str, callers: int, seconds: float) -> tuple[float, int]:
     client = await connect(address)
     stop = False
     count = 0
@@ -73,7 +80,7 @@ async def throughput(address: str, callers: int, seconds: float) -> float:
         done = count
         elapsed = time.perf_counter() - start
         await asyncio.gather(*tasks)
-        return done / elapsed
+        return done / elapsed, count
     finally:
         await client.close()
 
@@ -110,11 +117,18 @@ async def main() -> int:
         direct, proxied = suite.socket("echo"), suite.address
         lat: dict[str, list[tuple[float, float]]] = {"direct": [], "proxy": []}
         rps: dict[str, list[float]] = {"direct": [], "proxy": []}
+        cpu: dict[str, list[float]] = {"proxy": [], "backend": []}
         for r in range(args.rounds):
             for name, address in (("direct", direct), ("proxy", proxied)):
                 samples = await latency(address, args.calls)
                 lat[name].append((pct(samples, 0.5), pct(samples, 0.99)))
-                rps[name].append(await throughput(address, args.callers, args.seconds))
+                before = [cpu_seconds(pid) for pid in servers]
+                rate, calls = await throughput(address, args.callers, args.seconds)
+                rps[name].append(rate)
+                after = [cpu_seconds(pid) for pid in servers]
+                if name == "proxy":
+                    cpu["proxy"].append((after[0] - before[0]) / calls * 1e6)
+                    cpu["backend"].append((after[1] - before[1]) / calls * 1e6)
             print(
                 f"round {r + 1}: p50 direct {lat['direct'][-1][0]:.1f} µs, proxy {lat['proxy'][-1][0]:.1f} µs; "
                 f"{args.callers} callers direct {rps['direct'][-1]:.0f} req/s, proxy {rps['proxy'][-1]:.0f} req/s",
@@ -130,11 +144,13 @@ async def main() -> int:
     p99 = {k: med([b for _, b in v]) for k, v in lat.items()}
     thr = {k: med(v) for k, v in rps.items()}
     added = p50["proxy"] - p50["direct"]
+    cpu_proxy, cpu_backend = med(cpu["proxy"]), med(cpu["backend"])
     ratio = thr["proxy"] / thr["direct"]
     print(f"latency p50: direct {p50['direct']:.1f} µs, proxy {p50['proxy']:.1f} µs, added {added:.1f} µs (goal <= 30)")
     print(f"latency p99: direct {p99['direct']:.1f} µs, proxy {p99['proxy']:.1f} µs")
     print(f"throughput at {args.callers} callers: direct {thr['direct']:.0f} req/s, proxy {thr['proxy']:.0f} req/s, "
           f"ratio {ratio:.2f} (goal >= 0.8)")
+    print(f"CPU per call through the proxy: proxy {cpu_proxy:.1f} µs, backend {cpu_backend:.1f} µs")
     result = {
         "bench": "proxy",
         "loop": args.loop,
@@ -148,6 +164,8 @@ async def main() -> int:
         "rps_proxy": round(thr["proxy"]),
         "rps_ratio": round(ratio, 3),
         "callers": args.callers,
+        "cpu_us_per_call_proxy": round(cpu_proxy, 1),
+        "cpu_us_per_call_backend": round(cpu_backend, 1),
         "goal_added_us": 30,
         "goal_ratio": 0.8,
         "met": added <= 30 and ratio >= 0.8,

@@ -38,6 +38,7 @@ __all__ = [
     "BUILTINS",
     "BuildContext",
     "Fallback",
+    "Listener",
     "Missing",
     "Process",
     "RawService",
@@ -51,7 +52,7 @@ class Process:
 
     ``name``: the config section, socket name and ``moorage serve NAME`` word.
     ``services``: the full ttrpc service names it serves; the proxy routes exactly these to it.
-    ``build``: ``async (ctx) -> [servicer | RawService | Fallback, ...]``.
+    ``build``: ``async (ctx) -> [servicer | RawService | Fallback | Listener, ...]``.
     ``replica_safe``: several replicas may share one root (the proxy spreads calls over them).
     ``config``: a frozen dataclass for its own keys of ``[name]`` (None: only the common ones).
     """
@@ -77,6 +78,18 @@ class Fallback:
     """Handler for every call whose service nothing registered (the proxy's router)."""
 
     handler: RawHandler
+
+
+@dataclass(frozen=True)
+class Listener:
+    """Serve the process's socket with something else than its ttrpc server (the proxy's
+    front door). The runner binds and listens (0660), then ``await serve(server, sock)``
+    where ``server`` is the process's ttrpc server holding every service ``build`` returned;
+    on SIGTERM it awaits ``drain(grace)`` (stop accepting, let calls end, drop the rest)
+    before shutting the ttrpc server down."""
+
+    serve: Callable[[Any, Any], Awaitable[None]]
+    drain: Callable[[float], Awaitable[None]]
 
 
 @dataclass

@@ -42,7 +42,7 @@ from moorage import errdefs, log
 from moorage.config import Config
 from moorage.events import Publisher
 from moorage.namespaces import current_namespace, from_metadata
-from moorage.registry import BuildContext, Fallback, Process, RawService
+from moorage.registry import BuildContext, Fallback, Listener, Process, RawService
 from moorage.rpc import status_of
 
 if TYPE_CHECKING:
@@ -145,13 +145,18 @@ async def serve(
     ctx.on_close(publisher.close)
     started = time.monotonic()
     server: Server = Server(status_of=status_of)
+    listener: Listener | None = None
     try:
         items = await record.build(ctx)
-        _register(server, items)
+        listener = _register(server, items)
         server.register_raw(INTERNAL_SERVICE, "Health", _health(record.name, replica, started))
         server.register_raw(INTERNAL_SERVICE, "NamespaceUsage", _usage(ctx.usage))
         _claim_socket(sock)
-        await server.listen_unix(str(sock))
+        listening = _listen(sock)
+        if listener is not None:
+            await listener.serve(server, listening)
+        else:
+            await server.listen_socket(listening)
     except BaseException:
         await _close(ctx, logger)
         raise
@@ -177,6 +182,8 @@ async def serve(
     finally:
         sd_notify("STOPPING=1")
         try:
+            if listener is not None:
+                await listener.drain(suite.shutdown_timeout)
             await server.shutdown(suite.shutdown_timeout)
         finally:
             server.close()
@@ -199,15 +206,32 @@ async def _close(ctx: BuildContext, logger: logging.Logger) -> None:
             logger.exception("close callback failed")
 
 
-def _register(server: Server, items: Sequence[object]) -> None:
+def _listen(path: Path) -> socket.socket:
+    """A listening unix socket at ``path``, 0660 before it accepts anyone."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, 0o660)
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _register(server: Server, items: Sequence[object]) -> Listener | None:
+    listener = None
     for item in items:
-        if isinstance(item, RawService):
+        if isinstance(item, Listener):
+            listener = item
+        elif isinstance(item, RawService):
             for method, handler in item.methods.items():
                 server.register_raw(item.service, method, with_namespace_raw(handler))
         elif isinstance(item, Fallback):
             server.set_fallback(item.handler)  # the router sets namespaces itself
         else:
             server.register(with_namespace(item))
+    return listener
 
 
 # ---------------------------------------------------------------------------------------

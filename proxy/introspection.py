@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid as uuidlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from google.protobuf import empty_pb2
@@ -26,7 +26,7 @@ from ttrpc.codes import Code
 from ttrpc.server import Context
 
 from .handlers import unary
-from .router import Pool, Router, ping
+from .router import Pool, ping
 
 SERVICE = "containerd.services.introspection.v1.Introspection"
 VERSION_SERVICE = "containerd.services.version.v1.Version"
@@ -56,8 +56,8 @@ def version() -> tuple[str, str]:
 
 
 class IntrospectionService:
-    def __init__(self, router: Router, own: Sequence[str], uuid_path: Path, health_timeout: float) -> None:
-        self.router = router
+    def __init__(self, routes: Mapping[str, Pool], own: Sequence[str], uuid_path: Path, health_timeout: float) -> None:
+        self.routes = dict(routes)
         self.own = list(own)
         self.uuid = suite_uuid(uuid_path)
         self.health_timeout = health_timeout
@@ -82,13 +82,13 @@ class IntrospectionService:
         return healthy, (min(rtts) if rtts else None), "; ".join(errors)
 
     async def plugins(self, req: pb.PluginsRequest, ctx: Context) -> pb.PluginsResponse:
-        pools = self.router.pools()
+        pools = list({id(p): p for p in self.routes.values()}.values())
         health = dict(zip((id(p) for p in pools), await asyncio.gather(*(self._pool_health(p) for p in pools))))
         plugins = [
             pb.Plugin(type=PLUGIN_TYPE, id=s, exports={"process": "proxy", "replicas": "1", "healthy": "1", "rtt_us": ""})
             for s in self.own
         ]
-        for service, pool in sorted(self.router.routes.items()):
+        for service, pool in sorted(self.routes.items()):
             healthy, rtt, error = health[id(pool)]
             p = pb.Plugin(
                 type=PLUGIN_TYPE,

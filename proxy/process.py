@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
 from moorage import errdefs, registry
-from moorage.registry import BuildContext, Fallback, Process
+from moorage.registry import BuildContext, Listener, Process
+from moorage.runner import INTERNAL_SERVICE
 from ttrpc.errors import RpcError
 
 from . import events, introspection, namespaces
-from .router import Pool, Router
+from .router import Pool
+from .splice import Front, Service, Splice
 
 
 @dataclass(frozen=True)
@@ -38,32 +42,68 @@ OWN_SERVICES = (
 )
 
 
-def routes(ctx: BuildContext) -> dict[str, Pool]:
-    """Service name -> replica pool, for every enabled process but the proxy."""
+def routes(ctx: BuildContext) -> dict[str, tuple[str, list[str]]]:
+    """Service name -> (process, backend sockets), for every enabled process but the proxy."""
     records, _ = registry.load_records(ctx.config.suite.plugins)
-    out: dict[str, Pool] = {}
+    out: dict[str, tuple[str, list[str]]] = {}
     for record in records:
         if record.name == "proxy":
             continue
-        section = ctx.config.section(record.name)
-        if not section.enabled:
+        if not ctx.config.section(record.name).enabled:
             continue
-        pool = Pool(record.name, ctx.config.backend_sockets(record.name))
         for service in record.services:
             if service in OWN_SERVICES or service in out:
                 raise errdefs.InvalidArgument(f"service {service} is claimed twice ({record.name})")
-            out[service] = pool
+            out[service] = (record.name, ctx.config.backend_sockets(record.name))
     return out
+
+
+class FrontDoor:
+    """The Listener that serves the proxy's socket with the splice (see splice.py)."""
+
+    def __init__(self, splice: Splice) -> None:
+        self.splice = splice
+        self.server: asyncio.AbstractServer | None = None
+
+    async def serve(self, server: Any, sock: socket.socket) -> None:
+        self.splice.serve_own = server.serve_connection
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_unix_server(lambda: Front(self.splice), sock=sock)
+
+    async def drain(self, grace: float) -> None:
+        if self.server is not None:
+            self.server.close()
+        await self.splice.drain(grace)
+
+
+async def _no_own(sock: socket.socket) -> None:
+    raise errdefs.Unavailable("proxy is not serving yet")
 
 
 async def build(ctx: BuildContext) -> list[object]:
     settings: ProxyConfig = ctx.settings or ProxyConfig()
+    table = routes(ctx)
+    pools: dict[str, Pool] = {}
+    services: dict[str, Service] = {}
+    for process, paths in table.values():
+        if process not in pools:
+            pools[process] = Pool(process, paths)
+            services[process] = Service(process, paths)
+    control = {name: pools[process] for name, (process, _) in table.items()}
+    data = {name: services[process] for name, (process, _) in table.items()}
+
     exchange = events.Exchange()
     store = namespaces.NamespaceStore(ctx.root / "namespaces.db")
     ctx.on_close(store.close)
     ctx.on_close(exchange.close)
-    router = Router(routes(ctx))
-    ctx.on_close(router.close)
+    splice = Splice(data, OWN_SERVICES, _no_own, known_namespaces=store.names())
+
+    async def close_pools() -> None:
+        for pool in pools.values():
+            for backend in pool.backends:
+                await backend.close()
+
+    ctx.on_close(close_pools)
 
     async def usage(ns: str) -> list[str]:
         async def ask(pool: Pool) -> list[str]:
@@ -72,27 +112,25 @@ async def build(ctx: BuildContext) -> list[object]:
                 try:
                     client = await backend.get()
                     data = await client.unary_raw(
-                        "moorage.internal.v1.Process", "NamespaceUsage", ns.encode(), int(settings.usage_timeout * 1e9)
+                        INTERNAL_SERVICE, "NamespaceUsage", ns.encode(), int(settings.usage_timeout * 1e9)
                     )
                     return [f"{pool.process}: {item}" for item in msgpack.unpackb(data)]
                 except (OSError, RpcError) as exc:
                     last = exc
             raise errdefs.Unavailable(f"cannot ask {pool.process} what it holds in namespace {ns}: {last}")
 
-        results = await asyncio.gather(*(ask(p) for p in router.pools()))
+        results = await asyncio.gather(*(ask(p) for p in pools.values()))
         held = [item for r in results for item in r]
         if not held:
-            router.known_namespaces.discard(ns)
+            splice.known_namespaces.discard(ns)
         return held
 
     ns_service = namespaces.NamespacesService(store, exchange.publish, usage)
-    router.on_namespace = ns_service.seen
-    router.known_namespaces.update(store.names())
+    splice.on_namespace = ns_service.seen
     ev_service = events.EventsService(exchange)
-    intro = introspection.IntrospectionService(
-        router, OWN_SERVICES, ctx.root / "uuid", settings.health_timeout
-    )
-    return [ns_service.raw(), *ev_service.raw(), *intro.raw(), Fallback(router)]
+    intro = introspection.IntrospectionService(control, OWN_SERVICES, ctx.root / "uuid", settings.health_timeout)
+    door = FrontDoor(splice)
+    return [ns_service.raw(), *ev_service.raw(), *intro.raw(), Listener(door.serve, door.drain)]
 
 
 PROCESS = Process(

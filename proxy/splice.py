@@ -1,0 +1,515 @@
+"""The proxy's data plane: ttrpc frames spliced between clients and backends.
+
+The front door speaks ttrpc with each client; a routed call is never decoded beyond its
+Request envelope (service name and namespace metadata). Its frames travel unchanged (body
+bytes, flags, payload, ``timeout_nano``, metadata) to one shared connection per backend
+replica, only the stream id rewritten (backends see odd, increasing ids per connection, as
+ttrpc 1.2 requires); every frame the backend sends for that stream comes back the same way.
+No task, no protobuf, no copy beyond the frame itself, per call.
+
+Per call: the client's Request picks the replica with the fewest open streams (connected
+first); a Response, or a Data frame with ``remote closed``, from the backend ends the
+stream. A backend connection that drops fails each of its open streams with UNAVAILABLE
+naming the service; the next call reconnects. A client that goes away has its streams
+forgotten (late replies are dropped). Calls to the proxy's own services travel unchanged
+over a socketpair to the process's ttrpc server (same stream ids: a dedicated connection per
+client), so they get the same server as every other process.
+
+Rejections follow ttrpc: even or non-increasing stream ids and Data for an unknown stream ->
+INVALID_ARGUMENT, frames over 4 MiB -> RESOURCE_EXHAUSTED (body discarded unread), unknown
+service -> UNIMPLEMENTED ``service <name>``, an invalid namespace -> INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any
+
+from moorage import errdefs
+from moorage.namespaces import NAMESPACE_KEY, validate_namespace
+from ttrpc.codes import Code
+from ttrpc.errors import ProtocolError
+from ttrpc.frame import DATA, FLAG_REMOTE_CLOSED, REQUEST, RESPONSE, Frame, FrameDecoder, Oversized, pack_header
+from ttrpc.messages import decode_request, encode_error
+from ttrpc.protocol import oversize_message
+
+log = logging.getLogger("moorage.proxy.splice")
+
+CONNECT_TIMEOUT = 2.0
+RETRY_AFTER = 0.5
+"""Seconds a replica that refused a connection is left out while another one serves."""
+_MAX_SID = (1 << 31) - 1
+
+
+def _error_frame(sid: int, code: int, message: str) -> bytes:
+    body = encode_error(code, message)
+    return pack_header(len(body), sid, RESPONSE, 0) + body
+
+
+class Upstream(asyncio.BufferedProtocol):
+    """One connection to one backend replica, shared by every client."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        self.decoder = FrameDecoder()
+        self.transport: asyncio.Transport | None = None
+        self.next_sid = 1
+        self.streams: dict[int, tuple[Front, int, str]] = {}
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        streams = self.streams
+        for ev in self.decoder.buffer_updated(nbytes):
+            sid = ev.stream_id
+            entry = streams.get(sid)
+            if entry is None:
+                continue
+            front, fsid, service = entry
+            if ev.__class__ is Oversized:
+                del streams[sid]
+                front.send(_error_frame(fsid, Code.RESOURCE_EXHAUSTED, oversize_message(ev.length)))
+                continue
+            mtype = ev.type
+            if mtype == RESPONSE or (mtype == DATA and ev.flags & FLAG_REMOTE_CLOSED):
+                del streams[sid]
+                front.done(fsid)
+            body = ev.body  # type: ignore[union-attr]
+            front.send(pack_header(len(body), fsid, mtype, ev.flags) + body)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.replica.upstream is self:
+            self.replica.upstream = None
+        streams, self.streams = self.streams, {}
+        process = self.replica.process
+        for front, fsid, service in streams.values():
+            front.done(fsid)
+            front.send(
+                _error_frame(
+                    fsid, Code.UNAVAILABLE, f"service {service} is unavailable: {process} went away during the call"
+                )
+            )
+
+    def open(self, front: Front, fsid: int, service: str, flags: int, body: bytes) -> int:
+        sid = self.next_sid
+        self.next_sid = sid + 2
+        self.streams[sid] = (front, fsid, service)
+        assert self.transport is not None
+        self.transport.write(pack_header(len(body), sid, REQUEST, flags) + body)
+        if self.next_sid > _MAX_SID:  # ids exhausted: new calls go to a fresh connection
+            self.replica.upstream = None
+        return sid
+
+    def data(self, sid: int, flags: int, body: bytes) -> None:
+        if sid in self.streams and self.transport is not None:
+            self.transport.write(pack_header(len(body), sid, DATA, flags) + body)
+
+    def forget(self, sid: int) -> None:
+        self.streams.pop(sid, None)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Replica:
+    """One backend socket; ``upstream`` is its live connection (None until needed)."""
+
+    def __init__(self, process: str, path: str) -> None:
+        self.process = process
+        self.path = path
+        self.upstream: Upstream | None = None
+        self.down_until = 0.0
+        """loop.time() before which a failed replica is not tried on the fast path."""
+        self._connecting: asyncio.Task[Upstream] | None = None
+
+    @property
+    def load(self) -> int:
+        up = self.upstream
+        return len(up.streams) if up is not None else 0
+
+    async def connect(self) -> Upstream:
+        task = self._connecting
+        if task is None:
+            task = self._connecting = asyncio.get_running_loop().create_task(self._connect())
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._connecting = None
+
+    async def _connect(self) -> Upstream:
+        loop = asyncio.get_running_loop()
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_unix_connection(lambda: Upstream(self), self.path), CONNECT_TIMEOUT
+            )
+        except BaseException:
+            self.down_until = loop.time() + RETRY_AFTER
+            raise
+        self.down_until = 0.0
+        self.upstream = proto
+        return proto
+
+    def close(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+
+
+class Service:
+    """The replicas a service name routes to (shared by the services of one process)."""
+
+    def __init__(self, process: str, paths: Collection[str]) -> None:
+        self.process = process
+        self.replicas = [Replica(process, p) for p in paths]
+
+    def ready(self) -> Upstream | None:
+        """The connected replica with the fewest open streams; None when a replica that may
+        be reachable is not connected yet and the connected ones are busy (so the slow path
+        connects it and load spreads to every replica)."""
+        best: Upstream | None = None
+        best_load = -1
+        now = -1.0
+        for r in self.replicas:
+            up = r.upstream
+            if up is None:
+                if r.down_until:
+                    if now < 0:
+                        now = asyncio.get_running_loop().time()
+                    if r.down_until > now:
+                        continue
+                if best is None or best_load > 0:
+                    return None
+                continue
+            n = len(up.streams)
+            if best is None or n < best_load:
+                best, best_load = up, n
+        return best
+
+    async def acquire(self, service: str) -> Upstream:
+        ready = self.ready()
+        if ready is not None:
+            return ready
+        order = sorted(self.replicas, key=lambda r: (r.load, r.upstream is None, r.down_until))
+        last: BaseException | None = None
+        for r in order:
+            if r.upstream is not None and not r.upstream.closed:
+                return r.upstream
+            try:
+                return await r.connect()
+            except (OSError, TimeoutError) as exc:
+                last = exc
+        reason = getattr(last, "strerror", None) or str(last) or type(last).__name__
+        raise errdefs.Unavailable(f"service {service} is unavailable: {self.process} is not running ({reason})")
+
+
+NamespaceSeen = Callable[[str], Awaitable[None]]
+OwnConnector = Callable[[socket.socket], Awaitable[None]]
+
+
+class Splice:
+    """Shared state of the front door: the route table and the proxy's own services."""
+
+    def __init__(
+        self,
+        routes: Mapping[str, Service],
+        own: Collection[str],
+        serve_own: OwnConnector,
+        on_namespace: NamespaceSeen | None = None,
+        known_namespaces: Collection[str] = (),
+    ) -> None:
+        self.routes = dict(routes)
+        self.own = frozenset(own)
+        self.serve_own = serve_own
+        self.on_namespace = on_namespace
+        self.known_namespaces: set[str] = set(known_namespaces)
+        self.fronts: set[Front] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle: asyncio.Event | None = None
+
+    def services(self) -> list[Service]:
+        seen: dict[int, Service] = {}
+        for svc in self.routes.values():
+            seen.setdefault(id(svc), svc)
+        return list(seen.values())
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def namespace_seen(self, ns: str) -> None:
+        self.known_namespaces.add(ns)
+        if self.on_namespace is not None:
+            self.spawn(self._record(ns))
+
+    async def _record(self, ns: str) -> None:
+        assert self.on_namespace is not None
+        try:
+            await self.on_namespace(ns)
+        except Exception:
+            self.known_namespaces.discard(ns)
+            log.exception("recording namespace %s failed", ns)
+
+    def front_done(self, front: Front) -> None:
+        self.fronts.discard(front)
+        if self._idle is not None and not any(f.streams for f in self.fronts):
+            self._idle.set()
+
+    def stream_done(self) -> None:
+        if self._idle is not None and not any(f.streams for f in self.fronts):
+            self._idle.set()
+
+    async def drain(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for open streams to end, then drop every client."""
+        self._idle = asyncio.Event()
+        if any(f.streams for f in self.fronts):
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace)
+            except TimeoutError:
+                pass
+        self.close()
+
+    def close(self) -> None:
+        for front in list(self.fronts):
+            front.abort()
+        for svc in self.services():
+            for r in svc.replicas:
+                r.close()
+
+
+class _OwnPipe(asyncio.BufferedProtocol):
+    """The proxy end of a socketpair to the process's ttrpc server: replies go back verbatim."""
+
+    def __init__(self, front: Front) -> None:
+        self.front = front
+        self.decoder = FrameDecoder()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        front = self.front
+        for ev in self.decoder.buffer_updated(nbytes):
+            if ev.__class__ is Oversized:
+                front.done(ev.stream_id)
+                front.send(_error_frame(ev.stream_id, Code.RESOURCE_EXHAUSTED, oversize_message(ev.length)))
+                continue
+            if ev.type == RESPONSE or (ev.type == DATA and ev.flags & FLAG_REMOTE_CLOSED):
+                front.done(ev.stream_id)
+            body = ev.body  # type: ignore[union-attr]
+            front.send(pack_header(len(body), ev.stream_id, ev.type, ev.flags) + body)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.front.own_lost()
+
+
+_OWN = object()
+
+
+class Front(asyncio.BufferedProtocol):
+    """One client connection to the front door."""
+
+    def __init__(self, splice: Splice) -> None:
+        self.splice = splice
+        self.decoder = FrameDecoder()
+        self.transport: asyncio.Transport | None = None
+        self.last_sid = 0
+        self.streams: dict[int, Any] = {}  # front sid -> (Upstream, backend sid) | _OWN
+        self.own: asyncio.Transport | None = None
+        self.backlog: deque[Frame | Oversized] | None = None
+        self.closed = False
+
+    # transport side ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.splice.fronts.add(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        events = self.decoder.buffer_updated(nbytes)
+        if self.backlog is not None:
+            self.backlog.extend(events)
+            return
+        for i, ev in enumerate(events):
+            self.handle(ev)
+            if self.backlog is not None:  # waiting for a connection: keep order
+                self.backlog.extend(events[i + 1 :])
+                return
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        for target in self.streams.values():
+            if target is not _OWN:
+                upstream, bsid = target
+                upstream.forget(bsid)
+        self.streams.clear()
+        if self.own is not None:
+            self.own.close()
+            self.own = None
+        self.splice.front_done(self)
+
+    def send(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def done(self, fsid: int) -> None:
+        if self.streams.pop(fsid, None) is not None and self.splice._idle is not None:
+            self.splice.stream_done()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def own_lost(self) -> None:
+        self.own = None
+        for fsid in [s for s, t in self.streams.items() if t is _OWN]:
+            self.done(fsid)
+            self.send(_error_frame(fsid, Code.UNAVAILABLE, "proxy is shutting down"))
+
+    def fail(self, sid: int, code: int, message: str) -> None:
+        self.send(_error_frame(sid, code, message))
+
+    # frames ------------------------------------------------------------------------
+
+    def handle(self, ev: Frame | Oversized) -> None:
+        sid = ev.stream_id
+        mtype = ev.type
+        if mtype == REQUEST:
+            if sid % 2 == 0:
+                self.fail(sid, Code.INVALID_ARGUMENT, "StreamID must be odd for client initiated streams")
+                return
+            if sid <= self.last_sid:
+                self.fail(sid, Code.INVALID_ARGUMENT, "StreamID cannot be re-used and must increment")
+                return
+            self.last_sid = sid
+            if ev.__class__ is Oversized:
+                self.fail(sid, Code.RESOURCE_EXHAUSTED, oversize_message(ev.length))
+                return
+            self.request(sid, ev.flags, ev.body)  # type: ignore[union-attr]
+        elif mtype == DATA:
+            target = self.streams.get(sid)
+            if target is None:
+                self.fail(sid, Code.INVALID_ARGUMENT, "StreamID is no longer active")
+                return
+            if ev.__class__ is Oversized:
+                self.abandon(sid, target)
+                self.fail(sid, Code.RESOURCE_EXHAUSTED, oversize_message(ev.length))
+                return
+            body = ev.body  # type: ignore[union-attr]
+            if target is _OWN:
+                if self.own is not None:
+                    self.own.write(pack_header(len(body), sid, DATA, ev.flags) + body)
+            else:
+                upstream, bsid = target
+                upstream.data(bsid, ev.flags, body)
+        # other types: ignored, as ttrpc servers do
+
+    def abandon(self, sid: int, target: Any) -> None:
+        self.streams.pop(sid, None)
+        if target is not _OWN:
+            upstream, bsid = target
+            upstream.forget(bsid)
+
+    def request(self, sid: int, flags: int, body: bytes) -> None:
+        try:
+            req = decode_request(body)
+        except ProtocolError as exc:
+            self.fail(sid, Code.INVALID_ARGUMENT, f"failed to decode request: {exc}")
+            return
+        service = req.service
+        splice = self.splice
+        if service in splice.own:
+            if self.own is None:
+                self.wait(self._open_own(), sid, flags, body, service)
+                return
+            self.streams[sid] = _OWN
+            self.own.write(pack_header(len(body), sid, REQUEST, flags) + body)
+            return
+        route = splice.routes.get(service)
+        if route is None:
+            self.fail(sid, Code.UNIMPLEMENTED, f"service {service}")
+            return
+        for key, value in req.metadata:
+            if key == NAMESPACE_KEY and value and value not in splice.known_namespaces:
+                try:
+                    validate_namespace(value)
+                except errdefs.InvalidArgument as exc:
+                    self.fail(sid, Code.INVALID_ARGUMENT, exc.message)
+                    return
+                splice.namespace_seen(value)
+        upstream = route.ready()
+        if upstream is None:
+            self.wait(route.acquire(service), sid, flags, body, service)
+            return
+        self.streams[sid] = (upstream, upstream.open(self, sid, service, flags, body))
+
+    # the slow path: a connection to make before the call can go on -------------------
+
+    def wait(self, setup: Awaitable[Upstream | None], sid: int, flags: int, body: bytes, service: str) -> None:
+        """Hold this client's frames (in order) until ``setup`` gives the connection the
+        held Request goes to (None: the own-services pipe), then go on with them."""
+        self.backlog = deque()
+        self.splice.spawn(self._resume(setup, sid, flags, body, service))
+
+    async def _resume(self, setup: Awaitable[Upstream | None], sid: int, flags: int, body: bytes, service: str) -> None:
+        upstream: Upstream | None = None
+        error: str | None = None
+        try:
+            upstream = await setup
+        except errdefs.Unavailable as exc:
+            error = exc.message
+        except Exception as exc:  # noqa: BLE001 - reported on the call, not raised
+            error = f"service {service} is unavailable: proxy: {exc}"
+        pending, self.backlog = self.backlog or deque(), None
+        if self.closed:
+            return
+        if error is not None:
+            self.fail(sid, Code.UNAVAILABLE, error)
+        elif upstream is None:
+            if self.own is None:
+                self.fail(sid, Code.UNAVAILABLE, "proxy is shutting down")
+            else:
+                self.streams[sid] = _OWN
+                self.own.write(pack_header(len(body), sid, REQUEST, flags) + body)
+        elif upstream.closed:
+            self.fail(sid, Code.UNAVAILABLE, f"service {service} is unavailable: {upstream.replica.process} went away")
+        else:
+            self.streams[sid] = (upstream, upstream.open(self, sid, service, flags, body))
+        while pending and self.backlog is None:
+            self.handle(pending.popleft())
+        if self.backlog is not None and pending:
+            self.backlog.extendleft(reversed(pending))
+
+    async def _open_own(self) -> Upstream | None:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await self.splice.serve_own(b)
+            loop = asyncio.get_running_loop()
+            transport, _ = await loop.create_unix_connection(lambda: _OwnPipe(self), sock=a)
+        except BaseException:
+            a.close()
+            b.close()
+            raise
+        self.own = transport
+        return None
