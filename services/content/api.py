@@ -7,12 +7,16 @@ exactly one response echoing its action with the committed offset; WRITE/COMMIT 
 non-zero offset must match the current one (OutOfRange), offset 0 on a non-empty ingest
 restarts it; an expected digest the namespace already has aborts the ingest with
 AlreadyExists; COMMIT ends the stream. Publishes /content/create and /content/delete.
+
+Write is served raw (``servicers`` returns the typed servicer, whose spec leaves Write out,
+and a RawService for it): requests are parsed by ``wire.parse_write``, so a chunk's bytes go
+from the received frame to the file and the hash without another copy.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol, cast
 
 from google.protobuf import empty_pb2
 
@@ -20,19 +24,60 @@ from moorage.api.containerd.events import content_pb2 as events_pb
 from moorage.api.containerd.services.content.v1 import content_pb2 as pb
 from moorage.api.containerd.services.content.v1.content_ttrpc import ContentServicer
 from moorage.errdefs import AlreadyExists, InvalidArgument, NotFound, OutOfRange
+from ttrpc.service import ServiceSpec
 
 from . import wire
 from .contract import Store
 
 if TYPE_CHECKING:
-    from ttrpc.server import Context, ServerStream
+    from collections.abc import Mapping
+
+    from ttrpc.server import Context, RawCall, ServerStream
 
     from moorage.events import EventPublisher
 
 LIST_BATCH = 100
+_SPEC: ServiceSpec = ContentServicer.__ttrpc_service__
+
+
+class WriteLike(Protocol):
+    """A WriteContentRequest: the generated message or ``wire.WriteRequest``."""
+
+    @property
+    def action(self) -> int: ...
+
+    @property
+    def ref(self) -> str: ...
+
+    @property
+    def total(self) -> int: ...
+
+    @property
+    def expected(self) -> str: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def data(self) -> bytes | memoryview: ...
+
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+
+
+def servicers(store: Store, publisher: EventPublisher | None = None) -> list[object]:
+    """What a server registers for the content API: the servicer and the raw Write."""
+    from moorage.registry import RawService
+
+    svc = ContentService(store, publisher)
+    return [svc, RawService(wire.SERVICE, {"Write": svc.write_raw})]
 
 
 class ContentService(ContentServicer):  # type: ignore[misc, unused-ignore]
+    __ttrpc_service__ = ServiceSpec(
+        _SPEC.name, {name: m for name, m in _SPEC.methods.items() if name != "Write"}
+    )
+
     def __init__(self, store: Store, publisher: EventPublisher | None = None) -> None:
         self.store = store
         self.publisher = publisher
@@ -90,7 +135,34 @@ class ContentService(ContentServicer):  # type: ignore[misc, unused-ignore]
     async def Write(
         self, stream: ServerStream[pb.WriteContentRequest, pb.WriteContentResponse], ctx: Context
     ) -> None:
-        req = await stream.recv()
+        """The typed form of the session (``write_raw`` is what servers register)."""
+        await self.write_session(stream.recv, stream.send)
+
+    async def write_raw(self, ctx: Context, call: RawCall) -> None:
+        first = call.payload
+
+        async def recv() -> WriteLike | None:
+            nonlocal first
+            if first:
+                data, first = first, b""
+            else:
+                got = await call.recv()
+                if got is None:
+                    return None
+                data = got
+            return wire.parse_write(data)
+
+        async def send(resp: pb.WriteContentResponse) -> None:
+            await call.send(resp.SerializeToString())
+
+        await self.write_session(recv, send)
+
+    async def write_session(
+        self,
+        recv: Callable[[], Awaitable[WriteLike | None]],
+        send: Callable[[pb.WriteContentResponse], Awaitable[None]],
+    ) -> None:
+        req = await recv()
         if req is None:
             return
         if not req.ref:
@@ -101,7 +173,7 @@ class ContentService(ContentServicer):  # type: ignore[misc, unused-ignore]
             st = await w.status()
             offset = st.offset
             while True:
-                resp = pb.WriteContentResponse(action=req.action)
+                resp = pb.WriteContentResponse(action=cast("pb.WriteAction", req.action))
                 if req.expected:
                     expected = req.expected
                     try:
@@ -143,10 +215,10 @@ class ContentService(ContentServicer):  # type: ignore[misc, unused-ignore]
                 else:
                     raise InvalidArgument(f"unknown write action {req.action}")
                 resp.offset = offset
-                await stream.send(resp)
+                await send(resp)
                 if req.action == pb.COMMIT:
                     return
-                req = await stream.recv()
+                req = await recv()
                 if req is None:
                     return
         finally:

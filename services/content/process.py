@@ -11,7 +11,7 @@ from .wire import SERVICE
 
 
 async def build(ctx: BuildContext) -> Sequence[object]:
-    from .api import ContentService
+    from .api import servicers
     from .memory import keep_freed_memory
     from .store import LocalStore
 
@@ -31,7 +31,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
 
     ctx.namespace_usage(usage)
     ctx.logger.info("content store ready", extra={"root": str(ctx.root)})
-    return [ContentService(store, ctx.publisher)]
+    return servicers(store, ctx.publisher)
 
 
 PROCESS = Process(

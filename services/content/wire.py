@@ -1,18 +1,23 @@
-"""Contract types to and from containerd's content.v1 messages, and the hot-path encoders.
+"""Contract types to and from containerd's content.v1 messages, and the hot-path codecs.
 
 ``encode_write`` builds a WriteContentRequest WRITE message by hand (action, ref, offset,
-data: four fields) so a chunk is copied once into its payload instead of through a message
-object; tests check it against protobuf's own encoding. Everything else goes through the
-generated classes.
+data) so a chunk is copied once into its payload instead of through a message object.
+``parse_write`` reads one without copying its data: a request made only of fields 1-6 is
+decoded here (data as a view of the payload); anything else (labels, unknown fields, any
+irregularity) goes to protobuf, whose DecodeError becomes InvalidArgument. Tests check both
+against protobuf's own encoding and decoding. Everything else uses the generated classes.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from moorage.api.containerd.services.content.v1 import content_pb2 as pb
+
+from moorage.errdefs import InvalidArgument
 
 from .contract import Info, Status
 
@@ -100,3 +105,99 @@ def write_prefix(ref: bytes, offset: int, size: int) -> bytes:
 def encode_write(ref: bytes, offset: int, data: bytes | memoryview) -> bytes:
     """A serialized WriteContentRequest{action: WRITE, ref, offset, data}."""
     return write_prefix(ref, offset, len(data)) + data
+
+
+class WriteRequest:
+    """The fields of a WriteContentRequest; ``data`` may be a view of the payload."""
+
+    __slots__ = ("action", "ref", "total", "expected", "offset", "data", "labels")
+
+    def __init__(
+        self,
+        action: int = 0,
+        ref: str = "",
+        total: int = 0,
+        expected: str = "",
+        offset: int = 0,
+        data: bytes | memoryview = b"",
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        self.action = action
+        self.ref = ref
+        self.total = total
+        self.expected = expected
+        self.offset = offset
+        self.data = data
+        self.labels = labels or {}
+
+
+class _Irregular(Exception):
+    pass
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise _Irregular
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value & 0xFFFFFFFFFFFFFFFF, pos
+        shift += 7
+
+
+def _signed(v: int, bits: int) -> int:
+    v &= (1 << bits) - 1
+    return v - (1 << bits) if v >> (bits - 1) else v
+
+
+def _fast_write(payload: bytes) -> WriteRequest:
+    req = WriteRequest()
+    view = memoryview(payload)
+    pos, end = 0, len(payload)
+    while pos < end:
+        tag, pos = _read_varint(payload, pos)
+        field, kind = tag >> 3, tag & 7
+        if kind == 0 and field in (1, 3, 5):
+            v, pos = _read_varint(payload, pos)
+            if field == 1:
+                req.action = _signed(v, 32)
+            elif field == 3:
+                req.total = _signed(v, 64)
+            else:
+                req.offset = _signed(v, 64)
+        elif kind == 2 and field in (2, 4, 6):
+            n, pos = _read_varint(payload, pos)
+            stop = pos + n
+            if stop > end:
+                raise _Irregular
+            if field == 6:
+                req.data = view[pos:stop]
+            else:
+                try:
+                    text = str(view[pos:stop], "utf-8")
+                except UnicodeDecodeError:
+                    raise _Irregular from None
+                if field == 2:
+                    req.ref = text
+                else:
+                    req.expected = text
+            pos = stop
+        else:
+            raise _Irregular
+    return req
+
+
+def parse_write(payload: bytes) -> WriteRequest:
+    """A WriteContentRequest from its encoding (InvalidArgument if it is not one)."""
+    try:
+        return _fast_write(payload)
+    except _Irregular:
+        pass
+    try:
+        m = pb.WriteContentRequest.FromString(payload)
+    except DecodeError as exc:
+        raise InvalidArgument(f"failed to decode request: {exc}") from None
+    return WriteRequest(m.action, m.ref, m.total, m.expected, m.offset, m.data, dict(m.labels))

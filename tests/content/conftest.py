@@ -69,14 +69,17 @@ async def _socket(root: Path) -> AsyncIterator[Any]:
 
     from moorage.events import NullPublisher
     from moorage.rpc import connect, status_of
-    from moorage.runner import with_namespace
-    from moorage.services.content.api import ContentService
+    from moorage.runner import with_namespace, with_namespace_raw
+    from moorage.services.content.api import servicers
     from moorage.services.content.client import ContentClient
     from moorage.services.content.store import LocalStore
 
     store = LocalStore(str(root))
     server = Server(status_of=status_of)
-    server.register(with_namespace(ContentService(store, NullPublisher())))
+    service, raw = servicers(store, NullPublisher())
+    server.register(with_namespace(service))
+    for method, handler in raw.methods.items():  # type: ignore[attr-defined]
+        server.register_raw(raw.service, method, with_namespace_raw(handler))  # type: ignore[attr-defined]
     # a short path: unix socket paths are limited to 108 bytes
     sockdir = tempfile.mkdtemp(prefix="moor-c-")
     os.chmod(sockdir, 0o700)

@@ -167,3 +167,43 @@ async def test_two_replicas_on_one_root(replicas: Any) -> None:
     finally:
         await c1.close()
         await c2.close()
+
+
+@given(
+    action=st.sampled_from([0, 1, 2, 7, -1]),
+    ref=st.text(max_size=50),
+    total=st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1),
+    expected=st.text(max_size=80),
+    offset=st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1),
+    data=st.binary(max_size=2000),
+    labels=st.dictionaries(st.text(max_size=10), st.text(max_size=10), max_size=3),
+)
+@settings(max_examples=300, deadline=None)
+def test_parse_write_matches_protobuf(
+    action: int, ref: str, total: int, expected: str, offset: int, data: bytes, labels: dict[str, str]
+) -> None:
+    try:
+        m = pb.WriteContentRequest(action=action, ref=ref, total=total, expected=expected,  # type: ignore[arg-type]
+                                   offset=offset, data=data, labels=labels)
+        payload = m.SerializeToString()
+    except (UnicodeEncodeError, ValueError):
+        return
+    got = wire.parse_write(payload)
+    assert (got.action, got.ref, got.total, got.expected, got.offset, bytes(got.data), got.labels) == (
+        m.action, m.ref, m.total, m.expected, m.offset, m.data, dict(m.labels))
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=1000, deadline=None)
+def test_parse_write_agrees_with_protobuf_on_any_bytes(payload: bytes) -> None:
+    from google.protobuf.message import DecodeError
+
+    try:
+        m = pb.WriteContentRequest.FromString(payload)
+    except DecodeError:
+        with pytest.raises(errdefs.InvalidArgument):
+            wire.parse_write(payload)
+        return
+    got = wire.parse_write(payload)
+    assert (got.action, got.ref, got.total, got.expected, got.offset, bytes(got.data), got.labels) == (
+        m.action, m.ref, m.total, m.expected, m.offset, m.data, dict(m.labels))
