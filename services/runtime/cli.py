@@ -234,7 +234,7 @@ def _copy_log(path: str, offset: int) -> int:
     """Write the complete log lines after `offset` to our stdout/stderr; the new offset."""
     from pathlib import Path
 
-    from .cio import read_log
+    from .logs import read_log
 
     lines, offset = read_log(Path(path), offset)
     for stream, data in lines:
