@@ -200,3 +200,67 @@ async def test_replicas_share_the_load(tmp_path_factory: pytest.TempPathFactory)
         await c.close()
     finally:
         suite.close()
+
+
+def _raw_frames(sock: socket.socket, data: bytes, want: int) -> list[tuple[int, int, int, bytes]]:
+    """Send ``data`` and read ``want`` frames back: (stream id, type, flags, body)."""
+    from ttrpc.frame import FrameDecoder
+
+    sock.sendall(data)
+    dec = FrameDecoder()
+    out: list[tuple[int, int, int, bytes]] = []
+    sock.settimeout(10)
+    while len(out) < want:
+        chunk = sock.recv(65536)
+        assert chunk, "proxy closed the connection"
+        out += [(f.stream_id, f.type, f.flags, f.body) for f in dec.feed(chunk)]  # type: ignore[union-attr]
+    return out
+
+
+async def test_bad_frames_are_refused_per_stream(suite: Suite, client: Client) -> None:
+    from ttrpc.frame import DATA, REQUEST, encode_frame, pack_header
+    from ttrpc.messages import decode_response, encode_request
+
+    good = encode_request(ECHO, "Echo", b"ok", metadata=[("containerd-namespace-ttrpc", "default")])
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(suite.address)
+    try:
+        cases = [
+            (encode_frame(2, REQUEST, 0, good), 3, "StreamID must be odd"),
+            (encode_frame(5, REQUEST, 0, good), 0, ""),  # fine
+            (encode_frame(3, REQUEST, 0, good), 3, "StreamID cannot be re-used"),
+            (encode_frame(9, DATA, 0, b"x"), 3, "no longer active"),
+            (encode_frame(11, REQUEST, 0, b"\xff\xff\xff"), 3, "decode"),
+            (pack_header((4 << 20) + 1, 13, REQUEST, 0) + b"\x00" * ((4 << 20) + 1), 8, "exceed"),
+            (encode_frame(15, REQUEST, 0, good), 0, ""),  # the connection still serves
+        ]
+        for frame, code, text in cases:
+            ((sid, mtype, _, body),) = _raw_frames(s, frame, 1)
+            resp = decode_response(body)
+            assert resp.code == code, (frame[:20], resp)
+            assert text in resp.message
+            if code == 0:
+                assert resp.payload == b"ok"
+    finally:
+        s.close()
+    assert await client.unary_raw(ECHO, "Echo", b"fine", metadata=MD) == b"fine"
+
+
+async def test_a_process_publishes_through_the_proxy(suite: Suite, client: Client) -> None:
+    from moorage.api.containerd.events import namespace_pb2
+    from moorage.api.containerd.services.events.v1 import events_pb2
+    from moorage.api.containerd.types import event_pb2
+
+    req = events_pb2.SubscribeRequest(filters=['topic=="/echo/published"'])
+    stream = await client.open_stream("containerd.services.events.v1.Events", "Subscribe", req.SerializeToString(), 0x01)
+    got = None
+    while got is None:  # until the subscription is live: publish again on every miss
+        await client.unary_raw(ECHO, "Publish", b"from-echo", metadata={"containerd-namespace-ttrpc": "pub"})
+        try:
+            data = await asyncio.wait_for(stream.recv(), 0.2)
+        except TimeoutError:
+            continue
+        assert data is not None
+        got = event_pb2.Envelope.FromString(data)
+    assert (got.namespace, got.topic) == ("pub", "/echo/published")
+    assert namespace_pb2.NamespaceUpdate.FromString(got.event.value).name == "from-echo"

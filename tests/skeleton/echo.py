@@ -4,7 +4,8 @@
 methods): Echo (unary: payload back), Namespace (unary: the call's namespace), Sleep
 (unary: sleeps float(payload) seconds), Stream (server stream: int(payload) frames),
 Bidi (each frame back), Concat (client stream: one Response with all frames joined),
-Who (unary: "<program> <pid>").
+Who (unary: "<program> <pid>"), Publish (unary: publishes /echo/published through the
+proxy with the process's events publisher, a NamespaceUpdate named by the payload).
 A namespace whose name starts with ``busy`` is reported as holding "thing".
 """
 
@@ -71,8 +72,14 @@ def _record(name: str, service: str) -> Process:
         async def who(c: Context, call: RawCall) -> None:
             await call.respond(f"{program} {os.getpid()}".encode())
 
+        async def publish(c: Context, call: RawCall) -> None:
+            from moorage.api.containerd.events import namespace_pb2
+
+            await ctx.publisher.publish("/echo/published", namespace_pb2.NamespaceUpdate(name=call.payload.decode()))
+            await call.respond(b"")
+
         ctx.namespace_usage(usage)
-        return [RawService(service, {**METHODS, "Who": who})]
+        return [RawService(service, {**METHODS, "Who": who, "Publish": publish})]
 
     return Process(name=name, services=(service,), build=build, replica_safe=True, description=f"test {name}")
 
