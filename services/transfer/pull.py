@@ -37,6 +37,7 @@ PROGRESS_INTERVAL = 0.1
 GC_REF = "containerd.io/gc.ref.content"
 UNCOMPRESSED = "containerd.io/uncompressed"
 SNAPSHOT_REF = "containerd.io/snapshot.ref"
+SOURCE_LABEL = "containerd.io/distribution.source."
 
 
 @dataclass
@@ -117,6 +118,17 @@ async def _add_labels(content: ContentStore, digest: str, labels: Mapping[str, s
     info = await content.info(digest)
     await content.update(BlobInfo(info.digest, info.size, info.created_at, info.updated_at, dict(labels)),
                          [f"labels.{k}" for k in labels])
+
+
+async def _add_source(content: ContentStore, digest: str, ref: Reference) -> None:
+    """Record that `ref`'s repository has the blob (comma-separated, as containerd), so a
+    later push to that registry can mount it instead of uploading."""
+    with contextlib.suppress(errdefs.NotFound):
+        info = await content.info(digest)
+        key = f"{SOURCE_LABEL}{ref.host}"
+        repos = [r for r in info.labels.get(key, "").split(",") if r]
+        if ref.path not in repos and len(",".join([*repos, ref.path])) + len(key) < 4000:
+            await _add_labels(content, digest, {key: ",".join([*repos, ref.path])})
 
 
 async def fetch_blob(resolver: Resolver, content: ContentStore, desc: Descriptor, progress: Progress,
@@ -226,15 +238,18 @@ async def pull(resolver: Resolver, ref: Reference, content: ContentStore, images
 
     # configs first (small, needed for diff ids)
     for p in plans:
-        await write_bytes(content, p.manifest.config, p.config_data)
+        await write_bytes(content, p.manifest.config, p.config_data, {f"{SOURCE_LABEL}{ref.host}": ref.path})
 
     # layers: download concurrently, unpack in order as they arrive
     sem = asyncio.Semaphore(max(1, opts.concurrency))
     done: dict[str, asyncio.Future[None]] = {}
 
+    source = {f"{SOURCE_LABEL}{ref.host}": ref.path}
+
     async def download(desc: Descriptor) -> None:
         async with sem:
-            await fetch_blob(resolver, content, desc, progress)
+            if not await fetch_blob(resolver, content, desc, progress, source):
+                await _add_source(content, desc.digest, ref)
 
     for p in plans:
         for layer in p.manifest.layers:

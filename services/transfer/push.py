@@ -15,11 +15,10 @@ from . import oci
 from .archive import _read_blob
 from .contract import ContentStore, Image, ProgressFn
 from .oci import Descriptor, Platform
-from .pull import Progress
+from .pull import SOURCE_LABEL, Progress
 from .reference import Reference
 from .registry.resolver import Resolver
 
-SOURCE_LABEL = "containerd.io/distribution.source."
 
 
 async def _tree(content: ContentStore, desc: Descriptor, platforms: Sequence[Platform] | None,
