@@ -18,7 +18,7 @@ from .errors import RpcError
 from .frame import FLAG_REMOTE_CLOSED, FLAG_REMOTE_OPEN, MAX_MESSAGE_SIZE
 from .messages import Metadata, Response, metadata_pairs
 from .protocol import ClientConnection, DataReceived, ResponseReceived
-from .stream import STALL_TIMEOUT, STREAM_BUFFER, Inbox, Stalls
+from .stream import STALL_TIMEOUT, STREAM_BUFFER, Inbox, Outbox, Stalls
 
 __all__ = ["Client", "ClientStream", "ErrorFactory"]
 
@@ -138,6 +138,7 @@ class _Protocol(asyncio.BufferedProtocol):
         self.stalls = Stalls(
             self.loop, transport.pause_reading, transport.resume_reading, self.stall_timeout
         )
+        self.outbox = Outbox(self.loop, transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.core.get_buffer(sizehint)
@@ -207,8 +208,7 @@ class _Protocol(asyncio.BufferedProtocol):
             raise self.error(Code.UNAVAILABLE, CLOSED_MESSAGE)
 
     def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+        self.outbox.write(data)
 
     def forget(self, stream_id: int) -> None:
         self.pending.pop(stream_id, None)
@@ -217,15 +217,15 @@ class _Protocol(asyncio.BufferedProtocol):
     def open(
         self, service: str, method: str, payload: bytes, flags: int, timeout_nano: int, metadata: Metadata | None
     ) -> int:
-        self.check_open()
+        if self.closed:
+            raise self.error(Code.UNAVAILABLE, CLOSED_MESSAGE)
         try:
             sid, frame = self.core.request(
-                service, method, payload, flags, timeout_nano, metadata_pairs(metadata)
+                service, method, payload, flags, timeout_nano, metadata_pairs(metadata) if metadata else ()
             )
         except RpcError as exc:
             raise self.error(exc.code, exc.message) from None
-        assert self.transport is not None
-        self.transport.write(frame)
+        self.outbox.write(frame)
         return sid
 
 
@@ -316,10 +316,25 @@ class Client:
         metadata: Metadata | None = None,
     ) -> T:
         """One unary call with protobuf messages; ``timeout`` in seconds."""
-        payload = await self.unary_raw(
-            service, method, request.SerializeToString(), _timeout_nano(timeout), metadata
-        )
-        return response_type.FromString(payload)  # type: ignore[attr-defined,no-any-return]
+        if timeout is not None or metadata:
+            payload = await self.unary_raw(
+                service, method, request.SerializeToString(), _timeout_nano(timeout), metadata
+            )
+            return response_type.FromString(payload)  # type: ignore[attr-defined,no-any-return]
+        protocol = self._protocol
+        sid = protocol.open(service, method, request.SerializeToString(), 0, 0, None)
+        waiter: asyncio.Future[Response] = protocol.loop.create_future()
+        protocol.pending[sid] = waiter
+        try:
+            if protocol.paused:
+                await protocol.drain()
+            response = await waiter
+        finally:
+            if protocol.pending.pop(sid, None) is not None:
+                protocol.core.forget(sid)
+        if response.code:
+            raise protocol.error(response.code, response.message)
+        return response_type.FromString(response.payload)  # type: ignore[attr-defined,no-any-return]
 
     async def open_stream(
         self,

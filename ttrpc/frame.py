@@ -67,12 +67,15 @@ class FrameDecoder:
     ``in_frame`` tells whether a disconnect now would cut a frame in two.
     """
 
-    __slots__ = ("_buf", "_start", "_end", "_skip", "_max")
+    __slots__ = ("_buf", "_view", "_start", "_end", "_need", "_skip", "_max")
 
     def __init__(self, max_size: int = MAX_MESSAGE_SIZE) -> None:
         self._buf = bytearray(_MIN_BUFFER)
+        self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
+        self._need = HEADER_SIZE
+        """Bytes from ``_start`` the next event needs."""
         self._skip = 0
         self._max = max_size
 
@@ -82,55 +85,63 @@ class FrameDecoder:
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Free space to receive into; never empty."""
+        size = len(self._buf)
+        end = self._end
+        if size - end >= 4096 and size - self._start >= self._need:
+            return self._view[end:]
+        return self._make_room()
+
+    def _make_room(self) -> memoryview:
         buf = self._buf
         start, end = self._start, self._end
-        if self._skip:
-            need = 1
-        elif end - start >= HEADER_SIZE:
-            need = HEADER_SIZE + _unpack_header(buf, start)[0] - (end - start)
-        else:
-            need = HEADER_SIZE - (end - start)
-        if len(buf) - end >= max(need, 4096):
-            return memoryview(buf)[end:]
         pending = end - start
+        need = max(self._need, pending + 4096)
         size = len(buf)
-        while size - pending < max(need, 4096):
+        while size < need:
             size *= 2
-        if size == len(buf) and start:
+        if size == len(buf):
             buf[0:pending] = buf[start:end]
         else:
             grown = bytearray(size)
             grown[0:pending] = buf[start:end]
             self._buf = buf = grown
+            self._view = memoryview(buf)
         self._start, self._end = 0, pending
-        return memoryview(buf)[pending:]
+        return self._view[pending:]
 
     def buffer_updated(self, nbytes: int) -> list[Event]:
         """Account for ``nbytes`` written at the start of the last ``get_buffer()``."""
-        self._end += nbytes
+        end = self._end + nbytes
+        start = self._start
         events: list[Event] = []
-        buf = self._buf
-        start, end = self._start, self._end
-        while True:
-            if self._skip:
-                n = min(self._skip, end - start)
-                start += n
-                self._skip -= n
-                if self._skip:
+        if self._skip:
+            n = min(self._skip, end - start)
+            start += n
+            self._skip -= n
+        if not self._skip:
+            buf = self._buf
+            view = self._view
+            while True:
+                if end - start < HEADER_SIZE:
+                    self._need = HEADER_SIZE
                     break
-            if end - start < HEADER_SIZE:
-                break
-            length, sid, mtype, flags = _unpack_header(buf, start)
-            if length > self._max:
-                events.append(Oversized(sid, mtype, flags, length))
-                start += HEADER_SIZE
-                self._skip = length
-                continue
-            stop = start + HEADER_SIZE + length
-            if stop > end:
-                break
-            events.append(Frame(sid, mtype, flags, bytes(buf[start + HEADER_SIZE : stop])))
-            start = stop
+                length, sid, mtype, flags = _unpack_header(buf, start)
+                if length > self._max:
+                    events.append(Oversized(sid, mtype, flags, length))
+                    start += HEADER_SIZE
+                    n = min(length, end - start)
+                    start += n
+                    self._skip = length - n
+                    self._need = HEADER_SIZE
+                    if self._skip:
+                        break
+                    continue
+                stop = start + HEADER_SIZE + length
+                if stop > end:
+                    self._need = HEADER_SIZE + length
+                    break
+                events.append(Frame(sid, mtype, flags, bytes(view[start + HEADER_SIZE : stop])))
+                start = stop
         if start == end:
             start = end = 0
         self._start, self._end = start, end
@@ -144,7 +155,6 @@ class FrameDecoder:
             target = self.get_buffer()
             n = min(len(target), len(view))
             target[:n] = view[:n]
-            del target
             events.extend(self.buffer_updated(n))
             view = view[n:]
         return events

@@ -100,26 +100,43 @@ def encode_request(
     timeout_nano: int = 0,
     metadata: Sequence[tuple[str, str]] = (),
 ) -> bytes:
-    out = _prefix(service, method)
+    return b"".join(request_parts(service, method, payload, timeout_nano, metadata))
+
+
+def request_parts(
+    service: str,
+    method: str,
+    payload: bytes = b"",
+    timeout_nano: int = 0,
+    metadata: Sequence[tuple[str, str]] = (),
+) -> list[bytes]:
+    """The encoded Request as pieces, so a large payload is copied only once, by the caller's join."""
+    parts = [_prefix(service, method)]
     if payload:
-        out += b"\x1a" + _varint(len(payload)) + payload
+        parts.append(b"\x1a" + _varint(len(payload)))
+        parts.append(payload)
     if timeout_nano:
-        out += b"\x20" + _varint(timeout_nano & _MASK64)
+        parts.append(b"\x20" + _varint(timeout_nano & _MASK64))
     for key, value in metadata:
         kv = b""
         if key:
             kv += _field(0x0A, key.encode())
         if value:
             kv += _field(0x12, value.encode())
-        out += _field(0x2A, kv)
-    return out
+        parts.append(_field(0x2A, kv))
+    return parts
 
 
 def encode_response(payload: bytes = b"") -> bytes:
     """A successful response (no status)."""
     if not payload:
         return b""
-    return b"\x12" + _varint(len(payload)) + payload
+    return b"".join((b"\x12", _varint(len(payload)), payload))
+
+
+def response_prefix(payload_size: int) -> bytes:
+    """What precedes the payload in a successful Response of that size."""
+    return b"\x12" + _varint(payload_size) if payload_size else b""
 
 
 def encode_status(code: int, message: str) -> bytes:
@@ -153,45 +170,45 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
             raise ProtocolError("varint too long")
 
 
-def _fields(data: bytes) -> Iterable[tuple[int, int, int | bytes]]:
-    """(field number, wire type, value) for each field; skipped kinds yield no value."""
-    pos = 0
-    end = len(data)
-    while pos < end:
-        tag = data[pos]
-        if tag < 0x80:
+def _skip_or_value(data: bytes, pos: int, end: int, wire: int) -> tuple[int, int, int]:
+    """For the field whose tag ends at ``pos``: (value start, value end, next position).
+    Varints give their value as ``value start`` and -1 as ``value end``."""
+    if wire == 2:
+        length = data[pos] if pos < end else 0x80
+        if length < 0x80:
             pos += 1
         else:
-            tag, pos = _read_varint(data, pos)
-        number, wire = tag >> 3, tag & 7
-        if number == 0:
-            raise ProtocolError("field number 0")
-        if wire == 2:
-            length = data[pos] if pos < end else 0x80
-            if length < 0x80:
-                pos += 1
-            else:
-                length, pos = _read_varint(data, pos)
-            stop = pos + length
-            if stop > end:
-                raise ProtocolError("truncated field")
-            yield number, 2, data[pos:stop]
-            pos = stop
-        elif wire == 0:
-            value, pos = _read_varint(data, pos)
-            yield number, 0, value
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise ProtocolError(f"unsupported wire type {wire}")
-        if pos > end:
+            length, pos = _read_varint(data, pos)
+        stop = pos + length
+        if stop > end:
             raise ProtocolError("truncated field")
+        return pos, stop, stop
+    if wire == 0:
+        value, pos = _read_varint(data, pos)
+        return value, -1, pos
+    if wire == 1:
+        pos += 8
+    elif wire == 5:
+        pos += 4
+    else:
+        raise ProtocolError(f"unsupported wire type {wire}")
+    if pos > end:
+        raise ProtocolError("truncated field")
+    return 0, -2, pos
 
 
-def _text(value: int | bytes) -> str:
-    assert isinstance(value, bytes)
+def _tag(data: bytes, pos: int) -> tuple[int, int]:
+    tag = data[pos]
+    if tag < 0x80:
+        pos += 1
+    else:
+        tag, pos = _read_varint(data, pos)
+    if tag < 8:
+        raise ProtocolError("field number 0")
+    return tag, pos
+
+
+def _text(value: bytes) -> str:
     try:
         return value.decode()
     except UnicodeDecodeError as exc:
@@ -202,51 +219,99 @@ def _signed64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
+def _key_value(data: bytes) -> tuple[str, str]:
+    key = value = ""
+    pos, end = 0, len(data)
+    while pos < end:
+        tag, pos = _tag(data, pos)
+        a, b, pos = _skip_or_value(data, pos, end, tag & 7)
+        if tag == 0x0A:
+            key = _text(data[a:b])
+        elif tag == 0x12:
+            value = _text(data[a:b])
+    return key, value
+
+
+_names: dict[bytes, str] = {}
+
+
+def _name(value: bytes) -> str:
+    name = _names.get(value)
+    if name is None:
+        name = _text(value)
+        if len(_names) < 1024:
+            _names[value] = name
+    return name
+
+
 def decode_request(data: bytes) -> Request:
     service = method = ""
     payload = b""
     timeout = 0
     metadata: Pairs = []
-    for number, wire, value in _fields(data):
-        if wire == 2:
-            assert isinstance(value, bytes)
-            if number == 1:
-                service = _text(value)
-            elif number == 2:
-                method = _text(value)
-            elif number == 3:
-                payload = value
-            elif number == 5:
-                key = val = ""
-                for n, w, v in _fields(value):
-                    if w == 2:
-                        if n == 1:
-                            key = _text(v)
-                        elif n == 2:
-                            val = _text(v)
-                metadata.append((key, val))
-        elif wire == 0 and number == 4:
-            assert isinstance(value, int)
-            timeout = _signed64(value)
+    pos, end = 0, len(data)
+    while pos < end:
+        tag = data[pos]
+        if tag & 7 == 2 and 7 < tag < 0x80:
+            pos += 1
+            length = data[pos] if pos < end else 0x80
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = _read_varint(data, pos)
+            stop = pos + length
+            if stop > end:
+                raise ProtocolError("truncated field")
+            if tag == 0x0A:
+                service = _name(data[pos:stop])
+            elif tag == 0x12:
+                method = _name(data[pos:stop])
+            elif tag == 0x1A:
+                payload = data[pos:stop]
+            elif tag == 0x2A:
+                metadata.append(_key_value(data[pos:stop]))
+            pos = stop
+            continue
+        tag, pos = _tag(data, pos)
+        a, _, pos = _skip_or_value(data, pos, end, tag & 7)
+        if tag == 0x20:
+            timeout = _signed64(a)
     return Request(service, method, payload, timeout, metadata)
 
 
+def _status(data: bytes) -> tuple[int, str]:
+    code = 0
+    message = ""
+    pos, end = 0, len(data)
+    while pos < end:
+        tag, pos = _tag(data, pos)
+        a, b, pos = _skip_or_value(data, pos, end, tag & 7)
+        if tag == 0x08:
+            code = (a + (1 << 31)) % (1 << 32) - (1 << 31)
+        elif tag == 0x12:
+            message = _text(data[a:b])
+    return code, message
+
+
 def decode_response(data: bytes) -> Response:
+    if not data:
+        return _OK
+    if data[0] == 0x12 and len(data) > 1 and data[1] < 0x80 and len(data) == data[1] + 2:
+        return Response(0, "", data[2:])
     code = 0
     message = ""
     payload = b""
-    for number, wire, value in _fields(data):
-        if wire != 2:
-            continue
-        assert isinstance(value, bytes)
-        if number == 1:
-            for n, w, v in _fields(value):
-                if n == 1 and w == 0:
-                    assert isinstance(v, int)
-                    code = _signed64(v)
-                    code = (code + (1 << 31)) % (1 << 32) - (1 << 31)
-                elif n == 2 and w == 2:
-                    message = _text(v)
-        elif number == 2:
-            payload = value
+    pos, end = 0, len(data)
+    while pos < end:
+        tag, pos = _tag(data, pos)
+        a, b, pos = _skip_or_value(data, pos, end, tag & 7)
+        if tag == 0x0A:
+            c, m = _status(data[a:b])
+            code = c or code
+            message = m or message
+        elif tag == 0x12:
+            payload = data[a:b]
     return Response(code, message, payload)
+
+
+_OK = Response()

@@ -45,8 +45,8 @@ from .messages import (
     decode_request,
     decode_response,
     encode_error,
-    encode_request,
-    encode_response,
+    request_parts,
+    response_prefix,
 )
 
 CLOSE_FLAGS = FLAG_REMOTE_CLOSED | FLAG_NO_DATA
@@ -158,6 +158,18 @@ class ServerConnection(_Connection):
     def _events(self, frames: list[Frame | Oversized]) -> list[ServerEvent]:
         out: list[ServerEvent] = []
         for frame in frames:
+            sid = frame.stream_id
+            if frame.type == REQUEST and frame.__class__ is Frame and sid & 1 and sid > self.last_id:
+                self.last_id = sid
+                try:
+                    request = decode_request(frame.body)
+                except ProtocolError as exc:
+                    out.append(Rejected(sid, Code.INVALID_ARGUMENT, f"failed to decode request: {exc}"))
+                    continue
+                flags = frame.flags
+                self.streams[sid] = flags & 3 == FLAG_REMOTE_OPEN
+                out.append(CallStarted(sid, flags, request))
+                continue
             event = self._event(frame)
             if event is not None:
                 out.append(event)
@@ -211,7 +223,11 @@ class ServerConnection(_Connection):
     @staticmethod
     def response(stream_id: int, payload: bytes = b"") -> bytes:
         """A successful Response; RESOURCE_EXHAUSTED if the payload cannot be sent."""
-        return _frame(stream_id, RESPONSE, 0, encode_response(payload))
+        prefix = response_prefix(len(payload))
+        size = len(prefix) + len(payload)
+        if size > MAX_MESSAGE_SIZE:
+            raise RpcError(Code.RESOURCE_EXHAUSTED, oversize_message(size))
+        return b"".join((pack_header(size, stream_id, RESPONSE, 0), prefix, payload))
 
     @staticmethod
     def error(stream_id: int, code: int, message: str) -> bytes:
@@ -244,14 +260,17 @@ class ClientConnection(_Connection):
         metadata: Sequence[tuple[str, str]] = (),
     ) -> tuple[int, bytes]:
         """Open a stream: its id and the Request frame to send."""
-        body = encode_request(service, method, payload, timeout_nano, metadata)
-        _check_size(body)
+        parts = request_parts(service, method, payload, timeout_nano, metadata)
+        size = sum(map(len, parts))
+        if size > MAX_MESSAGE_SIZE:
+            raise RpcError(Code.RESOURCE_EXHAUSTED, oversize_message(size))
         sid = self.next_id
         if sid > 0xFFFFFFFF:
             raise RpcError(Code.RESOURCE_EXHAUSTED, "stream ids exhausted on this connection")
         self.next_id = sid + 2
         self.streams.add(sid)
-        return sid, pack_header(len(body), sid, REQUEST, flags) + body
+        parts.insert(0, pack_header(size, sid, REQUEST, flags))
+        return sid, b"".join(parts)
 
     def forget(self, stream_id: int) -> None:
         """Replies on ``stream_id`` are no longer wanted."""

@@ -34,7 +34,7 @@ from .frame import FLAG_REMOTE_CLOSED, FLAG_REMOTE_OPEN, MAX_MESSAGE_SIZE
 from .messages import metadata_dict
 from .protocol import CallStarted, DataReceived, Rejected, ServerConnection
 from .service import Kind, MethodSpec, ServiceSpec
-from .stream import STALL_TIMEOUT, STREAM_BUFFER, Inbox, Stalls
+from .stream import STALL_TIMEOUT, STREAM_BUFFER, Inbox, Outbox, Stalls
 
 __all__ = [
     "Context",
@@ -212,11 +212,13 @@ RawHandler = Callable[[Context, RawCall], Awaitable[None]]
 
 
 class _Method:
-    __slots__ = ("invoke", "kind")
+    __slots__ = ("invoke", "kind", "streams_out")
 
     def __init__(self, invoke: RawHandler, kind: Kind | None) -> None:
         self.invoke = invoke
         self.kind = kind
+        self.streams_out = kind in (Kind.SERVER_STREAM, Kind.BIDI)
+        """Answers with data frames, which a 1.1 peer (no stream flags) cannot take."""
 
 
 def _decode(parse: Callable[[bytes], RecvT], data: bytes) -> RecvT:
@@ -436,6 +438,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.stalls = Stalls(
             self.loop, transport.pause_reading, transport.resume_reading, server.stall_timeout
         )
+        self.outbox = Outbox(self.loop, transport)
         server._connections.add(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -493,8 +496,7 @@ class _Connection(asyncio.BufferedProtocol):
     def write(self, data: bytes) -> None:
         """Send bytes; dropped once the connection is gone."""
         if not self._closed:
-            assert self.transport is not None
-            self.transport.write(data)
+            self.outbox.write(data)
 
     def _start(self, event: CallStarted) -> None:
         sid = event.stream_id
@@ -503,12 +505,15 @@ class _Connection(asyncio.BufferedProtocol):
         if server.closing:
             self._answer(sid, Code.UNAVAILABLE, "ttrpc: server shutting down")
             return
-        entry = server.lookup(request.service, request.method)
-        if isinstance(entry, str):
+        entry = server._methods.get((request.service, request.method)) or server.lookup(
+            request.service, request.method
+        )
+        if entry.__class__ is str:
             self._answer(sid, Code.UNIMPLEMENTED, entry)
             return
+        assert isinstance(entry, _Method)
         flags = event.flags
-        if event.flags == 0 and entry.kind in (Kind.SERVER_STREAM, Kind.BIDI):
+        if flags == 0 and entry.streams_out:
             self._answer(sid, Code.UNIMPLEMENTED, f"method {request.method} needs a streaming call")
             return
         call = RawCall(self, sid, event)

@@ -124,3 +124,32 @@ class Stalls:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+
+
+class Outbox:
+    """Coalesces frames into fewer writes: the first frame of a loop iteration goes out at
+    once (sequential calls pay no delay), the rest of that iteration's frames together."""
+
+    __slots__ = ("_call_soon", "_transport", "_pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.WriteTransport) -> None:
+        self._call_soon = loop.call_soon
+        self._transport = transport
+        self._pending: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        pending = self._pending
+        if pending is None:
+            self._pending = []
+            self._call_soon(self._flush)
+            self._transport.write(data)
+        else:
+            pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending and not self._transport.is_closing():
+            if len(pending) == 1:
+                self._transport.write(pending[0])
+            else:
+                self._transport.writelines(pending)
