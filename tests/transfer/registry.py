@@ -361,3 +361,39 @@ def running(workdir: Path, variant: str) -> Iterator[Registry]:
         yield reg
     finally:
         reg.stop()
+
+
+def add_multiarch(layout: Path, src_tag: str = "latest", tag: str = "multi",
+                  arches: Sequence[str] = ("amd64", "arm64")) -> str:
+    """Add to `layout` an image index tagged `tag` with one manifest per arch (same layers,
+    a config per arch). Returns the index digest."""
+    import hashlib
+
+    def put(data: bytes) -> dict[str, object]:
+        d = hashlib.sha256(data).hexdigest()
+        (layout / "blobs" / "sha256" / d).write_bytes(data)
+        return {"digest": f"sha256:{d}", "size": len(data)}
+
+    index = json.loads((layout / "index.json").read_text())
+    src = next(m for m in index["manifests"]
+               if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == src_tag)
+    manifest = json.loads((layout / "blobs" / "sha256" / src["digest"][7:]).read_bytes())
+    config = json.loads((layout / "blobs" / "sha256" / manifest["config"]["digest"][7:]).read_bytes())
+    entries = []
+    for arch in arches:
+        cfg = dict(config, architecture=arch)
+        m = dict(manifest, config={"mediaType": manifest["config"]["mediaType"], **put(json.dumps(cfg).encode())})
+        entries.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", **put(json.dumps(m).encode()),
+                        "platform": {"os": "linux", "architecture": arch}})
+    idx = put(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                          "manifests": entries}).encode())
+    index["manifests"].append({"mediaType": "application/vnd.oci.image.index.v1+json", **idx,
+                               "annotations": {"org.opencontainers.image.ref.name": tag}})
+    (layout / "index.json").write_text(json.dumps(index))
+    return str(idx["digest"])
+
+
+def push_all(layout: Path, reg: Registry, repo: str, tag: str) -> str:
+    ref = f"{reg.host}/{repo}:{tag}"
+    _run(["skopeo", "copy", "--quiet", "--all", *reg.skopeo_flags("dest"), f"oci:{layout}:{tag}", f"docker://{ref}"])
+    return ref

@@ -192,3 +192,50 @@ def test_cli_pull_images_tag_export_import_rmi(e2e: Any, basic_registry: regfix.
     assert r.returncode == 0, r.stderr
     assert e2e.moor(*ns, "images", "-q").stdout.split() == ["example.org/cli/copy:2"]
     assert e2e.moor(*ns, "rmi", "nope/none:1").returncode == 3
+
+
+async def test_wrong_diff_id_not_committed(e2e: Any, conn: Any) -> None:
+    """A layer whose uncompressed digest is not the config's diff id: the unpack fails, no
+    snapshot is committed, no image is recorded (reliability §1b, case 18)."""
+    import gzip
+    import io
+    import json
+    import tarfile
+
+    from moorage.services.snapshots.client import RemoteSnapshotter
+    from moorage.services.transfer import oci
+    from moorage.services.transfer.client import ImagesClient, TransferClient
+
+    from .fakeregistry import FakeRegistry
+
+    registry_pb2, imagestore_pb2, _, platform_pb2 = _pb()
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as t:
+        ti = tarfile.TarInfo("hello")
+        ti.size = 5
+        t.addfile(ti, io.BytesIO(b"hello"))
+    layer = gzip.compress(raw.getvalue())
+    wrong = "sha256:" + "9" * 64
+    cfg = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [wrong]}}).encode()
+    ld = oci.Descriptor(oci.OCI_LAYER_GZIP, oci.digest_of(layer), len(layer))
+    cd = oci.Descriptor(oci.OCI_CONFIG, oci.digest_of(cfg), len(cfg))
+    m = json.dumps({"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST, "config": cd.to_json(),
+                    "layers": [ld.to_json()]}).encode()
+    fake = FakeRegistry().start()
+    try:
+        fake.routes["/v2/bad/diffid/manifests/latest"] = lambda h: (200, {"Content-Type": oci.OCI_MANIFEST}, m)
+        fake.routes[f"/v2/bad/diffid/blobs/{cd.digest}"] = lambda h: (200, {}, cfg)
+        fake.routes[f"/v2/bad/diffid/blobs/{ld.digest}"] = lambda h: (200, {}, layer)
+        ref = f"{fake.host}/bad/diffid:latest"
+        dst = imagestore_pb2.ImageStore(name=ref, unpacks=[imagestore_pb2.UnpackConfiguration(
+            platform=platform_pb2.Platform(os="linux", architecture="amd64"), snapshotter="overlayfs")])
+        with pytest.raises(errdefs.DataLoss, match="diff id"):
+            await TransferClient(conn).transfer(registry_pb2.OCIRegistry(reference=ref), dst)
+    finally:
+        fake.stop()
+    with pytest.raises(errdefs.NotFound):
+        await RemoteSnapshotter(conn, "overlayfs").stat(wrong)
+    assert [i.name async for i in RemoteSnapshotter(conn, "overlayfs").walk()
+            if i.name.startswith("extract-")] == []  # the prepared snapshot was removed
+    with pytest.raises(errdefs.NotFound):
+        await ImagesClient(conn).get(ref)
