@@ -436,8 +436,10 @@ def run(plugin: Plugin, **kwargs: Any) -> int:
     async def main() -> None:
         await Stub(plugin, **kwargs).run()
 
+    from ttrpc.loop import run as run_loop
+
     try:
-        asyncio.run(main())
+        run_loop(main())
     except (ConnectionError, OSError, TimeoutError) as exc:
         log.error("plugin stopped: %s", exc)
         return 1
