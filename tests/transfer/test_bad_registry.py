@@ -344,3 +344,38 @@ async def test_resumed_pull_with_range_ignored(fake: FakeRegistry, content: Any,
     assert (await content.info(ld.digest)).size == len(layer)
     rng = [s.headers.get("range") for s in fake.seen if s.path.endswith(ld.digest)]
     assert rng == ["bytes=3000-"]
+
+
+async def test_layers_download_three_at_a_time(fake: FakeRegistry, content: Any, images: Any) -> None:
+    import gzip
+    import threading
+    layers = [gzip.compress(os.urandom(1000)) for _ in range(6)]
+    descs = [oci.Descriptor(oci.OCI_LAYER_GZIP, oci.digest_of(d), len(d)) for d in layers]
+    cfg = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [
+        oci.digest_of(gzip.decompress(d)) for d in layers]}}).encode()
+    cd = oci.Descriptor(oci.OCI_CONFIG, oci.digest_of(cfg), len(cfg))
+    fake.routes["/v2/c/manifests/latest"] = ok(manifest_doc(descs, cd), oci.OCI_MANIFEST)
+    fake.routes[f"/v2/c/blobs/{cd.digest}"] = ok(cfg, "application/octet-stream")
+    cond = threading.Condition()
+    state = {"inflight": 0, "max": 0, "released": False}
+
+    def slow(data: bytes) -> Any:
+        def route(h: Any) -> Any:
+            with cond:
+                state["inflight"] += 1
+                state["max"] = max(state["max"], state["inflight"])
+                if state["inflight"] >= 3:
+                    state["released"] = True
+                cond.notify_all()
+                cond.wait_for(lambda: state["released"], timeout=5)
+                state["inflight"] -= 1
+            return 200, {"Content-Type": "application/octet-stream"}, data
+        return route
+    for d, data in zip(descs, layers):
+        fake.routes[f"/v2/c/blobs/{d.digest}"] = slow(data)
+    ref = f"{fake.host}/c:latest"
+    async with resolver(ref) as res:
+        await pull(res, reference.parse(ref), content, images, PullOptions(platforms=None))
+    assert state["max"] == 3
+    for d in descs:
+        assert (await content.info(d.digest)).size == d.size
