@@ -290,6 +290,7 @@ class TaskManager:
         options = self._task_options(c.runtime.name, req.options or c.runtime.options)
         stdio = req.stdio
         logged = c.labels.get(LOG_LABEL) == "file" and not stdio.terminal
+        t0 = time.perf_counter()
         bundle = self.bundles.create(ns, c.id, c.spec.value, binary)
         record = ShimRecord(ns, c.id, c.runtime.name, binary, str(bundle.path), logged=logged)
         task: Task | None = None
@@ -303,8 +304,10 @@ class TaskManager:
                 lio = LoggedIO.create(bundle.io_dir, self.log_path(ns, c.id))
                 stdio = StdIO(stdio.stdin, stdio.stdout or lio.stdout,
                               stdio.stderr or lio.stderr, stdio.terminal)
+            t1 = time.perf_counter()
             address = await run_start(self.flags, binary, ns, c.id, bundle.path,
                                       options.SerializeToString() if options else b"")
+            t2 = time.perf_counter()
             record.address = address
             self.records.put(record)
             conn = await self._shim_conn(address)
@@ -317,9 +320,15 @@ class TaskManager:
                                         options=list(m.options)) for m in rootfs])
             if options is not None:
                 creq.options.CopyFrom(options)
+            t3 = time.perf_counter()
             resp = await conn.call("Create", creq, shim_pb2.CreateTaskResponse)
+            t4 = time.perf_counter()
             record.phase = "created"
             self.records.put(record)
+            self.log.debug("create %s/%s: bundle+io %.1f ms, shim start %.1f, connect %.1f, "
+                           "shim create %.1f, record %.1f", ns, c.id, (t1 - t0) * 1e3,
+                           (t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3,
+                           (time.perf_counter() - t4) * 1e3)
         except BaseException as exc:
             await self._abort_create(ns, c.id, bundle, record, task, conn, lio)
             if isinstance(exc, Error) and not isinstance(exc, (NotFound, AlreadyExists)):
@@ -432,6 +441,7 @@ class TaskManager:
                     raise FailedPrecondition(
                         f"task must be stopped before deletion: {st.status.name.lower()}")
             t.deleting = True
+            t0 = time.perf_counter()
             try:
                 r = await t.shim.call("Delete", shim_pb2.DeleteRequest(id=container_id),
                                       shim_pb2.DeleteResponse)
@@ -443,9 +453,11 @@ class TaskManager:
                 t.deleting = False
                 raise
             info = ExitInfo(r.pid, r.exit_status, _ns(r.exited_at))
+            t1 = time.perf_counter()
             with contextlib.suppress(Exception):
                 await t.shim.call("Shutdown", shim_pb2.ShutdownRequest(id=container_id),
                                   empty_pb2.Empty, timeout=5)
+            t2 = time.perf_counter()
             t.gone = True
             if not t.exited.done():
                 t.exited.set_result(info)
@@ -454,7 +466,11 @@ class TaskManager:
             if t.io is not None:  # the shim's Delete waited for its copiers: all is buffered
                 t.io.drain()
                 t.io = None
+            t3 = time.perf_counter()
             await self._cleanup(t)
+            self.log.debug("delete %s/%s: shim delete %.1f ms, shutdown %.1f, io %.1f, "
+                           "cleanup %.1f", t.namespace, t.id, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
+                           (t3 - t2) * 1e3, (time.perf_counter() - t3) * 1e3)
             return info
 
     async def delete_process(self, container_id: str, exec_id: str) -> ExitInfo:
