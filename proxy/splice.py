@@ -15,6 +15,11 @@ forgotten (late replies are dropped). Calls to the proxy's own services travel u
 over a socketpair to the process's ttrpc server (same stream ids: a dedicated connection per
 client), so they get the same server as every other process.
 
+Flow control: a client whose socket buffer is full stops the proxy reading from the
+backend connections its streams use, until it drains (as a ttrpc server stops reading a
+peer it cannot answer); other clients on those connections wait meanwhile, memory stays
+bounded.
+
 Rejections follow ttrpc: even or non-increasing stream ids and Data for an unknown stream ->
 INVALID_ARGUMENT, frames over 4 MiB -> RESOURCE_EXHAUSTED (body discarded unread), unknown
 service -> UNIMPLEMENTED ``service <name>``, an invalid namespace -> INVALID_ARGUMENT.
@@ -60,9 +65,21 @@ class Upstream(asyncio.BufferedProtocol):
         self.next_sid = 1
         self.streams: dict[int, tuple[Front, int, str]] = {}
         self.closed = False
+        self.pausers: set[Front] = set()
+        """Clients that cannot take more bytes: reading from this backend waits for them."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def pause_for(self, front: Front) -> None:
+        if not self.pausers and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.pausers.add(front)
+
+    def resume_for(self, front: Front) -> None:
+        self.pausers.discard(front)
+        if not self.pausers and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.decoder.get_buffer(sizehint)
@@ -333,6 +350,7 @@ class Front(asyncio.BufferedProtocol):
         self.own: asyncio.Transport | None = None
         self.backlog: deque[Frame | Oversized] | None = None
         self.closed = False
+        self.paused: set[Upstream] = set()
 
     # transport side ----------------------------------------------------------------
 
@@ -357,8 +375,20 @@ class Front(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         return False
 
+    def pause_writing(self) -> None:
+        """This client reads slower than its backends answer: stop reading from them."""
+        self.paused = {t[0] for t in self.streams.values() if t is not _OWN}
+        for upstream in self.paused:
+            upstream.pause_for(self)
+
+    def resume_writing(self) -> None:
+        paused, self.paused = self.paused, set()
+        for upstream in paused:
+            upstream.resume_for(self)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.resume_writing()
         for target in self.streams.values():
             if target is not _OWN:
                 upstream, bsid = target
