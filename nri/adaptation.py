@@ -19,6 +19,8 @@ Per event call (``request_timeout`` each):
 - any other error fails the operation: :class:`moorage.errdefs.Unknown` naming the plugin;
 - adjustments and updates are merged by :class:`moorage.nri.adjust.Result`; two plugins
   touching one field fail the operation with Conflict naming both.
+Plugins named in ``required_plugins`` must have answered CreateContainer, else the
+creation fails (fail closed: absent, timed out or crashed alike).
 Validators (VALIDATE_CONTAINER_ADJUSTMENT) run in parallel after all adjustments; a reject,
 error or fatal failure fails the creation.
 
@@ -79,6 +81,8 @@ class Options:
     disable_connections: bool = False
     runtime_name: str = "moorage"
     runtime_version: str = "dev"
+    required_plugins: tuple[str, ...] = ()
+    """Plugin names that must take part in every container creation (fail closed)."""
 
 
 async def _no_updates(updates: Sequence[api.ContainerUpdate]) -> list[api.ContainerUpdate]:
@@ -398,11 +402,21 @@ class Adaptation:
                 result.add_adjustment(p.id, resp.adjust)
             result.add_updates(p.id, resp.update, creating=container.id)
             evictions.extend(resp.evict)
+        self._check_required(consulted)
         await self._validate(pod, pristine, result, consulted)
         work.state = api.CONTAINER_CREATED
         self.containers[container.id] = work
         self._apply_later(list(result.updates.values()), evictions)
         return result.adjust
+
+    def _check_required(self, consulted: list[PluginConn]) -> None:
+        present = {p.name for p in consulted}
+        for name in self.options.required_plugins:
+            if name not in present:
+                raise errdefs.FailedPrecondition(
+                    f"required NRI plugin {name!r} did not take part in container creation "
+                    "(not connected, not subscribed to CreateContainer, or dropped)"
+                )
 
     async def _validate(self, pod: api.PodSandbox, pristine: api.Container, result: Result,
                         consulted: list[PluginConn]) -> None:

@@ -17,7 +17,9 @@ class NriConfig:
     ``sync_timeout`` for the whole (possibly split) Synchronize of a new plugin.
     ``disable_connections``: no socket, only pre-installed plugins. ``apply_updates``:
     updates and evictions plugins ask for go to the runtime's tasks (Tasks.Update / Kill
-    through the proxy); off, they are logged and reported failed.
+    through the proxy); off, they are logged and reported failed. ``required_plugins``:
+    plugin names that must answer every CreateContainer; creation fails when one is
+    absent, times out or crashes (fail closed, unlike every other plugin).
     """
 
     socket_path: str = "/var/run/nri/nri.sock"
@@ -28,6 +30,7 @@ class NriConfig:
     sync_timeout: float = 10.0
     disable_connections: bool = False
     apply_updates: bool = True
+    required_plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if min(self.registration_timeout, self.request_timeout, self.sync_timeout) <= 0:

@@ -104,6 +104,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
         disable_connections=cfg.disable_connections,
         runtime_name="moorage",
         runtime_version=runtime_version,
+        required_plugins=cfg.required_plugins,
     )
     nri = Adaptation(options, updater, evicter)
     ctx.on_close(nri.close)

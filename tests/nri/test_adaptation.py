@@ -246,3 +246,15 @@ async def test_validator_rejects(harness: Harness) -> None:
 def test_stub_requires_a_hook() -> None:
     with pytest.raises(ValueError, match="no event hook"):
         Stub(Plugin(), name="x", idx="10")
+
+
+async def test_required_plugin_fails_closed(harness_factory: Any) -> None:
+    async for h in harness_factory(required_plugins=("guard",)):
+        with pytest.raises(errdefs.FailedPrecondition, match="required NRI plugin 'guard' did not take part"):
+            await h.nri.create_container(POD, ctr())
+        await h.plugin(Hang(), "10", "guard")
+        with pytest.raises(errdefs.FailedPrecondition, match="required NRI plugin 'guard'"):
+            await h.nri.create_container(POD, ctr())  # timed out: dropped, and creation refused
+        await h.plugin(Env("A", "1"), "10", "guard")
+        adj = await h.nri.create_container(POD, ctr())
+        assert [kv.key for kv in adj.env] == ["A"]
