@@ -15,16 +15,14 @@ from moorage.api.containerd.types import metrics_pb2
 
 from . import wire
 from .contract import Controllers, CreateOptions, Store, request_deadline
-from .db import Database
 
 if TYPE_CHECKING:
     from ttrpc.server import Context
 
 
 class StoreService(StoreServicer):
-    def __init__(self, store: Store, db: Database | None = None) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.db = db
 
     async def Create(self, request: pb.StoreCreateRequest, ctx: Context) -> pb.StoreCreateResponse:
         created = await self.store.create(wire.sandbox_from_pb(request.sandbox))
@@ -35,10 +33,6 @@ class StoreService(StoreServicer):
         return pb.StoreUpdateResponse(sandbox=wire.sandbox_to_pb(updated))
 
     async def Delete(self, request: pb.StoreDeleteRequest, ctx: Context) -> pb.StoreDeleteResponse:
-        from moorage.namespaces import namespace
-
-        if self.db is not None and self.db.has_instance(namespace(), request.sandbox_id):
-            raise errdefs.FailedPrecondition(f"sandbox {request.sandbox_id!r} still has an instance: shut it down first")
         await self.store.delete(request.sandbox_id)
         return pb.StoreDeleteResponse()
 

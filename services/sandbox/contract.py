@@ -82,7 +82,8 @@ class Store(Protocol):
     sets created_at/updated_at. update: ``fieldpaths`` empty = replace labels, extensions,
     spec, runtime and sandboxer; else each of ``labels``, ``labels.K``, ``extensions``,
     ``extensions.K``, ``spec``, ``runtime``, ``sandboxer``; NotFound when absent. list:
-    containerd filters over ``id``, ``runtime.name``, ``sandboxer``, ``labels.K``.
+    containerd filters over ``id``, ``runtime.name``, ``sandboxer``, ``labels.K``. delete:
+    NotFound when absent, FailedPrecondition while a controller instance of the id exists.
     """
 
     async def create(self, sandbox: Sandbox) -> Sandbox: ...

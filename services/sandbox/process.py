@@ -7,8 +7,15 @@ from collections.abc import Sequence
 from moorage.registry import BuildContext, Process
 
 from .config import SandboxConfig
+from .contract import NoHooks, PodHooks
 
 SERVICES = ("containerd.services.sandbox.v1.Store", "containerd.services.sandbox.v1.Controller")
+
+
+def pod_hooks(ctx: BuildContext) -> PodHooks:
+    """The pod lifecycle hooks. The NRI issue plugs its RunPodSandbox/StopPodSandbox/
+    RemovePodSandbox client in here (reaching the nri process through the proxy)."""
+    return NoHooks()
 
 
 async def build(ctx: BuildContext) -> Sequence[object]:
@@ -24,6 +31,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
     from .store import SqliteStore
 
     cfg: SandboxConfig = ctx.settings or SandboxConfig()
+    hooks = pod_hooks(ctx)
     db = Database(ctx.root / "sandbox.db")
     store = SqliteStore(db)
     sink = PublisherSink(ctx.publisher)
@@ -32,7 +40,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
     shims: list[ShimController] = []
     for name, kind in cfg.sandboxers.items():
         if kind == "pod":
-            pod = PodController(name, db, store, cfg, ctx.root, sink)
+            pod = PodController(name, db, store, cfg, ctx.root, sink, hooks)
             pods.append(pod)
             controllers[name] = pod
         else:
@@ -69,7 +77,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
 
     ctx.namespace_usage(usage)
     ctx.on_close(close)
-    return [StoreService(store, db), ControllerService(Sandboxers(controllers))]
+    return [StoreService(store), ControllerService(Sandboxers(controllers))]
 
 
 PROCESS = Process(

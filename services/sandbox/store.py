@@ -120,8 +120,11 @@ class SqliteStore:
         return updated
 
     async def delete(self, sandbox_id: str) -> None:
+        """FailedPrecondition while a controller instance of the sandbox exists."""
         ns = namespace()
         with self.db.tx() as conn:
+            if conn.execute("SELECT 1 FROM instances WHERE namespace = ? AND id = ?", (ns, sandbox_id)).fetchone():
+                raise errdefs.FailedPrecondition(f"sandbox {sandbox_id!r} still has an instance: shut it down first")
             if conn.execute("DELETE FROM sandboxes WHERE namespace = ? AND id = ?", (ns, sandbox_id)).rowcount == 0:
                 raise errdefs.NotFound(f"sandbox {sandbox_id!r}: not found")
 

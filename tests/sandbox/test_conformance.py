@@ -89,7 +89,7 @@ async def _socket(tmp: Path) -> AsyncIterator[Api]:
     store = SqliteStore(db)
     pods = Sandboxers({"podsandbox": PodController("podsandbox", db, store, SandboxConfig(**_config(tmp)), tmp)})
     server = Server(status_of=status_of)
-    server.register(with_namespace(StoreService(store, db)))
+    server.register(with_namespace(StoreService(store)))
     server.register(with_namespace(ControllerService(pods)))
     sockdir = tempfile.mkdtemp(prefix="moor-sb-")
     os.chmod(sockdir, 0o700)
@@ -228,6 +228,8 @@ async def test_controller_lifecycle(api: Api) -> None:
     stopped = await ctl.status("life")
     assert stopped.state == NOT_READY and stopped.exited_at == exit_status.exited_at
     await ctl.metrics("life")
+    with pytest.raises(errdefs.FailedPrecondition):  # the record outlives no instance
+        await api.store.delete("life")
     await ctl.shutdown("life")
     with pytest.raises(errdefs.NotFound):
         await ctl.status("life")

@@ -160,3 +160,39 @@ async def test_joins_a_given_namespace_without_cni(pods: Pods, testnet: CniNet, 
             await pods.controller.create("bogus", CreateOptions(netns_path=str(tmp_path)))
     finally:
         netns.remove(given)
+
+
+class RecordingHooks:
+    def __init__(self, fail_run: bool = False) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.fail_run = fail_run
+
+    async def run(self, sandbox_id: str, network: object) -> None:
+        self.calls.append(("run", sandbox_id))
+        if self.fail_run:
+            raise errdefs.FailedPrecondition("hook says no")
+
+    async def stop(self, sandbox_id: str) -> None:
+        self.calls.append(("stop", sandbox_id))
+        raise RuntimeError("stop hook broken")
+
+    async def remove(self, sandbox_id: str) -> None:
+        self.calls.append(("remove", sandbox_id))
+        raise RuntimeError("remove hook broken")
+
+
+async def test_pod_hooks(pods: Pods, testnet: CniNet) -> None:
+    hooks = RecordingHooks()
+    pods.controller.hooks = hooks
+    await pods.controller.create("hooked", CreateOptions())
+    await pods.controller.stop("hooked")  # hook errors never block teardown
+    await pods.controller.shutdown("hooked")
+    assert hooks.calls == [("run", "hooked"), ("stop", "hooked"), ("remove", "hooked")]
+    testnet.assert_clean()
+
+    pods.controller.hooks = RecordingHooks(fail_run=True)
+    with pytest.raises(errdefs.FailedPrecondition, match="hook says no"):
+        await pods.controller.create("vetoed", CreateOptions())
+    with pytest.raises(errdefs.NotFound):
+        await pods.controller.status("vetoed")
+    testnet.assert_clean()
