@@ -152,6 +152,19 @@ async def test_shim_sandboxer_through_proxy(shim_binary: Path, tmp_path: Path) -
                 await ctl.shutdown("viaproxy")
                 assert gone(inst.pid)
                 await store.delete("viaproxy")
+
+                def moor(*args: str) -> str:
+                    out = s.moor("--namespace", "shimtest", *args)
+                    assert out.returncode == 0, out.stderr
+                    return str(out.stdout)
+
+                run = json.loads(await asyncio.to_thread(moor, "--json", "sandbox", "run", "--sandboxer", "shim", "--runtime", str(shim_binary), "cli"))
+                assert run["pid"] > 0 and run["address"].startswith("ttrpc+unix://")
+                ls = json.loads(await asyncio.to_thread(moor, "--json", "sandbox", "ls"))
+                assert [(r["id"], r["sandboxer"], r["state"]) for r in ls] == [("cli", "shim", "SANDBOX_READY")]
+                await asyncio.to_thread(moor, "sandbox", "rm", "-f", "cli")
+                assert gone(run["pid"])
+                assert json.loads(await asyncio.to_thread(moor, "--json", "sandbox", "ls")) == []
             finally:
                 await client.close()
     finally:
