@@ -179,3 +179,41 @@ class NriHooks:
     async def list_plugins(self) -> list[pb.PluginInfo]:
         resp = await self.call("ListPlugins", pb.ListPluginsRequest(), pb.ListPluginsResponse())
         return list(resp.plugins)
+
+
+class NriPodHooks:
+    """The sandbox service's ``PodHooks`` (run/stop/remove) over :class:`NriHooks`.
+
+    ``run`` sends RunPodSandbox with the pod's id, namespace, IPs and network namespace
+    path (a plugin error fails the sandbox's creation); ``stop``/``remove`` send
+    StopPodSandbox/RemovePodSandbox with what ``run`` knew of the pod.
+    Wiring: ``services/sandbox/process.py: pod_hooks`` returns ``NriPodHooks(ctx.proxy_address)``.
+    """
+
+    def __init__(self, address: Path | str, *, optional: bool = True) -> None:
+        self.hooks = NriHooks(address, optional=optional)
+        self._pods: dict[str, api.PodSandbox] = {}
+
+    def _pod(self, sandbox_id: str) -> api.PodSandbox:
+        return self._pods.get(sandbox_id) or api.PodSandbox(
+            id=sandbox_id, name=sandbox_id, namespace=current_namespace.get(None) or "")
+
+    async def run(self, sandbox_id: str, network: Any) -> None:
+        pod = api.PodSandbox(id=sandbox_id, name=sandbox_id, namespace=current_namespace.get(None) or "",
+                             ips=list(getattr(network, "ips", ()) or ()))
+        netns = getattr(network, "netns_path", "")
+        if netns:
+            pod.linux.namespaces.add(type="network", path=netns)
+        self._pods[sandbox_id] = pod
+        await self.hooks.run_pod_sandbox(pod)
+
+    async def stop(self, sandbox_id: str) -> None:
+        await self.hooks.stop_pod_sandbox(self._pod(sandbox_id))
+
+    async def remove(self, sandbox_id: str) -> None:
+        pod = self._pod(sandbox_id)
+        self._pods.pop(sandbox_id, None)
+        await self.hooks.remove_pod_sandbox(pod)
+
+    async def close(self) -> None:
+        await self.hooks.close()

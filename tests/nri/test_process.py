@@ -156,3 +156,39 @@ async def test_hooks_are_optional_without_the_nri_process(tmp_path: Path) -> Non
         await strict.close()
     finally:
         s.close()
+
+
+async def test_pod_hooks_for_the_sandbox_service(nri_suite: tuple[Suite, Path]) -> None:
+    from moorage.nri.client import NriPodHooks
+
+    s, tmp = nri_suite
+
+    class Net:
+        ips = ("10.88.0.5",)
+        netns_path = "/var/run/netns/moorage-sb1"
+
+    got: list[api.PodSandbox] = []
+
+    class Pods(Plugin):
+        async def run_pod_sandbox(self, pod: api.PodSandbox) -> None:
+            got.append(pod)
+
+        async def remove_pod_sandbox(self, pod: api.PodSandbox) -> None:
+            got.append(pod)
+
+    stub = Stub(Pods(), name="pods", idx="60", socket_path=str(tmp / "run" / "nri.sock"))
+    await stub.start()
+    hooks = NriPodHooks(s.address, optional=False)
+    token = current_namespace.set("k8s.io")
+    try:
+        await hooks.run("sb1", Net())
+        await hooks.stop("sb1")
+        await hooks.remove("sb1")
+    finally:
+        current_namespace.reset(token)
+        stub.close()
+        await hooks.close()
+    assert [(p.id, p.namespace, list(p.ips)) for p in got] == [("sb1", "k8s.io", ["10.88.0.5"])] * 2
+    assert got[0].linux.namespaces[0].path == "/var/run/netns/moorage-sb1"
+    log = (tmp / "logger.log").read_text().splitlines()
+    assert "run_pod_sandbox sb1" in log and "stop_pod_sandbox sb1" in log
