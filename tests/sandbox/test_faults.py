@@ -198,3 +198,11 @@ async def test_no_cni_config_fails_cleanly(pods: Pods, testnet: CniNet, tmp_path
     with pytest.raises(errdefs.NotFound):
         await pods.controller.status("pod")
     testnet.assert_clean()
+
+
+async def test_teardown_needs_no_cni_config(pods: Pods, testnet: CniNet) -> None:
+    await pods.controller.create("pod", CreateOptions())
+    for f in testnet.conf_dir.iterdir():  # the network config is gone by the time of removal
+        f.unlink()
+    await pods.controller.shutdown("pod")  # DEL runs from the config recorded at ADD time
+    testnet.assert_clean()
