@@ -12,7 +12,6 @@ containerd's rule: ``/`` then ``/``-separated identifiers.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from pathlib import Path
@@ -23,8 +22,6 @@ from moorage.namespaces import NAMESPACE_KEY, namespace as current, validate_nam
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
-
-    from ttrpc.client import Client
 
 SERVICE = "containerd.services.events.v1.Events"
 _COMPONENT = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
@@ -55,19 +52,12 @@ class Publisher:
     """Sends Events.Publish to the proxy over one lazily (re)connected ttrpc client."""
 
     def __init__(self, address: Path | str, logger: logging.Logger | None = None, timeout: float = 5.0) -> None:
+        from moorage.rpc import Peer
+
         self.address = str(address)
         self.log = logger or logging.getLogger("moorage.events")
         self.timeout = timeout
-        self._client: Client | None = None
-        self._lock = asyncio.Lock()
-
-    async def _connect(self) -> Client:
-        from moorage.rpc import connect
-
-        async with self._lock:
-            if self._client is None or self._client.closed:
-                self._client = await connect(self.address)
-            return self._client
+        self._peer = Peer(address)
 
     async def publish(self, topic: str, event: Message, namespace: str | None = None) -> None:
         from google.protobuf import any_pb2
@@ -80,7 +70,7 @@ class Publisher:
             topic=topic, event=any_pb2.Any(type_url=type_url(event), value=event.SerializeToString())
         )
         try:
-            client = await self._connect()
+            client = await self._peer.client()
             await client.unary_raw(
                 SERVICE,
                 "Publish",
@@ -92,9 +82,7 @@ class Publisher:
             self.log.warning("event dropped", extra={"topic": topic, "namespace": ns, "error": str(exc)})
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        await self._peer.close()
 
 
 class NullPublisher:

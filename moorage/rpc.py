@@ -31,3 +31,34 @@ async def connect(path: Path | str) -> Client:
         return await Client.connect(str(path), error_factory=errdefs.from_status)
     except OSError as exc:
         raise errdefs.Unavailable(f"connect {path}: {exc.strerror or exc}") from exc
+
+
+class Peer:
+    """A lazily connected client to one address (usually the proxy) that reconnects.
+
+    ``await peer.client()`` returns a live connection, opening a new one after the old one
+    dropped (the proxy or a backend restarted), so a long-running process keeps reaching its
+    peers without restarting. Calls in flight when a connection drops still fail with
+    Unavailable: whether to retry is the caller's call.
+    """
+
+    def __init__(self, address: Path | str) -> None:
+        import asyncio
+
+        self.address = str(address)
+        self._client: Client | None = None
+        self._lock = asyncio.Lock()
+
+    async def client(self) -> Client:
+        current = self._client
+        if current is not None and not current.closed:
+            return current
+        async with self._lock:
+            if self._client is None or self._client.closed:
+                self._client = await connect(self.address)
+            return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
