@@ -264,3 +264,31 @@ async def test_a_process_publishes_through_the_proxy(suite: Suite, client: Clien
         got = event_pb2.Envelope.FromString(data)
     assert (got.namespace, got.topic) == ("pub", "/echo/published")
     assert namespace_pb2.NamespaceUpdate.FromString(got.event.value).name == "from-echo"
+
+
+async def _published(client: Client, payload: bytes) -> str:
+    from moorage.api.containerd.events import namespace_pb2
+    from moorage.api.containerd.services.events.v1 import events_pb2
+    from moorage.api.containerd.types import event_pb2
+
+    req = events_pb2.SubscribeRequest(filters=['topic=="/echo/published"'])
+    stream = await client.open_stream("containerd.services.events.v1.Events", "Subscribe", req.SerializeToString(), 0x01)
+    while True:
+        await client.unary_raw(ECHO, "Publish", payload, metadata={"containerd-namespace-ttrpc": "pub"})
+        try:
+            data = await asyncio.wait_for(stream.recv(), 0.2)
+        except TimeoutError:
+            continue
+        assert data is not None
+        return namespace_pb2.NamespaceUpdate.FromString(event_pb2.Envelope.FromString(data).event.value).name
+
+
+async def test_publisher_reconnects_after_the_proxy_restarts(suite: Suite, client: Client) -> None:
+    assert await _published(client, b"before") == "before"
+    suite.kill("proxy")
+    await asyncio.to_thread(suite.start, "proxy")
+    fresh = await connect(suite.address)
+    try:
+        assert await _published(fresh, b"after") == "after"
+    finally:
+        await fresh.close()
