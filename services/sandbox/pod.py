@@ -275,6 +275,7 @@ class PodController:
         exited_at = time.time_ns()
         rec.update(state=State.STOPPED.value, exited_at=exited_at, exit_status=0)
         self._put(ns, sandbox_id, rec)
+        self.store.update_extension(ns, sandbox_id, NETWORK_EXTENSION, AnyValue(NETWORK_TYPE, _network(rec).to_json()))
         self._exit_event(ns, sandbox_id).set()
         await self.events.publish(SandboxEvent("/sandboxes/exit", sandbox_id, 0, exited_at))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
@@ -66,6 +67,9 @@ async def test_two_sandboxes_reach_each_other(pods: Pods, testnet: CniNet) -> No
     assert a["netns_path"] in record.extensions[NETWORK_EXTENSION].value.decode()
     assert len(testnet.bridge_ports()) == 2
 
+    await pods.controller.stop("pod-a")
+    stopped = json.loads((await pods.store.get("pod-a")).extensions[NETWORK_EXTENSION].value)
+    assert stopped["netns_path"] == "" and stopped["ips"] == []
     await remove(pods, "pod-a")
     await remove(pods, "pod-b")
     testnet.assert_clean()
