@@ -8,7 +8,8 @@ One random blob (page-cached) is
 - ingested and read back by ``ctr content ingest|get`` against a containerd started here on
   a temporary root/state with its own config and socket, stopped afterwards;
 - written by the floor: a plain Python loop that reads, hashes, writes, fsyncs and renames.
-Each ingest is cold (the blob is removed, and gone from disk, before the next trial).
+Each ingest is cold (the blob is removed, and gone from disk, before the next trial); the
+trials of the three are interleaved so they share the machine's load alike.
 Figures are medians in MB/s (10^6 B/s). The last line is one JSON object.
 Goals (issue 4): ingest >= 3x containerd and >= 0.7x the floor; read >= containerd.
 """
@@ -16,6 +17,7 @@ Goals (issue 4): ingest >= 3x containerd and >= 0.7x the floor; read >= containe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -96,31 +98,38 @@ def wait_gone(path: Path, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def moorage(blob: Path, digest: str, size: int, trials: int, tmp: Path) -> tuple[list[float], list[float]]:
-    (tmp / "moorage").mkdir()
-    s = Suite(tmp / "moorage", suite={"event_loop": "uvloop"})
-    moor = [sys.executable, "-m", "moorage.cli.main", "--address", s.address, "--namespace", "bench"]
-    ingest, read = [], []
-    try:
-        s.start("proxy")
-        s.start("content")
+class Moorage:
+    """A proxy + content suite on a temporary root, driven by ``moor``."""
+
+    def __init__(self, tmp: Path) -> None:
+        (tmp / "moorage").mkdir()
+        self.suite = Suite(tmp / "moorage", suite={"event_loop": "uvloop"})
+        self.tmp = tmp
+
+    def __enter__(self) -> Moorage:
+        self.suite.start("proxy")
+        self.suite.start("content")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.suite.close()
+
+    def trial(self, i: int, blob: Path, digest: str, size: int) -> tuple[float, float]:
+        s = self.suite
+        moor = [sys.executable, "-m", "moorage.cli.main", "--address", s.address, "--namespace", "bench"]
         env = s.env()
-        stored = s.root / "content" / "blobs" / "sha256" / digest[7:]
-        for i in range(trials):
-            ingest.append(timed(lambda: run(
-                [*moor, "content", "ingest", "--expected-size", str(size),
-                 "--expected-digest", digest, f"bench-{i}"], stdin=blob, env=env)))
-            read.append(timed(lambda: run([*moor, "content", "get", digest], env=env)))
-            out = tmp / "readback"
-            run([*moor, "content", "get", digest], stdout=out, env=env)
-            if out.stat().st_size != size:
-                raise RuntimeError("moorage read back the wrong size")
-            out.unlink()
-            run([*moor, "content", "rm", digest], env=env)
-            wait_gone(stored)
-    finally:
-        s.close()
-    return ingest, read
+        ingest = timed(lambda: run(
+            [*moor, "content", "ingest", "--expected-size", str(size), "--expected-digest", digest,
+             f"bench-{i}"], stdin=blob, env=env))
+        read = timed(lambda: run([*moor, "content", "get", digest], env=env))
+        out = self.tmp / "readback"
+        run([*moor, "content", "get", digest], stdout=out, env=env)
+        if out.stat().st_size != size:
+            raise RuntimeError("moorage read back the wrong size")
+        out.unlink()
+        run([*moor, "content", "rm", digest], env=env)
+        wait_gone(s.root / "content" / "blobs" / "sha256" / digest[7:])
+        return ingest, read
 
 
 CONTAINERD_CONFIG = """\
@@ -153,49 +162,60 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 """
 
 
-def containerd(blob: Path, digest: str, size: int, trials: int, tmp: Path) -> tuple[list[float], list[float], str]:
-    base = Path(tempfile.mkdtemp(prefix="ctrd-", dir="/tmp"))
-    root, state, sock = base / "root", base / "state", base / "c.sock"
-    cfg = base / "config.toml"
-    cfg.write_text(CONTAINERD_CONFIG.format(root=root, state=state, sock=sock))
-    log = open(base / "containerd.log", "wb")
-    proc = subprocess.Popen(["containerd", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    ctr = ["ctr", "--address", str(sock), "--namespace", "bench"]
-    ingest, read = [], []
-    version = ""
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"containerd exited: {(base / 'containerd.log').read_text()[-2000:]}")
-            if sock.exists():
-                r = subprocess.run([*ctr, "version"], capture_output=True, text=True)
-                if r.returncode == 0:
-                    version = next((ln.split()[-1] for ln in r.stdout.splitlines()
-                                    if ln.strip().startswith("Version:")), "")
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError("containerd did not come up")
-            time.sleep(0.05)
-        stored = root / "io.containerd.content.v1.content" / "blobs" / "sha256" / digest[7:]
-        for i in range(trials):
-            ingest.append(timed(lambda: run(
-                [*ctr, "content", "ingest", "--expected-size", str(size),
-                 "--expected-digest", digest, f"bench-{i}"], stdin=blob)))
-            read.append(timed(lambda: run([*ctr, "content", "get", digest])))
-            run([*ctr, "content", "rm", digest])
-            wait_gone(stored)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+class Containerd:
+    """containerd 1.6 on a temporary root/state/socket with its own config; stopped on exit."""
+
+    def __init__(self) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="ctrd-", dir="/tmp"))
+        self.root = self.base / "root"
+        self.sock = self.base / "c.sock"
+        self.ctr = ["ctr", "--address", str(self.sock), "--namespace", "bench"]
+        self.version = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Containerd:
+        cfg = self.base / "config.toml"
+        cfg.write_text(CONTAINERD_CONFIG.format(root=self.root, state=self.base / "state", sock=self.sock))
+        with open(self.base / "containerd.log", "wb") as log:
+            self.proc = subprocess.Popen(["containerd", "--config", str(cfg)], stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-        shutil.rmtree(base, ignore_errors=True)
-    return ingest, read, version
+            deadline = time.monotonic() + 30
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"containerd exited: {(self.base / 'containerd.log').read_text()[-2000:]}")
+                if self.sock.exists():
+                    r = subprocess.run([*self.ctr, "version"], capture_output=True, text=True)
+                    if r.returncode == 0:
+                        self.version = next((ln.split()[-1] for ln in r.stdout.splitlines()
+                                             if ln.strip().startswith("Version:")), "")
+                        return self
+                if time.monotonic() > deadline:
+                    raise TimeoutError("containerd did not come up")
+                time.sleep(0.05)
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            self.proc = None
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def trial(self, i: int, blob: Path, digest: str, size: int) -> tuple[float, float]:
+        ingest = timed(lambda: run(
+            [*self.ctr, "content", "ingest", "--expected-size", str(size), "--expected-digest", digest,
+             f"bench-{i}"], stdin=blob))
+        read = timed(lambda: run([*self.ctr, "content", "get", digest]))
+        run([*self.ctr, "content", "rm", digest])
+        wait_gone(self.root / "io.containerd.content.v1.content" / "blobs" / "sha256" / digest[7:])
+        return ingest, read
 
 
 def main() -> int:
@@ -211,13 +231,27 @@ def main() -> int:
         digest = make_blob(blob, size)
         floor_dir = tmp / "floor"
         floor_dir.mkdir()
-        floor_t = [floor(blob, floor_dir, digest) for _ in range(args.trials)]
-        m_in, m_out = moorage(blob, digest, size, args.trials, tmp)
+        floor_t: list[float] = []
+        m_in: list[float] = []
+        m_out: list[float] = []
         c_in: list[float] = []
         c_out: list[float] = []
-        version = ""
-        if not args.skip_containerd and shutil.which("containerd"):
-            c_in, c_out, version = containerd(blob, digest, size, args.trials, tmp)
+        with contextlib.ExitStack() as stack:
+            ours = stack.enter_context(Moorage(tmp))
+            theirs = None
+            if not args.skip_containerd and shutil.which("containerd"):
+                theirs = stack.enter_context(Containerd())
+            # interleaved, so the three see the same machine (it may be shared)
+            for i in range(args.trials):
+                floor_t.append(floor(blob, floor_dir, digest))
+                a, b = ours.trial(i, blob, digest, size)
+                m_in.append(a)
+                m_out.append(b)
+                if theirs is not None:
+                    a, b = theirs.trial(i, blob, digest, size)
+                    c_in.append(a)
+                    c_out.append(b)
+            version = theirs.version if theirs is not None else ""
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
