@@ -139,7 +139,8 @@ def render_supervisor(loaded: Loaded, run_dir: Path, notify: Path) -> str:
             )
         )
         names.append(program)
-    return head.substitute(run=str(run_dir), programs=",".join(names)) + "".join(blocks)
+    user = "user=root" if os.geteuid() == 0 else ""  # as root, say so (else supervisord warns)
+    return head.substitute(run=str(run_dir), programs=",".join(names), user=user) + "".join(blocks)
 
 
 def _sv_quote(arg: str) -> str:
