@@ -306,13 +306,17 @@ class PodController:
         }
         if rec.get("error"):
             info["error"] = rec["error"]
+        ready = rec["state"] == State.READY.value
+        if ready and rec["netns_owned"] and not netns.is_netns(rec["netns"]):
+            ready = False  # removed behind our back: stop/shutdown still DEL without it
+            info["error"] = "network namespace is gone"
         if verbose:
             info["cni_state"] = rec["cni"]
             info["cni_result"] = json.dumps(rec["result"] or {}, sort_keys=True)
             info["config"] = rec["config"]
         return ControllerStatus(
             sandbox_id=sandbox_id,
-            state=READY if rec["state"] == State.READY.value else NOT_READY,
+            state=READY if ready else NOT_READY,
             pid=0,
             info=info,
             created_at=int(rec["created_at"]),

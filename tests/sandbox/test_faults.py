@@ -206,3 +206,14 @@ async def test_teardown_needs_no_cni_config(pods: Pods, testnet: CniNet) -> None
         f.unlink()
     await pods.controller.shutdown("pod")  # DEL runs from the config recorded at ADD time
     testnet.assert_clean()
+
+
+async def test_namespace_removed_behind_our_back(pods: Pods, testnet: CniNet) -> None:
+    await pods.controller.create("pod", CreateOptions())
+    await pods.controller.start("pod")
+    path = (await pods.controller.status("pod")).info["netns_path"]
+    netns.remove(path)
+    status = await pods.controller.status("pod")
+    assert status.state == NOT_READY and status.info["error"] == "network namespace is gone"
+    await pods.controller.shutdown("pod")  # DEL without a namespace still frees the address
+    testnet.assert_clean()
