@@ -22,7 +22,8 @@ How the runtime service joins a container to a pod sandbox: ``Controller.status(
 the Store record's extension :data:`NETWORK_EXTENSION`) give the namespace path and the
 prepared files; see :class:`Network`. Keys of ``ControllerStatus.info``: ``netns_path``,
 ``ips`` (comma separated), ``hostname``, ``hostname_path``, ``hosts_path``,
-``resolv_conf_path``, ``error`` (the last teardown failure, if any).
+``resolv_conf_path``, ``state`` (the sandboxer's own: created, ready, stopped, failed),
+``error`` (why it is not ready: the last setup/teardown failure, a vanished namespace).
 """
 
 from __future__ import annotations
@@ -267,9 +268,10 @@ class Platform:
 class Controller(Protocol):
     """One sandboxer's instances, per namespace (see the module docstring for lifecycle).
 
-    NotFound for an unknown id (except stop/shutdown of an id that has no instance: stop ->
-    NotFound, shutdown -> NotFound). ``create`` of an existing instance: AlreadyExists.
-    ``timeout_secs`` 0 on stop means no limit of the caller's own.
+    Every method but ``create`` raises NotFound for an id without an instance; ``create``
+    of an existing instance raises AlreadyExists. ``start`` of an instance whose setup or
+    teardown failed, or that is stopped, raises FailedPrecondition. ``timeout_secs`` on stop
+    is the caller's grace for a sandbox process (the pod sandboxer has none).
     """
 
     async def create(self, sandbox_id: str, opts: CreateOptions) -> None: ...
