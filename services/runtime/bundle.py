@@ -98,8 +98,11 @@ class Bundle:
         """Open the `log` fifo for reading (O_RDWR: never EOF, never blocks the shim)."""
         return os.open(self.path / "log", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 
-    def remove(self) -> None:
-        unmount_all(self.path)
+    def remove(self, shim_unmounted: bool = False) -> None:
+        """Unmount what is left under the bundle, remove it and its work dir. After a clean
+        shim Delete (which unmounts the rootfs itself) only the rootfs is checked."""
+        if not shim_unmounted or os.path.ismount(self.rootfs):
+            unmount_all(self.path)
         work = self.path / "work"
         if work.is_symlink():
             target = Path(os.readlink(work))

@@ -431,6 +431,23 @@ def _attach_and_wait(api: _Api, id: str, log_path: str, cio: _ClientIO | None, t
                     empty_pb2.Empty, metadata=api.md)
 
     logged = bool(log_path) and (cio is None or "stdout" not in cio.paths)
+    def forward(signum: int, _frame: Any) -> None:
+        # like docker's sig-proxy / ctr's signal forwarding: the container gets our signals
+        from ttrpc.blocking import Client
+
+        from moorage import errdefs
+
+        try:
+            with Client(api.ctx.address, error_factory=errdefs.from_status) as c:
+                c.unary(TASKS, "Kill", api.tpb.KillRequest(container_id=id, exec_id=exec_id,
+                                                            signal=signum),
+                        empty_pb2.Empty, metadata=api.md)
+        except Exception:
+            pass
+
+    if term is None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(sig, forward)
     threading.Thread(target=waiter, daemon=True).start()
     try:
         if cio is not None:

@@ -42,7 +42,8 @@ async def build(ctx: BuildContext) -> Sequence[object]:
     tasks = TaskManager(
         store, Bundles(ctx.state, ctx.root), records, flags, ctx.publisher, ctx.logger,
         runc_root=Path(settings.runc_root) if settings.runc_root else ctx.state / "runc",
-        log_dir=ctx.root / "logs", connect=rpc.connect, proxy=proxy, shim_search_path=search)
+        log_dir=ctx.root / "logs", connect=rpc.connect, proxy=proxy, shim_search_path=search,
+        prestart=settings.shim_prestart)
     await tasks.recover()
 
     async def close() -> None:

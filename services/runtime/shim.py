@@ -195,9 +195,11 @@ class ShimRecord:
     binary: str
     bundle: str
     address: str = ""
-    phase: str = "starting"  # starting | created
+    phase: str = "starting"  # starting | created | pool (a pre-started shim, no task yet)
     logged: bool = False
     created_at: int = 0
+    shim_bundle: str = ""
+    """The directory the shim runs in when it is not `bundle` (a pre-started shim's own)."""
 
 
 class ShimRecords:
@@ -211,7 +213,7 @@ class ShimRecords:
                 namespace TEXT NOT NULL, id TEXT NOT NULL, runtime TEXT NOT NULL,
                 binary TEXT NOT NULL, bundle TEXT NOT NULL, address TEXT NOT NULL,
                 phase TEXT NOT NULL, logged INTEGER NOT NULL, created_at INTEGER NOT NULL,
-                PRIMARY KEY (namespace, id));
+                shim_bundle TEXT NOT NULL DEFAULT '', PRIMARY KEY (namespace, id));
             """)
 
     def put(self, r: ShimRecord) -> None:
@@ -219,9 +221,9 @@ class ShimRecords:
             r.created_at = time.time_ns()
         with self._db:
             self._db.execute(
-                "INSERT OR REPLACE INTO shims VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO shims VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (r.namespace, r.id, r.runtime, r.binary, r.bundle, r.address, r.phase,
-                 int(r.logged), r.created_at))
+                 int(r.logged), r.created_at, r.shim_bundle))
 
     def delete(self, namespace: str, id: str) -> None:
         with self._db:
@@ -229,7 +231,7 @@ class ShimRecords:
 
     def all(self) -> list[ShimRecord]:
         rows = self._db.execute(
-            "SELECT namespace, id, runtime, binary, bundle, address, phase, logged, created_at "
-            "FROM shims ORDER BY created_at").fetchall()
-        return [ShimRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8])
+            "SELECT namespace, id, runtime, binary, bundle, address, phase, logged, created_at, "
+            "shim_bundle FROM shims ORDER BY created_at").fetchall()
+        return [ShimRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9])
                 for r in rows]

@@ -127,6 +127,27 @@ class Task:
     gone: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    @property
+    def shim_bundle(self) -> Bundle:
+        """Where the shim runs (its `log` fifo): a pre-started shim's own bundle, or ours."""
+        if self.record.shim_bundle:
+            return Bundle(Path(self.record.shim_bundle), self.namespace,
+                          Path(self.record.shim_bundle).name)
+        return self.bundle
+
+
+@dataclass
+class WarmShim:
+    """A shim started ahead of need in its own bundle; the next task of its namespace and
+    binary is created in it (one task per shim all the same: no sharing of fate)."""
+
+    namespace: str
+    id: str
+    binary: str
+    bundle: Bundle
+    conn: ShimConn
+    log_fd: int
+
 
 class TaskManager:
     """contract.TaskService on shims. The namespace of every call is the context's."""
@@ -145,6 +166,7 @@ class TaskManager:
         connect: Callable[[str], Any],
         proxy: Callable[[], Any] | None = None,
         shim_search_path: str | None = None,
+        prestart: bool = False,
     ) -> None:
         self.containers = containers
         self.bundles = bundles
@@ -161,6 +183,9 @@ class TaskManager:
         self.shims: dict[str, ShimConn] = {}
         self._creating: set[tuple[str, str]] = set()
         self._closing = False
+        self.prestart = prestart
+        self._warm: dict[tuple[str, str], WarmShim] = {}
+        self._warming: set[tuple[str, str]] = set()
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -191,13 +216,15 @@ class TaskManager:
             await conn.close()
 
     def _watch_log(self, task: Task) -> None:
+        task.log_fd = self._watch_log_of(task.shim_bundle, f"{task.namespace}/{task.id}")
+
+    def _watch_log_of(self, bundle: Bundle, name: str) -> int:
+        """Hold the reader of a shim's `log` fifo (a shim without one blocks) and log it."""
         try:
-            fd = task.bundle.open_log()
+            fd = bundle.open_log()
         except OSError:
-            return
-        task.log_fd = fd
+            return -1
         logger = self.log.getChild("shim")
-        name = f"{task.namespace}/{task.id}"
 
         def readable() -> None:
             try:
@@ -213,6 +240,78 @@ class TaskManager:
                 logger.log(logging.WARNING if bad else logging.DEBUG, "shim %s: %s", name, line)
 
         asyncio.get_running_loop().add_reader(fd, readable)
+        return fd
+
+    def _unwatch_fd(self, fd: int) -> None:
+        if fd >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+
+    # ---- pre-started shims -----------------------------------------------------------------
+
+    def _poolable(self, binary: str, spec: Mapping[str, Any]) -> bool:
+        annotations = spec.get("annotations") or {}
+        grouped = group_of(annotations, "") != ""
+        return self.prestart and not grouped and \
+            os.path.basename(binary) == "containerd-shim-runc-v2"
+
+    def _refill(self, ns: str, binary: str) -> None:
+        key = (ns, binary)
+        if key in self._warm or key in self._warming or self._closing:
+            return
+        self._warming.add(key)
+        asyncio.get_running_loop().create_task(self._warm_up(ns, binary))
+
+    async def _warm_up(self, ns: str, binary: str) -> None:
+        from .spec import default_spec, dumps
+
+        key = (ns, binary)
+        id = "shim-" + os.urandom(6).hex()
+        bundle: Bundle | None = None
+        fd = -1
+        rec = ShimRecord(ns, id, "io.containerd.runc.v2", binary, "", phase="pool")
+        try:
+            bundle = self.bundles.create(ns, id, dumps(default_spec(ns, id)), binary)
+            rec.bundle = str(bundle.path)
+            self.records.put(rec)
+            fd = self._watch_log_of(bundle, f"{ns}/{id}")
+            options = self._task_options("io.containerd.runc.v2", None)
+            address = await run_start(self.flags, binary, ns, id, bundle.path,
+                                      options.SerializeToString() if options else b"")
+            rec.address = address
+            self.records.put(rec)
+            conn = await self._shim_conn(address)
+            if self._closing:
+                raise Unavailable("closing")
+            self._warm[key] = WarmShim(ns, id, binary, bundle, conn, fd)
+        except Exception as exc:
+            self.log.warning("pre-starting a shim for %s: %s", ns, exc)
+            await self._discard_warm(WarmShim(ns, id, binary, bundle, None, fd)  # type: ignore[arg-type]
+                                     if bundle else None, rec)
+        finally:
+            self._warming.discard(key)
+
+    async def _discard_warm(self, w: WarmShim | None, rec: ShimRecord | None = None) -> None:
+        if w is None:
+            return
+        if w.conn is not None:
+            with contextlib.suppress(Exception):
+                await w.conn.call("Shutdown", shim_pb2.ShutdownRequest(id=w.id, now=True),
+                                  empty_pb2.Empty, timeout=5)
+            if self.shims.get(w.conn.address) is w.conn and not w.conn.tasks:
+                del self.shims[w.conn.address]
+            await w.conn.close()
+        self._unwatch_fd(w.log_fd)
+        w.bundle.remove()
+        self.records.delete(w.namespace, w.id)
+
+    def _take_warm(self, ns: str, binary: str) -> WarmShim | None:
+        w = self._warm.pop((ns, binary), None)
+        if w is not None and getattr(w.conn.client, "closed", False):
+            asyncio.get_running_loop().create_task(self._discard_warm(w))
+            return None
+        return w
 
     def _unwatch_log(self, task: Task) -> None:
         if task.log_fd >= 0:
@@ -296,20 +395,31 @@ class TaskManager:
         task: Task | None = None
         lio: LoggedIO | None = None
         conn: ShimConn | None = None
+        warm = self._take_warm(ns, binary) if self._poolable(binary, spec) else None
+        if warm is not None:
+            record.address = warm.conn.address
+            record.shim_bundle = str(warm.bundle.path)
         try:
             self.records.put(record)
             task = Task(ns, c.id, bundle, ShimConn("", None), record)  # type: ignore[arg-type]
-            self._watch_log(task)
+            if warm is not None:
+                self.records.delete(ns, warm.id)
+                task.log_fd = warm.log_fd
+            else:
+                self._watch_log(task)
             if logged:
                 lio = LoggedIO.create(bundle.io_dir, self.log_path(ns, c.id))
                 stdio = StdIO(stdio.stdin, stdio.stdout or lio.stdout,
                               stdio.stderr or lio.stderr, stdio.terminal)
             t1 = time.perf_counter()
-            address = await run_start(self.flags, binary, ns, c.id, bundle.path,
-                                      options.SerializeToString() if options else b"")
+            if warm is None:
+                address = await run_start(self.flags, binary, ns, c.id, bundle.path,
+                                          options.SerializeToString() if options else b"")
+                record.address = address
+                self.records.put(record)
+            else:
+                address = warm.conn.address
             t2 = time.perf_counter()
-            record.address = address
-            self.records.put(record)
             conn = await self._shim_conn(address)
             conn.tasks.add((ns, c.id))
             task.shim = conn
@@ -331,6 +441,8 @@ class TaskManager:
                            (time.perf_counter() - t4) * 1e3)
         except BaseException as exc:
             await self._abort_create(ns, c.id, bundle, record, task, conn, lio)
+            if record.shim_bundle:
+                Bundle(Path(record.shim_bundle), ns, "").remove()
             if isinstance(exc, Error) and not isinstance(exc, (NotFound, AlreadyExists)):
                 raise type(exc)(f"failed to create shim task: {exc}") from exc
             raise
@@ -341,7 +453,8 @@ class TaskManager:
         task.stdio = stdio
         self.tasks[(ns, c.id)] = task
         task.waiter = asyncio.get_running_loop().create_task(self._wait_exit(task))
-        _ = group_of(spec.get("annotations") or {}, c.id)
+        if self._poolable(binary, spec):
+            self._refill(ns, binary)
         return ProcessState(c.id, c.id, resp.pid, Status.CREATED, stdio)
 
     async def _abort_create(self, ns: str, id: str, bundle: Bundle, record: ShimRecord,
@@ -412,11 +525,13 @@ class TaskManager:
         finally:
             current_namespace.reset(token)
 
-    async def _cleanup(self, task: Task) -> None:
+    async def _cleanup(self, task: Task, shim_unmounted: bool = False) -> None:
         if task.io is not None:
             await task.io.wait(IO_DRAIN_TIMEOUT)
         self._unwatch_log(task)
-        task.bundle.remove()
+        task.bundle.remove(shim_unmounted)
+        if task.record.shim_bundle:
+            task.shim_bundle.remove()
         self.records.delete(task.namespace, task.id)
         if self.tasks.get((task.namespace, task.id)) is task:
             del self.tasks[(task.namespace, task.id)]
@@ -467,7 +582,7 @@ class TaskManager:
                 t.io.drain()
                 t.io = None
             t3 = time.perf_counter()
-            await self._cleanup(t)
+            await self._cleanup(t, shim_unmounted=True)
             self.log.debug("delete %s/%s: shim delete %.1f ms, shutdown %.1f, io %.1f, "
                            "cleanup %.1f", t.namespace, t.id, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
                            (t3 - t2) * 1e3, (time.perf_counter() - t3) * 1e3)
@@ -640,6 +755,8 @@ class TaskManager:
                     await run_delete(self.flags, rec.binary, rec.namespace, rec.id, bundle.path)
             self._unwatch_log(task)
             bundle.remove()
+            if rec.shim_bundle:
+                task.shim_bundle.remove()
             self.records.delete(rec.namespace, rec.id)
             return
         if conn is None:
@@ -663,6 +780,9 @@ class TaskManager:
     async def close(self) -> None:
         """Stop watching (the shims and their containers keep running)."""
         self._closing = True
+        for w in list(self._warm.values()):
+            await self._discard_warm(w)
+        self._warm.clear()
         for t in list(self.tasks.values()):
             if t.waiter is not None:
                 t.waiter.cancel()

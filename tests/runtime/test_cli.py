@@ -8,6 +8,7 @@ import os
 import pty
 import secrets
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -181,4 +182,18 @@ def test_crun_runtime_binary(env: Env, tmp_path: Path) -> None:
     wrapper.chmod(0o755)
     r = env.moor("run", "--rm", "--runtime", str(wrapper), "busybox", "echo", "crun-ok")
     assert (r.returncode, r.stdout) == (0, "crun-ok\n"), r.stderr
+    env.nothing_left()
+
+
+def test_signals_are_forwarded(env: Env) -> None:
+    cmd = [sys.executable, "-m", "moorage.cli.main", "--address", env.suite.address,
+           "--namespace", env.ns, "run", "--rm", "busybox", "sh", "-c",
+           'trap "echo got-term; exit 9" TERM; echo ready; while true; do sleep 0.05; done']
+    p = subprocess.Popen(cmd, env=env.suite.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None
+    assert p.stdout.readline() == b"ready\n"
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 9, err
+    assert out == b"got-term\n"
     env.nothing_left()
