@@ -31,7 +31,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from moorage.config import DEFAULT_PATH, Config, ConfigError, Loaded, load_suite, render_defaults
+from moorage.config import DEFAULT_PATH, Config, ConfigError, Loaded, load_suite, read, render_defaults
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 EXIT_CONFIG = 2
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     paths(serve)
     cfg = sub.add_parser("config", help="print or check the configuration")
     cfg_sub = cfg.add_subparsers(dest="action", required=True)
-    cfg_sub.add_parser("default", help="print the defaults of every installed process")
+    default = cfg_sub.add_parser("default", help="print the defaults of every installed process")
+    default.add_argument("--config", type=Path, help="read [suite] plugins from this file, to include theirs")
     check = cfg_sub.add_parser("check", help="validate a config file")
     paths(check)
 
@@ -62,7 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "config":
             if args.action == "default":
-                loaded = load_suite(None)
+                from moorage import registry
+
+                plugins = []
+                if args.config is not None:
+                    plugins = list(read(args.config).get("suite", {}).get("plugins", []))
+                records, _ = registry.load_records(plugins)
+                loaded = Loaded(Config(), records, [])
                 sys.stdout.write(render_defaults(loaded.records))
                 return 0
             loaded = _load(args, None)
