@@ -178,16 +178,27 @@ QUEUE_DEPTH = 4
 async def _pump(chunks: AsyncIterator[bytes], w: BlobWriter, offset: int, desc: Descriptor,
                 progress: Progress) -> None:
     """Network -> content store with the two overlapping: the reader batches chunks into
-    WRITE_BATCH buffers (so a remote writer pipelines its requests), the writer drains them."""
-    q: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_DEPTH)
+    WRITE_BATCH buffers (so a remote writer pipelines its requests), the writer drains them.
+    When the download breaks, what arrived is still written (the ingest resumes from it)
+    before the error is raised."""
+    q: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(QUEUE_DEPTH)
 
     async def read() -> None:
         buf = bytearray()
-        async for chunk in chunks:
-            buf += chunk
-            if len(buf) >= WRITE_BATCH:
+        try:
+            async for chunk in chunks:
+                buf += chunk
+                if len(buf) >= WRITE_BATCH:
+                    await q.put(bytes(buf))
+                    buf.clear()
+        except errdefs.Unavailable as e:
+            if buf:
                 await q.put(bytes(buf))
-                buf.clear()
+            await q.put(e)
+            return
+        except BaseException as e:  # noqa: BLE001 - bad data: nothing more is written
+            await q.put(e)
+            return
         if buf:
             await q.put(bytes(buf))
         await q.put(None)
@@ -195,23 +206,17 @@ async def _pump(chunks: AsyncIterator[bytes], w: BlobWriter, offset: int, desc: 
     reader = asyncio.ensure_future(read())
     try:
         while True:
-            get = asyncio.ensure_future(q.get())
-            done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if get not in done:
-                get.cancel()
-                reader.result()  # raises the reader's error
-                get = asyncio.ensure_future(q.get())
-                await asyncio.wait({get})
-            data = get.result()
+            data = await q.get()
             if data is None:
                 break
+            if isinstance(data, BaseException):
+                raise data
             offset = await w.write(data)
             await progress.emit("downloading", desc.digest, offset, desc.size, desc, force=False)
-        reader.result()
     finally:
         if not reader.done():
             reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        await asyncio.gather(reader, return_exceptions=True)
 
 
 @dataclass

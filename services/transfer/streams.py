@@ -130,9 +130,15 @@ class StreamManager:
         for key in ((namespace, stream_id), ("", stream_id)):
             if key in self._streams:
                 return self._streams[key]
-        ev = self._waiters.setdefault((namespace, stream_id), asyncio.Event())
+        key = (namespace, stream_id)
+        ev = self._waiters.setdefault(key, asyncio.Event())
         try:
             await asyncio.wait_for(ev.wait(), timeout)
         except TimeoutError:
+            if key not in self._streams:
+                self._waiters.pop(key, None)
             raise errdefs.NotFound(f"stream {stream_id!r} not found") from None
-        return self._streams[(namespace, stream_id)]
+        s = self._streams.get(key)
+        if s is None:
+            raise errdefs.NotFound(f"stream {stream_id!r} not found")
+        return s

@@ -109,3 +109,8 @@ def images(tmp_path: Path) -> Iterator[Any]:
 
 def skopeo_available() -> bool:
     return shutil.which("skopeo") is not None
+
+
+@pytest.fixture(scope="session")
+def mtls_registry(workdir: Path) -> Iterator[regfix.Registry]:
+    yield from _registry(workdir, "mtls")

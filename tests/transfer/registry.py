@@ -6,6 +6,7 @@ free loopback port and returns once GET /v2/ answers (a bounded readiness probe)
 - ``plain``: HTTP, anonymous.
 - ``tls``:   HTTPS with a certificate signed by a test CA (`Registry.ca`).
 - ``basic``: HTTPS + htpasswd basic auth (`Registry.username` / `password`).
+- ``mtls``:  HTTPS requiring a client certificate signed by the test CA (`TestCA.client_pair`).
 - ``token``: HTTPS + Bearer token auth, tokens issued by `TokenServer` (ours, below): the
   registry trusts a self-signed signing certificate; the token server checks basic
   credentials and signs RS256 JWTs with openssl.
@@ -196,6 +197,9 @@ class Registry:
 
     def ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.ca.ca) if self.ca else None)
+        if "client" in self.extra:
+            cert, key = self.extra["client"]  # type: ignore[misc]
+            ctx.load_cert_chain(cert, key)
         return ctx
 
     def stop(self) -> None:
@@ -219,6 +223,10 @@ class Registry:
             certdir = self.ca.dir / "skopeo-certs"
             certdir.mkdir(exist_ok=True)
             shutil.copy(self.ca.ca, certdir / "ca.crt")
+            if self.variant == "mtls" and not (certdir / "client.cert").exists():
+                cert, key = self.ca.client_pair("skopeo")
+                shutil.copy(cert, certdir / "client.cert")
+                shutil.copy(key, certdir / "client.key")
             flags.append(p + f"cert-dir={certdir}")
         if self.username:
             flags.append(p + f"creds={self.username}:{self.password}")
@@ -227,7 +235,7 @@ class Registry:
 
 def start_registry(workdir: Path, variant: str = "plain") -> Registry:
     """Start docker-registry in `workdir` as ``plain``, ``tls``, ``basic`` or ``token``."""
-    if variant not in ("plain", "tls", "basic", "token"):
+    if variant not in ("plain", "tls", "basic", "token", "mtls"):
         raise ValueError(variant)
     workdir.mkdir(parents=True, exist_ok=True)
     storage = workdir / "storage"
@@ -247,6 +255,8 @@ def start_registry(workdir: Path, variant: str = "plain") -> Registry:
     if variant != "plain":
         ca = TestCA.create(workdir / "pki")
         cfg["http"]["tls"] = {"certificate": str(ca.cert), "key": str(ca.key)}  # type: ignore[index]
+        if variant == "mtls":  # client certificates signed by the test CA required
+            cfg["http"]["tls"]["clientcas"] = [str(ca.ca)]  # type: ignore[index]
         scheme = "https"
     if variant == "basic":
         htp = workdir / "htpasswd"
@@ -267,6 +277,9 @@ def start_registry(workdir: Path, variant: str = "plain") -> Registry:
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     reg = Registry(variant, f"127.0.0.1:{port}", scheme, storage, proc, ca, token,
                    username, password, log)
+    if variant == "mtls":
+        assert ca is not None
+        reg.extra["client"] = ca.client_pair("probe")
     try:
         _wait_ready(reg)
     except BaseException:

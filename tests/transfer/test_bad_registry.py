@@ -379,3 +379,29 @@ async def test_layers_download_three_at_a_time(fake: FakeRegistry, content: Any,
     assert state["max"] == 3
     for d in descs:
         assert (await content.info(d.digest)).size == d.size
+
+
+async def test_interrupted_download_resumes_with_range(fake: FakeRegistry, content: Any, images: Any) -> None:
+    import gzip
+    layer = gzip.compress(os.urandom(300_000))
+    ref, ld = image_in(fake, layer)
+    cut = 100_000
+    ranges: list[str | None] = []
+
+    def route(h: Any) -> Any:
+        rng = h.headers.get("Range")
+        ranges.append(rng)
+        if rng is None:  # first attempt: the connection drops after `cut` bytes
+            return 200, {"Content-Length": str(len(layer)), "Connection": "close"}, iter([layer[:cut]])
+        start = int(rng.removeprefix("bytes=").rstrip("-"))
+        return 206, {"Content-Range": f"bytes {start}-{len(layer) - 1}/{len(layer)}"}, layer[start:]
+    fake.routes[f"/v2/bad/app/blobs/{ld.digest}"] = route
+    async with resolver(ref) as res:
+        with pytest.raises(errdefs.Unavailable):
+            await pull(res, reference.parse(ref), content, images, PullOptions(platforms=None))
+    statuses = await content.list_statuses()
+    assert [s.offset for s in statuses] == [cut]  # the partial ingest is kept
+    async with resolver(ref) as res:
+        await pull(res, reference.parse(ref), content, images, PullOptions(platforms=None))
+    assert ranges == [None, f"bytes={cut}-"]
+    assert (await content.info(ld.digest)).size == len(layer)

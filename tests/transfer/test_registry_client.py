@@ -226,3 +226,17 @@ async def test_cross_repository_mount(plain_registry: regfix.Registry, layout: P
         outcomes = await _push_from(blobs, res, root, "v1", mount_from=("mount/src",))
     assert set(outcomes) == {"mounted"}
     assert regfix.skopeo_inspect(str(dst), plain_registry)["Digest"] == root.digest
+
+
+async def test_client_certificate_from_hosts_toml(mtls_registry: regfix.Registry, layout: Path,
+                                                  tmp_path: Path) -> None:
+    ref = regfix.push(layout, mtls_registry, "pull/mtls")
+    assert mtls_registry.ca
+    without = hosts_dir_for(mtls_registry, tmp_path / "without")
+    async with Resolver(reference.parse(ref), ResolverOptions(hosts_dir=without)) as res:
+        with pytest.raises(errdefs.Unavailable):
+            await res.resolve()
+    cert, key = mtls_registry.ca.client_pair("moor")
+    with_pair = hosts_dir_for(mtls_registry, tmp_path / "with", f'client = [["{cert}", "{key}"]]\n')
+    async with Resolver(reference.parse(ref), ResolverOptions(hosts_dir=with_pair)) as res:
+        assert len(await pull_all(res)) == 6

@@ -40,10 +40,13 @@ async def read_limited(resp: httpx.Response, limit: int, what: str) -> bytes:
     if cl is not None and cl.isdigit() and int(cl) > limit:
         raise errdefs.ResourceExhausted(f"{what}: body of {cl} bytes exceeds the {limit} byte limit")
     buf = bytearray()
-    async for chunk in resp.aiter_bytes():
-        buf += chunk
-        if len(buf) > limit:
-            raise errdefs.ResourceExhausted(f"{what}: body exceeds the {limit} byte limit")
+    try:
+        async for chunk in resp.aiter_bytes():
+            buf += chunk
+            if len(buf) > limit:
+                raise errdefs.ResourceExhausted(f"{what}: body exceeds the {limit} byte limit")
+    except (httpx.HTTPError, OSError) as e:
+        raise errdefs.Unavailable(f"{what}: reading the body: {type(e).__name__}") from None
     return bytes(buf)
 
 
@@ -212,7 +215,7 @@ class Session:
                 sep = "&" if "?" in realm else "?"
                 req = client.build_request("GET", realm + (sep + urlencode(q) if q else ""), headers=headers)
             resp = await client.send(req, stream=True)
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, OSError) as e:
             raise errdefs.Unavailable(f"token request to {safe_url(realm)}: {type(e).__name__}: {_safe_exc(e)}") from None
         try:
             if resp.status_code != 200:
@@ -271,7 +274,7 @@ class Session:
             try:
                 req = client.build_request(method, url, headers=headers, content=content)
                 resp = await client.send(req, stream=True)
-            except httpx.HTTPError as e:
+            except (httpx.HTTPError, OSError) as e:
                 raise errdefs.Unavailable(f"{method} {safe_url(url)}: {type(e).__name__}: {_safe_exc(e)}") from None
             if resp.status_code not in (301, 302, 303, 307, 308) or method not in ("GET", "HEAD"):
                 return resp

@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
+import httpx
+
 from moorage import errdefs
 
 from .. import oci
@@ -157,7 +159,7 @@ class Resolver:
                             raise errdefs.Unavailable(
                                 f"{safe_url(url)}: unexpected Content-Range {cr[:64]!r} for offset {offset}")
                     yielded = True
-                    yield _capped(resp.aiter_raw(65536 * 4), skip, desc.size - offset, desc.digest)
+                    yield _capped(resp.aiter_raw(), skip, desc.size - offset, desc.digest)
                     return
             except _NEXT_HOST as e:
                 if yielded:
@@ -273,6 +275,14 @@ def _q(url: str, q: Mapping[str, str]) -> str:
 
 
 async def _capped(it: AsyncIterator[bytes], skip: int, size: int, what: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in _body(it, skip, size, what):
+            yield chunk
+    except (httpx.HTTPError, OSError) as e:
+        raise errdefs.Unavailable(f"{what}: download interrupted: {type(e).__name__}") from None
+
+
+async def _body(it: AsyncIterator[bytes], skip: int, size: int, what: str) -> AsyncIterator[bytes]:
     got = 0
     async for chunk in it:
         if skip:
