@@ -11,8 +11,9 @@ file that declares services it writes, per service ``Svc``:
   ``async def M(self, requests: AsyncIterator[Req], ctx) -> Resp``; bidi
   ``async def M(self, stream: ServerStream[Req, Resp], ctx) -> None``.
 - ``SvcClient(client)`` over ``ttrpc.client.Client`` and ``SvcBlockingClient(client)``
-  over ``ttrpc.blocking.Client``: unary methods return the response, server streams an
-  (async) iterator of responses, client and bidi streams a typed stream.
+  over ``ttrpc.blocking.Client``: unary methods return the response (a coroutine of it
+  for the asyncio client, ``await c.M(req)``), server streams an (async) iterator of
+  responses, client and bidi streams a typed stream.
 
 Generated modules import protobuf modules exactly as protoc's python_out does
 (``from a.b import c_pb2 as a_dot_b_dot_c__pb2``) and import no asyncio at import time.
@@ -150,8 +151,7 @@ def generate(f: descriptor_pb2.FileDescriptorProto, types: _Types) -> str:
             client_type = "BlockingClient" if blocking else "Client"
             stream_type = "BlockingStream" if blocking else "ClientStream"
             iterator = "Iterator" if blocking else "AsyncIterator"
-            a = "" if blocking else "async "
-            aw = "" if blocking else "await "
+            ret = (lambda t: t) if blocking else (lambda t: f"Coroutine[Any, Any, {t}]")
             body += ["", "", f"class {cls}:"]
             how = "blocking" if blocking else "asyncio"
             body += _docstring(f"{how.capitalize()} client for {full}.", "    ")
@@ -166,10 +166,10 @@ def generate(f: descriptor_pb2.FileDescriptorProto, types: _Types) -> str:
             for name, py, kind, req, resp, mdoc in methods:
                 body.append("")
                 if kind == "UNARY":
-                    body.append(f"    {a}def {py}(self, request: {req}, *, {opts}) -> {resp}:")
+                    body.append(f"    def {py}(self, request: {req}, *, {opts}) -> {ret(resp)}:")
                     body += _docstring(mdoc, "        ")
                     body.append(
-                        f'        return {aw}self.client.unary(self.SERVICE, "{name}", request, {resp}, timeout, metadata)'
+                        f'        return self.client.unary(self.SERVICE, "{name}", request, {resp}, timeout, metadata)'
                     )
                 elif kind == "SERVER_STREAM":
                     body.append(f"    def {py}(self, request: {req}, *, {opts}) -> {iterator}[{resp}]:")
@@ -178,10 +178,10 @@ def generate(f: descriptor_pb2.FileDescriptorProto, types: _Types) -> str:
                         f'        return self.client.server_stream(self.SERVICE, "{name}", request, {resp}, timeout, metadata)'
                     )
                 else:
-                    body.append(f"    {a}def {py}(self, *, {opts}) -> {stream_type}[{req}, {resp}]:")
+                    body.append(f"    def {py}(self, *, {opts}) -> {ret(f'{stream_type}[{req}, {resp}]')}:")
                     body += _docstring(mdoc, "        ")
                     body.append(
-                        f'        return {aw}self.client.stream(self.SERVICE, "{name}", {resp}, timeout, metadata)'
+                        f'        return self.client.stream(self.SERVICE, "{name}", {resp}, timeout, metadata)'
                     )
 
     head = [
@@ -190,8 +190,8 @@ def generate(f: descriptor_pb2.FileDescriptorProto, types: _Types) -> str:
         "",
         "from __future__ import annotations",
         "",
-        "from collections.abc import AsyncIterator, Iterator",
-        "from typing import TYPE_CHECKING",
+        "from collections.abc import AsyncIterator, Coroutine, Iterator",
+        "from typing import TYPE_CHECKING, Any",
         "",
         "from ttrpc.codes import Code",
         "from ttrpc.errors import RpcError",

@@ -212,11 +212,18 @@ RawHandler = Callable[[Context, RawCall], Awaitable[None]]
 
 
 class _Method:
-    __slots__ = ("invoke", "kind", "streams_out")
+    __slots__ = ("invoke", "kind", "streams_out", "unary")
 
-    def __init__(self, invoke: RawHandler, kind: Kind | None) -> None:
+    def __init__(
+        self,
+        invoke: RawHandler,
+        kind: Kind | None,
+        unary: tuple[Callable[..., Any], Callable[[bytes], Any]] | None = None,
+    ) -> None:
         self.invoke = invoke
         self.kind = kind
+        self.unary = unary
+        """(handler, request parser) of a typed unary method: run without the invoke layer."""
         self.streams_out = kind in (Kind.SERVER_STREAM, Kind.BIDI)
         """Answers with data frames, which a 1.1 peer (no stream flags) cannot take."""
 
@@ -295,10 +302,11 @@ class Server:
     def register(self, servicer: object) -> None:
         """Serve every method of a generated ``<Svc>Servicer`` subclass instance."""
         spec: ServiceSpec = getattr(type(servicer), "__ttrpc_service__")
-        entries = {
-            (spec.name, name): _Method(_typed(m, getattr(servicer, name)), m.kind)
-            for name, m in spec.methods.items()
-        }
+        entries = {}
+        for name, m in spec.methods.items():
+            fn = getattr(servicer, name)
+            unary = (fn, m.request_type.FromString) if m.kind is Kind.UNARY else None
+            entries[(spec.name, name)] = _Method(_typed(m, fn), m.kind, unary)
         self._add(entries)
         self._services.add(spec.name)
 
@@ -532,7 +540,7 @@ class _Connection(asyncio.BufferedProtocol):
             self.loop.time,
         )
         self.calls[sid] = call
-        call._task = self.loop.create_task(self._run(call, entry.invoke, ctx))
+        call._task = self.loop.create_task(self._run(call, entry, ctx))
 
     def _answer(self, sid: int, code: int, message: str) -> None:
         self.core.finish(sid)
@@ -574,11 +582,17 @@ class _Connection(asyncio.BufferedProtocol):
             self.stalls.release(call._inbox)
         self.write(frame)
 
-    async def _run(self, call: RawCall, invoke: RawHandler, ctx: Context) -> None:
+    async def _run(self, call: RawCall, entry: _Method, ctx: Context) -> None:
         _current.set(ctx)
+        invoke = entry.invoke
         try:
             if ctx.deadline is None:
-                await invoke(ctx, call)
+                if entry.unary is not None:
+                    fn, parse = entry.unary
+                    response = await fn(_decode(parse, call.payload), ctx)
+                    call._end(self.core.response(call.stream_id, response.SerializeToString()))
+                else:
+                    await invoke(ctx, call)
             else:
                 timeout = asyncio.timeout_at(ctx.deadline)
                 try:

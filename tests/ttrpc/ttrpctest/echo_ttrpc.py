@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -73,25 +73,25 @@ class EchoClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def Echo(self, request: ttrpctest_dot_echo__pb2.EchoRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> ttrpctest_dot_echo__pb2.EchoResponse:
+    def Echo(self, request: ttrpctest_dot_echo__pb2.EchoRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, ttrpctest_dot_echo__pb2.EchoResponse]:
         """Echo answers with the request's data and metadata."""
-        return await self.client.unary(self.SERVICE, "Echo", request, ttrpctest_dot_echo__pb2.EchoResponse, timeout, metadata)
+        return self.client.unary(self.SERVICE, "Echo", request, ttrpctest_dot_echo__pb2.EchoResponse, timeout, metadata)
 
-    async def Sink(self, request: ttrpctest_dot_echo__pb2.EchoRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> ttrpctest_dot_echo__pb2.EchoResponse:
+    def Sink(self, request: ttrpctest_dot_echo__pb2.EchoRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, ttrpctest_dot_echo__pb2.EchoResponse]:
         """Sink drops the data and answers an empty response."""
-        return await self.client.unary(self.SERVICE, "Sink", request, ttrpctest_dot_echo__pb2.EchoResponse, timeout, metadata)
+        return self.client.unary(self.SERVICE, "Sink", request, ttrpctest_dot_echo__pb2.EchoResponse, timeout, metadata)
 
     def Count(self, request: ttrpctest_dot_echo__pb2.EchoRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> AsyncIterator[ttrpctest_dot_echo__pb2.EchoResponse]:
         """Count sends `count` responses, each carrying the request's data."""
         return self.client.server_stream(self.SERVICE, "Count", request, ttrpctest_dot_echo__pb2.EchoResponse, timeout, metadata)
 
-    async def Collect(self, *, timeout: float | None = None, metadata: Metadata | None = None) -> ClientStream[ttrpctest_dot_echo__pb2.EchoRequest, ttrpctest_dot_echo__pb2.EchoResponse]:
+    def Collect(self, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, ClientStream[ttrpctest_dot_echo__pb2.EchoRequest, ttrpctest_dot_echo__pb2.EchoResponse]]:
         """Collect answers with the concatenation of every request's data."""
-        return await self.client.stream(self.SERVICE, "Collect", ttrpctest_dot_echo__pb2.EchoResponse, timeout, metadata)
+        return self.client.stream(self.SERVICE, "Collect", ttrpctest_dot_echo__pb2.EchoResponse, timeout, metadata)
 
-    async def Chat(self, *, timeout: float | None = None, metadata: Metadata | None = None) -> ClientStream[ttrpctest_dot_echo__pb2.EchoRequest, ttrpctest_dot_echo__pb2.EchoResponse]:
+    def Chat(self, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, ClientStream[ttrpctest_dot_echo__pb2.EchoRequest, ttrpctest_dot_echo__pb2.EchoResponse]]:
         """Chat echoes every request as it arrives."""
-        return await self.client.stream(self.SERVICE, "Chat", ttrpctest_dot_echo__pb2.EchoResponse, timeout, metadata)
+        return self.client.stream(self.SERVICE, "Chat", ttrpctest_dot_echo__pb2.EchoResponse, timeout, metadata)
 
 
 class EchoBlockingClient:
