@@ -72,6 +72,8 @@ class PluginConn:
         self._ttrpc_client: Client | None = None
         self._server: Server | None = None
         self.close_reason = ""
+        self.reaped: asyncio.Future[int] | None = None
+        """A launched plugin's exit status, once closed (it is killed, then waited for)."""
 
     @property
     def id(self) -> str:
@@ -116,4 +118,4 @@ class PluginConn:
         if proc is not None:
             if proc.poll() is None:
                 proc.kill()
-            asyncio.get_running_loop().run_in_executor(None, proc.wait)
+            self.reaped = asyncio.get_running_loop().run_in_executor(None, proc.wait)

@@ -192,3 +192,20 @@ async def test_pod_hooks_for_the_sandbox_service(nri_suite: tuple[Suite, Path]) 
     assert got[0].linux.namespaces[0].path == "/var/run/netns/moorage-sb1"
     log = (tmp / "logger.log").read_text().splitlines()
     assert "run_pod_sandbox sb1" in log and "stop_pod_sandbox sb1" in log
+
+
+def test_moor_nri_cli_imports_no_asyncio_and_reports_unavailable(tmp_path: Path) -> None:
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from moorage.cli.main import main\n"
+        f"rc = main(['--address', {str(tmp_path / 'none.sock')!r}, 'nri', 'ls'])\n"
+        "assert 'asyncio' not in sys.modules, 'asyncio imported'\n"
+        "sys.exit(rc)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 7, r.stderr
+    assert "cannot reach moorage" in r.stderr
+    usage = subprocess.run([sys.executable, "-m", "moorage.cli.main", "nri", "frob"], capture_output=True, text=True)
+    assert usage.returncode == 2
