@@ -115,8 +115,10 @@ async def serve(
     replica: int | None = None,
     logger: logging.Logger | None = None,
     stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
 ) -> None:
-    """Build, bind, notify, serve until ``stop`` (or a signal), drain, clean up."""
+    """Build, bind, notify (and set ``ready``), serve until ``stop`` or a signal, drain,
+    clean up."""
     from ttrpc.server import Server
 
     program = program_name(record.name, replica)
@@ -177,6 +179,8 @@ async def serve(
             loop.add_signal_handler(signum, on_signal, signum)
     logger.info("serving", extra={"socket": str(sock), "services": list(record.services), "pid": os.getpid()})
     sd_notify(f"READY=1\nSTATUS=ready {program}\nMAINPID={os.getpid()}")
+    if ready is not None:
+        ready.set()
     try:
         await stop.wait()
     finally:

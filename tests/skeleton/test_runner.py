@@ -86,3 +86,46 @@ def test_build_failure_exits_non_zero_with_the_message(tmp_path: Path) -> None:
     out = s.run("serve", "proxy", "--config", str(s.config_path))
     assert out.returncode != 0
     assert "proxy" in out.stderr or "proxy" in out.stdout
+
+
+async def test_in_process_serve_sets_the_namespace_for_generated_servicers(tmp_path: Path) -> None:
+    """runner.serve in this process: a generated servicer sees the call's namespace."""
+    import tempfile
+
+    from google.protobuf import empty_pb2
+
+    from moorage import config as cfg
+    from moorage import runner
+    from moorage.api.containerd.services.version.v1 import version_pb2, version_ttrpc
+    from moorage.namespaces import current_namespace, namespace
+    from moorage.registry import BuildContext, Process
+
+    class Version(version_ttrpc.VersionServicer):
+        async def Version(self, request: empty_pb2.Empty, ctx: object) -> version_pb2.VersionResponse:
+            return version_pb2.VersionResponse(version=namespace(), revision=str(current_namespace.get()))
+
+    async def build(ctx: BuildContext) -> list[object]:
+        return [Version()]
+
+    record = Process(name="ver", services=("containerd.services.version.v1.Version",), build=build)
+    state = Path(tempfile.mkdtemp(prefix="moorage-", dir="/tmp"))
+    conf = cfg.parse({"suite": {"root": str(tmp_path / "root"), "state": str(state)}}, [record])
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.ensure_future(runner.serve(record, conf, stop=stop, ready=ready))
+    sock = conf.socket_path("ver")
+    client = None
+    try:
+        await asyncio.wait([task, asyncio.ensure_future(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
+        assert not task.done(), task
+        client = await connect(sock)
+        stub = version_ttrpc.VersionClient(client)
+        resp = await stub.Version(empty_pb2.Empty(), metadata={"containerd-namespace-ttrpc": "ns-a"})
+        assert (resp.version, resp.revision) == ("ns-a", "ns-a")
+        with pytest.raises(errdefs.FailedPrecondition):
+            await stub.Version(empty_pb2.Empty())
+    finally:
+        if client is not None:
+            await client.close()
+        stop.set()
+        await task
+    assert not sock.exists()
