@@ -30,6 +30,7 @@ from moorage.errdefs import (
     InvalidArgument,
     NotFound,
     OutOfRange,
+    Unavailable,
 )
 from moorage.namespaces import namespace
 
@@ -106,6 +107,28 @@ class LocalStore:
         self.layout.make()
         self.meta = Metadata(os.path.join(root, "meta.db"))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="content")
+        self.sweep()
+
+    def sweep(self) -> int:
+        """Remove what dead processes left: half-made ingest dirs and unheld lock files.
+        Safe beside live replicas (a held lock is skipped). Returns how many went."""
+        gone = 0
+        for name in os.listdir(self.layout.ingests):
+            if name.startswith(".tmp-"):
+                lock = os.path.join(self.layout.locks, "ref-" + name[len(".tmp-") :])
+                try:
+                    with FileLock.acquire(lock, blocking=False):
+                        shutil.rmtree(os.path.join(self.layout.ingests, name), ignore_errors=True)
+                        gone += 1
+                except Unavailable:
+                    continue
+        for name in os.listdir(self.layout.locks):
+            try:
+                FileLock.acquire(os.path.join(self.layout.locks, name), blocking=False).release()
+                gone += 1
+            except Unavailable:
+                continue
+        return gone
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -62,16 +62,16 @@ async def _local(root: Path) -> AsyncIterator[Any]:
         store.close()
 
 
-async def _socket(root: Path) -> AsyncIterator[Any]:
+@contextlib.asynccontextmanager
+async def serving(root: Path) -> AsyncIterator[Any]:
+    """The content API of a local store on a real unix socket; yields a connected client."""
     pytest.importorskip("ttrpc.server")
-    pytest.importorskip("moorage.api.containerd.services.content.v1.content_ttrpc")
     from ttrpc.server import Server
 
     from moorage.events import NullPublisher
     from moorage.rpc import connect, status_of
     from moorage.runner import with_namespace, with_namespace_raw
     from moorage.services.content.api import servicers
-    from moorage.services.content.client import ContentClient
     from moorage.services.content.store import LocalStore
 
     store = LocalStore(str(root))
@@ -87,13 +87,19 @@ async def _socket(root: Path) -> AsyncIterator[Any]:
     await server.listen_unix(sock)
     client = await connect(sock)
     try:
-        yield ContentClient(client)
+        yield client
     finally:
         await client.close()
         await server.shutdown(1.0)
         store.close()
-        os.unlink(sock) if os.path.exists(sock) else None
-        os.rmdir(sockdir)
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+async def _socket(root: Path) -> AsyncIterator[Any]:
+    from moorage.services.content.client import ContentClient
+
+    async with serving(root) as client:
+        yield ContentClient(client)
 
 
 @pytest.fixture(scope="module")

@@ -298,3 +298,25 @@ async def test_cross_namespace_commit_writes_nothing(local: LocalStore, root: Pa
     assert path.exists()
     await local.delete(d)
     assert not path.exists()
+
+
+async def test_leftovers_of_dead_processes_are_swept(root: Path) -> None:
+    store = LocalStore(str(root))
+    try:
+        w = await store.writer("live")  # a live session: its lock must survive the sweep
+        (root / "ingest" / (".tmp-" + "ab" * 32)).mkdir()
+        (root / "ingest" / (".tmp-" + "ab" * 32) / "ref").write_text("x")
+        (root / "locks" / ("ref-" + "cd" * 32)).write_text("")
+        other = LocalStore(str(root))  # a replica starting beside us sweeps
+        try:
+            assert other.sweep() == 0
+            assert not any(p.name.startswith(".tmp-") for p in (root / "ingest").iterdir())
+            assert [p.name for p in (root / "locks").iterdir()] == [
+                "ref-" + store.layout.key(f"{current_namespace.get()}/live")]
+            with pytest.raises(errdefs.Unavailable):
+                await other.writer("live")
+        finally:
+            other.close()
+        await w.close()
+    finally:
+        store.close()

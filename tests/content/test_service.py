@@ -207,3 +207,74 @@ def test_parse_write_agrees_with_protobuf_on_any_bytes(payload: bytes) -> None:
     got = wire.parse_write(payload)
     assert (got.action, got.ref, got.total, got.expected, got.offset, bytes(got.data), got.labels) == (
         m.action, m.ref, m.total, m.expected, m.offset, m.data, dict(m.labels))
+
+
+async def _session(client: Any, *reqs: Any) -> list[Any]:
+    """Send raw WriteContentRequests on one Write stream; the replies (or the error)."""
+    from ttrpc.frame import FLAG_REMOTE_OPEN
+
+    from moorage.namespaces import NAMESPACE_KEY, current_namespace
+
+    stream = await client.open_stream(wire.SERVICE, "Write", None, FLAG_REMOTE_OPEN,
+                                      metadata={NAMESPACE_KEY: str(current_namespace.get())})
+    out: list[Any] = []
+    try:
+        for req in reqs:
+            await stream.send(req.SerializeToString())
+            data = await stream.recv()
+            if data is None:
+                break
+            out.append(pb.WriteContentResponse.FromString(data))
+        await stream.close_send()
+        while await stream.recv() is not None:
+            pass
+    finally:
+        await stream.aclose()
+    return out
+
+
+async def test_write_session_wire_semantics(root: Path) -> None:
+    from .conftest import serving
+
+    W = pb.WriteContentRequest
+    async with serving(root) as client:
+        with pytest.raises(errdefs.InvalidArgument):  # the first message must name a ref
+            await _session(client, W(action=pb.STAT))
+        # every request gets one reply echoing its action, offset = bytes so far
+        got = await _session(client, W(action=pb.STAT, ref="s", total=10),
+                             W(action=pb.WRITE, ref="s", data=b"01234"),
+                             W(action=pb.WRITE, ref="s", offset=5, data=b"56"))
+        assert [(r.action, r.offset) for r in got] == [(pb.STAT, 0), (pb.WRITE, 5), (pb.WRITE, 7)]
+        assert got[0].total == 10 and got[2].digest == "sha256:" + hashlib.sha256(b"0123456").hexdigest()
+        with pytest.raises(errdefs.OutOfRange):  # a non-zero offset must be the current one
+            await _session(client, W(action=pb.WRITE, ref="s", offset=3, data=b"x"))
+        # resumed: offset 0 on a non-empty ingest restarts it
+        got = await _session(client, W(action=pb.STAT, ref="s"),
+                             W(action=pb.WRITE, ref="s", offset=0, data=b"abc"))
+        assert [r.offset for r in got] == [7, 3]
+        d = "sha256:" + hashlib.sha256(b"abcdefghij").hexdigest()
+        got = await _session(client, W(action=pb.STAT, ref="s"),
+                             W(action=pb.COMMIT, ref="s", offset=3, data=b"defghij", total=10,
+                               expected=d, labels={"k": "v"}))
+        assert (got[1].action, got[1].offset, got[1].digest) == (pb.COMMIT, 10, d)
+        info = await client.unary(wire.SERVICE, "Info", pb.InfoRequest(digest=d), pb.InfoResponse,
+                                  metadata=_md())
+        assert dict(info.info.labels) == {"k": "v"} and info.info.size == 10
+        # an expected digest the namespace has: AlreadyExists, the ingest is dropped
+        with pytest.raises(errdefs.AlreadyExists):
+            await _session(client, W(action=pb.STAT, ref="t", expected=d))
+        # read: offsets tag each chunk, past the end is OutOfRange
+        chunks = [r async for r in client.server_stream(
+            wire.SERVICE, "Read", pb.ReadContentRequest(digest=d, offset=4, size=3),
+            pb.ReadContentResponse, metadata=_md())]
+        assert [(c.offset, c.data) for c in chunks] == [(4, b"efg")]
+        with pytest.raises(errdefs.OutOfRange):
+            [r async for r in client.server_stream(
+                wire.SERVICE, "Read", pb.ReadContentRequest(digest=d, offset=11),
+                pb.ReadContentResponse, metadata=_md())]
+
+
+def _md() -> dict[str, str]:
+    from moorage.namespaces import NAMESPACE_KEY, current_namespace
+
+    return {NAMESPACE_KEY: str(current_namespace.get())}
