@@ -42,6 +42,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _CACHE_MAX = 256
 _EUID = os.geteuid()
 _EGID = os.getegid()
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -287,15 +289,19 @@ class Applier:
 
     def _file(self, pfd: int, base: str, rel: str, e: Entry, reader: TarReader) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        # created with its final mode when nothing (umask, a later chown) would change it
+        owned = e.uid == _EUID and e.gid == _EGID
+        final = owned and not e.mode & _UMASK
+        mode = e.mode if final else 0o600
         try:
-            fd = os.open(base, flags, 0o600, dir_fd=pfd)
+            fd = os.open(base, flags, mode, dir_fd=pfd)
         except FileExistsError:
             self._replace(pfd, base, rel, False)
-            fd = os.open(base, flags, 0o600, dir_fd=pfd)
+            fd = os.open(base, flags, mode, dir_fd=pfd)
         try:
             if e.size:
                 reader.data_to(fd)
-            self._meta_fd(fd, e)
+            self._meta_fd(fd, e, chmod=not final)
         finally:
             os.close(fd)
 
@@ -457,10 +463,11 @@ class Applier:
                 continue
             yield name, value
 
-    def _meta_fd(self, fd: int, e: Entry, times: bool = True) -> None:
+    def _meta_fd(self, fd: int, e: Entry, times: bool = True, chmod: bool = True) -> None:
         if e.uid != _EUID or e.gid != _EGID:
             os.fchown(fd, e.uid, e.gid)
-        os.fchmod(fd, e.mode)
+        if chmod:
+            os.fchmod(fd, e.mode)
         for name, value in self._xattrs(e):
             try:
                 os.setxattr(fd, name, value)
