@@ -116,13 +116,21 @@ class Progress:
     def event(self, ev: Any) -> None:
         with self.lock:
             name = ev.name
+            if ev.event.startswith(("Resolving", "Pulling", "Completed", "fetching", "Pushed")):
+                if self.title not in self.rows:
+                    self.rows[self.title] = ["resolving", 0, 0]
+                    self.order.insert(0, self.title)
+                if ev.event.startswith(("Pulling", "fetching", "Completed", "Pushed")):
+                    self.rows[self.title][0] = "resolved" if not ev.event.startswith(("Completed", "Pushed")) else "done"
+                if not self.tty and not self.quiet and ev.event.startswith(("Completed", "Pushed")):
+                    print(ev.event, file=sys.stderr)
+                self.draw()
+                return
             if ev.desc and ev.desc.digest:
                 kind = "layer" if "layer" in ev.desc.media_type else "config" if "config" in ev.desc.media_type \
                     else "manifest" if "manifest" in ev.desc.media_type else "index" if "index" in ev.desc.media_type else "blob"
                 name = f"{kind}-{ev.desc.digest}"
-            elif not name or ev.event.startswith(("Resolving", "Pulling", "Completed", "fetching", "Pushed")):
-                if not self.tty and not self.quiet and ev.event.startswith(("Completed", "Pushed")):
-                    print(ev.event, file=sys.stderr)
+            elif not name:
                 return
             if name not in self.rows:
                 self.rows[name] = ["waiting", 0, 0]
@@ -131,7 +139,7 @@ class Progress:
             was = row[0]
             row[0] = {"complete": "done", "already exists": "exists", "pushed content": "done", "exists": "exists",
                       "mounted": "mounted", "saved": "done"}.get(ev.event, ev.event)
-            row[1], row[2] = max(row[1], ev.progress), ev.total or row[2]
+            row[1], row[2] = max(row[1], ev.progress), ev.total or row[2] or (ev.desc.size if ev.desc else 0)
             if row[0] in ("done", "exists", "mounted") and was not in ("done", "exists", "mounted"):
                 self.total += row[2] if row[0] == "done" else 0
                 if not self.tty and not self.quiet:
@@ -149,7 +157,7 @@ class Progress:
         lines = []
         for name in self.order:
             st, cur, tot = self.rows[name]
-            frac = 1.0 if st in ("done", "exists", "mounted") else (cur / tot if tot else 0.0)
+            frac = 1.0 if st in ("done", "exists", "mounted", "resolved") else (cur / tot if tot else 0.0)
             bar = "+" * int(frac * width) + "-" * (width - int(frac * width))
             label = name[:19 + name.find("-") + 1] + "..." if len(name) > 30 else name
             amount = f"{_size(cur)}/{_size(tot)}" if st not in ("done", "exists", "mounted") and tot else ""

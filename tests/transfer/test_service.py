@@ -239,3 +239,21 @@ async def test_wrong_diff_id_not_committed(e2e: Any, conn: Any) -> None:
             if i.name.startswith("extract-")] == []  # the prepared snapshot was removed
     with pytest.raises(errdefs.NotFound):
         await ImagesClient(conn).get(ref)
+
+
+def test_cli_push_with_user_to_token_registry(e2e: Any, token_registry: regfix.Registry, layout: Path,
+                                              suite_dir: Path) -> None:
+    src = regfix.push(layout, token_registry, "cli/src")
+    hosts = hosts_dir_for(token_registry, suite_dir / "clipush")
+    ns = ["--namespace", "clipush"]
+    user = ["--hosts-dir", hosts, "--user", f"{regfix.USER}:{regfix.PASSWORD}"]
+    r = e2e.moor(*ns, "pull", *user, "--no-unpack", src)
+    assert r.returncode == 0, r.stderr
+    dst = f"{token_registry.host}/cli/pushed:v3"
+    r = e2e.moor(*ns, "push", "--hosts-dir", hosts, dst, src)
+    assert r.returncode != 0  # anonymous tokens only grant pull
+    r = e2e.moor(*ns, "push", *user, dst, src)
+    assert r.returncode == 0, r.stderr
+    assert regfix.PASSWORD not in r.stderr + r.stdout
+    digest = e2e.moor(*ns, "--json", "images").stdout
+    assert regfix.skopeo_inspect(dst, token_registry)["Digest"] in digest
