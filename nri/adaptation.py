@@ -296,6 +296,13 @@ class Adaptation:
         results = await asyncio.gather(*started)
         return [p for p in results if p is not None]
 
+    async def _shutdown(self, p: PluginConn) -> None:
+        """Tell ``p`` the runtime is going away (best effort, bounded; upstream never does)."""
+        if p.client is None:
+            return
+        with contextlib.suppress(Exception):
+            await p.client.Shutdown(api.Empty(), timeout=min(self.options.request_timeout, 1.0))
+
     def list_plugins(self) -> list[PluginConn]:
         return list(self.plugins)
 
@@ -307,6 +314,7 @@ class Adaptation:
                 os.unlink(self.options.socket_path)
         if self._accept_task is not None:
             self._accept_task.cancel()
+        await asyncio.gather(*(self._shutdown(p) for p in self.plugins), return_exceptions=True)
         for p in list(self.plugins) + list(self._pending):
             p.close("runtime shutting down")
         self.plugins.clear()

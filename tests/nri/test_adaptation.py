@@ -258,3 +258,17 @@ async def test_required_plugin_fails_closed(harness_factory: Any) -> None:
         await h.plugin(Env("A", "1"), "10", "guard")
         adj = await h.nri.create_container(POD, ctr())
         assert [kv.key for kv in adj.env] == ["A"]
+
+
+async def test_plugins_get_shutdown_when_the_runtime_stops(harness: Harness) -> None:
+    class Down(Recorder):
+        down = False
+
+        async def shutdown(self) -> None:
+            self.down = True
+
+    down = Down()
+    stub = await harness.plugin(down, "10", "down")
+    await harness.nri.close()
+    await stub.wait()
+    assert down.down
