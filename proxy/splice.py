@@ -257,6 +257,7 @@ class Splice:
         self.fronts: set[Front] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle: asyncio.Event | None = None
+        self.closing = False
 
     def services(self) -> list[Service]:
         seen: dict[int, Service] = {}
@@ -292,7 +293,9 @@ class Splice:
             self._idle.set()
 
     async def drain(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for open streams to end, then drop every client."""
+        """Refuse new calls, wait up to ``grace`` seconds for open streams to end, then drop
+        every client."""
+        self.closing = True
         self._idle = asyncio.Event()
         if any(f.streams for f in self.fronts):
             try:
@@ -462,6 +465,9 @@ class Front(asyncio.BufferedProtocol):
             upstream.forget(bsid)
 
     def request(self, sid: int, flags: int, body: bytes) -> None:
+        if self.splice.closing:
+            self.fail(sid, Code.UNAVAILABLE, "ttrpc: server shutting down")
+            return
         try:
             req = decode_request(body)
         except ProtocolError as exc:
