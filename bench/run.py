@@ -13,7 +13,10 @@
 - concurrency: N `moor run -d busybox sleep 1000` at once; wall time until all returned;
   then RSS of the suite's own processes (shims counted apart); then all removed.
 
-Goal (issue 7): ratio moor/ctr <= 1.0. The last line is one JSON object.
+Measured twice: the default runtime config, then with `[runtime] shim_prestart = true` (a
+shim started ahead per namespace; same binary, one task per shim). The concurrent part runs
+with the latter config. Goal (issue 7): ratio moor/ctr <= 1.0 (`ratio`, default config).
+The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -186,24 +189,44 @@ def main() -> int:
                             str(archive)], check=True, capture_output=True)
         idle = wait_quiet()
         result["idle_before"] = round(idle, 2)
-        m_times: list[float] = []
-        c_times: list[float] = []
-        for i in range(args.warmup + args.runs):
-            dm = timed([*moor, "run", "--rm", "busybox", "true"], env)
-            dc = timed([*ctrd.ctr, "run", "--rm", NAME, f"benchrun-{i}", "/bin/true"]) if ctrd else 0.0
-            if i >= args.warmup:
-                m_times.append(dm)
-                if ctrd:
-                    c_times.append(dc)
-        result["moor_run_rm_ms"] = round(median(m_times) * 1000, 1)
-        result["moor_run_rm_min_ms"] = round(min(m_times) * 1000, 1)
-        result["moor_run_rm_max_ms"] = round(max(m_times) * 1000, 1)
+
+        def compare(tag: str) -> None:
+            m_times: list[float] = []
+            c_times: list[float] = []
+            for i in range(args.warmup + args.runs):
+                dm = timed([*moor, "run", "--rm", "busybox", "true"], env)
+                dc = timed([*ctrd.ctr, "run", "--rm", NAME, f"benchrun{tag.replace('_', '-')}-{i}", "/bin/true"]) \
+                    if ctrd else 0.0
+                if i >= args.warmup:
+                    m_times.append(dm)
+                    if ctrd:
+                        c_times.append(dc)
+            key = "moor_run_rm" + tag
+            result[f"{key}_ms"] = round(median(m_times) * 1000, 1)
+            result[f"{key}_min_ms"] = round(min(m_times) * 1000, 1)
+            result[f"{key}_max_ms"] = round(max(m_times) * 1000, 1)
+            if ctrd:
+                result[f"ctr_run_rm{tag}_ms"] = round(median(c_times) * 1000, 1)
+                result[f"ctr_run_rm{tag}_min_ms"] = round(min(c_times) * 1000, 1)
+                result[f"ctr_run_rm{tag}_max_ms"] = round(max(c_times) * 1000, 1)
+                result[f"ratio{tag}"] = round(median(m_times) / median(c_times), 2)
+
+        # process floors in the same conditions (the anchors: python 15 ms, ctr version 12 ms)
+        floors_py = [timed([sys.executable, "-c", "pass"], env) for _ in range(5)]
+        result["python_floor_ms"] = round(median(floors_py) * 1000, 1)
+        if ctrd:
+            result["ctr_floor_ms"] = round(median([timed([*ctrd.ctr, "version"]) for _ in range(5)])
+                                           * 1000, 1)
+        result["loadavg_1m"] = float(open("/proc/loadavg").read().split()[0])
+        compare("")
+        # the same with a shim started ahead ([runtime] shim_prestart = true)
+        suite.stop("runtime")
+        with open(suite.config_path, "a") as f:
+            f.write("\n[runtime]\nshim_prestart = true\n")
+        suite.start("runtime")
+        compare("_prestart")
         if ctrd:
             result["containerd_version"] = ctrd.version
-            result["ctr_run_rm_ms"] = round(median(c_times) * 1000, 1)
-            result["ctr_run_rm_min_ms"] = round(min(c_times) * 1000, 1)
-            result["ctr_run_rm_max_ms"] = round(max(c_times) * 1000, 1)
-            result["ratio"] = round(median(m_times) / median(c_times), 2)
             ctrd.close()
             ctrd = None
 
@@ -249,11 +272,18 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     ratio = result.get("ratio")
     result["goal_ratio_le_1"] = bool(ratio is not None and float(ratio) <= 1.0)  # type: ignore[arg-type]
-    print(f"  moor run --rm busybox true   {result['moor_run_rm_ms']:7.1f} ms median "
-          f"[{result['moor_run_rm_min_ms']}-{result['moor_run_rm_max_ms']}]")
-    if "ctr_run_rm_ms" in result:
-        print(f"  ctr run --rm ({result['containerd_version']})     {result['ctr_run_rm_ms']:7.1f} ms median "
-              f"[{result['ctr_run_rm_min_ms']}-{result['ctr_run_rm_max_ms']}]   ratio {ratio} (goal <= 1.0)")
+    for tag, what in (("", "default"), ("_prestart", "shim_prestart")):
+        if f"moor_run_rm{tag}_ms" not in result:
+            continue
+        print(f"  moor run --rm busybox true ({what})  {result[f'moor_run_rm{tag}_ms']:7.1f} ms median "
+              f"[{result[f'moor_run_rm{tag}_min_ms']}-{result[f'moor_run_rm{tag}_max_ms']}]")
+        if f"ctr_run_rm{tag}_ms" in result:
+            print(f"  ctr run --rm ({result.get('containerd_version', '')}), interleaved  "
+                  f"{result[f'ctr_run_rm{tag}_ms']:7.1f} ms median [{result[f'ctr_run_rm{tag}_min_ms']}-"
+                  f"{result[f'ctr_run_rm{tag}_max_ms']}]   ratio {result[f'ratio{tag}']} (goal <= 1.0)")
+    print(f"  floors: python -c pass {result.get('python_floor_ms')} ms, ctr version "
+          f"{result.get('ctr_floor_ms')} ms (load average {result.get('loadavg_1m')}, idle before "
+          f"{result.get('idle_before')})")
     print(f"  {result['concurrent']} concurrent `moor run -d`: {result['concurrent_start_s']} s, "
           f"{result['concurrent_running']} running; suite RSS {result['suite_rss_mib_with_running']} MiB "
           f"(idle {result['suite_rss_mib_idle']}), shims {result['shims_rss_mib']} MiB")
