@@ -15,6 +15,10 @@ Lifecycle of one process (``moorage serve NAME``)::
 It may raise any errdefs kind or ConfigError; the process then exits non-zero with the message.
 
 Extra records (tests, out-of-tree processes) come from ``[suite] plugins = ["module:attr"]``.
+
+The proxy imports every record to learn its ``services`` (and ``moorage up`` to validate its
+config), so ``process.py`` should import lightly: the record, its config dataclass, and the
+heavy modules (stores, protobuf, clients) inside ``build``.
 """
 
 from __future__ import annotations
