@@ -84,3 +84,34 @@ def test_cli_imports_no_asyncio(s: Any) -> None:
     ) % s.address
     r = subprocess.run([sys.executable, "-c", code], env=s.env(), capture_output=True, timeout=60)
     assert r.stderr.decode().strip().splitlines()[-1] == "False False", r.stderr
+
+
+def test_ingest_shows_progress_on_a_terminal(s: Any) -> None:
+    import pty
+
+    data = os.urandom(5 << 20)
+    master, slave = pty.openpty()
+    try:
+        cmd = [sys.executable, "-m", "moorage.cli.main", "--address", s.address, "--namespace", "tty",
+               "content", "ingest", "--expected-size", str(len(data)), "tty-ref"]
+        r = subprocess.run(cmd, env=s.env(), input=data, stdout=subprocess.PIPE, stderr=slave, timeout=60)
+        os.close(slave)
+        slave = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert r.returncode == 0
+    assert b"tty-ref: 5.0 MiB/5.0 MiB" in shown
+    # not a terminal: no progress at all
+    r = moor(s, "content", "ingest", "plain-ref", stdin=data[1:], ns="tty")
+    assert r.returncode == 0 and r.stderr == b""
