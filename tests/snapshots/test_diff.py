@@ -107,9 +107,24 @@ async def _socket(tmp: Path) -> AsyncIterator[Env]:
         os.rmdir(sockdir)
 
 
-@pytest.fixture(params=["local", "socket"])
+async def _proxy(tmp: Path) -> AsyncIterator[Env]:
+    from tests.suite import running
+
+    from moorage.rpc import connect
+    from moorage.services.content.client import ContentClient
+    from moorage.services.snapshots.client import RemoteDiffer, RemoteSnapshotters
+
+    async with running(["content", "snapshots"], config={"snapshots": {"limits": {"max_ratio": 50, "ratio_floor": 4 << 20}}}) as s:
+        client = await connect(s.address)
+        try:
+            yield Env(ContentClient(client), RemoteSnapshotters(client), RemoteDiffer(client), s.root / "snapshots")
+        finally:
+            await client.close()
+
+
+@pytest.fixture(params=["local", "socket", "proxy"])
 async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Env]:
-    gen = {"local": _local, "socket": _socket}[request.param](tmp_path)
+    gen = {"local": _local, "socket": _socket, "proxy": _proxy}[request.param](tmp_path)
     value = await gen.__anext__()
     try:
         yield value
