@@ -40,10 +40,11 @@ class Rt:
 
     def container(self, id: str, args: Sequence[str], *, runtime: str = "io.containerd.runc.v2",
                   logged: bool = True, binary_name: str = "", annotations: dict[str, str] | None = None,
-                  **over: Any) -> Any:
+                  snapshotter: str = "", snapshot_key: str = "", **over: Any) -> Any:
         spec = sp.build_spec(self.ns, id, sp.ImageConfig(cmd=tuple(args)),
                              sp.Overrides(annotations=annotations or {}, **over))
-        c = cpb.Container(id=id, labels={"moorage/logging": "file"} if logged else {})
+        c = cpb.Container(id=id, labels={"moorage/logging": "file"} if logged else {},
+                          snapshotter=snapshotter, snapshot_key=snapshot_key)
         c.runtime.name = runtime
         if binary_name:
             c.runtime.options.CopyFrom(any_pb2.Any(

@@ -197,3 +197,43 @@ def test_signals_are_forwarded(env: Env) -> None:
     assert p.returncode == 9, err
     assert out == b"got-term\n"
     env.nothing_left()
+
+
+def test_task_rootfs_from_the_container_snapshot(env: Env) -> None:
+    """Tasks.Create without rootfs: the runtime asks the snapshots service for the mounts of
+    the container's snapshot key (what containerd does for clients like ctr)."""
+    from google.protobuf import empty_pb2
+
+    from moorage import errdefs
+    from moorage.api.containerd.services.snapshots.v1 import snapshots_pb2 as spb
+    from moorage.services.runtime import image
+    from ttrpc.blocking import Client
+
+    from .helpers import Rt
+
+    md = {"containerd-namespace-ttrpc": env.ns}
+    with Client(env.suite.address, error_factory=errdefs.from_status) as c:
+        resolved = image.resolve(c, md, "busybox", 30)
+        c.unary("containerd.services.snapshots.v1.Snapshots", "Prepare",
+                spb.PrepareSnapshotRequest(snapshotter="overlayfs", key="snapkey1",
+                                           parent=resolved.chain_id),
+                spb.PrepareSnapshotResponse, metadata=md)
+    api = Rt(env.suite.address, env.ns)
+    try:
+        ctr = api.container("s1", ["sh", "-c", "echo from-snapshot"], snapshotter="overlayfs",
+                            snapshot_key="snapkey1")
+        from moorage.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
+
+        api.call("containerd.services.tasks.v1.Tasks", "Create",
+                 tpb.CreateTaskRequest(container_id="s1"), tpb.CreateTaskResponse)
+        api.start("s1")
+        assert api.wait("s1") == 0
+        api.delete("s1")
+        assert "stdout F from-snapshot" in api.log(ctr)
+        api.remove("s1")
+        api.call("containerd.services.snapshots.v1.Snapshots", "Remove",
+                 spb.RemoveSnapshotRequest(snapshotter="overlayfs", key="snapkey1"),
+                 empty_pb2.Empty)
+    finally:
+        api.close()
+    env.nothing_left()
