@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .contract import BlobInfo, BlobWriter, UnpackTarget
 from .oci import Descriptor, Platform
@@ -95,5 +95,5 @@ class ProxyApplier:
         from moorage.services.snapshots.contract import Descriptor as SDescriptor
         differ = RemoteDiffer(await self.peers.client())
         applied = await differ.apply(SDescriptor(desc.media_type, desc.digest, desc.size, dict(desc.annotations)),
-                                     mounts)
+                                     cast("Sequence[Any]", mounts))
         return str(applied.digest)

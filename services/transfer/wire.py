@@ -60,9 +60,7 @@ def platform_from_pb(p: platform_pb2.Platform) -> Platform:
     return Platform(p.os, p.architecture, p.variant, p.os_version)
 
 
-def _ts(t: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if t is None:
-        return None
+def _ts(t: datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(t)
     return ts
