@@ -18,7 +18,8 @@ suite_mod = pytest.importorskip("suite")
 @pytest.fixture(scope="module")
 def s(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = Path(__import__("tempfile").mkdtemp(prefix="moorage-", dir="/tmp"))
-    s = suite_mod.Suite(tmp)
+    only_content = {n: {"enabled": False} for n in ("snapshots", "transfer", "sandbox", "runtime", "nri")}
+    s = suite_mod.Suite(tmp, config=only_content)
     s.start("proxy")
     s.start("content")
     yield s
@@ -115,3 +116,15 @@ def test_ingest_shows_progress_on_a_terminal(s: Any) -> None:
     # not a terminal: no progress at all
     r = moor(s, "content", "ingest", "plain-ref", stdin=data[1:], ns="tty")
     assert r.returncode == 0 and r.stderr == b""
+
+
+def test_namespace_with_content_cannot_be_removed(s: Any) -> None:
+    assert moor(s, "namespaces", "create", "nsrm", ns="nsrm").returncode == 0
+    r = moor(s, "content", "ingest", "one", stdin=b"held by nsrm", ns="nsrm")
+    assert r.returncode == 0, r.stderr
+    d = r.stdout.decode().strip()
+    r = moor(s, "namespaces", "rm", "nsrm", ns="nsrm")
+    assert r.returncode != 0 and b"content" in r.stderr, r.stderr
+    assert moor(s, "content", "rm", d, ns="nsrm").returncode == 0
+    r = moor(s, "namespaces", "rm", "nsrm", ns="nsrm")
+    assert r.returncode == 0, r.stderr
