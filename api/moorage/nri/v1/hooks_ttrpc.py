@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -124,62 +124,62 @@ class HooksClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def RunPodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.RunPodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.RunPodSandboxResponse:
-        return await self.client.unary(self.SERVICE, "RunPodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.RunPodSandboxResponse, timeout, metadata)
+    def RunPodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.RunPodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.RunPodSandboxResponse]:
+        return self.client.unary(self.SERVICE, "RunPodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.RunPodSandboxResponse, timeout, metadata)
 
-    async def UpdatePodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.UpdatePodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.UpdatePodSandboxResponse:
-        return await self.client.unary(self.SERVICE, "UpdatePodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.UpdatePodSandboxResponse, timeout, metadata)
+    def UpdatePodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.UpdatePodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.UpdatePodSandboxResponse]:
+        return self.client.unary(self.SERVICE, "UpdatePodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.UpdatePodSandboxResponse, timeout, metadata)
 
-    async def PostUpdatePodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.PostUpdatePodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.PostUpdatePodSandboxResponse:
-        return await self.client.unary(self.SERVICE, "PostUpdatePodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.PostUpdatePodSandboxResponse, timeout, metadata)
+    def PostUpdatePodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.PostUpdatePodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.PostUpdatePodSandboxResponse]:
+        return self.client.unary(self.SERVICE, "PostUpdatePodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.PostUpdatePodSandboxResponse, timeout, metadata)
 
-    async def StopPodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.StopPodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.StopPodSandboxResponse:
-        return await self.client.unary(self.SERVICE, "StopPodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.StopPodSandboxResponse, timeout, metadata)
+    def StopPodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.StopPodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.StopPodSandboxResponse]:
+        return self.client.unary(self.SERVICE, "StopPodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.StopPodSandboxResponse, timeout, metadata)
 
-    async def RemovePodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.RemovePodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.RemovePodSandboxResponse:
-        return await self.client.unary(self.SERVICE, "RemovePodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.RemovePodSandboxResponse, timeout, metadata)
+    def RemovePodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.RemovePodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.RemovePodSandboxResponse]:
+        return self.client.unary(self.SERVICE, "RemovePodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.RemovePodSandboxResponse, timeout, metadata)
 
-    async def CreateContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.CreateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.CreateContainerResponse:
+    def CreateContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.CreateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.CreateContainerResponse]:
         """The merged adjustment for the new container (apply it with
          moorage.nri.adjust.apply_adjustment). Updates plugins asked for on other containers
          are applied by the nri process itself (Tasks.Update through the proxy), so `update`
          and `evict` come back empty.
         """
-        return await self.client.unary(self.SERVICE, "CreateContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.CreateContainerResponse, timeout, metadata)
+        return self.client.unary(self.SERVICE, "CreateContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.CreateContainerResponse, timeout, metadata)
 
-    async def PostCreateContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.PostCreateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.PostCreateContainerResponse:
-        return await self.client.unary(self.SERVICE, "PostCreateContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.PostCreateContainerResponse, timeout, metadata)
+    def PostCreateContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.PostCreateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.PostCreateContainerResponse]:
+        return self.client.unary(self.SERVICE, "PostCreateContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.PostCreateContainerResponse, timeout, metadata)
 
-    async def StartContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.StartContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.StartContainerResponse:
-        return await self.client.unary(self.SERVICE, "StartContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.StartContainerResponse, timeout, metadata)
+    def StartContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.StartContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.StartContainerResponse]:
+        return self.client.unary(self.SERVICE, "StartContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.StartContainerResponse, timeout, metadata)
 
-    async def PostStartContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.PostStartContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.PostStartContainerResponse:
-        return await self.client.unary(self.SERVICE, "PostStartContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.PostStartContainerResponse, timeout, metadata)
+    def PostStartContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.PostStartContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.PostStartContainerResponse]:
+        return self.client.unary(self.SERVICE, "PostStartContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.PostStartContainerResponse, timeout, metadata)
 
-    async def UpdateContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.UpdateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.UpdateContainerResponse:
+    def UpdateContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.UpdateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.UpdateContainerResponse]:
         """`update` holds at most one entry: the resources to apply to the container being
          updated, when plugins changed them (absent: apply the requested resources as they are).
         """
-        return await self.client.unary(self.SERVICE, "UpdateContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.UpdateContainerResponse, timeout, metadata)
+        return self.client.unary(self.SERVICE, "UpdateContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.UpdateContainerResponse, timeout, metadata)
 
-    async def PostUpdateContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.PostUpdateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.PostUpdateContainerResponse:
-        return await self.client.unary(self.SERVICE, "PostUpdateContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.PostUpdateContainerResponse, timeout, metadata)
+    def PostUpdateContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.PostUpdateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.PostUpdateContainerResponse]:
+        return self.client.unary(self.SERVICE, "PostUpdateContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.PostUpdateContainerResponse, timeout, metadata)
 
-    async def StopContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.StopContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.StopContainerResponse:
-        return await self.client.unary(self.SERVICE, "StopContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.StopContainerResponse, timeout, metadata)
+    def StopContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.StopContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.StopContainerResponse]:
+        return self.client.unary(self.SERVICE, "StopContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.StopContainerResponse, timeout, metadata)
 
-    async def RemoveContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.RemoveContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.RemoveContainerResponse:
-        return await self.client.unary(self.SERVICE, "RemoveContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.RemoveContainerResponse, timeout, metadata)
+    def RemoveContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.RemoveContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.RemoveContainerResponse]:
+        return self.client.unary(self.SERVICE, "RemoveContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.RemoveContainerResponse, timeout, metadata)
 
-    async def Synchronize(self, request: moorage_dot_nri_dot_v1_dot_hooks__pb2.SynchronizeRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.Empty:
+    def Synchronize(self, request: moorage_dot_nri_dot_v1_dot_hooks__pb2.SynchronizeRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.Empty]:
         """Replace the nri process's view of existing pods and containers (what plugins get in
          Synchronize). Callers may send it after they (or the nri process) restarted.
         """
-        return await self.client.unary(self.SERVICE, "Synchronize", request, nri_dot_pkg_dot_api_dot_api__pb2.Empty, timeout, metadata)
+        return self.client.unary(self.SERVICE, "Synchronize", request, nri_dot_pkg_dot_api_dot_api__pb2.Empty, timeout, metadata)
 
-    async def ListPlugins(self, request: moorage_dot_nri_dot_v1_dot_hooks__pb2.ListPluginsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> moorage_dot_nri_dot_v1_dot_hooks__pb2.ListPluginsResponse:
+    def ListPlugins(self, request: moorage_dot_nri_dot_v1_dot_hooks__pb2.ListPluginsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, moorage_dot_nri_dot_v1_dot_hooks__pb2.ListPluginsResponse]:
         """The connected plugins, in index order (`moor nri ls`)."""
-        return await self.client.unary(self.SERVICE, "ListPlugins", request, moorage_dot_nri_dot_v1_dot_hooks__pb2.ListPluginsResponse, timeout, metadata)
+        return self.client.unary(self.SERVICE, "ListPlugins", request, moorage_dot_nri_dot_v1_dot_hooks__pb2.ListPluginsResponse, timeout, metadata)
 
 
 class HooksBlockingClient:
