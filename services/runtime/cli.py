@@ -557,7 +557,7 @@ def cmd_ps(argv: list[str], ctx: CliContext) -> int:
     rows = []
     for c in api.containers():
         t = tasks.get(c.id)
-        status = STATUS.get(t.status, "unknown") if t else "no task"
+        status = STATUS.get(t.status, "unknown") if t else "stopped"
         if t is not None and t.status == 3:
             status = f"exited ({t.exit_status})"
         running = t is not None and t.status in (1, 2, 4, 5)
