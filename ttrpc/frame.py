@@ -53,6 +53,8 @@ class Oversized(NamedTuple):
 
 Event = Frame | Oversized
 
+_new = tuple.__new__
+
 
 def encode_frame(stream_id: int, type_: int, flags: int, body: bytes = b"") -> bytes:
     """One frame's bytes. The caller enforces the size limit (see ``MAX_MESSAGE_SIZE``)."""
@@ -140,7 +142,7 @@ class FrameDecoder:
                 if stop > end:
                     self._need = HEADER_SIZE + length
                     break
-                events.append(Frame(sid, mtype, flags, bytes(view[start + HEADER_SIZE : stop])))
+                events.append(_new(Frame, (sid, mtype, flags, bytes(view[start + HEADER_SIZE : stop]))))
                 start = stop
         if start == end:
             start = end = 0

@@ -22,6 +22,7 @@ Metadata = Mapping[str, "str | Sequence[str]"]
 Pairs = list[tuple[str, str]]
 
 _MASK64 = (1 << 64) - 1
+_new = tuple.__new__
 
 
 class Request(NamedTuple):
@@ -276,7 +277,7 @@ def decode_request(data: bytes) -> Request:
         a, _, pos = _skip_or_value(data, pos, end, tag & 7)
         if tag == 0x20:
             timeout = _signed64(a)
-    return Request(service, method, payload, timeout, metadata)
+    return _new(Request, (service, method, payload, timeout, metadata))
 
 
 def _status(data: bytes) -> tuple[int, str]:
@@ -297,7 +298,7 @@ def decode_response(data: bytes) -> Response:
     if not data:
         return _OK
     if data[0] == 0x12 and len(data) > 1 and data[1] < 0x80 and len(data) == data[1] + 2:
-        return Response(0, "", data[2:])
+        return _new(Response, (0, "", data[2:]))
     code = 0
     message = ""
     payload = b""

@@ -50,6 +50,7 @@ from .messages import (
 )
 
 CLOSE_FLAGS = FLAG_REMOTE_CLOSED | FLAG_NO_DATA
+_new = tuple.__new__
 
 
 class CallStarted(NamedTuple):
@@ -168,7 +169,7 @@ class ServerConnection(_Connection):
                     continue
                 flags = frame.flags
                 self.streams[sid] = flags & 3 == FLAG_REMOTE_OPEN
-                out.append(CallStarted(sid, flags, request))
+                out.append(_new(CallStarted, (sid, flags, request)))
                 continue
             event = self._event(frame)
             if event is not None:
@@ -300,7 +301,7 @@ class ClientConnection(_Connection):
             if frame.type == RESPONSE:
                 streams.discard(sid)
                 try:
-                    out.append(ResponseReceived(sid, decode_response(frame.body)))
+                    out.append(_new(ResponseReceived, (sid, decode_response(frame.body))))
                 except ProtocolError as exc:
                     out.append(StreamFailed(sid, Code.INTERNAL, f"failed to decode response: {exc}"))
             elif frame.type == DATA:
