@@ -123,6 +123,7 @@ class Suite:
         plugins: Iterable[str] = (),
         suite: Mapping[str, Any] | None = None,
     ) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
         self.root = tmp / "root"
         # unix socket paths are limited to 108 bytes: keep state short
