@@ -27,6 +27,7 @@ from moorage.namespaces import current_namespace
 from . import wire
 from .contract import (
     ExportTarget,
+    ExtraReference,
     ImageStore,
     ImageTarget,
     ImportSource,
@@ -118,7 +119,9 @@ class TransferService(TransferServicer):  # type: ignore[misc, unused-ignore]
             s_ = wire.unpack(a, imagestore_pb2.ImageStore)
             return ImageTarget(s_.name, dict(s_.labels), tuple(wire.platform_from_pb(p) for p in s_.platforms),
                                s_.all_metadata,
-                               tuple(UnpackRequest(wire.platform_from_pb(u.platform), u.snapshotter) for u in s_.unpacks))
+                               tuple(UnpackRequest(wire.platform_from_pb(u.platform), u.snapshotter) for u in s_.unpacks),
+                               tuple(ExtraReference(r.name, r.is_prefix, r.allow_overwrite, r.add_digest,
+                                                    r.skip_named_digest) for r in s_.extra_references))
         if name == importexport_pb2.ImageImportStream.DESCRIPTOR.full_name:
             i = wire.unpack(a, importexport_pb2.ImageImportStream)
             st = await self._stream(i.stream)

@@ -169,6 +169,19 @@ class UnpackRequest:
 
 
 @dataclass(frozen=True)
+class ExtraReference:
+    """ImageReference: another name to store. `is_prefix`: a base name that import
+    completes with each image's tag; `add_digest`: store `name@digest`; `allow_overwrite`:
+    replace an image of that name pointing elsewhere (else AlreadyExists)."""
+
+    name: str
+    is_prefix: bool = False
+    allow_overwrite: bool = False
+    add_digest: bool = False
+    skip_named_digest: bool = False
+
+
+@dataclass(frozen=True)
 class ImageTarget:
     """ImageStore: an image name (source or destination) with what to keep of it."""
 
@@ -177,6 +190,7 @@ class ImageTarget:
     platforms: tuple[Platform, ...] = ()
     all_metadata: bool = False
     unpacks: tuple[UnpackRequest, ...] = ()
+    extra_references: tuple[ExtraReference, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -103,10 +103,29 @@ class Transferrer:
     async def pull(self, src: RegistryEndpoint, dst: ImageTarget, progress: ProgressFn | None) -> Image:
         ref = parse_ref(src.reference)
         async with self._resolver(src, ref) as res:
-            return await pull(res, ref, self.content, self.images,
-                              PullOptions(name=dst.name or str(ref), labels=dst.labels,
-                                          platforms=self._platforms(dst), unpacks=self._unpacks(dst.unpacks),
-                                          concurrency=self.settings.max_concurrent_downloads), progress)
+            img = await pull(res, ref, self.content, self.images,
+                             PullOptions(name=dst.name or str(ref), labels=dst.labels,
+                                         platforms=self._platforms(dst), unpacks=self._unpacks(dst.unpacks),
+                                         concurrency=self.settings.max_concurrent_downloads), progress)
+        await self._extra(img, dst)
+        return img
+
+    async def _extra(self, img: Image, dst: ImageTarget) -> None:
+        """Store the destination's extra (non-prefix) references for `img`'s target."""
+        for r in dst.extra_references:
+            if r.is_prefix or not r.name:
+                continue
+            name = f"{r.name}@{img.target.digest}" if r.add_digest else r.name
+            new = Image(name, img.target, dict(dst.labels))
+            try:
+                await self.images.create(new)
+            except errdefs.AlreadyExists:
+                cur = await self.images.get(name)
+                if cur.target.digest == img.target.digest:
+                    continue
+                if not r.allow_overwrite:
+                    raise errdefs.AlreadyExists(f"image {name!r} already exists with another target") from None
+                await self.images.update(new, ["target", *(f"labels.{k}" for k in new.labels)])
 
     async def push(self, src: ImageTarget, dst: RegistryEndpoint, progress: ProgressFn | None) -> None:
         image = await self.images.get(src.name)
@@ -116,8 +135,11 @@ class Transferrer:
                        self.settings.max_concurrent_uploads)
 
     async def import_(self, src: ImportSource, dst: ImageTarget, progress: ProgressFn | None) -> list[Image]:
+        base = dst.name or next((r.name for r in dst.extra_references if r.is_prefix and r.name), "")
         imgs = await import_archive(src.data(), self.content, self.images,
-                                    ImportOptions(dst.name, dst.labels, self._platforms(dst)), progress)
+                                    ImportOptions(base, dst.labels, self._platforms(dst)), progress)
+        for img in imgs:
+            await self._extra(img, dst)
         for target in self._unpacks(dst.unpacks):
             for img in imgs:
                 await self.unpack_image(img, target)
@@ -152,6 +174,8 @@ class Transferrer:
         image = await self.images.get(src.name)
         new = Image(dst.name, image.target, dict(dst.labels) or dict(image.labels))
         try:
-            return await self.images.create(new)
+            out = await self.images.create(new)
         except errdefs.AlreadyExists:
-            return await self.images.update(new, ["target", "labels"])
+            out = await self.images.update(new, ["target", "labels"])
+        await self._extra(out, dst)
+        return out
