@@ -56,6 +56,8 @@ class BlockingStream(Generic[SendT, RecvT]):
         self._deadline = deadline
         self._done = False
         self._send_closed = False
+        self.last_was_response = False
+        """True once ``recv`` returned the payload of a final OK Response, not a data frame."""
 
     def send(self, message: SendT) -> None:
         if self._send_closed:
@@ -83,6 +85,7 @@ class BlockingStream(Generic[SendT, RecvT]):
             response = event.response
             if response.code:
                 raise client._error(response.code, response.message)
+            self.last_was_response = True
             return self._decode(response.payload)
         raise client._error(event.code, event.message)
 

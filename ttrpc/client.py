@@ -41,7 +41,9 @@ def _timeout_nano(timeout: float | None) -> int:
 class ClientStream(Generic[SendT, RecvT]):
     """One streaming call: ``send``, ``close_send``, ``recv`` (None at the end),
     ``async for``. A final OK Response (client-streaming methods) is the last message
-    ``recv`` returns; a Response with a status raises it. ``aclose()`` abandons the call."""
+    ``recv`` returns, and ``last_was_response`` is then True (a forwarder answers it with a
+    Response rather than a data frame); a Response with a status raises it. ``aclose()``
+    abandons the call."""
 
     def __init__(
         self,
@@ -56,6 +58,10 @@ class ClientStream(Generic[SendT, RecvT]):
         self._decode = decode
         self._inbox = Inbox(conn.stream_buffer)
         self._send_closed = False
+        self._queued = 0
+        self._received = 0
+        self._response_at = -1
+        self.last_was_response = False
 
     async def send(self, message: SendT) -> None:
         if self._send_closed:
@@ -77,6 +83,8 @@ class ClientStream(Generic[SendT, RecvT]):
         data = await self._inbox.get()
         if data is None:
             return None
+        self._received += 1
+        self.last_was_response = self._received == self._response_at
         return self._decode(data)
 
     async def aclose(self) -> None:
@@ -95,8 +103,10 @@ class ClientStream(Generic[SendT, RecvT]):
 
     def _on_data(self, payload: bytes | None, end: bool) -> None:
         inbox = self._inbox
-        if payload is not None and not inbox.put(payload):
-            self._conn.stalls.overflowed(inbox, self._overflow)
+        if payload is not None:
+            self._queued += 1
+            if not inbox.put(payload):
+                self._conn.stalls.overflowed(inbox, self._overflow)
         if end:
             inbox.end()
             self._conn.stalls.release(inbox)
@@ -109,6 +119,8 @@ class ClientStream(Generic[SendT, RecvT]):
         if response.code:
             self._fail(self._conn.error(response.code, response.message))
         else:
+            self._queued += 1
+            self._response_at = self._queued
             self._inbox.put(response.payload)
             self._inbox.end()
         self._conn.stalls.release(self._inbox)

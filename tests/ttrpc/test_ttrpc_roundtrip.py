@@ -84,3 +84,18 @@ async def test_blocking_client(server: Server, sock_path: str) -> None:
             return one, many, reply.data
 
     assert await asyncio.to_thread(work) == (b"b", [b"c"] * 3, b"12")
+
+
+async def test_raw_stream_tells_response_from_data(client: Client) -> None:
+    collect = await client.open_stream("moorage.test.v1.Echo", "Collect", None, 0x02)
+    await collect.send(EchoRequest(data=b"a").SerializeToString())
+    await collect.close_send()
+    assert EchoResponse.FromString(await collect.recv() or b"").data == b"a"
+    assert collect.last_was_response
+    assert await collect.recv() is None
+    chat = await client.open_stream("moorage.test.v1.Echo", "Chat", None, 0x02)
+    await chat.send(EchoRequest(data=b"b").SerializeToString())
+    assert EchoResponse.FromString(await chat.recv() or b"").data == b"b"
+    assert not chat.last_was_response
+    await chat.close_send()
+    assert await chat.recv() is None
