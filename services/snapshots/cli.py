@@ -20,11 +20,19 @@ from __future__ import annotations
 import os
 import shlex
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from moorage.cli.context import EXIT, CliContext, Usage, labels_text
 
-from .contract import DEFAULT_SNAPSHOTTER, Kind, Mount
+DEFAULT_SNAPSHOTTER = "overlayfs"  # contract.DEFAULT_SNAPSHOTTER, without its imports
+_KINDS = {1: "View", 2: "Active", 3: "Committed"}
+
+
+class Mount(NamedTuple):
+    type: str
+    source: str
+    options: tuple[str, ...]
+    target: str
 
 SERVICE = "containerd.services.snapshots.v1.Snapshots"
 USAGE = __doc__.split("\n\n")[1] if __doc__ else ""
@@ -70,7 +78,7 @@ class _Cmd:
 
 
 def _kind(k: int) -> str:
-    return Kind(k).label if k in (0, 1, 2, 3) else "Unknown"
+    return _KINDS.get(k, "Unknown")
 
 
 def _print_mounts(ctx: CliContext, target: str, mounts: Sequence[Mount]) -> None:
@@ -169,9 +177,11 @@ def _mounts(c: _Cmd, args: list[str]) -> int:
 def _mount(c: _Cmd, args: list[str]) -> int:
     if len(args) != 2:
         raise Usage("snapshots mount TARGET KEY")
+    from .contract import Mount as MountRecord
     from .mounts import mount_all
 
-    mount_all(c.mounts(args[1]), args[0])
+    records: list[MountRecord] = [MountRecord(m.type, m.source, m.options, m.target) for m in c.mounts(args[1])]
+    mount_all(records, args[0])
     return EXIT["ok"]
 
 

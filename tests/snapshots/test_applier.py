@@ -27,6 +27,14 @@ from .tarbuild import BLOCK, E, chunks, digest, entry_bytes, gz, header, pad, pa
 pytestmark = pytest.mark.root
 
 
+@pytest.fixture(autouse=True, params=["openat2", "walk"])
+def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every case runs with kernel confinement (openat2) and with the user-space walk."""
+    if request.param == "walk":
+        monkeypatch.setattr("moorage.services.snapshots.applier.syscalls.has_openat2", lambda: False)
+    return str(request.param)
+
+
 @pytest.fixture
 def canary(tmp_path: Path) -> Iterator[Path]:
     c = tmp_path / "canary"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from unittest import mock
 from pathlib import Path
 
 import pytest
@@ -51,11 +52,12 @@ entries = st.builds(
 )
 
 
-def _check(data: bytes, overlay: bool) -> None:
+def _check(data: bytes, overlay: bool, walk: bool = False) -> None:
     root = Path(tempfile.mkdtemp(prefix="root-", dir=_WORK))
     try:
         try:
-            apply_layer(str(root), chunks(data, 4096), overlay=overlay, limits=LIMITS)
+            with mock.patch("moorage.services.snapshots.applier.syscalls.has_openat2", lambda: not walk):
+                apply_layer(str(root), chunks(data, 4096), overlay=overlay, limits=LIMITS)
         except errdefs.Error:
             pass
         assert not os.path.islink(root)
@@ -65,10 +67,11 @@ def _check(data: bytes, overlay: bool) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(entries, max_size=12), st.booleans(), st.booleans())
-def test_random_archives_stay_confined(es: list[E], overlay: bool, compress: bool) -> None:
+@given(st.lists(entries, max_size=12), st.booleans(), st.booleans(), st.booleans())
+def test_random_archives_stay_confined(es: list[E], overlay: bool, compress: bool, walk: bool) -> None:
+    """``walk``: the user-space resolver used when the kernel lacks openat2."""
     data = tar(es)
-    _check(gz(data) if compress else data, overlay)
+    _check(gz(data) if compress else data, overlay, walk)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
