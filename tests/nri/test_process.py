@@ -209,3 +209,64 @@ def test_moor_nri_cli_imports_no_asyncio_and_reports_unavailable(tmp_path: Path)
     assert "cannot reach moorage" in r.stderr
     usage = subprocess.run([sys.executable, "-m", "moorage.cli.main", "nri", "frob"], capture_output=True, text=True)
     assert usage.returncode == 2
+
+
+async def test_plugin_updates_and_evictions_reach_the_tasks_service(tmp_path: Path) -> None:
+    """Updates returned with CreateContainer, unsolicited UpdateContainers and evictions go
+    to Tasks.Update / Tasks.Kill through the proxy, in the container's namespace."""
+    import time
+
+    from moorage.registry import builtin_names
+
+    out = tmp_path / "tasks.jsonl"
+    sock = tmp_path / "run" / "nri.sock"
+    disabled = {n: {"enabled": False} for n in builtin_names() if n not in ("proxy", "nri")}
+    s = Suite(tmp_path, config={**disabled, "faketasks": {"out": str(out)},
+                                "nri": {"socket_path": str(sock), "plugin_path": str(tmp_path / "none")}},
+              plugins=["tests.nri.faketasks:PROCESS"])
+
+    class Neighbourly(Plugin):
+        failed: list[api.ContainerUpdate] = []
+
+        async def create_container(self, pod: api.PodSandbox, container: api.Container) -> Any:
+            if container.id != "new":
+                return None
+            u = api.ContainerUpdate(container_id="old")
+            u.linux.resources.memory.limit.value = 1 << 20
+            assert self.stub is not None
+            gone = api.ContainerUpdate(container_id="missing")
+            gone.linux.resources.cpu.shares.value = 2
+            self.failed = await self.stub.update_containers([gone], [api.ContainerEviction(container_id="old",
+                                                                                           reason="test")])
+            return None, [u]
+
+    plugin = Neighbourly()
+    try:
+        s.start("proxy")
+        s.start("faketasks")
+        s.start("nri")
+        stub = Stub(plugin, name="neighbourly", idx="10", socket_path=str(sock))
+        await stub.start()
+        hooks = NriHooks(s.address, optional=False)
+        token = current_namespace.set("ns1")
+        try:
+            await hooks.create_container(spec(), container_id="old")
+            await hooks.create_container(spec(), container_id="new")
+        finally:
+            current_namespace.reset(token)
+            await hooks.close()
+            stub.close()
+        assert [u.container_id for u in plugin.failed] == ["missing"]
+        deadline = time.monotonic() + 10
+        while True:
+            lines = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
+            if len(lines) >= 2 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        by_op = {e["op"]: e for e in lines}
+        assert by_op["update"] == {"op": "update", "id": "old", "ns": "ns1",
+                                   "type_url": "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
+                                   "resources": {"memory": {"limit": 1 << 20}}}
+        assert by_op["kill"] == {"op": "kill", "id": "old", "ns": "ns1", "signal": 9, "all": True}
+    finally:
+        s.close()
