@@ -22,7 +22,7 @@ from moorage.errdefs import FailedPrecondition, InvalidArgument, OutOfRange, Una
 from moorage.namespaces import NAMESPACE_KEY, current_namespace
 
 from . import wire
-from .contract import READ_CHUNK, Info, Status
+from .contract import Info, Status
 
 if TYPE_CHECKING:
     from ttrpc.client import Client, ClientStream
