@@ -45,8 +45,12 @@ async def build(ctx: BuildContext) -> Sequence[object]:
         log_dir=ctx.root / "logs", connect=rpc.connect, proxy=proxy, shim_search_path=search,
         prestart=settings.shim_prestart)
     await tasks.recover()
+    import asyncio
+
+    follower = asyncio.get_running_loop().create_task(tasks.follow_events())
 
     async def close() -> None:
+        follower.cancel()
         await tasks.close()
         for c in proxy_client:
             await c.close()

@@ -777,6 +777,38 @@ class TaskManager:
         self.tasks[(rec.namespace, rec.id)] = task
         task.waiter = asyncio.get_running_loop().create_task(self._wait_exit(task))
 
+    # ---- shim events ----------------------------------------------------------------------
+
+    async def follow_events(self) -> None:
+        """Task state from the shims' events too: `/tasks/exit` of an init process (forwarded
+        by the proxy) settles the task's exit even if its Wait call was lost. Reconnects
+        while the runtime runs; events are not durable, so Wait and State stay the truth."""
+        from moorage.api.containerd.services.events.v1 import events_pb2 as evpb
+        from moorage.api.containerd.types import event_pb2
+
+        if self._proxy is None:
+            return
+        while not self._closing:
+            try:
+                client = await self._proxy()
+                stream = await client.server_stream(
+                    "containerd.services.events.v1.Events", "Subscribe",
+                    evpb.SubscribeRequest(filters=['topic=="/tasks/exit"']),
+                    event_pb2.Envelope)
+                async for env in stream:
+                    ev = events_pb2.TaskExit()
+                    ev.ParseFromString(env.event.value)
+                    t = self.tasks.get((env.namespace, ev.container_id))
+                    if t is not None and ev.id == ev.container_id and not t.exited.done() \
+                            and (not t.pid or ev.pid == t.pid):
+                        t.exited.set_result(ExitInfo(ev.pid, ev.exit_status, _ns(ev.exited_at)))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.debug("events: %s", exc)
+            if not self._closing:
+                await asyncio.sleep(1.0)
+
     async def close(self) -> None:
         """Stop watching (the shims and their containers keep running)."""
         self._closing = True
