@@ -121,7 +121,8 @@ class TransferService(TransferServicer):  # type: ignore[misc, unused-ignore]
                                s_.all_metadata,
                                tuple(UnpackRequest(wire.platform_from_pb(u.platform), u.snapshotter) for u in s_.unpacks),
                                tuple(ExtraReference(r.name, r.is_prefix, r.allow_overwrite, r.add_digest,
-                                                    r.skip_named_digest) for r in s_.extra_references))
+                                                    r.skip_named_digest) for r in s_.extra_references),
+                               s_.manifest_limit)
         if name == importexport_pb2.ImageImportStream.DESCRIPTOR.full_name:
             i = wire.unpack(a, importexport_pb2.ImageImportStream)
             st = await self._stream(i.stream)

@@ -191,6 +191,7 @@ class ImageTarget:
     all_metadata: bool = False
     unpacks: tuple[UnpackRequest, ...] = ()
     extra_references: tuple[ExtraReference, ...] = ()
+    manifest_limit: int = 0
 
 
 @dataclass(frozen=True)

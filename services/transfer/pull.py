@@ -47,6 +47,8 @@ class PullOptions:
     platforms: Sequence[Platform] | None = None  # None: all
     unpacks: Sequence[UnpackTarget] = ()
     concurrency: int = DEFAULT_CONCURRENCY
+    all_metadata: bool = False  # manifests and configs of every platform, layers of the chosen ones
+    manifest_limit: int = 0  # at most this many manifests per index (0: no limit)
 
 
 class Progress:
@@ -226,6 +228,7 @@ class _ManifestPlan:
     manifest: oci.Manifest
     config_data: bytes
     config: oci.ImageConfig
+    layers: bool = True  # False: metadata only (all_metadata for another platform)
 
 
 async def pull(resolver: Resolver, ref: Reference, content: ContentStore, images: ImageStore,
@@ -237,8 +240,8 @@ async def pull(resolver: Resolver, ref: Reference, content: ContentStore, images
     await progress.emit("fetching image content")
     plans: list[_ManifestPlan] = []
     index_children: list[tuple[Descriptor, bytes, oci.Index, list[Descriptor]]] = []
-    await _walk(resolver, root, root_data, opts.platforms, plans, index_children, depth=0)
-    if not plans:
+    await _walk(resolver, root, root_data, opts, plans, index_children, depth=0)
+    if not any(p.layers for p in plans):
         raise errdefs.NotFound(f"{ref}: no manifest for platform(s) {', '.join(map(str, opts.platforms or []))}")
 
     # configs first (small, needed for diff ids)
@@ -257,6 +260,8 @@ async def pull(resolver: Resolver, ref: Reference, content: ContentStore, images
                 await _add_source(content, desc.digest, ref)
 
     for p in plans:
+        if not p.layers:
+            continue
         for layer in p.manifest.layers:
             if layer.digest not in done:
                 await progress.emit("waiting", layer.digest, 0, layer.size, layer)
@@ -264,7 +269,7 @@ async def pull(resolver: Resolver, ref: Reference, content: ContentStore, images
 
     unpack_jobs: list[asyncio.Future[str]] = []
     for target in opts.unpacks:
-        plan = next((p for p in plans if oci.platform_matches(target.platform, p.config.platform)
+        plan = next((p for p in plans if p.layers and oci.platform_matches(target.platform, p.config.platform)
                      or (p.desc.platform and oci.platform_matches(target.platform, p.desc.platform))), None)
         if plan is None:
             continue
@@ -281,7 +286,7 @@ async def pull(resolver: Resolver, ref: Reference, content: ContentStore, images
     # parents after children
     for p in plans:
         labels = {f"{GC_REF}.config": p.manifest.config.digest}
-        for i, layer in enumerate(p.manifest.layers):
+        for i, layer in enumerate(p.manifest.layers if p.layers else ()):
             labels[f"{GC_REF}.l.{i}"] = layer.digest
         await write_bytes(content, p.desc, p.data, labels)
     for desc, data, _index, children in reversed(index_children):
@@ -302,11 +307,12 @@ async def store_image(images: ImageStore, image: Image) -> Image:
         return await images.update(image, ["target", *(f"labels.{k}" for k in image.labels)])
 
 
-async def _walk(resolver: Resolver, desc: Descriptor, data: bytes, platforms: Sequence[Platform] | None,
+async def _walk(resolver: Resolver, desc: Descriptor, data: bytes, opts: PullOptions,
                 plans: list[_ManifestPlan], indexes: list[tuple[Descriptor, bytes, oci.Index, list[Descriptor]]],
-                depth: int) -> None:
+                depth: int, layers: bool = True) -> None:
     if depth > 4:
         raise errdefs.InvalidArgument("index nesting too deep")
+    platforms = opts.platforms
     doc = oci.parse_document(data, desc.media_type)
     if isinstance(doc, oci.Index):
         children = oci.select_manifests(doc, platforms)
@@ -318,12 +324,17 @@ async def _walk(resolver: Resolver, desc: Descriptor, data: bytes, platforms: Se
                 if m is not None:
                     best.append(m)
             children = best
+        wanted = {c.digest for c in children} if layers else set()
+        if opts.all_metadata:
+            children = [c for c in doc.manifests if oci.is_index(c.media_type) or oci.is_manifest(c.media_type)]
+        if opts.manifest_limit:
+            children = children[:opts.manifest_limit]
         indexes.append((desc, data, doc, children))
         for child in children:
             if not (oci.is_index(child.media_type) or oci.is_manifest(child.media_type)):
                 continue
             child_data = await resolver.fetch_document(child)
-            await _walk(resolver, child, child_data, platforms, plans, indexes, depth + 1)
+            await _walk(resolver, child, child_data, opts, plans, indexes, depth + 1, child.digest in wanted)
         return
     cfg_data = await resolver.fetch_document(doc.config, oci.MAX_JSON_SIZE)
     cfg = oci.parse_config(cfg_data)
@@ -332,7 +343,7 @@ async def _walk(resolver: Resolver, desc: Descriptor, data: bytes, platforms: Se
     if platforms is not None and depth == 0 and cfg.platform.os and not any(
             oci.platform_matches(p, cfg.platform) for p in platforms):
         raise errdefs.NotFound(f"image is for {cfg.platform}, not {', '.join(map(str, platforms))}")
-    plans.append(_ManifestPlan(desc, data, doc, cfg_data, cfg))
+    plans.append(_ManifestPlan(desc, data, doc, cfg_data, cfg, layers))
 
 
 async def unpack(target: UnpackTarget, manifest: oci.Manifest, config: oci.ImageConfig,

@@ -106,7 +106,9 @@ class Transferrer:
             img = await pull(res, ref, self.content, self.images,
                              PullOptions(name=dst.name or str(ref), labels=dst.labels,
                                          platforms=self._platforms(dst), unpacks=self._unpacks(dst.unpacks),
-                                         concurrency=self.settings.max_concurrent_downloads), progress)
+                                         concurrency=self.settings.max_concurrent_downloads,
+                                         all_metadata=dst.all_metadata, manifest_limit=dst.manifest_limit),
+                             progress)
         await self._extra(img, dst)
         return img
 

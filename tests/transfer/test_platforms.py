@@ -73,3 +73,26 @@ def test_platform_rules() -> None:
     for bad in ["", "a/b/c/d", "linux//x"]:
         with pytest.raises(errdefs.InvalidArgument):
             p(bad)
+
+
+async def test_all_metadata_and_manifest_limit(multi_ref: tuple[str, str], content: Any, images: Any) -> None:
+    ref, index_digest = multi_ref
+    async with Resolver(reference.parse(ref)) as res:
+        await pull(res, reference.parse(ref), content, images,
+                   PullOptions(platforms=[oci.parse_platform("linux/arm64")], all_metadata=True))
+    index = oci.parse_document(b"".join([c async for c in content.read(index_digest)]))
+    assert isinstance(index, oci.Index)
+    for m in index.manifests:  # every manifest and config is here
+        doc = oci.parse_document(b"".join([c async for c in content.read(m.digest)]))
+        assert isinstance(doc, oci.Manifest)
+        await content.info(doc.config.digest)
+        labels = (await content.info(m.digest)).labels
+        assert ("containerd.io/gc.ref.content.l.0" in labels) == (m.platform.architecture == "arm64")  # type: ignore[union-attr]
+
+
+async def test_manifest_limit(multi_ref: tuple[str, str], content: Any, images: Any) -> None:
+    ref, index_digest = multi_ref
+    async with Resolver(reference.parse(ref)) as res:
+        await pull(res, reference.parse(ref), content, images, PullOptions(platforms=None, manifest_limit=2))
+    labels = (await content.info(index_digest)).labels
+    assert len([k for k in labels if k.startswith("containerd.io/gc.ref.content.m.")]) == 2
