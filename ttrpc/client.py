@@ -1,6 +1,7 @@
 """The asyncio ttrpc client: unary and streaming calls multiplexed on one connection.
 
-``client = await Client.connect(path)``; any number of tasks may call at once. A status
+``client = await Client.connect(path)`` (OSError if nothing listens there); any number of
+tasks may call at once. A status
 from the server raises ``error_factory(code, message)`` (``RpcError`` by default). A
 local timeout raises DEADLINE_EXCEEDED and abandons the call. When the connection
 drops, every pending call and open stream fails at once with UNAVAILABLE, and later
