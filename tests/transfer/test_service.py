@@ -257,3 +257,42 @@ def test_cli_push_with_user_to_token_registry(e2e: Any, token_registry: regfix.R
     assert regfix.PASSWORD not in r.stderr + r.stdout
     digest = e2e.moor(*ns, "--json", "images").stdout
     assert regfix.skopeo_inspect(dst, token_registry)["Digest"] in digest
+
+
+async def test_image_events_through_the_proxy(e2e: Any, conn: Any) -> None:
+    import asyncio
+
+    from moorage.api.containerd.events import image_pb2
+    from moorage.api.containerd.services.events.v1 import events_pb2
+    from moorage.api.containerd.types import event_pb2
+    from moorage.services.transfer import oci
+    from moorage.services.transfer.client import ImagesClient
+    from moorage.services.transfer.contract import Image
+
+    images = ImagesClient(conn)
+    d = oci.Descriptor(oci.OCI_MANIFEST, "sha256:" + "8" * 64, 8)
+    req = events_pb2.SubscribeRequest(filters=['topic~="^/images/"'])
+    stream = await conn.open_stream("containerd.services.events.v1.Events", "Subscribe", req.SerializeToString(), 0x01)
+    got = None
+    n = 0
+    while got is None:  # until the subscription is live: create another image on every miss
+        n += 1
+        await images.create(Image(f"ev/img:{n}", d))
+        try:
+            data = await asyncio.wait_for(stream.recv(), 0.5)
+        except TimeoutError:
+            continue
+        got = event_pb2.Envelope.FromString(data)
+    assert got.topic == "/images/create" and got.namespace == "transfer-test"
+    name = image_pb2.ImageCreate.FromString(got.event.value).name
+    await images.update(Image(name, d, {"x": "y"}), ["labels.x"])
+    await images.delete(name)
+    seen = []
+    while len(seen) < 2:
+        env = event_pb2.Envelope.FromString(await asyncio.wait_for(stream.recv(), 10))
+        if env.topic != "/images/create":
+            seen.append(env)
+    assert [e.topic for e in seen] == ["/images/update", "/images/delete"]
+    up = image_pb2.ImageUpdate.FromString(seen[0].event.value)
+    assert (up.name, dict(up.labels)) == (name, {"x": "y"})
+    assert image_pb2.ImageDelete.FromString(seen[1].event.value).name == name
