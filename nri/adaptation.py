@@ -224,6 +224,17 @@ class Adaptation:
     def register(self, p: PluginConn, req: api.RegisterPluginRequest) -> None:
         if p.registered.done():
             raise errdefs.FailedPrecondition("plugin already registered")
+        try:
+            self._check_registration(p, req)
+        except errdefs.Error as exc:
+            # the error answers the plugin first (it is written before this future's
+            # waiter runs), then the connection is closed
+            p.registered.set_exception(exc)
+            raise
+        p.nri_version = req.NRI_version
+        p.registered.set_result(None)
+
+    def _check_registration(self, p: PluginConn, req: api.RegisterPluginRequest) -> None:
         if p.was_launched:
             if (req.plugin_name, req.plugin_idx) != (p.name, p.idx):
                 log.info("nri: launched plugin %s registered as %s-%s", p.id, req.plugin_idx, req.plugin_name)
@@ -233,8 +244,6 @@ class Adaptation:
             for other in self.plugins:
                 if other.id == p.id:
                     raise errdefs.AlreadyExists(f"plugin {p.id} is already registered")
-        p.nri_version = req.NRI_version
-        p.registered.set_result(None)
 
     async def _configure(self, p: PluginConn, config: str) -> None:
         o = self.options

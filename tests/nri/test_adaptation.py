@@ -272,3 +272,11 @@ async def test_plugins_get_shutdown_when_the_runtime_stops(harness: Harness) -> 
     await harness.nri.close()
     await stub.wait()
     assert down.down
+
+
+async def test_duplicate_identity_is_refused(harness: Harness) -> None:
+    await harness.plugin(Recorder(), "10", "same")
+    stub = Stub(Recorder(), name="same", idx="10", socket_path=harness.socket_path)
+    with pytest.raises(RpcError, match="already registered"):
+        await stub.start()
+    assert harness.ids() == ["10-same"]
