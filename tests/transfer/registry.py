@@ -38,6 +38,7 @@ REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 USER = "moor"
 PASSWORD = "s3cret-pa55"
 SERVICE = "moorage-test-registry"
+REFRESH_TOKEN = "moorage-refresh-token-0123"
 ISSUER = "moorage-test-issuer"
 EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
 
@@ -145,6 +146,29 @@ class TokenServer:
                         access.append({"type": kind, "name": name, "actions": acts})
                 body = json.dumps({"token": server.sign(user or "", access),
                                    "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # OAuth2 refresh-token grant
+                from urllib.parse import parse_qs
+                n = int(self.headers.get("Content-Length") or 0)
+                form = parse_qs(self.rfile.read(n).decode())
+                server.seen_auth.append("refresh")
+                if form.get("grant_type") != ["refresh_token"] or form.get("refresh_token") != [REFRESH_TOKEN]:
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                access = []
+                for scope in form.get("scope", []):
+                    for sc in scope.split(" "):
+                        kind, _, rest = sc.partition(":")
+                        name, _, actions = rest.rpartition(":")
+                        access.append({"type": kind, "name": name, "actions": actions.split(",")})
+                body = json.dumps({"access_token": server.sign(USER, access), "expires_in": 300}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

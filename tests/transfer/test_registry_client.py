@@ -240,3 +240,28 @@ async def test_client_certificate_from_hosts_toml(mtls_registry: regfix.Registry
     with_pair = hosts_dir_for(mtls_registry, tmp_path / "with", f'client = [["{cert}", "{key}"]]\n')
     async with Resolver(reference.parse(ref), ResolverOptions(hosts_dir=with_pair)) as res:
         assert len(await pull_all(res)) == 6
+
+
+async def test_refresh_token_and_header_credentials(token_registry: regfix.Registry, basic_registry: regfix.Registry,
+                                                    layout: Path, tmp_path: Path) -> None:
+    import base64
+    ref = regfix.push(layout, token_registry, "pull/refresh")
+
+    async def refresh(host: str, r: str, ch: str) -> Credentials:
+        return Credentials("", regfix.REFRESH_TOKEN, "refresh")
+    opts = ResolverOptions(hosts_dir=hosts_dir_for(token_registry, tmp_path / "t"), credentials=CredentialStore(refresh))
+    async with Resolver(reference.parse(f"{token_registry.host}/pull/refresh-copy:1"), opts) as res:
+        async with Resolver(reference.parse(ref), opts) as src:
+            root, _ = await src.resolve()
+            blobs = await pull_all(src)
+        assert set(await _push_from(blobs, res, root, "1")) == {"pushed"}  # push scope granted via refresh
+    assert token_registry.token and "refresh" in token_registry.token.seen_auth
+
+    bref = regfix.push(layout, basic_registry, "pull/header")
+    header = "Basic " + base64.b64encode(f"{regfix.USER}:{regfix.PASSWORD}".encode()).decode()
+
+    async def hdr(host: str, r: str, ch: str) -> Credentials:
+        return Credentials("", header, "header")
+    opts = ResolverOptions(hosts_dir=hosts_dir_for(basic_registry, tmp_path / "b"), credentials=CredentialStore(hdr))
+    async with Resolver(reference.parse(bref), opts) as res:
+        assert len(await pull_all(res)) == 6
