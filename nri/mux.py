@@ -347,18 +347,14 @@ class Mux:
         classes = _private_protocols() if in_memory else None
         try:
             conn_id, server = serve
+            client = None
             if classes is not None:
-                server_cls, client_cls = classes
-                sproto = server_cls(server)
-                sside = _Virtual(mux, conn_id, sproto)
-                mux._ends[conn_id] = sside
-                sproto.connection_made(sside)
-                cproto = client_cls(error_factory or RpcError, 64, 1.0)
-                cside = _Virtual(mux, connect, cproto)
-                mux._ends[connect] = cside
-                cproto.connection_made(cside)
-                client = Client(cproto)
-            else:
+                try:
+                    client = mux._attach_in_memory(classes, conn_id, server, connect, error_factory or RpcError)
+                except (TypeError, AttributeError):  # ttrpc's internals changed: use socketpairs
+                    mux._ends.clear()
+                    client = None
+            if client is None:
                 theirs = await mux._pair(conn_id)
                 await server.serve_connection(theirs)
                 client = await Client.from_socket(await mux._pair(connect), error_factory)
@@ -368,6 +364,21 @@ class Mux:
             trunk.close()
             raise
         return mux, client
+
+    def _attach_in_memory(self, classes: tuple[Any, Any], conn_id: int, server: Server, connect: int,
+                          error_factory: Callable[[int, str], Exception]) -> Client:
+        from ttrpc.client import Client
+
+        server_cls, client_cls = classes
+        sproto = server_cls(server)
+        sside = _Virtual(self, conn_id, sproto)
+        self._ends[conn_id] = sside
+        cproto = client_cls(error_factory, 64, 1.0)
+        cside = _Virtual(self, connect, cproto)
+        self._ends[connect] = cside
+        sproto.connection_made(sside)
+        cproto.connection_made(cside)
+        return Client(cproto)
 
     async def _pair(self, conn_id: int) -> socket.socket:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

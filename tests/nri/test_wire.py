@@ -167,3 +167,38 @@ async def test_sdk_against_go_framing(monkeypatch: pytest.MonkeyPatch) -> None:
             await stub.wait()
     finally:
         stub.close()
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+async def test_mux_carries_ttrpc_both_ways(in_memory: bool) -> None:
+    """Both local-end implementations (in-memory transports, socketpair fallback)."""
+    from ttrpc.server import Server
+
+    from moorage.api.nri.pkg.api.api_ttrpc import PluginClient, PluginServicer, RuntimeClient, RuntimeServicer
+    from moorage.nri.mux import PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN, Mux
+
+    class P(PluginServicer):
+        async def Configure(self, request: api.ConfigureRequest, ctx: object) -> api.ConfigureResponse:
+            return api.ConfigureResponse(events=len(request.config))
+
+    class R(RuntimeServicer):
+        async def RegisterPlugin(self, request: api.RegisterPluginRequest, ctx: object) -> api.Empty:
+            return api.Empty()
+
+    a, b = socket.socketpair()
+    rs, ps = Server(), Server()
+    rs.register(R())
+    ps.register(P())
+    rmux, to_plugin = await Mux.open(a, serve=(RUNTIME_SERVICE_CONN, rs), connect=PLUGIN_SERVICE_CONN,
+                                     in_memory=in_memory)
+    pmux, to_runtime = await Mux.open(b, serve=(PLUGIN_SERVICE_CONN, ps), connect=RUNTIME_SERVICE_CONN,
+                                      in_memory=in_memory)
+    await RuntimeClient(to_runtime).RegisterPlugin(api.RegisterPluginRequest(plugin_name="x"), timeout=5)
+    big = "b" * 100_000
+    resp = await PluginClient(to_plugin).Configure(api.ConfigureRequest(config=big), timeout=5)
+    assert resp.events == 100_000
+    pmux.close()
+    async with asyncio.timeout(5):
+        await rmux.closed
+    with pytest.raises(Exception):
+        await PluginClient(to_plugin).Configure(api.ConfigureRequest(), timeout=1)
