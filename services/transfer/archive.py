@@ -18,6 +18,7 @@ Export writes an OCI image layout as a tar stream: `oci-layout`, the blobs of ea
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -101,8 +102,7 @@ async def import_archive(source: AsyncIterator[bytes], content: ContentStore, im
             blobs.add(got)
             continue
         if name.endswith(".tar") or name.endswith(".json"):
-            import os as _os
-            got, _ = await _store_stream(content, f"import-{_os.urandom(8).hex()}", reader, entry.size)
+            got, _ = await _store_stream(content, f"import-{os.urandom(8).hex()}", reader, entry.size)
             files[name] = Descriptor("application/octet-stream", got, entry.size)
             blobs.add(got)
     if "index.json" in docs:

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf import any_pb2, empty_pb2, field_mask_pb2
+from google.protobuf import any_pb2, field_mask_pb2
 
 from moorage.api.containerd.services.images.v1 import images_pb2 as ipb
 from moorage.api.containerd.services.streaming.v1 import streaming_pb2
@@ -196,5 +196,3 @@ async def _recv_loop(s: Any, sink: Callable[[bytes], Awaitable[None] | None]) ->
             await r
         await s.send(wire.pack(data_pb2.WindowUpdate(update=len(d))))
 
-
-_ = empty_pb2

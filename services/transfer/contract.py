@@ -67,12 +67,6 @@ class ProgressEvent:
 ProgressFn = Callable[[ProgressEvent], Awaitable[None] | None]
 
 
-class Mount(Protocol):
-    type: str
-    source: str
-    options: Sequence[str]
-
-
 class Snapshotter(Protocol):
     """What unpack needs from a snapshotter (snapshots.v1 for one snapshotter name)."""
 

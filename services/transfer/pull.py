@@ -27,7 +27,17 @@ from dataclasses import dataclass, field
 from moorage import errdefs
 
 from . import oci
-from .contract import BlobInfo, BlobWriter, ContentStore, Image, ImageStore, ProgressEvent, ProgressFn, UnpackTarget
+from .contract import (
+    BlobInfo,
+    BlobWriter,
+    ContentStore,
+    Image,
+    ImageStore,
+    ProgressEvent,
+    ProgressFn,
+    Snapshotter,
+    UnpackTarget,
+)
 from .oci import Descriptor, Platform
 from .reference import Reference
 from .registry.resolver import Resolver
@@ -387,9 +397,9 @@ async def unpack(target: UnpackTarget, manifest: oci.Manifest, config: oci.Image
     return chain[-1] if chain else ""
 
 
-async def _snapshot_exists(sn: object, key: str) -> bool:
+async def _snapshot_exists(sn: Snapshotter, key: str) -> bool:
     try:
-        await sn.stat(key)  # type: ignore[attr-defined]
+        await sn.stat(key)
         return True
     except errdefs.NotFound:
         return False

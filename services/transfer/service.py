@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
 
 from moorage import errdefs
 
@@ -32,8 +34,9 @@ from .contract import (
 from .oci import Platform
 from .pull import DEFAULT_CONCURRENCY, PullOptions, pull, unpack
 from .push import push
+from .reference import Reference
 from .reference import parse as parse_ref
-from .registry.auth import CredentialStore, load_credentials_file
+from .registry.auth import CredentialCallback, CredentialStore, load_credentials_file
 from .registry.resolver import Resolver, ResolverOptions
 
 Unpacker = Callable[[Platform, str], UnpackTarget]
@@ -72,18 +75,16 @@ class Transferrer:
             raise errdefs.NotImplemented(
                 f"method Transfer not implemented for {type(src).__name__} to {type(dst).__name__}")
 
-    def _resolver(self, ep: RegistryEndpoint, ref: object) -> Resolver:
+    def _resolver(self, ep: RegistryEndpoint, ref: Reference) -> Resolver:
         entries = {}
         if self.settings.credentials_file:
-            from pathlib import Path
             p = Path(self.settings.credentials_file)
             if p.exists():
                 entries = load_credentials_file(p)
-        creds = CredentialStore(ep.credentials, entries)  # type: ignore[arg-type]
-        hosts = ep.hosts_dir or self.settings.hosts_dir or None
-        return Resolver(ref, ResolverOptions(hosts_dir=hosts, default_scheme=ep.default_scheme,  # type: ignore[arg-type]
-                                             headers=ep.headers, credentials=creds,
-                                             chunk_size=self.settings.chunk_size))
+        creds = CredentialStore(cast("CredentialCallback | None", ep.credentials), entries)
+        return Resolver(ref, ResolverOptions(hosts_dir=ep.hosts_dir or self.settings.hosts_dir or None,
+                                             default_scheme=ep.default_scheme, headers=ep.headers,
+                                             credentials=creds, chunk_size=self.settings.chunk_size))
 
     def _unpacks(self, reqs: Sequence[UnpackRequest]) -> list[UnpackTarget]:
         if not reqs:
