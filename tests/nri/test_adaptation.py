@@ -280,3 +280,28 @@ async def test_duplicate_identity_is_refused(harness: Harness) -> None:
     with pytest.raises(RpcError, match="already registered"):
         await stub.start()
     assert harness.ids() == ["10-same"]
+
+
+async def test_garbage_on_the_trunk_closes_only_that_connection(harness: Harness) -> None:
+    await harness.plugin(Env("A", "1"), "10", "good")
+    loop = asyncio.get_running_loop()
+    for junk in (b"\x00\x00\x00\x02\xff\xff\xff\xff", b"\x00\x00\x00\x02\x00\x00\x00\x04abcd" * 3):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        await loop.sock_connect(s, harness.socket_path)
+        await loop.sock_sendall(s, junk)
+        async with asyncio.timeout(5):
+            while await loop.sock_recv(s, 4096):
+                pass  # whatever the runtime answers, it ends with the connection closed
+        s.close()
+    adj = await harness.nri.create_container(POD, ctr())
+    assert [kv.key for kv in adj.env] == ["A"] and harness.ids() == ["10-good"]
+
+
+async def test_socket_is_private(harness: Harness) -> None:
+    import os
+    import stat
+
+    st = os.stat(harness.socket_path)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(harness.socket_path)).st_mode) == 0o700

@@ -202,3 +202,31 @@ async def test_mux_carries_ttrpc_both_ways(in_memory: bool) -> None:
         await rmux.closed
     with pytest.raises(Exception):
         await PluginClient(to_plugin).Configure(api.ConfigureRequest(), timeout=1)
+
+
+def test_frame_decoder_on_arbitrary_bytes() -> None:
+    """Untrusted trunk bytes in any chunking: frames out, or MuxError, nothing else."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=2048), st.lists(st.integers(min_value=1, max_value=64), max_size=40))
+    def check(data: bytes, cuts: list[int]) -> None:
+        whole = FrameDecoder(max_frame=1024)
+        try:
+            expected = whole.feed(data)
+        except MuxError:
+            expected = None
+        chunked = FrameDecoder(max_frame=1024)
+        got: list[tuple[int, bytes]] = []
+        pos = 0
+        try:
+            for n in [*cuts, len(data)]:
+                got += chunked.feed(data[pos : pos + n])
+                pos += n
+        except MuxError:
+            assert expected is None
+            return
+        assert expected is not None and got == expected
+
+    check()
