@@ -27,6 +27,7 @@ BLK = "4"
 DIR = "5"
 FIFO = "6"
 CONT = "7"
+_ZERO = bytes(BLOCK)
 HEADER_ONLY = frozenset({LINK, SYMLINK, CHR, BLK, DIR, FIFO})
 XATTR_PREFIX = "SCHILY.xattr."
 
@@ -59,12 +60,11 @@ def _number(raw: bytes, what: str) -> int:
             raise _invalid(f"negative {what}")
         value = int.from_bytes(raw, "big") & ~(0x80 << (8 * (len(raw) - 1)))
         return value
-    text = raw.split(b"\0", 1)[0].strip(b" ")
-    if not text:
-        return 0
     try:
-        return int(text, 8)
+        return int(raw.split(b"\0", 1)[0] or b"0", 8)  # int() ignores surrounding spaces
     except ValueError:
+        if not raw.split(b"\0", 1)[0].strip():
+            return 0
         raise _invalid(f"bad {what} field") from None
 
 
@@ -166,7 +166,7 @@ class TarReader:
         longlink: bytes | None = None
         while True:
             block = self._read_block()
-            if block.count(0) == BLOCK:
+            if block == _ZERO:
                 nxt = self.stream.read(BLOCK)
                 if nxt and nxt.count(0) != len(nxt):
                     raise _invalid("data after a zero block")
@@ -234,7 +234,7 @@ class TarReader:
     @staticmethod
     def _check_sum(block: bytes) -> None:
         stored = _number(block[148:156], "checksum")
-        unsigned = sum(block[:148]) + 256 + sum(block[156:])
+        unsigned = sum(block) - sum(block[148:156]) + 256
         if stored == unsigned:
             return
         signed = sum(b - 256 if b > 127 else b for b in block[:148] + block[156:]) + 256
