@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from moorage import errdefs
 from moorage.registry import BuildContext, Process
 
 from .config import NriConfig
@@ -111,7 +112,11 @@ async def build(ctx: BuildContext) -> Sequence[object]:
     launched = await nri.launch_preinstalled(Path(cfg.plugin_path), Path(cfg.plugin_config_path), ctx.state / "plugins")
     if launched:
         ctx.logger.info("nri: %d pre-installed plugin(s) running: %s", len(launched), ", ".join(p.id for p in launched))
-    await nri.listen()
+    try:
+        await nri.listen()
+    except (errdefs.AlreadyExists, OSError) as exc:
+        # another runtime owns the NRI socket: keep serving pre-installed plugins and hooks
+        ctx.logger.error("nri: not listening for external plugins: %s", exc)
     return [HooksService(nri, remember)]
 
 
