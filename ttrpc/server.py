@@ -102,7 +102,8 @@ class RawCall:
     """One call as payload bytes, for handlers that forward without decoding.
 
     ``payload`` is the Request's payload; ``flags`` the Request's flags (0 unary,
-    0x01 server stream, 0x02 client sends data frames). ``recv()`` returns the next data
+    0x01 server stream, 0x02 client sends data frames); ``metadata`` is the Context's
+    (lower-case keys to value lists), so it can be handed on to a client call as is. ``recv()`` returns the next data
     frame's bytes, or None once the client closed its side (at once if it never opened
     it). A call ends with exactly one of ``respond`` (unary Response), ``close`` (Data
     0x05 after ``send``-ing data frames) or ``fail`` (Response with a status); if the
@@ -124,14 +125,16 @@ class RawCall:
         "_task",
     )
 
-    def __init__(self, conn: _Connection, stream_id: int, event: CallStarted) -> None:
+    def __init__(
+        self, conn: _Connection, stream_id: int, event: CallStarted, metadata: dict[str, list[str]]
+    ) -> None:
         request = event.request
         self.service = request.service
         self.method = request.method
         self.payload = request.payload
         self.flags = event.flags
         self.timeout_nano = request.timeout_nano
-        self.metadata = request.metadata
+        self.metadata = metadata
         self.stream_id = stream_id
         self.finished = False
         self._conn = conn
@@ -524,7 +527,8 @@ class _Connection(asyncio.BufferedProtocol):
         if flags == 0 and entry.streams_out:
             self._answer(sid, Code.UNIMPLEMENTED, f"method {request.method} needs a streaming call")
             return
-        call = RawCall(self, sid, event)
+        metadata = metadata_dict(request.metadata) if request.metadata else {}
+        call = RawCall(self, sid, event, metadata)
         if flags & FLAG_REMOTE_OPEN and not flags & FLAG_REMOTE_CLOSED:
             call._inbox = Inbox(server.stream_buffer)
         deadline = None
@@ -533,7 +537,7 @@ class _Connection(asyncio.BufferedProtocol):
         ctx = Context(
             request.service,
             request.method,
-            metadata_dict(request.metadata) if request.metadata else {},
+            metadata,
             deadline,
             self.peer,
             sid,
