@@ -50,6 +50,32 @@ RETRY_AFTER = 0.5
 _MAX_SID = (1 << 31) - 1
 
 
+class _Batch:
+    """Bytes for one transport, written together once the current callback returns: many
+    frames that arrive in one read leave in one write (one syscall, not one per frame)."""
+
+    __slots__ = ("transport", "chunks", "scheduled", "loop")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.chunks: list[bytes] = []
+        self.scheduled = False
+        self.loop = asyncio.get_running_loop()
+
+    def add(self, *data: bytes) -> None:
+        self.chunks.extend(data)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        chunks, self.chunks = self.chunks, []
+        transport = self.transport
+        if transport is not None and chunks and not transport.is_closing():
+            transport.writelines(chunks)
+
+
 def _error_frame(sid: int, code: int, message: str) -> bytes:
     body = encode_error(code, message)
     return pack_header(len(body), sid, RESPONSE, 0) + body
@@ -67,9 +93,11 @@ class Upstream(asyncio.BufferedProtocol):
         self.closed = False
         self.pausers: set[Front] = set()
         """Clients that cannot take more bytes: reading from this backend waits for them."""
+        self.out = _Batch()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.out.transport = self.transport
 
     def pause_for(self, front: Front) -> None:
         if not self.pausers and self.transport is not None and not self.closed:
@@ -101,7 +129,7 @@ class Upstream(asyncio.BufferedProtocol):
                 del streams[sid]
                 front.done(fsid)
             body = ev.body  # type: ignore[union-attr]
-            front.send(pack_header(len(body), fsid, mtype, ev.flags) + body)
+            front.out.add(pack_header(len(body), fsid, mtype, ev.flags), body)
 
     def eof_received(self) -> bool:
         return False
@@ -124,15 +152,14 @@ class Upstream(asyncio.BufferedProtocol):
         sid = self.next_sid
         self.next_sid = sid + 2
         self.streams[sid] = (front, fsid, service)
-        assert self.transport is not None
-        self.transport.write(pack_header(len(body), sid, REQUEST, flags) + body)
+        self.out.add(pack_header(len(body), sid, REQUEST, flags), body)
         if self.next_sid > _MAX_SID:  # ids exhausted: new calls go to a fresh connection
             self.replica.upstream = None
         return sid
 
     def data(self, sid: int, flags: int, body: bytes) -> None:
-        if sid in self.streams and self.transport is not None:
-            self.transport.write(pack_header(len(body), sid, DATA, flags) + body)
+        if sid in self.streams:
+            self.out.add(pack_header(len(body), sid, DATA, flags), body)
 
     def forget(self, sid: int) -> None:
         self.streams.pop(sid, None)
@@ -354,11 +381,13 @@ class Front(asyncio.BufferedProtocol):
         self.backlog: deque[Frame | Oversized] | None = None
         self.closed = False
         self.paused: set[Upstream] = set()
+        self.out = _Batch()
 
     # transport side ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.out.transport = self.transport
         self.splice.fronts.add(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -403,8 +432,8 @@ class Front(asyncio.BufferedProtocol):
         self.splice.front_done(self)
 
     def send(self, data: bytes) -> None:
-        if not self.closed and self.transport is not None:
-            self.transport.write(data)
+        if not self.closed:
+            self.out.add(data)
 
     def done(self, fsid: int) -> None:
         if self.streams.pop(fsid, None) is not None and self.splice._idle is not None:
