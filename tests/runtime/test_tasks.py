@@ -154,3 +154,38 @@ def test_user_workdir_hostname_env(api: Rt, rootfs: Path) -> None:
     api.delete("c1")
     lines = [l.split(" ", 3)[3] for l in api.log(c).splitlines()]
     assert lines == ["1000", "2000", "/tmp", "box", "hello"]
+
+
+def test_log_path_label_is_the_runtimes(api: Rt, rootfs: Path) -> None:
+    """Clients cannot point the runtime's log at a file of their choosing."""
+    from google.protobuf import field_mask_pb2
+
+    from moorage.api.containerd.services.containers.v1 import containers_pb2 as cpb
+
+    from .helpers import CONTAINERS
+
+    c = api.container("c1", ["echo", "x"])
+    path = c.labels["moorage/log-path"]
+    evil = cpb.Container(id="c1", labels={"moorage/log-path": "/etc/shadow"})
+    with pytest.raises(InvalidArgument):
+        api.call(CONTAINERS, "Update", cpb.UpdateContainerRequest(
+            container=evil, update_mask=field_mask_pb2.FieldMask(paths=["labels.moorage/log-path"])),
+            cpb.UpdateContainerResponse)
+    c.labels["moorage/log-path"] = "/etc/shadow"
+    got = api.call(CONTAINERS, "Update", cpb.UpdateContainerRequest(container=c),
+                   cpb.UpdateContainerResponse).container
+    assert got.labels["moorage/log-path"] == path
+    c2 = cpb.Container(id="c2", labels={"moorage/log-path": "/etc/shadow"})
+    c2.runtime.name = "io.containerd.runc.v2"
+    c2.spec.CopyFrom(c.spec)
+    got = api.call(CONTAINERS, "Create", cpb.CreateContainerRequest(container=c2),
+                   cpb.CreateContainerResponse).container
+    assert "moorage/log-path" not in got.labels
+    api.create("c1", rootfs)
+    api.start("c1")
+    assert api.wait("c1") == 0
+    api.delete("c1")
+    assert Path(path).read_text().endswith(" stdout F x\n")
+    api.remove("c1")
+    api.remove("c2")
+    assert not Path(path).exists()
