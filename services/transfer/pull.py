@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -143,6 +144,25 @@ async def _add_source(content: ContentStore, digest: str, ref: Reference) -> Non
             await _add_labels(content, digest, {key: ",".join([*repos, ref.path])})
 
 
+LOCK_RETRY_SECONDS = 15.0
+
+
+async def open_writer(content: ContentStore, ref: str, desc: Descriptor) -> BlobWriter:
+    """content.writer, retried with exponential backoff while the ref is locked by another
+    writer (containerd's content.OpenWriter): e.g. a session of a process that just died and
+    whose stream the content service has not reaped yet."""
+    delay = 0.05
+    deadline = time.monotonic() + LOCK_RETRY_SECONDS
+    while True:
+        try:
+            return await content.writer(ref, desc.size, desc.digest)
+        except errdefs.Unavailable:
+            if time.monotonic() + delay > deadline:
+                raise
+            await asyncio.sleep(delay + random.uniform(0, delay))
+            delay = min(delay * 2, 1.0)
+
+
 async def fetch_blob(resolver: Resolver, content: ContentStore, desc: Descriptor, progress: Progress,
                      labels: Mapping[str, str] | None = None) -> bool:
     """Download `desc` into the content store (resuming a partial ingest). Returns False if it
@@ -152,7 +172,7 @@ async def fetch_blob(resolver: Resolver, content: ContentStore, desc: Descriptor
         return False
     ref = ref_key(desc)
     try:
-        w = await content.writer(ref, desc.size, desc.digest)
+        w = await open_writer(content, ref, desc)
     except errdefs.AlreadyExists:
         await progress.emit("already exists", desc.digest, desc.size, desc.size, desc)
         return False

@@ -296,3 +296,78 @@ async def test_image_events_through_the_proxy(e2e: Any, conn: Any) -> None:
     up = image_pb2.ImageUpdate.FromString(seen[0].event.value)
     assert (up.name, dict(up.labels)) == (name, {"x": "y"})
     assert image_pb2.ImageDelete.FromString(seen[1].event.value).name == name
+
+
+async def test_kill_transfer_mid_pull_then_resume(e2e: Any, conn: Any) -> None:
+    """SIGKILL the transfer and content processes (the daemon, in containerd's terms) while a
+    layer downloads; after a restart the same pull resumes the kept ingest with a Range
+    request and completes (reliability case 21a). Content is killed too because the proxy
+    keeps a vanished client's backend stream open, so the dead session's ref lock would
+    otherwise outlive it (see the issue 6 report)."""
+    import asyncio
+    import gzip
+    import json
+    import os
+    import threading
+
+    from moorage.services.content.client import ContentClient
+    from moorage.services.transfer import oci
+    from moorage.services.transfer.client import ImagesClient, TransferClient
+
+    from .fakeregistry import FakeRegistry
+
+    registry_pb2, imagestore_pb2, _, _ = _pb()
+    layer = gzip.compress(os.urandom(12 << 20), compresslevel=1)
+    cfg = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [
+        oci.digest_of(gzip.decompress(layer))]}}).encode()
+    ld = oci.Descriptor(oci.OCI_LAYER_GZIP, oci.digest_of(layer), len(layer))
+    cd = oci.Descriptor(oci.OCI_CONFIG, oci.digest_of(cfg), len(cfg))
+    m = json.dumps({"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST, "config": cd.to_json(),
+                    "layers": [ld.to_json()]}).encode()
+    release = threading.Event()
+    ranges: list[str | None] = []
+
+    def blob(h: Any) -> Any:
+        rng = h.headers.get("Range")
+        ranges.append(rng)
+        if rng is None:
+            def body() -> Any:
+                for i in range(0, 9 << 20, 1 << 20):
+                    yield layer[i:i + (1 << 20)]
+                release.wait(30)  # hold the connection open until the test is done killing
+            return 200, {"Content-Length": str(len(layer)), "Connection": "close"}, body()
+        start = int(rng.removeprefix("bytes=").rstrip("-"))
+        return 206, {"Content-Range": f"bytes {start}-{len(layer) - 1}/{len(layer)}"}, layer[start:]
+
+    fake = FakeRegistry().start()
+    try:
+        fake.routes["/v2/kill/me/manifests/latest"] = lambda h: (200, {"Content-Type": oci.OCI_MANIFEST}, m)
+        fake.routes[f"/v2/kill/me/blobs/{cd.digest}"] = lambda h: (200, {}, cfg)
+        fake.routes[f"/v2/kill/me/blobs/{ld.digest}"] = blob
+        ref = f"{fake.host}/kill/me:latest"
+        first = asyncio.ensure_future(TransferClient(conn).transfer(
+            registry_pb2.OCIRegistry(reference=ref), imagestore_pb2.ImageStore(name=ref)))
+        content = ContentClient(conn)
+        for _ in range(400):  # until part of the layer is in the content store (bounded)
+            sts = [s for s in await content.list_statuses() if ld.digest in s.ref]
+            if sts and sts[0].offset > 0:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("no partial ingest appeared")
+        e2e.kill("transfer")
+        e2e.kill("content")
+        with pytest.raises(errdefs.Error):
+            await first
+        e2e.start("content")
+        e2e.start("transfer")
+        release.set()
+        kept = [s for s in await content.list_statuses() if ld.digest in s.ref][0].offset
+        assert kept > 0
+        await TransferClient(conn).transfer(registry_pb2.OCIRegistry(reference=ref), imagestore_pb2.ImageStore(name=ref))
+        assert ranges[-1] == f"bytes={kept}-"
+        assert (await content.info(ld.digest)).size == len(layer)
+        assert (await ImagesClient(conn).get(ref)).target.size == len(m)
+    finally:
+        release.set()
+        fake.stop()
