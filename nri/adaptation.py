@@ -54,7 +54,7 @@ from .adjust import Result
 from .plugin import VALID_EVENTS, PluginConn, check_identity, event_bit, event_names
 
 if TYPE_CHECKING:
-    from .launcher import Child
+    from .launcher import Child, Preinstalled
     from ttrpc.server import Context
 
 log = logging.getLogger("moorage.nri")
@@ -81,6 +81,8 @@ class Options:
     disable_connections: bool = False
     runtime_name: str = "moorage"
     runtime_version: str = "dev"
+    restart_delay: float = 1.0
+    restart_max_delay: float = 30.0
     required_plugins: tuple[str, ...] = ()
     """Plugin names that must take part in every container creation (fail closed)."""
 
@@ -111,6 +113,9 @@ class Adaptation:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._change: asyncio.Event | None = None
+        self._launch_dirs: tuple[Path, Path] = (Path("/etc/nri/conf.d"), Path("/run/nri"))
+        self._launched_at: dict[str, float] = {}
+        self._backoff: dict[str, float] = {}
 
     def _changed(self) -> None:
         ev, self._change = self._change, None
@@ -173,7 +178,7 @@ class Adaptation:
         task.add_done_callback(self._tasks.discard)
 
     async def connect(self, trunk: socket.socket, launched: Child | None = None, name: str = "", idx: str = "",
-                      config: str = "") -> PluginConn | None:
+                      config: str = "", origin: Preinstalled | None = None) -> PluginConn | None:
         """Run one plugin connection through registration, configuration and sync.
 
         Returns the plugin once it gets events, None when it was closed on the way.
@@ -183,6 +188,7 @@ class Adaptation:
         except Exception as exc:
             log.warning("nri: cannot set up a plugin connection: %s", exc)
             return None
+        p.origin = origin
         self._pending.add(p)
         p.mux.on_close(lambda: self._on_closed(p))
         try:
@@ -215,6 +221,7 @@ class Adaptation:
         if p in self.plugins:
             self.plugins.remove(p)
             log.warning("nri: plugin %s dropped: %s", p.id, p.close_reason)
+        self._schedule_restart(p)
         self._changed()
 
     def drop(self, p: PluginConn, reason: str) -> None:
@@ -290,20 +297,51 @@ class Adaptation:
         return resp
 
     async def launch_preinstalled(self, plugin_dir: Path, config_dir: Path, log_dir: Path) -> list[PluginConn]:
-        """Start the plugins of ``plugin_dir`` and wait until each registered (or failed)."""
-        from .launcher import discover, launch
+        """Start the plugins of ``plugin_dir`` and wait until each registered (or failed).
 
-        found = discover(plugin_dir)
-        started = []
-        for plugin in found:
-            try:
-                proc, trunk, config = launch(plugin, config_dir, log_dir)
-            except OSError as exc:
-                log.warning("nri: cannot start plugin %s: %s", plugin.id, exc)
-                continue
-            started.append(self.connect(trunk, proc, plugin.name, plugin.idx, config))
-        results = await asyncio.gather(*started)
+        A launched plugin that later goes away (crash, timeout, disconnect) is started
+        again after ``restart_delay`` seconds, doubling up to ``restart_max_delay`` while it
+        keeps failing (reset once it ran for a minute), and synchronized anew; with
+        ``restart_delay`` 0 it stays dropped, as upstream.
+        """
+        from .launcher import discover
+
+        self._launch_dirs = (config_dir, log_dir)
+        results = await asyncio.gather(*(self._launch(plugin) for plugin in discover(plugin_dir)))
         return [p for p in results if p is not None]
+
+    async def _launch(self, plugin: Preinstalled) -> PluginConn | None:
+        from .launcher import launch
+
+        config_dir, log_dir = self._launch_dirs
+        try:
+            proc, trunk, config = launch(plugin, config_dir, log_dir)
+        except OSError as exc:
+            log.warning("nri: cannot start plugin %s: %s", plugin.id, exc)
+            return None
+        loop = asyncio.get_running_loop()
+        self._launched_at[plugin.id] = loop.time()
+        p = await self.connect(trunk, proc, plugin.name, plugin.idx, config, origin=plugin)
+        return p
+
+    def _schedule_restart(self, p: PluginConn) -> None:
+        plugin = p.origin
+        if plugin is None or self._closed or self.options.restart_delay <= 0 or p.restart_scheduled:
+            return
+        p.restart_scheduled = True
+        now = asyncio.get_running_loop().time()
+        delay = self._backoff.get(plugin.id, self.options.restart_delay)
+        if now - self._launched_at.get(plugin.id, now) > 60.0:
+            delay = self.options.restart_delay
+        self._backoff[plugin.id] = min(delay * 2, self.options.restart_max_delay)
+        log.info("nri: restarting plugin %s in %.1fs", plugin.id, delay)
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            if not self._closed:
+                await self._launch(plugin)
+
+        self._spawn(later())
 
     async def _shutdown(self, p: PluginConn) -> None:
         """Tell ``p`` the runtime is going away (best effort, bounded; upstream never does)."""

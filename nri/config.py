@@ -20,6 +20,9 @@ class NriConfig:
     through the proxy); off, they are logged and reported failed. ``required_plugins``:
     plugin names that must answer every CreateContainer; creation fails when one is
     absent, times out or crashes (fail closed, unlike every other plugin).
+    ``restart_delay``: a pre-installed plugin that went away is started again after this
+    many seconds, doubling to ``restart_max_delay`` while it keeps failing (0: never,
+    as containerd).
     """
 
     socket_path: str = "/var/run/nri/nri.sock"
@@ -31,8 +34,12 @@ class NriConfig:
     disable_connections: bool = False
     apply_updates: bool = True
     required_plugins: tuple[str, ...] = ()
+    restart_delay: float = 1.0
+    restart_max_delay: float = 30.0
 
     def __post_init__(self) -> None:
+        if self.restart_delay < 0 or self.restart_max_delay < self.restart_delay:
+            raise ValueError("restart_delay must be >= 0 and <= restart_max_delay")
         if min(self.registration_timeout, self.request_timeout, self.sync_timeout) <= 0:
             raise ValueError("timeouts must be positive")
         if not self.socket_path.startswith("/"):

@@ -5,7 +5,8 @@ plugin's socketpair) -> :meth:`PluginConn.open` builds the mux, serves the runti
 on connection 2 and opens a ttrpc client on connection 1 -> the plugin's RegisterPlugin
 resolves :attr:`registered` -> the adaptation configures and synchronizes it -> events ->
 :meth:`close` (dropped by the adaptation, or the peer went away: :attr:`mux.closed`).
-A launched plugin's process is killed when its connection closes; it is not restarted.
+A launched plugin's process is killed when its connection closes (the adaptation may
+launch it again).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from moorage.api.nri.pkg.api.api_ttrpc import PluginClient
 from .mux import PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN, Mux
 
 if TYPE_CHECKING:
-    from .launcher import Child
+    from .launcher import Child, Preinstalled
     from ttrpc.client import Client
     from ttrpc.server import Server
 
@@ -72,6 +73,9 @@ class PluginConn:
         self._ttrpc_client: Client | None = None
         self._server: Server | None = None
         self.close_reason = ""
+        self.origin: Preinstalled | None = None
+        """The plugin-folder entry a launched plugin came from (for restarts)."""
+        self.restart_scheduled = False
         self.reaped: asyncio.Future[int] | None = None
         """A launched plugin's exit status, once closed (it is killed, then waited for)."""
 

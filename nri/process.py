@@ -106,6 +106,8 @@ async def build(ctx: BuildContext) -> Sequence[object]:
         runtime_name="moorage",
         runtime_version=runtime_version,
         required_plugins=cfg.required_plugins,
+        restart_delay=cfg.restart_delay,
+        restart_max_delay=cfg.restart_max_delay,
     )
     nri = Adaptation(options, updater, evicter)
     ctx.on_close(nri.close)

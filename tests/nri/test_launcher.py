@@ -78,3 +78,21 @@ async def test_launched_plugin_that_hangs_or_crashes_is_killed_and_dropped(folde
         assert status == -9 if mode == "hang" else status in (7, -9)  # a crash may race the kill
     finally:
         await nri.close()
+
+
+async def test_launched_plugin_is_restarted_and_resynchronized(folder: Path) -> None:
+    plugin(folder, "10-bad", "crash")
+    nri = Adaptation(Options(socket_path=str(folder / "nri.sock"), request_timeout=2.0, registration_timeout=10.0,
+                             restart_delay=0.05, restart_max_delay=0.1))
+    try:
+        [first] = await nri.launch_preinstalled(folder, folder / "conf.d", folder / "logs")
+        await nri.create_container(api.PodSandbox(id="p"), api.Container(id="c1"))
+        assert first not in nri.plugins
+        await nri.wait_until(lambda: bool(nri.plugins), timeout=20)
+        [second] = nri.plugins
+        assert second.id == "10-bad" and second.pid != first.pid and second.was_launched
+        await nri.create_container(api.PodSandbox(id="p"), api.Container(id="c2"))  # crashes again
+        await nri.wait_until(lambda: bool(nri.plugins) and nri.plugins[0] is not second, timeout=20)
+    finally:
+        await nri.close()
+    assert not nri.plugins
