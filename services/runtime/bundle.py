@@ -46,9 +46,12 @@ def mounted_under(path: Path) -> list[str]:
 
 
 def unmount_all(path: Path) -> None:
+    mounts = mounted_under(path)
+    if not mounts:
+        return
     from moorage import syscalls
 
-    for mp in mounted_under(path):
+    for mp in mounts:
         try:
             syscalls.umount2(mp, 2)  # MNT_DETACH
         except OSError as exc:

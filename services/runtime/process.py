@@ -26,6 +26,8 @@ async def build(ctx: BuildContext) -> Sequence[object]:
     from .shim import ShimFlags, ShimRecords
     from .tasks import TaskManager
 
+    from moorage import syscalls  # noqa: F401  (cffi set-up now, not in the first task delete)
+
     settings: RuntimeConfig = ctx.settings or RuntimeConfig()
     store = SqliteContainerStore(ctx.root / "runtime.db")
     records = ShimRecords(store._db)
