@@ -225,7 +225,7 @@ async def test_graceful_shutdown_drains_then_cancels(sock_path: str) -> None:
     await echo.started.wait()
     while len(next(iter(server._connections)).calls) < 2:
         await asyncio.sleep(0.001)
-    await server.shutdown(0.5)
+    await server.shutdown(2.0)
     assert (await quick).data == b"q"
     with pytest.raises(RpcError) as err:
         await stuck
