@@ -436,11 +436,15 @@ def run(plugin: Plugin, **kwargs: Any) -> int:
     async def main() -> None:
         await Stub(plugin, **kwargs).run()
 
+    from ttrpc.errors import RpcError
     from ttrpc.loop import run as run_loop
 
     try:
         run_loop(main())
-    except (ConnectionError, OSError, TimeoutError) as exc:
+    except ValueError as exc:
+        log.error("plugin not started: %s", exc)
+        return 2
+    except (ConnectionError, OSError, TimeoutError, RpcError) as exc:
         log.error("plugin stopped: %s", exc)
         return 1
     except KeyboardInterrupt:
