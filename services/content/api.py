@@ -10,7 +10,8 @@ AlreadyExists; COMMIT ends the stream. Publishes /content/create and /content/de
 
 Write is served raw (``servicers`` returns the typed servicer, whose spec leaves Write out,
 and a RawService for it): requests are parsed by ``wire.parse_write``, so a chunk's bytes go
-from the received frame to the file and the hash without another copy.
+from the received frame to the file and the hash without another copy. ``write_session``
+holds the session logic over any recv/send pair.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .contract import Store
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from ttrpc.server import Context, RawCall, ServerStream
+    from ttrpc.server import Context, RawCall
 
     from moorage.events import EventPublisher
 
@@ -131,12 +132,6 @@ class ContentService(ContentServicer):  # type: ignore[misc, unused-ignore]
     async def Abort(self, request: pb.AbortRequest, ctx: Context) -> empty_pb2.Empty:
         await self.store.abort(request.ref)
         return empty_pb2.Empty()
-
-    async def Write(
-        self, stream: ServerStream[pb.WriteContentRequest, pb.WriteContentResponse], ctx: Context
-    ) -> None:
-        """The typed form of the session (``write_raw`` is what servers register)."""
-        await self.write_session(stream.recv, stream.send)
 
     async def write_raw(self, ctx: Context, call: RawCall) -> None:
         first = call.payload
