@@ -278,3 +278,35 @@ def _md() -> dict[str, str]:
     from moorage.namespaces import NAMESPACE_KEY, current_namespace
 
     return {NAMESPACE_KEY: str(current_namespace.get())}
+
+
+async def test_many_concurrent_sessions(root: Path) -> None:
+    """30 writers at once (some on the same digest, some in other namespaces), then reads."""
+    from moorage.namespaces import current_namespace
+    from moorage.services.content.client import ContentClient
+
+    from .conftest import serving, using
+
+    base = str(current_namespace.get())
+    blobs = [random.Random(i).randbytes((i % 4) * 700_000 + 1000) for i in range(10)]
+    async with serving(root) as client:
+        cs = ContentClient(client)
+
+        async def one(i: int) -> tuple[str, str]:
+            ns = f"{base}-{i % 3}"
+            with using(ns):
+                data = blobs[i % 10]
+                d = "sha256:" + hashlib.sha256(data).hexdigest()
+                try:
+                    got = await write_blob(cs, f"ref-{i}", data, d)
+                except errdefs.AlreadyExists:
+                    got = d
+                return ns, got
+
+        done = await asyncio.gather(*(one(i) for i in range(30)))
+        for ns, d in done:
+            with using(ns):
+                data = b"".join([c async for c in cs.read(d)])
+                assert "sha256:" + hashlib.sha256(data).hexdigest() == d
+                assert await cs.list_statuses() == []
+    assert len(list((root / "blobs" / "sha256").iterdir())) == 10
