@@ -265,3 +265,18 @@ async def test_refresh_token_and_header_credentials(token_registry: regfix.Regis
     opts = ResolverOptions(hosts_dir=hosts_dir_for(basic_registry, tmp_path / "b"), credentials=CredentialStore(hdr))
     async with Resolver(reference.parse(bref), opts) as res:
         assert len(await pull_all(res)) == 6
+
+
+async def test_http_host_with_tls_settings_tries_https_first(plain_registry: regfix.Registry,
+                                                            tls_registry: regfix.Registry, layout: Path,
+                                                            tmp_path: Path) -> None:
+    """containerd's HTTPFallback: `http://` + TLS settings -> https first, http if TLS fails."""
+    assert tls_registry.ca
+    for reg, expect in ((tls_registry, "https"), (plain_registry, "http")):
+        ref = regfix.push(layout, reg, "pull/fallback")
+        d = tmp_path / reg.variant / "certs.d" / reg.host
+        d.mkdir(parents=True)
+        (d / "hosts.toml").write_text(f'server = "http://{reg.host}"\nca = "{tls_registry.ca.ca}"\n')
+        async with Resolver(reference.parse(ref), ResolverOptions(hosts_dir=str(tmp_path / reg.variant / "certs.d"))) as res:
+            assert len(await pull_all(res)) == 6
+            assert bool(res.session._plain.get(reg.host)) == (expect == "http")

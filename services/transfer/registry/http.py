@@ -176,6 +176,7 @@ class Session:
         self.auth = Authorizer(credentials or CredentialStore(), reference)
         self._clients: dict[tuple[Any, ...], httpx.AsyncClient] = {}
         self._timeout = timeout
+        self._plain: dict[str, bool] = {}  # http endpoints whose https attempt failed
 
     def _client(self, h: RegistryHost) -> httpx.AsyncClient:
         key = (h.scheme, h.ca, h.client, h.skip_verify)
@@ -248,7 +249,7 @@ class Session:
             if auth:
                 hdrs["Authorization"] = auth
             body = content() if callable(content) else content
-            resp = await self._send(method, host, url, hdrs, body)
+            resp = await self._send_fallback(method, host, url, hdrs, body, content)
             try:
                 if resp.status_code == 401 and attempt < 2:
                     await read_limited(resp, MAX_ERROR_BODY, f"{method} {safe_url(url)}")
@@ -265,6 +266,24 @@ class Session:
             finally:
                 await resp.aclose()
         raise errdefs.Unauthenticated(f"{method} {safe_url(url)}: authorization failed")
+
+    async def _send_fallback(self, method: str, host: RegistryHost, url: str, headers: dict[str, str],
+                             body: Any, content: Any) -> httpx.Response:
+        """containerd's HTTPFallback: an `http://` endpoint that also has TLS settings (ca,
+        client, skip_verify) and is not on port 80 is tried over https first; when the TLS
+        handshake fails the endpoint is used over plain http from then on."""
+        if not (host.scheme == "http" and (host.ca or host.client or host.skip_verify)
+                and not host.host.endswith(":80")) or self._plain.get(host.host):
+            return await self._send(method, host, url, headers, body)
+        tls = RegistryHost("https", host.host, host.path, host.capabilities, host.ca, host.client,
+                           host.skip_verify, host.headers, host.mirror_of)
+        try:
+            return await self._send(method, tls, "https" + url[len("http"):], headers, body)
+        except errdefs.Unavailable as e:
+            if "SSL" not in str(e) and "TLS" not in str(e):
+                raise
+        self._plain[host.host] = True
+        return await self._send(method, host, url, headers, content() if callable(content) else body)
 
     async def _send(self, method: str, host: RegistryHost, url: str, headers: dict[str, str],
                     content: Any) -> httpx.Response:
