@@ -522,8 +522,33 @@ class TaskManager:
             if not task.exited.done():
                 task.exited.set_result(info)
             await self._cleanup(task)
+            self._remove_stale_socket(task.record.address)
         finally:
             current_namespace.reset(token)
+
+    def _remove_stale_socket(self, address: str) -> None:
+        """A killed shim leaves its socket file: remove it once nothing answers there."""
+        import socket
+        import stat as _stat
+
+        if not address or any(t.record.address == address and not t.gone
+                              for t in self.tasks.values()):
+            return
+        try:
+            if not _stat.S_ISSOCK(os.lstat(address).st_mode):
+                return
+        except OSError:
+            return
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(address)
+        except ConnectionRefusedError:
+            with contextlib.suppress(OSError):
+                os.unlink(address)
+        except OSError:
+            pass
+        finally:
+            probe.close()
 
     async def _cleanup(self, task: Task, shim_unmounted: bool = False) -> None:
         if task.io is not None:

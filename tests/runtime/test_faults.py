@@ -49,6 +49,7 @@ def test_shim_killed_while_container_runs(rt: Suite, api: Rt, ns: str, rootfs: P
     ev = Events(rt.address, [f"namespace=={ns}"])
     pid = api.run("c1", rootfs, ["sleep", "1000"])
     b = bundle_dir(rt, ns, "c1")
+    sock = (b / "address").read_text().strip().removeprefix("unix://")
     spid = shim_pid(ns, "c1")
     os.kill(spid, signal.SIGKILL)
     topics = ev.wait_for(lambda t: "/tasks/delete" in t)
@@ -64,6 +65,7 @@ def test_shim_killed_while_container_runs(rt: Suite, api: Rt, ns: str, rootfs: P
         api.get("c1")
     assert not b.exists() and not mounted(b / "rootfs")
     wait_until(lambda: not alive(pid), what="container process killed by shim delete")
+    assert not os.path.exists(sock), "no orphan socket"
     api.remove("c1")  # the container record stays usable
     assert ev.topics().count("/tasks/delete") == 1
     ev.close()
@@ -110,6 +112,7 @@ def test_runtime_killed_containers_keep_running(rt: Suite, api: Rt, ns: str, roo
 def test_dead_shim_found_on_restart(rt: Suite, api: Rt, ns: str, rootfs: Path) -> None:
     pid = api.run("c1", rootfs, ["sleep", "1000"])
     b = bundle_dir(rt, ns, "c1")
+    sock = (b / "address").read_text().strip().removeprefix("unix://")
     spid = shim_pid(ns, "c1")
     rt.kill("runtime", signal.SIGKILL)
     os.kill(spid, signal.SIGKILL)
@@ -122,7 +125,7 @@ def test_dead_shim_found_on_restart(rt: Suite, api: Rt, ns: str, rootfs: Path) -
     try:
         with pytest.raises(NotFound):
             api2.get("c1")
-        assert not b.exists()
+        assert not b.exists() and not os.path.exists(sock)
         wait_until(lambda: not alive(pid), what="container killed by shim delete")
         api2.remove("c1")
     finally:
