@@ -405,3 +405,22 @@ async def test_interrupted_download_resumes_with_range(fake: FakeRegistry, conte
         await pull(res, reference.parse(ref), content, images, PullOptions(platforms=None))
     assert ranges == [None, f"bytes={cut}-"]
     assert (await content.info(ld.digest)).size == len(layer)
+
+
+async def test_registry_echoing_credentials_in_errors_is_redacted(fake: FakeRegistry) -> None:
+    want = "Basic " + base64.b64encode(f"moor:{SECRET}".encode()).decode()
+
+    def route(h: Any) -> Any:
+        if h.headers.get("Authorization") != want:
+            return 401, {"WWW-Authenticate": 'Basic realm="r"'}, b""
+        echo = json.dumps({"errors": [{"code": "DENIED", "message": f"you sent {want} and {SECRET}"}]}).encode()
+        return 403, {"Content-Type": "application/json"}, echo
+    fake.routes["/v2/echo/manifests/latest"] = route
+
+    async def cb(host: str, ref: str, ch: str) -> Credentials:
+        return Credentials("moor", SECRET)
+    async with resolver(f"{fake.host}/echo:latest", credentials=CredentialStore(cb)) as res:
+        with pytest.raises(errdefs.PermissionDenied) as ei:
+            await res.resolve()
+    text = str(ei.value)
+    assert "DENIED" in text and SECRET not in text and want.split()[1] not in text

@@ -85,6 +85,10 @@ class CredentialStore:
         self._entries = dict(entries or {})
         self._cache: dict[str, Credentials | None] = {}
 
+    def cached(self) -> list[Credentials]:
+        """Credentials handed out so far (for redaction)."""
+        return [c for c in self._cache.values() if c is not None]
+
     async def get(self, host: str, reference: str, challenge: str) -> Credentials | None:
         if host in self._cache:
             return self._cache[host]

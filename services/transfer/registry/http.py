@@ -128,6 +128,13 @@ class Authorizer:
     challenges: dict[str, Challenge] = field(default_factory=dict)
     tokens: dict[tuple[str, str], _Token] = field(default_factory=dict)
 
+    def secrets(self) -> list[str]:
+        out = [t.value for t in self.tokens.values()]
+        for c in self.credentials.cached():
+            out.append(c.secret)
+            out.append(base64.b64encode(f"{c.username}:{c.secret}".encode()).decode())
+        return out
+
     async def header(self, host: RegistryHost, scope: str) -> str | None:
         ch = self.challenges.get(host.host)
         if ch is None:
@@ -189,6 +196,15 @@ class Session:
                                   headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
             self._clients[key] = c
         return c
+
+    def redact(self, err: errdefs.Error) -> errdefs.Error:
+        """Remove every secret this session holds (passwords, tokens, header values and their
+        Basic encodings) from an error built from registry-supplied text."""
+        msg = str(err)
+        for secret in self.auth.secrets():
+            if len(secret) >= 4 and secret in msg:
+                msg = msg.replace(secret, "<redacted>")
+        return err if msg == str(err) else type(err)(msg)
 
     async def aclose(self) -> None:
         for c in self._clients.values():
@@ -260,7 +276,7 @@ class Session:
                     body_bytes = b""
                     with contextlib.suppress(errdefs.ResourceExhausted, httpx.HTTPError):
                         body_bytes = await read_limited(resp, MAX_ERROR_BODY, "error body")
-                    raise status_error(method, url, resp.status_code, body_bytes)
+                    raise self.redact(status_error(method, url, resp.status_code, body_bytes))
                 yield resp
                 return
             finally:
