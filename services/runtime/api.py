@@ -21,7 +21,6 @@ from moorage.api.containerd.services.containers.v1.containers_ttrpc import Conta
 from moorage.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
 from moorage.api.containerd.services.tasks.v1.tasks_ttrpc import TasksServicer
 from moorage.api.containerd.types import metrics_pb2
-from moorage.api.containerd.types.task import task_pb2
 from moorage.errdefs import FailedPrecondition, InvalidArgument, NotImplemented
 from moorage.namespaces import namespace
 
@@ -203,5 +202,3 @@ class TasksService(TasksServicer):  # type: ignore[misc, unused-ignore]
         e = await self.tasks.wait(request.container_id, request.exec_id)
         return tpb.WaitResponse(exit_status=e.exit_status, exited_at=wire.ts(e.exited_at))
 
-
-_ = task_pb2
