@@ -371,3 +371,34 @@ async def test_kill_transfer_mid_pull_then_resume(e2e: Any, conn: Any) -> None:
     finally:
         release.set()
         fake.stop()
+
+
+async def test_streams_opened_without_namespace(e2e: Any, conn: Any) -> None:
+    """Go's ttrpc NewStream sends no metadata: a stream registered without a namespace is
+    still found by a Transfer call that has one; a duplicate id is refused."""
+    from google.protobuf import any_pb2
+
+    from moorage.api.containerd.services.streaming.v1 import streaming_pb2
+    from moorage.api.containerd.services.transfer.v1 import transfer_pb2 as tpb
+    from moorage.namespaces import NAMESPACE_KEY
+    from moorage.services.transfer import oci, wire
+    from moorage.services.transfer.client import ImagesClient, stream_id
+    from moorage.services.transfer.contract import Image
+
+    _, imagestore_pb2, _, _ = _pb()
+    await ImagesClient(conn).create(Image("nons/src:1", oci.Descriptor(oci.OCI_MANIFEST, "sha256:" + "6" * 64, 6)))
+    sid = stream_id("progress")
+    s = await conn.stream(wire.STREAMING, "Stream", any_pb2.Any, None, None)  # no metadata
+    await s.send(wire.pack(streaming_pb2.StreamInit(id=sid)))
+    assert await s.recv() is not None
+    dup = await conn.stream(wire.STREAMING, "Stream", any_pb2.Any, None, None)
+    await dup.send(wire.pack(streaming_pb2.StreamInit(id=sid)))
+    with pytest.raises(errdefs.AlreadyExists):
+        await dup.recv()
+    req = tpb.TransferRequest(source=wire.pack(imagestore_pb2.ImageStore(name="nons/src:1")),
+                              destination=wire.pack(imagestore_pb2.ImageStore(name="nons/dst:1")),
+                              options=tpb.TransferOptions(progress_stream=sid))
+    await conn.unary_raw(wire.TRANSFER, "Transfer", req.SerializeToString(),
+                         metadata={NAMESPACE_KEY: current_namespace.get() or ""})
+    assert await s.recv() is None  # the transfer closed the stream when done
+    assert (await ImagesClient(conn).get("nons/dst:1")).target.digest == "sha256:" + "6" * 64
