@@ -324,6 +324,42 @@ def _list(ctx: CliContext, filters: Sequence[str]) -> list[Any]:
     return list(resp.images)
 
 
+def _read_doc(ctx: CliContext, digest: str, limit: int = 4 << 20) -> bytes | None:
+    from moorage.api.containerd.services.content.v1 import content_pb2 as cpb
+    buf = bytearray()
+    try:
+        for r in ctx.connect().server_stream("containerd.services.content.v1.Content", "Read",
+                                             cpb.ReadContentRequest(digest=digest), cpb.ReadContentResponse,
+                                             metadata=ctx.metadata()):
+            buf += r.data
+            if len(buf) > limit:
+                return None
+    except errdefs.Error:
+        return None
+    return bytes(buf)
+
+
+def _image_size(ctx: CliContext, media_type: str, digest: str, size: int) -> int | None:
+    """Size of the image's content for this host's platform (as ctr images ls): the
+    manifest, its config and layers; None when some of it is not in the store."""
+    from . import oci
+    for _ in range(4):
+        data = _read_doc(ctx, digest)
+        if data is None:
+            return None
+        try:
+            doc = oci.parse_document(data, media_type)
+        except errdefs.Error:
+            return None
+        if isinstance(doc, oci.Manifest):
+            return size + doc.config.size + sum(d.size for d in doc.layers)
+        picked = oci.select_manifests(doc, [oci.host_platform()])
+        if not picked:
+            return None
+        media_type, digest, size = picked[0].media_type, picked[0].digest, picked[0].size
+    return None
+
+
 def cmd_images(args: Args, ctx: CliContext) -> int:
     pos = args.pos[1:] if args.pos[:1] in (["ls"], ["list"]) else args.pos
     imgs = _list(ctx, pos)
@@ -334,9 +370,12 @@ def cmd_images(args: Args, ctx: CliContext) -> int:
         ctx.emit_json([{"name": i.name, "target": {"mediaType": i.target.media_type, "digest": i.target.digest,
                                                     "size": i.target.size}, "labels": dict(i.labels)} for i in imgs])
     else:
-        ctx.table(["REF", "TYPE", "DIGEST", "SIZE", "LABELS"],
-                  [(i.name, i.target.media_type, i.target.digest, _size(i.target.size),
-                    ",".join(f"{k}={v}" for k, v in sorted(i.labels.items())) or "-") for i in imgs])
+        rows = []
+        for i in imgs:
+            n = _image_size(ctx, i.target.media_type, i.target.digest, i.target.size)
+            rows.append((i.name, i.target.media_type, i.target.digest, _size(n) if n is not None else "-",
+                         ",".join(f"{k}={v}" for k, v in sorted(i.labels.items())) or "-"))
+        ctx.table(["REF", "TYPE", "DIGEST", "SIZE", "LABELS"], rows)
     return EXIT["ok"]
 
 

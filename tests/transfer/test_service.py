@@ -176,6 +176,8 @@ def test_cli_pull_images_tag_export_import_rmi(e2e: Any, basic_registry: regfix.
     assert "layer-sha256:" in r.stderr and regfix.PASSWORD not in r.stderr + r.stdout
     r = e2e.moor(*ns, "images", "-q")
     assert r.stdout.split() == [ref]
+    table = e2e.moor(*ns, "images").stdout.splitlines()
+    assert table[0].split()[:4] == ["REF", "TYPE", "DIGEST", "SIZE"] and "MiB" in table[1]  # busybox + layers
     assert e2e.moor(*ns, "tag", ref, "example.org/cli/copy:2").returncode == 0
     r = e2e.moor(*ns, "--json", "images")
     import json
