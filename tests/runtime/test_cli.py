@@ -237,3 +237,32 @@ def test_task_rootfs_from_the_container_snapshot(env: Env) -> None:
     finally:
         api.close()
     env.nothing_left()
+
+
+def test_interactive_terminal(env: Env) -> None:
+    """`moor run -it`: raw terminal, keystrokes in, screen out, the shell's exit code back."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        os.environ.update(env.suite.env())
+        os.execv(sys.executable, [sys.executable, "-m", "moorage.cli.main", "--address",
+                                  env.suite.address, "--namespace", env.ns, "run", "--rm", "-it",
+                                  "busybox", "sh"])
+    out = b""
+    sent = False
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+        if not sent and b"#" in out:  # the shell's prompt: type a line
+            os.write(fd, b"stty size; echo hel''lo; exit 3\r")
+            sent = True
+    _, status = os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 3, text
+    assert "40 120" in text and "hello" in text
+    env.nothing_left()
