@@ -157,6 +157,7 @@ class _Protocol(asyncio.BufferedProtocol):
         return self.core.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.outbox.received()
         pending = self.pending
         for event in self.core.buffer_updated(nbytes):
             if isinstance(event, ResponseReceived):
@@ -281,6 +282,7 @@ class Client:
     async def close(self) -> None:
         protocol = self._protocol
         if protocol.transport is not None and not protocol.closed:
+            protocol.outbox.flush()
             protocol.transport.close()
         await protocol.lost
 

@@ -456,6 +456,7 @@ class _Connection(asyncio.BufferedProtocol):
         return self.core.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.outbox.received()
         for event in self.core.buffer_updated(nbytes):
             if isinstance(event, CallStarted):
                 self._start(event)
@@ -639,6 +640,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def close_if_idle(self) -> None:
         if not self.calls and self.transport is not None and not self._closed:
+            self.outbox.flush()
             self.transport.close()
 
     def abort(self) -> None:

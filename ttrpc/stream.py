@@ -127,27 +127,46 @@ class Stalls:
 
 
 class Outbox:
-    """Coalesces frames into fewer writes: the first frame of a loop iteration goes out at
-    once (sequential calls pay no delay), the rest of that iteration's frames together."""
+    """Coalesces frames into fewer writes without delaying a lone one.
 
-    __slots__ = ("_call_soon", "_transport", "_pending")
+    After the peer's last message, the first frame goes out at once (a sequential call pays
+    no extra loop iteration); frames that follow it before the peer speaks again are
+    gathered and written together at the end of the loop iteration. ``received()`` marks
+    the peer speaking.
+    """
+
+    __slots__ = ("_call_soon", "_transport", "_pending", "_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.WriteTransport) -> None:
         self._call_soon = loop.call_soon
         self._transport = transport
         self._pending: list[bytes] | None = None
+        self._scheduled = False
 
     def write(self, data: bytes) -> None:
         pending = self._pending
         if pending is None:
             self._pending = []
-            self._call_soon(self._flush)
             self._transport.write(data)
-        else:
-            pending.append(data)
+            return
+        pending.append(data)
+        if not self._scheduled:
+            self._scheduled = True
+            self._call_soon(self._flush)
+
+    def received(self) -> None:
+        if not self._pending:
+            self._pending = None
+
+    def flush(self) -> None:
+        """Hand everything gathered to the transport now (before closing it)."""
+        pending, self._pending = self._pending, None
+        if pending and not self._transport.is_closing():
+            self._transport.writelines(pending)
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, None
+        self._scheduled = False
         if pending and not self._transport.is_closing():
             if len(pending) == 1:
                 self._transport.write(pending[0])
