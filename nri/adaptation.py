@@ -10,6 +10,8 @@ Per plugin: RegisterPlugin must arrive within ``registration_timeout``; then Con
 its event mask (0 = all; bits outside the valid mask close it); then Synchronize with the
 known pods and containers (split into chunks with ``more`` when one message would pass
 ttrpc's 4 MiB, all chunks under one ``sync_timeout``); then it is inserted and gets events.
+Events running when a sync starts finish first, new ones wait until the plugin is in
+(:mod:`moorage.nri.gate`), so a plugin misses no container and sees none twice.
 
 Per event call (``request_timeout`` each):
 - DEADLINE_EXCEEDED, UNAVAILABLE (connection gone) or CANCELLED: the plugin is dropped
@@ -51,6 +53,7 @@ from ttrpc.codes import Code
 from ttrpc.errors import RpcError
 
 from .adjust import Result
+from .gate import Gate, gated
 from .plugin import VALID_EVENTS, PluginConn, check_identity, event_bit, event_names
 
 if TYPE_CHECKING:
@@ -113,6 +116,7 @@ class Adaptation:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._change: asyncio.Event | None = None
+        self.gate = Gate()
         self._launch_dirs: tuple[Path, Path] = (Path("/etc/nri/conf.d"), Path("/run/nri"))
         self._launched_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
@@ -206,11 +210,8 @@ class Adaptation:
             return None
         finally:
             self._pending.discard(p)
-        if p.close_reason:
+        if p.close_reason or not p.ready:
             return None
-        p.ready = True
-        self.plugins.append(p)
-        self.plugins.sort(key=lambda x: (x.idx, x.name))
         log.info("nri: plugin %s registered (pid %d, events %s)", p.id, p.pid, ",".join(event_names(p.events)))
         self._changed()
         return p
@@ -270,16 +271,23 @@ class Adaptation:
         p.events = events
 
     async def _synchronize(self, p: PluginConn) -> None:
+        """Send the known pods and containers, then insert ``p``, with events held back
+        (see moorage.nri.gate) so that it misses none and sees none twice."""
         assert p.client is not None
-        pods = list(self.pods.values())
-        containers = list(self.containers.values())
-        async with asyncio.timeout(self.options.sync_timeout):
+        async with asyncio.timeout(self.options.sync_timeout), self.gate.sync():
+            pods = list(self.pods.values())
+            containers = list(self.containers.values())
             try:
                 resp = await p.client.Synchronize(api.SynchronizeRequest(pods=pods, containers=containers))
             except RpcError as exc:
                 if exc.code != Code.RESOURCE_EXHAUSTED:
                     raise
                 resp = await self._split_sync(p, pods, containers)
+            if p.close_reason:
+                return
+            p.ready = True
+            self.plugins.append(p)
+            self.plugins.sort(key=lambda x: (x.idx, x.name))
         if resp.update:
             result = Result()
             result.add_updates(p.id, resp.update)
@@ -413,24 +421,29 @@ class Adaptation:
 
     # hooks: pods ----------------------------------------------------------------------
 
+    @gated
     async def run_pod_sandbox(self, pod: api.PodSandbox) -> None:
         self.pods[pod.id] = pod
         await self._notify(E.RUN_POD_SANDBOX, "RunPodSandbox", api.RunPodSandboxRequest(pod=pod),
                            api.RunPodSandboxResponse, pod)
 
+    @gated
     async def update_pod_sandbox(self, req: api.UpdatePodSandboxRequest) -> None:
         await self._notify(E.UPDATE_POD_SANDBOX, "UpdatePodSandbox", req, api.UpdatePodSandboxResponse,
                            req.pod, fallback=False)
 
+    @gated
     async def post_update_pod_sandbox(self, pod: api.PodSandbox) -> None:
         self.pods[pod.id] = pod
         await self._notify(E.POST_UPDATE_POD_SANDBOX, "PostUpdatePodSandbox",
                            api.PostUpdatePodSandboxRequest(pod=pod), api.PostUpdatePodSandboxResponse, pod)
 
+    @gated
     async def stop_pod_sandbox(self, pod: api.PodSandbox) -> None:
         await self._notify(E.STOP_POD_SANDBOX, "StopPodSandbox", api.StopPodSandboxRequest(pod=pod),
                            api.StopPodSandboxResponse, pod)
 
+    @gated
     async def remove_pod_sandbox(self, pod: api.PodSandbox) -> None:
         self.pods.pop(pod.id, None)
         await self._notify(E.REMOVE_POD_SANDBOX, "RemovePodSandbox", api.RemovePodSandboxRequest(pod=pod),
@@ -438,6 +451,7 @@ class Adaptation:
 
     # hooks: containers ----------------------------------------------------------------
 
+    @gated
     async def create_container(self, pod: api.PodSandbox, container: api.Container) -> api.ContainerAdjustment:
         """Consult the plugins; the merged adjustment for ``container``."""
         pristine = api.Container()
@@ -495,22 +509,26 @@ class Adaptation:
             if isinstance(r, BaseException):
                 raise r
 
+    @gated
     async def post_create_container(self, pod: api.PodSandbox, container: api.Container) -> None:
         self._remember(container, api.CONTAINER_CREATED)
         await self._notify(E.POST_CREATE_CONTAINER, "PostCreateContainer",
                            api.PostCreateContainerRequest(pod=pod, container=container),
                            api.PostCreateContainerResponse, pod, container)
 
+    @gated
     async def start_container(self, pod: api.PodSandbox, container: api.Container) -> None:
         await self._notify(E.START_CONTAINER, "StartContainer", api.StartContainerRequest(pod=pod, container=container),
                            api.StartContainerResponse, pod, container)
 
+    @gated
     async def post_start_container(self, pod: api.PodSandbox, container: api.Container) -> None:
         self._remember(container, api.CONTAINER_RUNNING)
         await self._notify(E.POST_START_CONTAINER, "PostStartContainer",
                            api.PostStartContainerRequest(pod=pod, container=container),
                            api.PostStartContainerResponse, pod, container)
 
+    @gated
     async def update_container(self, req: api.UpdateContainerRequest) -> api.ContainerUpdate | None:
         """Consult the plugins; the (possibly changed) update of ``req.container``, or None."""
         result = Result()
@@ -525,12 +543,14 @@ class Adaptation:
         self._apply_later(list(result.updates.values()), evictions)
         return own
 
+    @gated
     async def post_update_container(self, pod: api.PodSandbox, container: api.Container) -> None:
         self._remember(container, None)
         await self._notify(E.POST_UPDATE_CONTAINER, "PostUpdateContainer",
                            api.PostUpdateContainerRequest(pod=pod, container=container),
                            api.PostUpdateContainerResponse, pod, container)
 
+    @gated
     async def stop_container(self, pod: api.PodSandbox, container: api.Container) -> None:
         self._remember(container, api.CONTAINER_STOPPED)
         result = Result()
@@ -542,6 +562,7 @@ class Adaptation:
         result.updates.pop(container.id, None)
         self._apply_later(list(result.updates.values()), [])
 
+    @gated
     async def remove_container(self, pod: api.PodSandbox, container: api.Container) -> None:
         self.containers.pop(container.id, None)
         await self._notify(E.REMOVE_CONTAINER, "RemoveContainer",

@@ -305,3 +305,42 @@ async def test_socket_is_private(harness: Harness) -> None:
     st = os.stat(harness.socket_path)
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(harness.socket_path)).st_mode) == 0o700
+
+
+async def test_sync_waits_for_running_events_and_holds_new_ones(harness: Harness) -> None:
+    class Slow(Plugin):
+        def __init__(self) -> None:
+            self.called = asyncio.Event()
+            self.release = asyncio.Event()
+
+        async def create_container(self, pod: api.PodSandbox, container: api.Container) -> None:
+            self.called.set()
+            await self.release.wait()
+
+    class Late(Recorder):
+        seen: list[str] = []
+
+        async def synchronize(self, pods: Any, containers: Any) -> None:
+            self.seen = [c.id for c in containers]
+            assert self.stub is not None
+            await self.stub.update_containers([])  # allowed during sync: no deadlock
+
+        async def create_container(self, pod: api.PodSandbox, container: api.Container) -> None:
+            self.events.append(("create_container", container.id))
+
+    slow = Slow()
+    await harness.plugin(slow, "10", "slow")
+    creating = asyncio.ensure_future(harness.nri.create_container(POD, ctr("c1")))
+    await slow.called.wait()
+    late = Late()
+    joining = asyncio.ensure_future(harness.plugin(late, "20", "late"))
+    async with asyncio.timeout(10):
+        while not harness.nri.gate.syncing:  # the new plugin's sync waits for the running event
+            await asyncio.sleep(0.01)
+    assert not joining.done()
+    slow.release.set()
+    await creating
+    await joining
+    assert late.seen == ["c1"]  # the event that ran first is in its sync
+    await harness.nri.create_container(POD, ctr("c2"))
+    assert late.events == [("create_container", "c2")]  # and every later event reaches it
