@@ -35,12 +35,14 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from moorage import errdefs
-from moorage.namespaces import NAMESPACE_KEY, validate_namespace
+from moorage.namespaces import validate_namespace
 from ttrpc.codes import Code
 from ttrpc.errors import ProtocolError
 from ttrpc.frame import DATA, FLAG_REMOTE_CLOSED, REQUEST, RESPONSE, Frame, FrameDecoder, Oversized, pack_header
-from ttrpc.messages import decode_request, encode_error
+from ttrpc.messages import encode_error
 from ttrpc.protocol import oversize_message
+
+from .envelope import route_of
 
 log = logging.getLogger("moorage.proxy.splice")
 
@@ -498,11 +500,10 @@ class Front(asyncio.BufferedProtocol):
             self.fail(sid, Code.UNAVAILABLE, "ttrpc: server shutting down")
             return
         try:
-            req = decode_request(body)
+            service, namespaces = route_of(body)
         except ProtocolError as exc:
             self.fail(sid, Code.INVALID_ARGUMENT, f"failed to decode request: {exc}")
             return
-        service = req.service
         splice = self.splice
         if service in splice.own:
             if self.own is None:
@@ -515,8 +516,8 @@ class Front(asyncio.BufferedProtocol):
         if route is None:
             self.fail(sid, Code.UNIMPLEMENTED, f"service {service}")
             return
-        for key, value in req.metadata:
-            if key == NAMESPACE_KEY and value and value not in splice.known_namespaces:
+        for value in namespaces:
+            if value and value not in splice.known_namespaces:
                 try:
                     validate_namespace(value)
                 except errdefs.InvalidArgument as exc:
