@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -62,6 +63,7 @@ async def make_harness(**options: Any) -> AsyncIterator[Harness]:
         for s in h.stubs:
             s.close()
         await nri.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture

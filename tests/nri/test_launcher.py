@@ -3,6 +3,7 @@ plugins that hang or crash (killed, dropped, the event carries on)."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -39,7 +40,9 @@ def plugin(folder: Path, name: str, mode: str) -> None:
 
 @pytest.fixture
 async def folder() -> AsyncIterator[Path]:
-    yield Path(tempfile.mkdtemp(prefix="nri-plugins-", dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="nri-plugins-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_discovery_and_config(tmp_path: Path) -> None:
