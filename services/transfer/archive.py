@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from moorage import errdefs
 
 from . import oci
+from .blobs import GC_REF, Progress, add_labels, has_blob, read_blob, store_image, write_bytes
 from .contract import ContentStore, Image, ImageStore
 from .oci import Descriptor, Platform
-from .pull import GC_REF, Progress, _add_labels, has_blob, store_image, write_bytes
 from .reference import parse as parse_ref
 from .tarstream import TarReader, tar_end, tar_header, tar_padding
 
@@ -112,19 +112,6 @@ async def import_archive(source: AsyncIterator[bytes], content: ContentStore, im
     raise errdefs.InvalidArgument("invalid archive: neither index.json nor manifest.json found")
 
 
-async def _read_blob(content: ContentStore, desc: Descriptor, limit: int) -> bytes:
-    if desc.size > limit:
-        raise errdefs.ResourceExhausted(f"{desc.digest}: {desc.size} bytes exceeds the {limit} byte limit")
-    buf = bytearray()
-    async for chunk in content.read(desc.digest):
-        buf += chunk
-        if len(buf) > limit:
-            raise errdefs.ResourceExhausted(f"{desc.digest}: exceeds the {limit} byte limit")
-    data = bytes(buf)
-    oci.verify_bytes(data, desc)
-    return data
-
-
 async def _check_tree(content: ContentStore, desc: Descriptor, platforms: Sequence[Platform] | None,
                       depth: int = 0) -> None:
     """Every blob the document references is present (verified at its commit) and labelled."""
@@ -134,7 +121,7 @@ async def _check_tree(content: ContentStore, desc: Descriptor, platforms: Sequen
         raise errdefs.NotFound(f"invalid archive: missing blob {desc.digest}")
     if not (oci.is_index(desc.media_type) or oci.is_manifest(desc.media_type)):
         return
-    data = await _read_blob(content, desc, oci.MAX_MANIFEST_SIZE)
+    data = await read_blob(content, desc, oci.MAX_MANIFEST_SIZE)
     doc = oci.parse_document(data, desc.media_type)
     if isinstance(doc, oci.Index):
         children = oci.select_manifests(doc, platforms)
@@ -145,7 +132,7 @@ async def _check_tree(content: ContentStore, desc: Descriptor, platforms: Sequen
                 present.append(c)
         if not present:
             raise errdefs.NotFound(f"invalid archive: no manifest of {desc.digest} is in the archive")
-        await _add_labels(content, desc.digest, {f"{GC_REF}.m.{i}": c.digest for i, c in enumerate(present)})
+        await add_labels(content, desc.digest, {f"{GC_REF}.m.{i}": c.digest for i, c in enumerate(present)})
         return
     labels = {f"{GC_REF}.config": doc.config.digest}
     for i, layer in enumerate(doc.layers):
@@ -155,10 +142,10 @@ async def _check_tree(content: ContentStore, desc: Descriptor, platforms: Sequen
             raise errdefs.NotFound(f"invalid archive: missing blob {d.digest}")
         if (await content.info(d.digest)).size != d.size:
             raise errdefs.DataLoss(f"invalid archive: {d.digest} size does not match its descriptor")
-    cfg = oci.parse_config(await _read_blob(content, doc.config, oci.MAX_JSON_SIZE))
+    cfg = oci.parse_config(await read_blob(content, doc.config, oci.MAX_JSON_SIZE))
     if len(cfg.diff_ids) != len(doc.layers):
         raise errdefs.InvalidArgument(f"{desc.digest}: {len(doc.layers)} layers but {len(cfg.diff_ids)} diff ids")
-    await _add_labels(content, desc.digest, labels)
+    await add_labels(content, desc.digest, labels)
 
 
 def _image_name(ann: Mapping[str, str], base: str) -> str:
@@ -209,7 +196,7 @@ async def _import_docker(docs: Mapping[str, bytes], files: Mapping[str, Descript
         if cfg_file is None:
             raise errdefs.NotFound(f"invalid archive: missing {e['Config'][:100]}")
         cfg_desc = Descriptor(oci.DOCKER_CONFIG, cfg_file.digest, cfg_file.size)
-        cfg = oci.parse_config(await _read_blob(content, cfg_desc, oci.MAX_JSON_SIZE))
+        cfg = oci.parse_config(await read_blob(content, cfg_desc, oci.MAX_JSON_SIZE))
         layers = []
         for lp in e["Layers"]:
             if not isinstance(lp, str) or _clean(lp) not in files:
@@ -243,7 +230,7 @@ async def _collect(content: ContentStore, desc: Descriptor, platforms: Sequence[
     out[desc.digest] = desc
     if not (oci.is_index(desc.media_type) or oci.is_manifest(desc.media_type)):
         return []
-    doc = oci.parse_document(await _read_blob(content, desc, oci.MAX_MANIFEST_SIZE), desc.media_type)
+    doc = oci.parse_document(await read_blob(content, desc, oci.MAX_MANIFEST_SIZE), desc.media_type)
     if isinstance(doc, oci.Index):
         found = []
         for c in oci.select_manifests(doc, platforms):
@@ -279,7 +266,7 @@ async def export_archive(imgs: Sequence[Image], content: ContentStore,
         entry = Descriptor(img.target.media_type, img.target.digest, img.target.size, ann).to_json()
         index.append(entry)
         if docker_manifest and len(manifests) == 1:
-            m = oci.parse_document(await _read_blob(content, manifests[0], oci.MAX_MANIFEST_SIZE))
+            m = oci.parse_document(await read_blob(content, manifests[0], oci.MAX_MANIFEST_SIZE))
             assert isinstance(m, oci.Manifest)
             tags = []
             try:

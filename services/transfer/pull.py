@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,13 +27,25 @@ from dataclasses import dataclass, field
 from moorage import errdefs
 
 from . import oci
+from .blobs import (
+    GC_REF,
+    SNAPSHOT_REF,
+    SOURCE_LABEL,
+    UNCOMPRESSED,
+    Progress,
+    add_source,
+    add_labels,
+    has_blob,
+    open_writer,
+    ref_key,
+    store_image,
+    write_bytes,
+)
 from .contract import (
-    BlobInfo,
     BlobWriter,
     ContentStore,
     Image,
     ImageStore,
-    ProgressEvent,
     ProgressFn,
     Snapshotter,
     UnpackTarget,
@@ -44,11 +55,6 @@ from .reference import Reference
 from .registry.resolver import Resolver
 
 DEFAULT_CONCURRENCY = 3
-PROGRESS_INTERVAL = 0.1
-GC_REF = "containerd.io/gc.ref.content"
-UNCOMPRESSED = "containerd.io/uncompressed"
-SNAPSHOT_REF = "containerd.io/snapshot.ref"
-SOURCE_LABEL = "containerd.io/distribution.source."
 
 
 @dataclass
@@ -60,107 +66,6 @@ class PullOptions:
     concurrency: int = DEFAULT_CONCURRENCY
     all_metadata: bool = False  # manifests and configs of every platform, layers of the chosen ones
     manifest_limit: int = 0  # at most this many manifests per index (0: no limit)
-
-
-class Progress:
-    """Rate-limited progress reporting (one event per blob per interval, plus edges)."""
-
-    def __init__(self, fn: ProgressFn | None) -> None:
-        self.fn = fn
-        self._last: dict[str, float] = {}
-
-    async def emit(self, event: str, name: str = "", progress: int = 0, total: int = 0,
-                   desc: Descriptor | None = None, parents: tuple[str, ...] = (), force: bool = True) -> None:
-        if self.fn is None:
-            return
-        if not force:
-            now = time.monotonic()
-            if now - self._last.get(name, 0.0) < PROGRESS_INTERVAL:
-                return
-            self._last[name] = now
-        r = self.fn(ProgressEvent(event, name, parents, progress, total, desc))
-        if r is not None:
-            await r
-
-
-def ref_key(desc: Descriptor) -> str:
-    """containerd's remotes.MakeRefKey."""
-    if oci.is_index(desc.media_type):
-        kind = "index"
-    elif oci.is_manifest(desc.media_type):
-        kind = "manifest"
-    elif oci.is_layer(desc.media_type):
-        kind = "layer"
-    elif "config" in desc.media_type or desc.media_type == oci.DOCKER_CONFIG:
-        kind = "config"
-    else:
-        kind = "unknown"
-    return f"{kind}-{desc.digest}"
-
-
-async def has_blob(content: ContentStore, digest: str) -> bool:
-    try:
-        await content.info(digest)
-        return True
-    except errdefs.NotFound:
-        return False
-
-
-async def write_bytes(content: ContentStore, desc: Descriptor, data: bytes,
-                      labels: Mapping[str, str] | None = None) -> None:
-    """Store verified bytes (checked again here) with labels; an existing blob gets the labels."""
-    oci.verify_bytes(data, desc)
-    try:
-        w = await content.writer(ref_key(desc), desc.size, desc.digest)
-    except errdefs.AlreadyExists:
-        await _add_labels(content, desc.digest, labels or {})
-        return
-    try:
-        await w.truncate(0)
-        await w.write(data)
-        await w.commit(desc.size, desc.digest, labels or {})
-    except errdefs.AlreadyExists:
-        await _add_labels(content, desc.digest, labels or {})
-    finally:
-        await w.close()
-
-
-async def _add_labels(content: ContentStore, digest: str, labels: Mapping[str, str]) -> None:
-    if not labels:
-        return
-    info = await content.info(digest)
-    await content.update(BlobInfo(info.digest, info.size, info.created_at, info.updated_at, dict(labels)),
-                         [f"labels.{k}" for k in labels])
-
-
-async def _add_source(content: ContentStore, digest: str, ref: Reference) -> None:
-    """Record that `ref`'s repository has the blob (comma-separated, as containerd), so a
-    later push to that registry can mount it instead of uploading."""
-    with contextlib.suppress(errdefs.NotFound):
-        info = await content.info(digest)
-        key = f"{SOURCE_LABEL}{ref.host}"
-        repos = [r for r in info.labels.get(key, "").split(",") if r]
-        if ref.path not in repos and len(",".join([*repos, ref.path])) + len(key) < 4000:
-            await _add_labels(content, digest, {key: ",".join([*repos, ref.path])})
-
-
-LOCK_RETRY_SECONDS = 15.0
-
-
-async def open_writer(content: ContentStore, ref: str, desc: Descriptor) -> BlobWriter:
-    """content.writer, retried with exponential backoff while the ref is locked by another
-    writer (containerd's content.OpenWriter): e.g. a session of a process that just died and
-    whose stream the content service has not reaped yet."""
-    delay = 0.05
-    deadline = time.monotonic() + LOCK_RETRY_SECONDS
-    while True:
-        try:
-            return await content.writer(ref, desc.size, desc.digest)
-        except errdefs.Unavailable:
-            if time.monotonic() + delay > deadline:
-                raise
-            await asyncio.sleep(delay + random.uniform(0, delay))
-            delay = min(delay * 2, 1.0)
 
 
 async def fetch_blob(resolver: Resolver, content: ContentStore, desc: Descriptor, progress: Progress,
@@ -287,7 +192,7 @@ async def pull(resolver: Resolver, ref: Reference, content: ContentStore, images
     async def download(desc: Descriptor) -> None:
         async with sem:
             if not await fetch_blob(resolver, content, desc, progress, source):
-                await _add_source(content, desc.digest, ref)
+                await add_source(content, desc.digest, ref)
 
     for p in plans:
         if not p.layers:
@@ -328,13 +233,6 @@ async def pull(resolver: Resolver, ref: Reference, content: ContentStore, images
     stored = await store_image(images, image)
     await progress.emit(f"Completed pull from {ref}", desc=root)
     return stored
-
-
-async def store_image(images: ImageStore, image: Image) -> Image:
-    try:
-        return await images.create(image)
-    except errdefs.AlreadyExists:
-        return await images.update(image, ["target", *(f"labels.{k}" for k in image.labels)])
 
 
 async def _walk(resolver: Resolver, desc: Descriptor, data: bytes, opts: PullOptions,
@@ -409,10 +307,10 @@ async def unpack(target: UnpackTarget, manifest: oci.Manifest, config: oci.Image
             with contextlib.suppress(errdefs.Error, OSError):
                 await sn.remove(key)
             raise
-        await _add_labels(content, layer.digest, {UNCOMPRESSED: diff_id})
+        await add_labels(content, layer.digest, {UNCOMPRESSED: diff_id})
         parent = chain_id
     if chain:
-        await _add_labels(content, manifest.config.digest,
+        await add_labels(content, manifest.config.digest,
                           {f"containerd.io/gc.ref.snapshot.{target.snapshotter_name}": chain[-1]})
     return chain[-1] if chain else ""
 

@@ -12,10 +12,9 @@ from collections.abc import AsyncIterator, Sequence
 from moorage import errdefs
 
 from . import oci
-from .archive import _read_blob
+from .blobs import SOURCE_LABEL, Progress, read_blob
 from .contract import ContentStore, Image, ProgressFn
 from .oci import Descriptor, Platform
-from .pull import SOURCE_LABEL, Progress
 from .reference import Reference
 from .registry.resolver import Resolver
 
@@ -25,7 +24,7 @@ async def _tree(content: ContentStore, desc: Descriptor, platforms: Sequence[Pla
                 layers: dict[str, Descriptor], docs: list[tuple[Descriptor, bytes]], depth: int = 0) -> None:
     if depth > 4:
         raise errdefs.InvalidArgument("index nesting too deep")
-    data = await _read_blob(content, desc, oci.MAX_MANIFEST_SIZE)
+    data = await read_blob(content, desc, oci.MAX_MANIFEST_SIZE)
     doc = oci.parse_document(data, desc.media_type)
     if isinstance(doc, oci.Index):
         for c in oci.select_manifests(doc, platforms):

@@ -18,7 +18,8 @@ from typing import cast
 from moorage import errdefs
 
 from . import oci
-from .archive import ImportOptions, _read_blob, export_archive, import_archive
+from .archive import ImportOptions, export_archive, import_archive
+from .blobs import read_blob
 from .contract import (
     ContentStore,
     ExportTarget,
@@ -152,9 +153,9 @@ class Transferrer:
         """Unpack an image whose content is all present (import, or re-unpack)."""
         desc = img.target
         for _ in range(5):
-            doc = oci.parse_document(await _read_blob(self.content, desc, oci.MAX_MANIFEST_SIZE), desc.media_type)
+            doc = oci.parse_document(await read_blob(self.content, desc, oci.MAX_MANIFEST_SIZE), desc.media_type)
             if isinstance(doc, oci.Manifest):
-                cfg = oci.parse_config(await _read_blob(self.content, doc.config, oci.MAX_JSON_SIZE))
+                cfg = oci.parse_config(await read_blob(self.content, doc.config, oci.MAX_JSON_SIZE))
                 done: dict[str, asyncio.Future[None]] = {}
                 for layer in doc.layers:
                     f: asyncio.Future[None] = asyncio.get_running_loop().create_future()
