@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -62,12 +62,12 @@ class RuntimeClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def RegisterPlugin(self, request: nri_dot_pkg_dot_api_dot_api__pb2.RegisterPluginRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "RegisterPlugin", request, nri_dot_pkg_dot_api_dot_api__pb2.Empty, timeout, metadata)
+    def RegisterPlugin(self, request: nri_dot_pkg_dot_api_dot_api__pb2.RegisterPluginRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "RegisterPlugin", request, nri_dot_pkg_dot_api_dot_api__pb2.Empty, timeout, metadata)
 
-    async def UpdateContainers(self, request: nri_dot_pkg_dot_api_dot_api__pb2.UpdateContainersRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.UpdateContainersResponse:
+    def UpdateContainers(self, request: nri_dot_pkg_dot_api_dot_api__pb2.UpdateContainersRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.UpdateContainersResponse]:
         """Unsolicited updates of containers; evictions are accepted but not acted upon."""
-        return await self.client.unary(self.SERVICE, "UpdateContainers", request, nri_dot_pkg_dot_api_dot_api__pb2.UpdateContainersResponse, timeout, metadata)
+        return self.client.unary(self.SERVICE, "UpdateContainers", request, nri_dot_pkg_dot_api_dot_api__pb2.UpdateContainersResponse, timeout, metadata)
 
 
 class RuntimeBlockingClient:
@@ -180,60 +180,60 @@ class PluginClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def Configure(self, request: nri_dot_pkg_dot_api_dot_api__pb2.ConfigureRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.ConfigureResponse:
-        return await self.client.unary(self.SERVICE, "Configure", request, nri_dot_pkg_dot_api_dot_api__pb2.ConfigureResponse, timeout, metadata)
+    def Configure(self, request: nri_dot_pkg_dot_api_dot_api__pb2.ConfigureRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.ConfigureResponse]:
+        return self.client.unary(self.SERVICE, "Configure", request, nri_dot_pkg_dot_api_dot_api__pb2.ConfigureResponse, timeout, metadata)
 
-    async def Synchronize(self, request: nri_dot_pkg_dot_api_dot_api__pb2.SynchronizeRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.SynchronizeResponse:
-        return await self.client.unary(self.SERVICE, "Synchronize", request, nri_dot_pkg_dot_api_dot_api__pb2.SynchronizeResponse, timeout, metadata)
+    def Synchronize(self, request: nri_dot_pkg_dot_api_dot_api__pb2.SynchronizeRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.SynchronizeResponse]:
+        return self.client.unary(self.SERVICE, "Synchronize", request, nri_dot_pkg_dot_api_dot_api__pb2.SynchronizeResponse, timeout, metadata)
 
-    async def Shutdown(self, request: nri_dot_pkg_dot_api_dot_api__pb2.Empty, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Shutdown", request, nri_dot_pkg_dot_api_dot_api__pb2.Empty, timeout, metadata)
+    def Shutdown(self, request: nri_dot_pkg_dot_api_dot_api__pb2.Empty, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Shutdown", request, nri_dot_pkg_dot_api_dot_api__pb2.Empty, timeout, metadata)
 
-    async def RunPodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.RunPodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.RunPodSandboxResponse:
-        return await self.client.unary(self.SERVICE, "RunPodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.RunPodSandboxResponse, timeout, metadata)
+    def RunPodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.RunPodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.RunPodSandboxResponse]:
+        return self.client.unary(self.SERVICE, "RunPodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.RunPodSandboxResponse, timeout, metadata)
 
-    async def UpdatePodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.UpdatePodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.UpdatePodSandboxResponse:
-        return await self.client.unary(self.SERVICE, "UpdatePodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.UpdatePodSandboxResponse, timeout, metadata)
+    def UpdatePodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.UpdatePodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.UpdatePodSandboxResponse]:
+        return self.client.unary(self.SERVICE, "UpdatePodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.UpdatePodSandboxResponse, timeout, metadata)
 
-    async def PostUpdatePodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.PostUpdatePodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.PostUpdatePodSandboxResponse:
-        return await self.client.unary(self.SERVICE, "PostUpdatePodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.PostUpdatePodSandboxResponse, timeout, metadata)
+    def PostUpdatePodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.PostUpdatePodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.PostUpdatePodSandboxResponse]:
+        return self.client.unary(self.SERVICE, "PostUpdatePodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.PostUpdatePodSandboxResponse, timeout, metadata)
 
-    async def StopPodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.StopPodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.StopPodSandboxResponse:
-        return await self.client.unary(self.SERVICE, "StopPodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.StopPodSandboxResponse, timeout, metadata)
+    def StopPodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.StopPodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.StopPodSandboxResponse]:
+        return self.client.unary(self.SERVICE, "StopPodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.StopPodSandboxResponse, timeout, metadata)
 
-    async def RemovePodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.RemovePodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.RemovePodSandboxResponse:
-        return await self.client.unary(self.SERVICE, "RemovePodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.RemovePodSandboxResponse, timeout, metadata)
+    def RemovePodSandbox(self, request: nri_dot_pkg_dot_api_dot_api__pb2.RemovePodSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.RemovePodSandboxResponse]:
+        return self.client.unary(self.SERVICE, "RemovePodSandbox", request, nri_dot_pkg_dot_api_dot_api__pb2.RemovePodSandboxResponse, timeout, metadata)
 
-    async def CreateContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.CreateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.CreateContainerResponse:
-        return await self.client.unary(self.SERVICE, "CreateContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.CreateContainerResponse, timeout, metadata)
+    def CreateContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.CreateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.CreateContainerResponse]:
+        return self.client.unary(self.SERVICE, "CreateContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.CreateContainerResponse, timeout, metadata)
 
-    async def PostCreateContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.PostCreateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.PostCreateContainerResponse:
-        return await self.client.unary(self.SERVICE, "PostCreateContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.PostCreateContainerResponse, timeout, metadata)
+    def PostCreateContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.PostCreateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.PostCreateContainerResponse]:
+        return self.client.unary(self.SERVICE, "PostCreateContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.PostCreateContainerResponse, timeout, metadata)
 
-    async def StartContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.StartContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.StartContainerResponse:
-        return await self.client.unary(self.SERVICE, "StartContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.StartContainerResponse, timeout, metadata)
+    def StartContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.StartContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.StartContainerResponse]:
+        return self.client.unary(self.SERVICE, "StartContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.StartContainerResponse, timeout, metadata)
 
-    async def PostStartContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.PostStartContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.PostStartContainerResponse:
-        return await self.client.unary(self.SERVICE, "PostStartContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.PostStartContainerResponse, timeout, metadata)
+    def PostStartContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.PostStartContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.PostStartContainerResponse]:
+        return self.client.unary(self.SERVICE, "PostStartContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.PostStartContainerResponse, timeout, metadata)
 
-    async def UpdateContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.UpdateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.UpdateContainerResponse:
-        return await self.client.unary(self.SERVICE, "UpdateContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.UpdateContainerResponse, timeout, metadata)
+    def UpdateContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.UpdateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.UpdateContainerResponse]:
+        return self.client.unary(self.SERVICE, "UpdateContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.UpdateContainerResponse, timeout, metadata)
 
-    async def PostUpdateContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.PostUpdateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.PostUpdateContainerResponse:
-        return await self.client.unary(self.SERVICE, "PostUpdateContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.PostUpdateContainerResponse, timeout, metadata)
+    def PostUpdateContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.PostUpdateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.PostUpdateContainerResponse]:
+        return self.client.unary(self.SERVICE, "PostUpdateContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.PostUpdateContainerResponse, timeout, metadata)
 
-    async def StopContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.StopContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.StopContainerResponse:
-        return await self.client.unary(self.SERVICE, "StopContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.StopContainerResponse, timeout, metadata)
+    def StopContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.StopContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.StopContainerResponse]:
+        return self.client.unary(self.SERVICE, "StopContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.StopContainerResponse, timeout, metadata)
 
-    async def RemoveContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.RemoveContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.RemoveContainerResponse:
-        return await self.client.unary(self.SERVICE, "RemoveContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.RemoveContainerResponse, timeout, metadata)
+    def RemoveContainer(self, request: nri_dot_pkg_dot_api_dot_api__pb2.RemoveContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.RemoveContainerResponse]:
+        return self.client.unary(self.SERVICE, "RemoveContainer", request, nri_dot_pkg_dot_api_dot_api__pb2.RemoveContainerResponse, timeout, metadata)
 
-    async def StateChange(self, request: nri_dot_pkg_dot_api_dot_api__pb2.StateChangeEvent, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.Empty:
+    def StateChange(self, request: nri_dot_pkg_dot_api_dot_api__pb2.StateChangeEvent, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.Empty]:
         """Deprecated since v0.12: the fallback for plugins without the dedicated RPCs."""
-        return await self.client.unary(self.SERVICE, "StateChange", request, nri_dot_pkg_dot_api_dot_api__pb2.Empty, timeout, metadata)
+        return self.client.unary(self.SERVICE, "StateChange", request, nri_dot_pkg_dot_api_dot_api__pb2.Empty, timeout, metadata)
 
-    async def ValidateContainerAdjustment(self, request: nri_dot_pkg_dot_api_dot_api__pb2.ValidateContainerAdjustmentRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.ValidateContainerAdjustmentResponse:
-        return await self.client.unary(self.SERVICE, "ValidateContainerAdjustment", request, nri_dot_pkg_dot_api_dot_api__pb2.ValidateContainerAdjustmentResponse, timeout, metadata)
+    def ValidateContainerAdjustment(self, request: nri_dot_pkg_dot_api_dot_api__pb2.ValidateContainerAdjustmentRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.ValidateContainerAdjustmentResponse]:
+        return self.client.unary(self.SERVICE, "ValidateContainerAdjustment", request, nri_dot_pkg_dot_api_dot_api__pb2.ValidateContainerAdjustmentResponse, timeout, metadata)
 
 
 class PluginBlockingClient:
@@ -325,8 +325,8 @@ class HostFunctionsClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def Log(self, request: nri_dot_pkg_dot_api_dot_api__pb2.LogRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> nri_dot_pkg_dot_api_dot_api__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Log", request, nri_dot_pkg_dot_api_dot_api__pb2.Empty, timeout, metadata)
+    def Log(self, request: nri_dot_pkg_dot_api_dot_api__pb2.LogRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, nri_dot_pkg_dot_api_dot_api__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Log", request, nri_dot_pkg_dot_api_dot_api__pb2.Empty, timeout, metadata)
 
 
 class HostFunctionsBlockingClient:

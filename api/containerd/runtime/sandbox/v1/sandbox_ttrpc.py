@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -84,33 +84,33 @@ class SandboxClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def CreateSandbox(self, request: containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.CreateSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.CreateSandboxResponse:
-        return await self.client.unary(self.SERVICE, "CreateSandbox", request, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.CreateSandboxResponse, timeout, metadata)
+    def CreateSandbox(self, request: containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.CreateSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.CreateSandboxResponse]:
+        return self.client.unary(self.SERVICE, "CreateSandbox", request, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.CreateSandboxResponse, timeout, metadata)
 
-    async def StartSandbox(self, request: containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.StartSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.StartSandboxResponse:
-        return await self.client.unary(self.SERVICE, "StartSandbox", request, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.StartSandboxResponse, timeout, metadata)
+    def StartSandbox(self, request: containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.StartSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.StartSandboxResponse]:
+        return self.client.unary(self.SERVICE, "StartSandbox", request, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.StartSandboxResponse, timeout, metadata)
 
-    async def Platform(self, request: containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.PlatformRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.PlatformResponse:
-        return await self.client.unary(self.SERVICE, "Platform", request, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.PlatformResponse, timeout, metadata)
+    def Platform(self, request: containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.PlatformRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.PlatformResponse]:
+        return self.client.unary(self.SERVICE, "Platform", request, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.PlatformResponse, timeout, metadata)
 
-    async def StopSandbox(self, request: containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.StopSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.StopSandboxResponse:
-        return await self.client.unary(self.SERVICE, "StopSandbox", request, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.StopSandboxResponse, timeout, metadata)
+    def StopSandbox(self, request: containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.StopSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.StopSandboxResponse]:
+        return self.client.unary(self.SERVICE, "StopSandbox", request, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.StopSandboxResponse, timeout, metadata)
 
-    async def WaitSandbox(self, request: containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.WaitSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.WaitSandboxResponse:
-        return await self.client.unary(self.SERVICE, "WaitSandbox", request, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.WaitSandboxResponse, timeout, metadata)
+    def WaitSandbox(self, request: containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.WaitSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.WaitSandboxResponse]:
+        return self.client.unary(self.SERVICE, "WaitSandbox", request, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.WaitSandboxResponse, timeout, metadata)
 
-    async def SandboxStatus(self, request: containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.SandboxStatusRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.SandboxStatusResponse:
-        return await self.client.unary(self.SERVICE, "SandboxStatus", request, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.SandboxStatusResponse, timeout, metadata)
+    def SandboxStatus(self, request: containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.SandboxStatusRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.SandboxStatusResponse]:
+        return self.client.unary(self.SERVICE, "SandboxStatus", request, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.SandboxStatusResponse, timeout, metadata)
 
-    async def PingSandbox(self, request: containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.PingRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.PingResponse:
-        return await self.client.unary(self.SERVICE, "PingSandbox", request, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.PingResponse, timeout, metadata)
+    def PingSandbox(self, request: containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.PingRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.PingResponse]:
+        return self.client.unary(self.SERVICE, "PingSandbox", request, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.PingResponse, timeout, metadata)
 
-    async def ShutdownSandbox(self, request: containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.ShutdownSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.ShutdownSandboxResponse:
+    def ShutdownSandbox(self, request: containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.ShutdownSandboxRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.ShutdownSandboxResponse]:
         """Stops the shim instance itself."""
-        return await self.client.unary(self.SERVICE, "ShutdownSandbox", request, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.ShutdownSandboxResponse, timeout, metadata)
+        return self.client.unary(self.SERVICE, "ShutdownSandbox", request, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.ShutdownSandboxResponse, timeout, metadata)
 
-    async def SandboxMetrics(self, request: containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.SandboxMetricsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.SandboxMetricsResponse:
-        return await self.client.unary(self.SERVICE, "SandboxMetrics", request, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.SandboxMetricsResponse, timeout, metadata)
+    def SandboxMetrics(self, request: containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.SandboxMetricsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.SandboxMetricsResponse]:
+        return self.client.unary(self.SERVICE, "SandboxMetrics", request, containerd_dot_runtime_dot_sandbox_dot_v1_dot_sandbox__pb2.SandboxMetricsResponse, timeout, metadata)
 
 
 class SandboxBlockingClient:

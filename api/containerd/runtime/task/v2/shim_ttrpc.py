@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -117,57 +117,57 @@ class TaskClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def State(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.StateRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.StateResponse:
-        return await self.client.unary(self.SERVICE, "State", request, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.StateResponse, timeout, metadata)
+    def State(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.StateRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.StateResponse]:
+        return self.client.unary(self.SERVICE, "State", request, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.StateResponse, timeout, metadata)
 
-    async def Create(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.CreateTaskRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.CreateTaskResponse:
-        return await self.client.unary(self.SERVICE, "Create", request, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.CreateTaskResponse, timeout, metadata)
+    def Create(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.CreateTaskRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.CreateTaskResponse]:
+        return self.client.unary(self.SERVICE, "Create", request, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.CreateTaskResponse, timeout, metadata)
 
-    async def Start(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.StartRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.StartResponse:
-        return await self.client.unary(self.SERVICE, "Start", request, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.StartResponse, timeout, metadata)
+    def Start(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.StartRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.StartResponse]:
+        return self.client.unary(self.SERVICE, "Start", request, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.StartResponse, timeout, metadata)
 
-    async def Delete(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.DeleteRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.DeleteResponse:
-        return await self.client.unary(self.SERVICE, "Delete", request, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.DeleteResponse, timeout, metadata)
+    def Delete(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.DeleteRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.DeleteResponse]:
+        return self.client.unary(self.SERVICE, "Delete", request, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.DeleteResponse, timeout, metadata)
 
-    async def Pids(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.PidsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.PidsResponse:
-        return await self.client.unary(self.SERVICE, "Pids", request, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.PidsResponse, timeout, metadata)
+    def Pids(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.PidsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.PidsResponse]:
+        return self.client.unary(self.SERVICE, "Pids", request, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.PidsResponse, timeout, metadata)
 
-    async def Pause(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.PauseRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Pause", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Pause(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.PauseRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Pause", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def Resume(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.ResumeRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Resume", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Resume(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.ResumeRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Resume", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def Checkpoint(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.CheckpointTaskRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Checkpoint", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Checkpoint(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.CheckpointTaskRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Checkpoint", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def Kill(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.KillRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Kill", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Kill(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.KillRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Kill", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def Exec(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.ExecProcessRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Exec", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Exec(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.ExecProcessRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Exec", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def ResizePty(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.ResizePtyRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "ResizePty", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def ResizePty(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.ResizePtyRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "ResizePty", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def CloseIO(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.CloseIORequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "CloseIO", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def CloseIO(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.CloseIORequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "CloseIO", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def Update(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.UpdateTaskRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Update", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Update(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.UpdateTaskRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Update", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def Wait(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.WaitRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.WaitResponse:
-        return await self.client.unary(self.SERVICE, "Wait", request, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.WaitResponse, timeout, metadata)
+    def Wait(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.WaitRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.WaitResponse]:
+        return self.client.unary(self.SERVICE, "Wait", request, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.WaitResponse, timeout, metadata)
 
-    async def Stats(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.StatsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.StatsResponse:
-        return await self.client.unary(self.SERVICE, "Stats", request, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.StatsResponse, timeout, metadata)
+    def Stats(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.StatsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.StatsResponse]:
+        return self.client.unary(self.SERVICE, "Stats", request, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.StatsResponse, timeout, metadata)
 
-    async def Connect(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.ConnectRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.ConnectResponse:
-        return await self.client.unary(self.SERVICE, "Connect", request, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.ConnectResponse, timeout, metadata)
+    def Connect(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.ConnectRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.ConnectResponse]:
+        return self.client.unary(self.SERVICE, "Connect", request, containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.ConnectResponse, timeout, metadata)
 
-    async def Shutdown(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.ShutdownRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
+    def Shutdown(self, request: containerd_dot_runtime_dot_task_dot_v2_dot_shim__pb2.ShutdownRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
         """Exits the shim once no task is left."""
-        return await self.client.unary(self.SERVICE, "Shutdown", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+        return self.client.unary(self.SERVICE, "Shutdown", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
 
 class TaskBlockingClient:

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -73,23 +73,23 @@ class ContainersClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def Get(self, request: containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.GetContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.GetContainerResponse:
-        return await self.client.unary(self.SERVICE, "Get", request, containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.GetContainerResponse, timeout, metadata)
+    def Get(self, request: containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.GetContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.GetContainerResponse]:
+        return self.client.unary(self.SERVICE, "Get", request, containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.GetContainerResponse, timeout, metadata)
 
-    async def List(self, request: containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.ListContainersRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.ListContainersResponse:
-        return await self.client.unary(self.SERVICE, "List", request, containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.ListContainersResponse, timeout, metadata)
+    def List(self, request: containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.ListContainersRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.ListContainersResponse]:
+        return self.client.unary(self.SERVICE, "List", request, containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.ListContainersResponse, timeout, metadata)
 
     def ListStream(self, request: containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.ListContainersRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> AsyncIterator[containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.ListContainerMessage]:
         return self.client.server_stream(self.SERVICE, "ListStream", request, containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.ListContainerMessage, timeout, metadata)
 
-    async def Create(self, request: containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.CreateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.CreateContainerResponse:
-        return await self.client.unary(self.SERVICE, "Create", request, containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.CreateContainerResponse, timeout, metadata)
+    def Create(self, request: containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.CreateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.CreateContainerResponse]:
+        return self.client.unary(self.SERVICE, "Create", request, containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.CreateContainerResponse, timeout, metadata)
 
-    async def Update(self, request: containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.UpdateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.UpdateContainerResponse:
-        return await self.client.unary(self.SERVICE, "Update", request, containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.UpdateContainerResponse, timeout, metadata)
+    def Update(self, request: containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.UpdateContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.UpdateContainerResponse]:
+        return self.client.unary(self.SERVICE, "Update", request, containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.UpdateContainerResponse, timeout, metadata)
 
-    async def Delete(self, request: containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.DeleteContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Delete", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Delete(self, request: containerd_dot_services_dot_containers_dot_v1_dot_containers__pb2.DeleteContainerRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Delete", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
 
 class ContainersBlockingClient:

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -90,36 +90,36 @@ class ContentClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def Info(self, request: containerd_dot_services_dot_content_dot_v1_dot_content__pb2.InfoRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_content_dot_v1_dot_content__pb2.InfoResponse:
-        return await self.client.unary(self.SERVICE, "Info", request, containerd_dot_services_dot_content_dot_v1_dot_content__pb2.InfoResponse, timeout, metadata)
+    def Info(self, request: containerd_dot_services_dot_content_dot_v1_dot_content__pb2.InfoRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_content_dot_v1_dot_content__pb2.InfoResponse]:
+        return self.client.unary(self.SERVICE, "Info", request, containerd_dot_services_dot_content_dot_v1_dot_content__pb2.InfoResponse, timeout, metadata)
 
-    async def Update(self, request: containerd_dot_services_dot_content_dot_v1_dot_content__pb2.UpdateRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_content_dot_v1_dot_content__pb2.UpdateResponse:
+    def Update(self, request: containerd_dot_services_dot_content_dot_v1_dot_content__pb2.UpdateRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_content_dot_v1_dot_content__pb2.UpdateResponse]:
         """Only labels are mutable ("labels" or "labels.<key>" paths)."""
-        return await self.client.unary(self.SERVICE, "Update", request, containerd_dot_services_dot_content_dot_v1_dot_content__pb2.UpdateResponse, timeout, metadata)
+        return self.client.unary(self.SERVICE, "Update", request, containerd_dot_services_dot_content_dot_v1_dot_content__pb2.UpdateResponse, timeout, metadata)
 
     def List(self, request: containerd_dot_services_dot_content_dot_v1_dot_content__pb2.ListContentRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> AsyncIterator[containerd_dot_services_dot_content_dot_v1_dot_content__pb2.ListContentResponse]:
         """Streams batches of Info matching the filters."""
         return self.client.server_stream(self.SERVICE, "List", request, containerd_dot_services_dot_content_dot_v1_dot_content__pb2.ListContentResponse, timeout, metadata)
 
-    async def Delete(self, request: containerd_dot_services_dot_content_dot_v1_dot_content__pb2.DeleteContentRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Delete", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Delete(self, request: containerd_dot_services_dot_content_dot_v1_dot_content__pb2.DeleteContentRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Delete", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
     def Read(self, request: containerd_dot_services_dot_content_dot_v1_dot_content__pb2.ReadContentRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> AsyncIterator[containerd_dot_services_dot_content_dot_v1_dot_content__pb2.ReadContentResponse]:
         """Streams a blob in chunks, each tagged with its offset."""
         return self.client.server_stream(self.SERVICE, "Read", request, containerd_dot_services_dot_content_dot_v1_dot_content__pb2.ReadContentResponse, timeout, metadata)
 
-    async def Status(self, request: containerd_dot_services_dot_content_dot_v1_dot_content__pb2.StatusRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_content_dot_v1_dot_content__pb2.StatusResponse:
-        return await self.client.unary(self.SERVICE, "Status", request, containerd_dot_services_dot_content_dot_v1_dot_content__pb2.StatusResponse, timeout, metadata)
+    def Status(self, request: containerd_dot_services_dot_content_dot_v1_dot_content__pb2.StatusRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_content_dot_v1_dot_content__pb2.StatusResponse]:
+        return self.client.unary(self.SERVICE, "Status", request, containerd_dot_services_dot_content_dot_v1_dot_content__pb2.StatusResponse, timeout, metadata)
 
-    async def ListStatuses(self, request: containerd_dot_services_dot_content_dot_v1_dot_content__pb2.ListStatusesRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_content_dot_v1_dot_content__pb2.ListStatusesResponse:
-        return await self.client.unary(self.SERVICE, "ListStatuses", request, containerd_dot_services_dot_content_dot_v1_dot_content__pb2.ListStatusesResponse, timeout, metadata)
+    def ListStatuses(self, request: containerd_dot_services_dot_content_dot_v1_dot_content__pb2.ListStatusesRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_content_dot_v1_dot_content__pb2.ListStatusesResponse]:
+        return self.client.unary(self.SERVICE, "ListStatuses", request, containerd_dot_services_dot_content_dot_v1_dot_content__pb2.ListStatusesResponse, timeout, metadata)
 
-    async def Write(self, *, timeout: float | None = None, metadata: Metadata | None = None) -> ClientStream[containerd_dot_services_dot_content_dot_v1_dot_content__pb2.WriteContentRequest, containerd_dot_services_dot_content_dot_v1_dot_content__pb2.WriteContentResponse]:
+    def Write(self, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, ClientStream[containerd_dot_services_dot_content_dot_v1_dot_content__pb2.WriteContentRequest, containerd_dot_services_dot_content_dot_v1_dot_content__pb2.WriteContentResponse]]:
         """One write session per ref: each request gets one response echoing its action."""
-        return await self.client.stream(self.SERVICE, "Write", containerd_dot_services_dot_content_dot_v1_dot_content__pb2.WriteContentResponse, timeout, metadata)
+        return self.client.stream(self.SERVICE, "Write", containerd_dot_services_dot_content_dot_v1_dot_content__pb2.WriteContentResponse, timeout, metadata)
 
-    async def Abort(self, request: containerd_dot_services_dot_content_dot_v1_dot_content__pb2.AbortRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Abort", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Abort(self, request: containerd_dot_services_dot_content_dot_v1_dot_content__pb2.AbortRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Abort", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
 
 class ContentBlockingClient:

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -55,11 +55,11 @@ class DiffClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def Apply(self, request: containerd_dot_services_dot_diff_dot_v1_dot_diff__pb2.ApplyRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_diff_dot_v1_dot_diff__pb2.ApplyResponse:
-        return await self.client.unary(self.SERVICE, "Apply", request, containerd_dot_services_dot_diff_dot_v1_dot_diff__pb2.ApplyResponse, timeout, metadata)
+    def Apply(self, request: containerd_dot_services_dot_diff_dot_v1_dot_diff__pb2.ApplyRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_diff_dot_v1_dot_diff__pb2.ApplyResponse]:
+        return self.client.unary(self.SERVICE, "Apply", request, containerd_dot_services_dot_diff_dot_v1_dot_diff__pb2.ApplyResponse, timeout, metadata)
 
-    async def Diff(self, request: containerd_dot_services_dot_diff_dot_v1_dot_diff__pb2.DiffRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_diff_dot_v1_dot_diff__pb2.DiffResponse:
-        return await self.client.unary(self.SERVICE, "Diff", request, containerd_dot_services_dot_diff_dot_v1_dot_diff__pb2.DiffResponse, timeout, metadata)
+    def Diff(self, request: containerd_dot_services_dot_diff_dot_v1_dot_diff__pb2.DiffRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_diff_dot_v1_dot_diff__pb2.DiffResponse]:
+        return self.client.unary(self.SERVICE, "Diff", request, containerd_dot_services_dot_diff_dot_v1_dot_diff__pb2.DiffResponse, timeout, metadata)
 
 
 class DiffBlockingClient:

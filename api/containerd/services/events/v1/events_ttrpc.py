@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -65,13 +65,13 @@ class EventsClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def Publish(self, request: containerd_dot_services_dot_events_dot_v1_dot_events__pb2.PublishRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
+    def Publish(self, request: containerd_dot_services_dot_events_dot_v1_dot_events__pb2.PublishRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
         """Publish an event in the caller's namespace."""
-        return await self.client.unary(self.SERVICE, "Publish", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+        return self.client.unary(self.SERVICE, "Publish", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def Forward(self, request: containerd_dot_services_dot_events_dot_v1_dot_events__pb2.ForwardRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
+    def Forward(self, request: containerd_dot_services_dot_events_dot_v1_dot_events__pb2.ForwardRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
         """Forward a complete envelope, as shims do."""
-        return await self.client.unary(self.SERVICE, "Forward", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+        return self.client.unary(self.SERVICE, "Forward", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
     def Subscribe(self, request: containerd_dot_services_dot_events_dot_v1_dot_events__pb2.SubscribeRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> AsyncIterator[containerd_dot_types_dot_event__pb2.Envelope]:
         """Stream envelopes matching the filters (fields: namespace, topic, event.<field>)."""

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -69,21 +69,21 @@ class ImagesClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def Get(self, request: containerd_dot_services_dot_images_dot_v1_dot_images__pb2.GetImageRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_images_dot_v1_dot_images__pb2.GetImageResponse:
-        return await self.client.unary(self.SERVICE, "Get", request, containerd_dot_services_dot_images_dot_v1_dot_images__pb2.GetImageResponse, timeout, metadata)
+    def Get(self, request: containerd_dot_services_dot_images_dot_v1_dot_images__pb2.GetImageRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_images_dot_v1_dot_images__pb2.GetImageResponse]:
+        return self.client.unary(self.SERVICE, "Get", request, containerd_dot_services_dot_images_dot_v1_dot_images__pb2.GetImageResponse, timeout, metadata)
 
-    async def List(self, request: containerd_dot_services_dot_images_dot_v1_dot_images__pb2.ListImagesRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_images_dot_v1_dot_images__pb2.ListImagesResponse:
+    def List(self, request: containerd_dot_services_dot_images_dot_v1_dot_images__pb2.ListImagesRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_images_dot_v1_dot_images__pb2.ListImagesResponse]:
         """Filter fields: name, target.digest, target.mediatype, labels.<key>."""
-        return await self.client.unary(self.SERVICE, "List", request, containerd_dot_services_dot_images_dot_v1_dot_images__pb2.ListImagesResponse, timeout, metadata)
+        return self.client.unary(self.SERVICE, "List", request, containerd_dot_services_dot_images_dot_v1_dot_images__pb2.ListImagesResponse, timeout, metadata)
 
-    async def Create(self, request: containerd_dot_services_dot_images_dot_v1_dot_images__pb2.CreateImageRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_images_dot_v1_dot_images__pb2.CreateImageResponse:
-        return await self.client.unary(self.SERVICE, "Create", request, containerd_dot_services_dot_images_dot_v1_dot_images__pb2.CreateImageResponse, timeout, metadata)
+    def Create(self, request: containerd_dot_services_dot_images_dot_v1_dot_images__pb2.CreateImageRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_images_dot_v1_dot_images__pb2.CreateImageResponse]:
+        return self.client.unary(self.SERVICE, "Create", request, containerd_dot_services_dot_images_dot_v1_dot_images__pb2.CreateImageResponse, timeout, metadata)
 
-    async def Update(self, request: containerd_dot_services_dot_images_dot_v1_dot_images__pb2.UpdateImageRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_images_dot_v1_dot_images__pb2.UpdateImageResponse:
-        return await self.client.unary(self.SERVICE, "Update", request, containerd_dot_services_dot_images_dot_v1_dot_images__pb2.UpdateImageResponse, timeout, metadata)
+    def Update(self, request: containerd_dot_services_dot_images_dot_v1_dot_images__pb2.UpdateImageRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_images_dot_v1_dot_images__pb2.UpdateImageResponse]:
+        return self.client.unary(self.SERVICE, "Update", request, containerd_dot_services_dot_images_dot_v1_dot_images__pb2.UpdateImageResponse, timeout, metadata)
 
-    async def Delete(self, request: containerd_dot_services_dot_images_dot_v1_dot_images__pb2.DeleteImageRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Delete", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Delete(self, request: containerd_dot_services_dot_images_dot_v1_dot_images__pb2.DeleteImageRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Delete", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
 
 class ImagesBlockingClient:

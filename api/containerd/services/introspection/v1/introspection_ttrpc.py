@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -61,15 +61,15 @@ class IntrospectionClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def Plugins(self, request: containerd_dot_services_dot_introspection_dot_v1_dot_introspection__pb2.PluginsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_introspection_dot_v1_dot_introspection__pb2.PluginsResponse:
+    def Plugins(self, request: containerd_dot_services_dot_introspection_dot_v1_dot_introspection__pb2.PluginsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_introspection_dot_v1_dot_introspection__pb2.PluginsResponse]:
         """Plugins matching the filters (fields: type, id, capabilities, ...)."""
-        return await self.client.unary(self.SERVICE, "Plugins", request, containerd_dot_services_dot_introspection_dot_v1_dot_introspection__pb2.PluginsResponse, timeout, metadata)
+        return self.client.unary(self.SERVICE, "Plugins", request, containerd_dot_services_dot_introspection_dot_v1_dot_introspection__pb2.PluginsResponse, timeout, metadata)
 
-    async def Server(self, request: google_dot_protobuf_dot_empty__pb2.Empty, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_introspection_dot_v1_dot_introspection__pb2.ServerResponse:
-        return await self.client.unary(self.SERVICE, "Server", request, containerd_dot_services_dot_introspection_dot_v1_dot_introspection__pb2.ServerResponse, timeout, metadata)
+    def Server(self, request: google_dot_protobuf_dot_empty__pb2.Empty, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_introspection_dot_v1_dot_introspection__pb2.ServerResponse]:
+        return self.client.unary(self.SERVICE, "Server", request, containerd_dot_services_dot_introspection_dot_v1_dot_introspection__pb2.ServerResponse, timeout, metadata)
 
-    async def PluginInfo(self, request: containerd_dot_services_dot_introspection_dot_v1_dot_introspection__pb2.PluginInfoRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_introspection_dot_v1_dot_introspection__pb2.PluginInfoResponse:
-        return await self.client.unary(self.SERVICE, "PluginInfo", request, containerd_dot_services_dot_introspection_dot_v1_dot_introspection__pb2.PluginInfoResponse, timeout, metadata)
+    def PluginInfo(self, request: containerd_dot_services_dot_introspection_dot_v1_dot_introspection__pb2.PluginInfoRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_introspection_dot_v1_dot_introspection__pb2.PluginInfoResponse]:
+        return self.client.unary(self.SERVICE, "PluginInfo", request, containerd_dot_services_dot_introspection_dot_v1_dot_introspection__pb2.PluginInfoResponse, timeout, metadata)
 
 
 class IntrospectionBlockingClient:

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -73,24 +73,24 @@ class LeasesClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def Create(self, request: containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.CreateRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.CreateResponse:
-        return await self.client.unary(self.SERVICE, "Create", request, containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.CreateResponse, timeout, metadata)
+    def Create(self, request: containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.CreateRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.CreateResponse]:
+        return self.client.unary(self.SERVICE, "Create", request, containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.CreateResponse, timeout, metadata)
 
-    async def Delete(self, request: containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.DeleteRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
+    def Delete(self, request: containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.DeleteRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
         """Delete a lease; its resources become collectable."""
-        return await self.client.unary(self.SERVICE, "Delete", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+        return self.client.unary(self.SERVICE, "Delete", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def List(self, request: containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.ListRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.ListResponse:
-        return await self.client.unary(self.SERVICE, "List", request, containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.ListResponse, timeout, metadata)
+    def List(self, request: containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.ListRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.ListResponse]:
+        return self.client.unary(self.SERVICE, "List", request, containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.ListResponse, timeout, metadata)
 
-    async def AddResource(self, request: containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.AddResourceRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "AddResource", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def AddResource(self, request: containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.AddResourceRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "AddResource", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def DeleteResource(self, request: containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.DeleteResourceRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "DeleteResource", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def DeleteResource(self, request: containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.DeleteResourceRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "DeleteResource", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def ListResources(self, request: containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.ListResourcesRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.ListResourcesResponse:
-        return await self.client.unary(self.SERVICE, "ListResources", request, containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.ListResourcesResponse, timeout, metadata)
+    def ListResources(self, request: containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.ListResourcesRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.ListResourcesResponse]:
+        return self.client.unary(self.SERVICE, "ListResources", request, containerd_dot_services_dot_leases_dot_v1_dot_leases__pb2.ListResourcesResponse, timeout, metadata)
 
 
 class LeasesBlockingClient:

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -68,20 +68,20 @@ class NamespacesClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def Get(self, request: containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.GetNamespaceRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.GetNamespaceResponse:
-        return await self.client.unary(self.SERVICE, "Get", request, containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.GetNamespaceResponse, timeout, metadata)
+    def Get(self, request: containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.GetNamespaceRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.GetNamespaceResponse]:
+        return self.client.unary(self.SERVICE, "Get", request, containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.GetNamespaceResponse, timeout, metadata)
 
-    async def List(self, request: containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.ListNamespacesRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.ListNamespacesResponse:
-        return await self.client.unary(self.SERVICE, "List", request, containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.ListNamespacesResponse, timeout, metadata)
+    def List(self, request: containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.ListNamespacesRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.ListNamespacesResponse]:
+        return self.client.unary(self.SERVICE, "List", request, containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.ListNamespacesResponse, timeout, metadata)
 
-    async def Create(self, request: containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.CreateNamespaceRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.CreateNamespaceResponse:
-        return await self.client.unary(self.SERVICE, "Create", request, containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.CreateNamespaceResponse, timeout, metadata)
+    def Create(self, request: containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.CreateNamespaceRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.CreateNamespaceResponse]:
+        return self.client.unary(self.SERVICE, "Create", request, containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.CreateNamespaceResponse, timeout, metadata)
 
-    async def Update(self, request: containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.UpdateNamespaceRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.UpdateNamespaceResponse:
-        return await self.client.unary(self.SERVICE, "Update", request, containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.UpdateNamespaceResponse, timeout, metadata)
+    def Update(self, request: containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.UpdateNamespaceRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.UpdateNamespaceResponse]:
+        return self.client.unary(self.SERVICE, "Update", request, containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.UpdateNamespaceResponse, timeout, metadata)
 
-    async def Delete(self, request: containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.DeleteNamespaceRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Delete", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Delete(self, request: containerd_dot_services_dot_namespaces_dot_v1_dot_namespace__pb2.DeleteNamespaceRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Delete", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
 
 class NamespacesBlockingClient:

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -70,20 +70,20 @@ class StoreClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def Create(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreCreateRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreCreateResponse:
-        return await self.client.unary(self.SERVICE, "Create", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreCreateResponse, timeout, metadata)
+    def Create(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreCreateRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreCreateResponse]:
+        return self.client.unary(self.SERVICE, "Create", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreCreateResponse, timeout, metadata)
 
-    async def Update(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreUpdateRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreUpdateResponse:
-        return await self.client.unary(self.SERVICE, "Update", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreUpdateResponse, timeout, metadata)
+    def Update(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreUpdateRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreUpdateResponse]:
+        return self.client.unary(self.SERVICE, "Update", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreUpdateResponse, timeout, metadata)
 
-    async def Delete(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreDeleteRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreDeleteResponse:
-        return await self.client.unary(self.SERVICE, "Delete", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreDeleteResponse, timeout, metadata)
+    def Delete(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreDeleteRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreDeleteResponse]:
+        return self.client.unary(self.SERVICE, "Delete", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreDeleteResponse, timeout, metadata)
 
-    async def List(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreListRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreListResponse:
-        return await self.client.unary(self.SERVICE, "List", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreListResponse, timeout, metadata)
+    def List(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreListRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreListResponse]:
+        return self.client.unary(self.SERVICE, "List", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreListResponse, timeout, metadata)
 
-    async def Get(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreGetRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreGetResponse:
-        return await self.client.unary(self.SERVICE, "Get", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreGetResponse, timeout, metadata)
+    def Get(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreGetRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreGetResponse]:
+        return self.client.unary(self.SERVICE, "Get", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.StoreGetResponse, timeout, metadata)
 
 
 class StoreBlockingClient:
@@ -168,32 +168,32 @@ class ControllerClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def Create(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerCreateRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerCreateResponse:
-        return await self.client.unary(self.SERVICE, "Create", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerCreateResponse, timeout, metadata)
+    def Create(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerCreateRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerCreateResponse]:
+        return self.client.unary(self.SERVICE, "Create", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerCreateResponse, timeout, metadata)
 
-    async def Start(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerStartRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerStartResponse:
-        return await self.client.unary(self.SERVICE, "Start", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerStartResponse, timeout, metadata)
+    def Start(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerStartRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerStartResponse]:
+        return self.client.unary(self.SERVICE, "Start", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerStartResponse, timeout, metadata)
 
-    async def Platform(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerPlatformRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerPlatformResponse:
-        return await self.client.unary(self.SERVICE, "Platform", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerPlatformResponse, timeout, metadata)
+    def Platform(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerPlatformRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerPlatformResponse]:
+        return self.client.unary(self.SERVICE, "Platform", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerPlatformResponse, timeout, metadata)
 
-    async def Stop(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerStopRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerStopResponse:
-        return await self.client.unary(self.SERVICE, "Stop", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerStopResponse, timeout, metadata)
+    def Stop(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerStopRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerStopResponse]:
+        return self.client.unary(self.SERVICE, "Stop", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerStopResponse, timeout, metadata)
 
-    async def Wait(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerWaitRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerWaitResponse:
-        return await self.client.unary(self.SERVICE, "Wait", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerWaitResponse, timeout, metadata)
+    def Wait(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerWaitRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerWaitResponse]:
+        return self.client.unary(self.SERVICE, "Wait", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerWaitResponse, timeout, metadata)
 
-    async def Status(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerStatusRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerStatusResponse:
-        return await self.client.unary(self.SERVICE, "Status", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerStatusResponse, timeout, metadata)
+    def Status(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerStatusRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerStatusResponse]:
+        return self.client.unary(self.SERVICE, "Status", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerStatusResponse, timeout, metadata)
 
-    async def Shutdown(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerShutdownRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerShutdownResponse:
-        return await self.client.unary(self.SERVICE, "Shutdown", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerShutdownResponse, timeout, metadata)
+    def Shutdown(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerShutdownRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerShutdownResponse]:
+        return self.client.unary(self.SERVICE, "Shutdown", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerShutdownResponse, timeout, metadata)
 
-    async def Metrics(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerMetricsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerMetricsResponse:
-        return await self.client.unary(self.SERVICE, "Metrics", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerMetricsResponse, timeout, metadata)
+    def Metrics(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerMetricsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerMetricsResponse]:
+        return self.client.unary(self.SERVICE, "Metrics", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerMetricsResponse, timeout, metadata)
 
-    async def Update(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerUpdateRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerUpdateResponse:
-        return await self.client.unary(self.SERVICE, "Update", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerUpdateResponse, timeout, metadata)
+    def Update(self, request: containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerUpdateRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerUpdateResponse]:
+        return self.client.unary(self.SERVICE, "Update", request, containerd_dot_services_dot_sandbox_dot_v1_dot_sandbox__pb2.ControllerUpdateResponse, timeout, metadata)
 
 
 class ControllerBlockingClient:

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -90,36 +90,36 @@ class SnapshotsClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def Prepare(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.PrepareSnapshotRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.PrepareSnapshotResponse:
-        return await self.client.unary(self.SERVICE, "Prepare", request, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.PrepareSnapshotResponse, timeout, metadata)
+    def Prepare(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.PrepareSnapshotRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.PrepareSnapshotResponse]:
+        return self.client.unary(self.SERVICE, "Prepare", request, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.PrepareSnapshotResponse, timeout, metadata)
 
-    async def View(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.ViewSnapshotRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.ViewSnapshotResponse:
-        return await self.client.unary(self.SERVICE, "View", request, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.ViewSnapshotResponse, timeout, metadata)
+    def View(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.ViewSnapshotRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.ViewSnapshotResponse]:
+        return self.client.unary(self.SERVICE, "View", request, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.ViewSnapshotResponse, timeout, metadata)
 
-    async def Mounts(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.MountsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.MountsResponse:
-        return await self.client.unary(self.SERVICE, "Mounts", request, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.MountsResponse, timeout, metadata)
+    def Mounts(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.MountsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.MountsResponse]:
+        return self.client.unary(self.SERVICE, "Mounts", request, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.MountsResponse, timeout, metadata)
 
-    async def Commit(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.CommitSnapshotRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Commit", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Commit(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.CommitSnapshotRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Commit", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def Remove(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.RemoveSnapshotRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Remove", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Remove(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.RemoveSnapshotRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Remove", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def Stat(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.StatSnapshotRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.StatSnapshotResponse:
-        return await self.client.unary(self.SERVICE, "Stat", request, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.StatSnapshotResponse, timeout, metadata)
+    def Stat(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.StatSnapshotRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.StatSnapshotResponse]:
+        return self.client.unary(self.SERVICE, "Stat", request, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.StatSnapshotResponse, timeout, metadata)
 
-    async def Update(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.UpdateSnapshotRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.UpdateSnapshotResponse:
+    def Update(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.UpdateSnapshotRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.UpdateSnapshotResponse]:
         """Only labels are mutable."""
-        return await self.client.unary(self.SERVICE, "Update", request, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.UpdateSnapshotResponse, timeout, metadata)
+        return self.client.unary(self.SERVICE, "Update", request, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.UpdateSnapshotResponse, timeout, metadata)
 
     def List(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.ListSnapshotsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> AsyncIterator[containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.ListSnapshotsResponse]:
         return self.client.server_stream(self.SERVICE, "List", request, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.ListSnapshotsResponse, timeout, metadata)
 
-    async def Usage(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.UsageRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.UsageResponse:
-        return await self.client.unary(self.SERVICE, "Usage", request, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.UsageResponse, timeout, metadata)
+    def Usage(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.UsageRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.UsageResponse]:
+        return self.client.unary(self.SERVICE, "Usage", request, containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.UsageResponse, timeout, metadata)
 
-    async def Cleanup(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.CleanupRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Cleanup", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Cleanup(self, request: containerd_dot_services_dot_snapshots_dot_v1_dot_snapshots__pb2.CleanupRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Cleanup", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
 
 class SnapshotsBlockingClient:

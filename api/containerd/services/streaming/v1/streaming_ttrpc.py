@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -51,8 +51,8 @@ class StreamingClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def Stream(self, *, timeout: float | None = None, metadata: Metadata | None = None) -> ClientStream[google_dot_protobuf_dot_any__pb2.Any, google_dot_protobuf_dot_any__pb2.Any]:
-        return await self.client.stream(self.SERVICE, "Stream", google_dot_protobuf_dot_any__pb2.Any, timeout, metadata)
+    def Stream(self, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, ClientStream[google_dot_protobuf_dot_any__pb2.Any, google_dot_protobuf_dot_any__pb2.Any]]:
+        return self.client.stream(self.SERVICE, "Stream", google_dot_protobuf_dot_any__pb2.Any, timeout, metadata)
 
 
 class StreamingBlockingClient:

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -116,56 +116,56 @@ class TasksClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def Create(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.CreateTaskRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.CreateTaskResponse:
-        return await self.client.unary(self.SERVICE, "Create", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.CreateTaskResponse, timeout, metadata)
+    def Create(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.CreateTaskRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.CreateTaskResponse]:
+        return self.client.unary(self.SERVICE, "Create", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.CreateTaskResponse, timeout, metadata)
 
-    async def Start(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.StartRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.StartResponse:
-        return await self.client.unary(self.SERVICE, "Start", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.StartResponse, timeout, metadata)
+    def Start(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.StartRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.StartResponse]:
+        return self.client.unary(self.SERVICE, "Start", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.StartResponse, timeout, metadata)
 
-    async def Delete(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.DeleteTaskRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.DeleteResponse:
-        return await self.client.unary(self.SERVICE, "Delete", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.DeleteResponse, timeout, metadata)
+    def Delete(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.DeleteTaskRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.DeleteResponse]:
+        return self.client.unary(self.SERVICE, "Delete", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.DeleteResponse, timeout, metadata)
 
-    async def DeleteProcess(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.DeleteProcessRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.DeleteResponse:
-        return await self.client.unary(self.SERVICE, "DeleteProcess", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.DeleteResponse, timeout, metadata)
+    def DeleteProcess(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.DeleteProcessRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.DeleteResponse]:
+        return self.client.unary(self.SERVICE, "DeleteProcess", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.DeleteResponse, timeout, metadata)
 
-    async def Get(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.GetRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.GetResponse:
-        return await self.client.unary(self.SERVICE, "Get", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.GetResponse, timeout, metadata)
+    def Get(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.GetRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.GetResponse]:
+        return self.client.unary(self.SERVICE, "Get", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.GetResponse, timeout, metadata)
 
-    async def List(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ListTasksRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ListTasksResponse:
-        return await self.client.unary(self.SERVICE, "List", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ListTasksResponse, timeout, metadata)
+    def List(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ListTasksRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ListTasksResponse]:
+        return self.client.unary(self.SERVICE, "List", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ListTasksResponse, timeout, metadata)
 
-    async def Kill(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.KillRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Kill", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Kill(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.KillRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Kill", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def Exec(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ExecProcessRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Exec", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Exec(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ExecProcessRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Exec", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def ResizePty(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ResizePtyRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "ResizePty", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def ResizePty(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ResizePtyRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "ResizePty", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def CloseIO(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.CloseIORequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "CloseIO", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def CloseIO(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.CloseIORequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "CloseIO", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def Pause(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.PauseTaskRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Pause", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Pause(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.PauseTaskRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Pause", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def Resume(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ResumeTaskRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Resume", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Resume(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ResumeTaskRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Resume", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def ListPids(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ListPidsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ListPidsResponse:
-        return await self.client.unary(self.SERVICE, "ListPids", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ListPidsResponse, timeout, metadata)
+    def ListPids(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ListPidsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ListPidsResponse]:
+        return self.client.unary(self.SERVICE, "ListPids", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ListPidsResponse, timeout, metadata)
 
-    async def Checkpoint(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.CheckpointTaskRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.CheckpointTaskResponse:
-        return await self.client.unary(self.SERVICE, "Checkpoint", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.CheckpointTaskResponse, timeout, metadata)
+    def Checkpoint(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.CheckpointTaskRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.CheckpointTaskResponse]:
+        return self.client.unary(self.SERVICE, "Checkpoint", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.CheckpointTaskResponse, timeout, metadata)
 
-    async def Update(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.UpdateTaskRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Update", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Update(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.UpdateTaskRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Update", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
-    async def Metrics(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.MetricsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.MetricsResponse:
-        return await self.client.unary(self.SERVICE, "Metrics", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.MetricsResponse, timeout, metadata)
+    def Metrics(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.MetricsRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.MetricsResponse]:
+        return self.client.unary(self.SERVICE, "Metrics", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.MetricsResponse, timeout, metadata)
 
-    async def Wait(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.WaitRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.WaitResponse:
-        return await self.client.unary(self.SERVICE, "Wait", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.WaitResponse, timeout, metadata)
+    def Wait(self, request: containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.WaitRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.WaitResponse]:
+        return self.client.unary(self.SERVICE, "Wait", request, containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.WaitResponse, timeout, metadata)
 
 
 class TasksBlockingClient:

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -52,8 +52,8 @@ class TransferClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def Transfer(self, request: containerd_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.TransferRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> google_dot_protobuf_dot_empty__pb2.Empty:
-        return await self.client.unary(self.SERVICE, "Transfer", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
+    def Transfer(self, request: containerd_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.TransferRequest, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, google_dot_protobuf_dot_empty__pb2.Empty]:
+        return self.client.unary(self.SERVICE, "Transfer", request, google_dot_protobuf_dot_empty__pb2.Empty, timeout, metadata)
 
 
 class TransferBlockingClient:

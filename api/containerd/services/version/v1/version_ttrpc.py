@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -52,8 +52,8 @@ class VersionClient:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def Version(self, request: google_dot_protobuf_dot_empty__pb2.Empty, *, timeout: float | None = None, metadata: Metadata | None = None) -> containerd_dot_services_dot_version_dot_v1_dot_version__pb2.VersionResponse:
-        return await self.client.unary(self.SERVICE, "Version", request, containerd_dot_services_dot_version_dot_v1_dot_version__pb2.VersionResponse, timeout, metadata)
+    def Version(self, request: google_dot_protobuf_dot_empty__pb2.Empty, *, timeout: float | None = None, metadata: Metadata | None = None) -> Coroutine[Any, Any, containerd_dot_services_dot_version_dot_v1_dot_version__pb2.VersionResponse]:
+        return self.client.unary(self.SERVICE, "Version", request, containerd_dot_services_dot_version_dot_v1_dot_version__pb2.VersionResponse, timeout, metadata)
 
 
 class VersionBlockingClient:
