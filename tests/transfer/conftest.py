@@ -114,3 +114,81 @@ def skopeo_available() -> bool:
 @pytest.fixture(scope="session")
 def mtls_registry(workdir: Path) -> Iterator[regfix.Registry]:
     yield from _registry(workdir, "mtls")
+
+
+@pytest.fixture(scope="module")
+def images_suite() -> Iterator[Any]:
+    """proxy + transfer for the image store conformance run through the proxy."""
+    import tempfile
+    suite = pytest.importorskip("suite")
+    tmp = Path(tempfile.mkdtemp(prefix="moorage-img-", dir="/tmp"))
+    s = suite.Suite(tmp)
+    try:
+        s.start("proxy")
+        s.start("transfer")
+        yield s
+    finally:
+        s.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _socket_images(root: Path) -> AsyncIterator[Any]:
+    import os
+    import tempfile
+
+    from ttrpc.server import Server
+
+    from moorage.rpc import connect, status_of
+    from moorage.runner import with_namespace
+    from moorage.services.transfer.api import ImagesService
+    from moorage.services.transfer.client import ImagesClient
+    from moorage.services.transfer.images import ImageDB
+
+    db = ImageDB(root)
+    server = Server(status_of=status_of)
+    server.register(with_namespace(ImagesService(db)))
+    sockdir = tempfile.mkdtemp(prefix="moor-i-")
+    os.chmod(sockdir, 0o700)
+    sock = os.path.join(sockdir, "images.sock")
+    await server.listen_unix(sock)
+    client = await connect(sock)
+    try:
+        yield ImagesClient(client)
+    finally:
+        await client.close()
+        await server.shutdown(1.0)
+        db.close()
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+@pytest.fixture(params=["local", "socket", "proxy"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path, images: Any) -> AsyncIterator[Any]:
+    """The image store contract: the SQLite store, its client over a unix socket, through the proxy."""
+    if request.param == "local":
+        yield images
+        return
+    if request.param == "socket":
+        gen = _socket_images(tmp_path / "sock")
+        value = await gen.__anext__()
+        try:
+            yield value
+        finally:
+            with contextlib.suppress(StopAsyncIteration):
+                await gen.__anext__()
+        return
+    from moorage.rpc import connect
+    from moorage.services.transfer.client import ImagesClient
+    s = request.getfixturevalue("images_suite")
+    client = await connect(s.address)
+    ns = f"conf-{os_urandom_hex()}"
+    token = current_namespace.set(ns)
+    try:
+        yield ImagesClient(client)
+    finally:
+        current_namespace.reset(token)
+        await client.close()
+
+
+def os_urandom_hex() -> str:
+    import os
+    return os.urandom(4).hex()
