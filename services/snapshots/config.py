@@ -3,6 +3,7 @@
 ```toml
 [snapshots]
 snapshotters = ["overlayfs", "native"]   # which to load; overlayfs is the default one
+apply_workers = 0                         # threads writing small files during Diff.Apply (0: none)
 [snapshots.limits]                        # caps on every applied layer (Diff.Apply)
 max_bytes = 68719476736                   # uncompressed bytes
 max_ratio = 1000                          # uncompressed / compressed, checked past ratio_floor
@@ -26,11 +27,14 @@ from .layerstream import Limits
 class SnapshotsConfig:
     snapshotters: tuple[str, ...] = SNAPSHOTTERS
     limits: Limits = field(default_factory=Limits)
+    apply_workers: int = 0
 
     def __post_init__(self) -> None:
         unknown = [n for n in self.snapshotters if n not in SNAPSHOTTERS]
         if unknown:
             raise ValueError(f"unknown snapshotters {unknown}; known: {list(SNAPSHOTTERS)}")
+        if not 0 <= self.apply_workers <= 64:
+            raise ValueError("apply_workers must be between 0 and 64")
         if not self.snapshotters:
             raise ValueError("snapshotters must name at least one")
         lim = self.limits

@@ -122,10 +122,12 @@ class LocalDiffer:
         content: Any,
         limits: Limits | None = None,
         tmpdir: str | None = None,
+        workers: int | None = None,
     ) -> None:
         self.content = content
         self.limits = limits or Limits()
         self.tmpdir = tmpdir
+        self.workers = workers
 
     async def apply(
         self, desc: Descriptor, mounts: Sequence[Mount], sync_fs: bool = False
@@ -152,14 +154,16 @@ class LocalDiffer:
         direct = apply_target(mounts)
         if direct is not None:
             root, overlay, lowers = direct
-            result = apply_layer(root, chunks, overlay=overlay, lowers=lowers, limits=self.limits)
+            result = apply_layer(
+                root, chunks, overlay=overlay, lowers=lowers, limits=self.limits, workers=self.workers
+            )
             if sync_fs:
                 _syncfs(root)
             return result.digest, result.size
         with tempfile.TemporaryDirectory(prefix="apply-", dir=self.tmpdir) as target:
             mountlib.mount_all(mounts, target)
             try:
-                result = apply_layer(target, chunks, limits=self.limits)
+                result = apply_layer(target, chunks, limits=self.limits, workers=self.workers)
                 if sync_fs:
                     _syncfs(target)
             finally:

@@ -60,7 +60,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
     ctx.on_close(snapshotters.close)
     content = ProxyContent(ctx.proxy_address)
     ctx.on_close(content.close)
-    differ = LocalDiffer(content, settings.limits, tmpdir=str(ctx.state))
+    differ = LocalDiffer(content, settings.limits, tmpdir=str(ctx.state), workers=settings.apply_workers)
     ctx.namespace_usage(snapshotters.namespace_usage)
     ctx.logger.info("snapshotters ready: %s", ", ".join(snapshotters.names()))
     return [SnapshotsService(snapshotters, ctx.publisher), DiffService(differ)]

@@ -137,6 +137,15 @@ class TarReader:
             raise _invalid("unexpected end of data")
         self._remaining = 0
 
+    def read_data(self) -> bytes:
+        """The current entry's data, in memory (callers bound the size)."""
+        n = self._remaining
+        data = self.stream.read(n)
+        if len(data) != n:
+            raise _invalid("unexpected end of data")
+        self._remaining = 0
+        return data
+
     def _read_block(self) -> bytes:
         block = self.stream.read(BLOCK)
         if len(block) != BLOCK:

@@ -27,11 +27,14 @@ from .tarbuild import BLOCK, E, chunks, digest, entry_bytes, gz, header, pad, pa
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture(autouse=True, params=["openat2", "walk"])
+@pytest.fixture(autouse=True, params=["openat2", "walk", "workers"])
 def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every case runs with kernel confinement (openat2) and with the user-space walk."""
+    """Every case runs with kernel confinement (openat2), with the user-space walk, and
+    with worker threads writing the small files."""
     if request.param == "walk":
         monkeypatch.setattr("moorage.services.snapshots.applier.syscalls.has_openat2", lambda: False)
+    if request.param == "workers":
+        monkeypatch.setattr("moorage.services.snapshots.applier.WORKERS", 4)
     return str(request.param)
 
 
