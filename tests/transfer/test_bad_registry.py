@@ -424,3 +424,29 @@ async def test_registry_echoing_credentials_in_errors_is_redacted(fake: FakeRegi
             await res.resolve()
     text = str(ei.value)
     assert "DENIED" in text and SECRET not in text and want.split()[1] not in text
+
+
+async def test_foreign_layer_urls_never_followed(fake: FakeRegistry, content: Any, images: Any) -> None:
+    """A layer descriptor with `urls` on another host: foreign URLs are off, the other host is
+    never contacted (CVE-2020-15157); the blob comes from the registry or not at all."""
+    import gzip
+    evil = FakeRegistry().start()
+    try:
+        evil.routes["/layer"] = lambda h: (401, {"WWW-Authenticate": 'Bearer realm="http://evil/token"'}, b"")
+        layer = gzip.compress(os.urandom(1000))
+        ref, ld = image_in(fake, layer)
+        foreign = oci.Descriptor(oci.DOCKER_FOREIGN_LAYER, ld.digest, ld.size, urls=(f"http://{evil.host}/layer",))
+        cfg_route = fake.routes["/v2/bad/app/manifests/latest"]
+        doc = json.loads(cfg_route(None)[2])
+        doc["layers"] = [foreign.to_json()]
+        fake.routes["/v2/bad/app/manifests/latest"] = ok(json.dumps(doc).encode(), oci.OCI_MANIFEST)
+        del fake.routes[f"/v2/bad/app/blobs/{ld.digest}"]
+
+        async def cb(host: str, r: str, ch: str) -> Credentials:
+            return Credentials("moor", SECRET)
+        async with resolver(ref, credentials=CredentialStore(cb)) as res:
+            with pytest.raises(errdefs.NotFound):
+                await pull(res, reference.parse(ref), content, images, PullOptions(platforms=None))
+        assert evil.seen == []
+    finally:
+        evil.stop()
