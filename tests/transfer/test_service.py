@@ -404,3 +404,47 @@ async def test_streams_opened_without_namespace(e2e: Any, conn: Any) -> None:
                          metadata={NAMESPACE_KEY: current_namespace.get() or ""})
     assert await s.recv() is None  # the transfer closed the stream when done
     assert (await ImagesClient(conn).get("nons/dst:1")).target.digest == "sha256:" + "6" * 64
+
+
+@pytest.mark.parametrize("kind", ["random", "bomb"])
+async def test_bad_layer_bytes_fail_the_unpack(kind: str, e2e: Any, conn: Any) -> None:
+    """A layer that is not a tar (random bytes with a correct digest) or a gzip bomb: the
+    pull fails within the test's time, nothing is committed (reliability cases 17, 18)."""
+    import gzip
+    import json
+    import os
+
+    from moorage.services.snapshots.client import RemoteSnapshotter
+    from moorage.services.transfer import oci
+    from moorage.services.transfer.client import ImagesClient, TransferClient
+
+    from .fakeregistry import FakeRegistry
+
+    registry_pb2, imagestore_pb2, _, platform_pb2 = _pb()
+    if kind == "random":
+        layer = os.urandom(100_000)
+        diff_id = oci.digest_of(layer)
+    else:
+        layer = gzip.compress(bytes(256 << 20), compresslevel=9)  # 256 MiB of zeros in ~250 KiB
+        diff_id = "sha256:" + "1" * 64
+    cfg = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+    ld = oci.Descriptor(oci.OCI_LAYER_GZIP, oci.digest_of(layer), len(layer))
+    cd = oci.Descriptor(oci.OCI_CONFIG, oci.digest_of(cfg), len(cfg))
+    m = json.dumps({"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST, "config": cd.to_json(),
+                    "layers": [ld.to_json()]}).encode()
+    fake = FakeRegistry().start()
+    try:
+        fake.routes[f"/v2/bad/{kind}/manifests/latest"] = lambda h: (200, {"Content-Type": oci.OCI_MANIFEST}, m)
+        fake.routes[f"/v2/bad/{kind}/blobs/{cd.digest}"] = lambda h: (200, {}, cfg)
+        fake.routes[f"/v2/bad/{kind}/blobs/{ld.digest}"] = lambda h: (200, {}, layer)
+        ref = f"{fake.host}/bad/{kind}:latest"
+        dst = imagestore_pb2.ImageStore(name=ref, unpacks=[imagestore_pb2.UnpackConfiguration(
+            platform=platform_pb2.Platform(os="linux", architecture="amd64"), snapshotter="overlayfs")])
+        with pytest.raises(errdefs.Error):
+            await TransferClient(conn).transfer(registry_pb2.OCIRegistry(reference=ref), dst)
+    finally:
+        fake.stop()
+    sn = RemoteSnapshotter(conn, "overlayfs")
+    assert [i.name async for i in sn.walk() if i.name.startswith("extract-")] == []
+    with pytest.raises(errdefs.NotFound):
+        await ImagesClient(conn).get(ref)
