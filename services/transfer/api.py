@@ -76,13 +76,19 @@ class StreamingService(StreamingServicer):  # type: ignore[misc, unused-ignore]
         await self.streams.serve(stream, current_namespace.get() or "")
 
 
+AUTH_TIMEOUT = 60.0
+
+
 def _auth_callback(stream: Stream) -> Any:
     lock = asyncio.Lock()
 
     async def ask(host: str, reference: str, challenge: str) -> Credentials | None:
         async with lock:
             await stream.send(registry_pb2.AuthRequest(host=host, reference=reference, wwwauthenticate=[challenge]))
-            a = await stream.recv()
+            try:
+                a = await asyncio.wait_for(stream.recv(), AUTH_TIMEOUT)
+            except TimeoutError:
+                raise errdefs.DeadlineExceeded(f"no answer on the auth stream for {host} within {AUTH_TIMEOUT:.0f}s") from None
             if a is None:
                 return None
             r = wire.unpack(a, registry_pb2.AuthResponse)

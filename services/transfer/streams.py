@@ -28,6 +28,7 @@ from .wire import pack, type_name, unpack
 CHUNK = 32 << 10
 WINDOW = 64 << 10
 ACCEPT_TIMEOUT = 10.0
+IDLE_TIMEOUT = 120.0  # a data stream whose peer neither sends nor grants credit for this long fails
 
 
 class Stream:
@@ -54,7 +55,10 @@ class Stream:
         """Data sent by the client (import), with window updates; ends when it closes."""
         await self.send(data_pb2.WindowUpdate(update=WINDOW))
         while True:
-            a = await self.recv()
+            try:
+                a = await asyncio.wait_for(self.recv(), IDLE_TIMEOUT)
+            except TimeoutError:
+                raise errdefs.DeadlineExceeded(f"no data from the client for {IDLE_TIMEOUT:.0f}s") from None
             if a is None:
                 return
             if type_name(a) != data_pb2.Data.DESCRIPTOR.full_name:
@@ -86,7 +90,11 @@ class Stream:
                 view = memoryview(chunk)
                 while view:
                     while window <= 0:
-                        u = await credit.get()
+                        try:
+                            u = await asyncio.wait_for(credit.get(), IDLE_TIMEOUT)
+                        except TimeoutError:
+                            raise errdefs.DeadlineExceeded(
+                                f"the client granted no window for {IDLE_TIMEOUT:.0f}s") from None
                         if u < 0:
                             raise errdefs.Canceled("export stream closed by the client")
                         window += u
