@@ -389,10 +389,59 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
                             a.interactive, a.rm, created)
 
 
+def _forward_signals(api: _Api, id: str, exec_id: str) -> None:
+    """Like docker's sig-proxy / ctr's signal forwarding: the container gets our signals
+    (each sent on a connection of its own: the main one may be waiting)."""
+    from google.protobuf import empty_pb2
+
+    def forward(signum: int, _frame: Any) -> None:
+        from ttrpc.blocking import Client
+
+        from moorage import errdefs
+
+        try:
+            with Client(api.ctx.address, error_factory=errdefs.from_status) as c:
+                c.unary(TASKS, "Kill", api.tpb.KillRequest(container_id=id, exec_id=exec_id,
+                                                            signal=signum),
+                        empty_pb2.Empty, metadata=api.md)
+        except Exception:
+            pass
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, forward)
+
+
+def _wait_logged(api: _Api, id: str, log_path: str, rm: bool, container: Any) -> int:
+    """The plain foreground case: Wait on the main connection while a thread follows the
+    log; then delete the task, print the rest of the log, and with --rm remove it all."""
+    stop = threading.Event()
+    offset = [0]
+
+    def follow() -> None:
+        while not stop.wait(0.02):
+            offset[0] = _copy_log(log_path, offset[0])
+
+    _forward_signals(api, id, "")
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    try:
+        api.wait(id, timeout=None)
+        code = api.delete_task(id)
+    finally:
+        stop.set()
+        follower.join()
+    _copy_log(log_path, offset[0])
+    if rm:
+        api.remove_container(container)
+    return code
+
+
 def _attach_and_wait(api: _Api, id: str, log_path: str, cio: _ClientIO | None, tty: bool,
                      interactive: bool, rm: bool, container: Any, exec_id: str = "") -> int:
     from google.protobuf import empty_pb2
 
+    if cio is None and not tty and log_path and not exec_id:
+        return _wait_logged(api, id, log_path, rm, container)
     done = threading.Event()
     result: list[int] = []
     errors: list[BaseException] = []
@@ -431,23 +480,8 @@ def _attach_and_wait(api: _Api, id: str, log_path: str, cio: _ClientIO | None, t
                     empty_pb2.Empty, metadata=api.md)
 
     logged = bool(log_path) and (cio is None or "stdout" not in cio.paths)
-    def forward(signum: int, _frame: Any) -> None:
-        # like docker's sig-proxy / ctr's signal forwarding: the container gets our signals
-        from ttrpc.blocking import Client
-
-        from moorage import errdefs
-
-        try:
-            with Client(api.ctx.address, error_factory=errdefs.from_status) as c:
-                c.unary(TASKS, "Kill", api.tpb.KillRequest(container_id=id, exec_id=exec_id,
-                                                            signal=signum),
-                        empty_pb2.Empty, metadata=api.md)
-        except Exception:
-            pass
-
     if term is None:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-            signal.signal(sig, forward)
+        _forward_signals(api, id, exec_id)
     threading.Thread(target=waiter, daemon=True).start()
     try:
         if cio is not None:
