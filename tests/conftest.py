@@ -22,7 +22,8 @@ def suite(tmp_path: Path) -> Iterator[Suite]:
     from moorage.registry import builtin_names
 
     disabled = {name: {"enabled": False} for name in builtin_names() if name != "proxy"}
-    s = Suite(tmp_path, config=disabled, plugins=["skeleton.echo:PROCESS", "skeleton.echo:OTHER"])
+    config = {**disabled, "proxy": {"health_timeout": 5.0}}  # a loaded CI machine is slow, not down
+    s = Suite(tmp_path, config=config, plugins=["skeleton.echo:PROCESS", "skeleton.echo:OTHER"])
     try:
         yield s
     finally:
