@@ -14,7 +14,7 @@ from moorage.registry import BuildContext, Listener, Process
 from moorage.runner import INTERNAL_SERVICE
 from ttrpc.errors import RpcError
 
-from . import events, introspection, namespaces
+from . import events, introspection, leases, namespaces
 from .router import Pool
 from .splice import Front, Service, Splice
 
@@ -27,16 +27,25 @@ class ProxyConfig:
     """Seconds a Health call to one replica may take before it counts as down."""
     usage_timeout: float = 5.0
     """Seconds each process gets to answer NamespaceUsage before a namespace delete."""
+    grpc: bool = True
+    """Also serve containerd's gRPC API on ``<state>/moorage.sock`` (ctr, nerdctl)."""
+    grpc_max_recv_message_size: int = 16 << 20
+    """Largest gRPC message accepted, as containerd's ``[grpc] max_recv_message_size``."""
+    grpc_max_send_message_size: int = 16 << 20
+    """Largest gRPC message sent, as containerd's ``[grpc] max_send_message_size``."""
 
     def __post_init__(self) -> None:
         if self.health_timeout <= 0 or self.usage_timeout <= 0:
             raise ValueError("timeouts must be > 0")
+        if self.grpc_max_recv_message_size <= 0 or self.grpc_max_send_message_size <= 0:
+            raise ValueError("grpc message sizes must be > 0")
 
 
 OWN_SERVICES = (
     namespaces.SERVICE,
     events.SERVICE,
     events.TTRPC_SERVICE,
+    leases.SERVICE,
     introspection.SERVICE,
     introspection.VERSION_SERVICE,
 )
@@ -129,8 +138,22 @@ async def build(ctx: BuildContext) -> list[object]:
     splice.on_namespace = ns_service.seen
     ev_service = events.EventsService(exchange)
     intro = introspection.IntrospectionService(control, OWN_SERVICES, ctx.root / "uuid", settings.health_timeout)
+    lease_store = leases.LeaseStore(ctx.root / "leases.db")
+    ctx.on_close(lease_store.close)
     door = FrontDoor(splice)
-    return [ns_service.raw(), *ev_service.raw(), *intro.raw(), Listener(door.serve, door.drain)]
+    listener = Listener(door.serve, door.drain)
+    if settings.grpc:
+        from .grpc_front import GrpcFront
+
+        front = GrpcFront(
+            ctx.config.suite.state / "moorage.sock",
+            str(ctx.config.socket_path("proxy")),
+            ctx.state,
+            settings.grpc_max_recv_message_size,
+            settings.grpc_max_send_message_size,
+        )
+        listener = front.around(listener)
+    return [ns_service.raw(), *ev_service.raw(), leases.LeasesService(lease_store).raw(), *intro.raw(), listener]
 
 
 PROCESS = Process(

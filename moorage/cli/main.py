@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "sandbox": "moorage.services.sandbox.cli",
     "sandboxes": "moorage.services.sandbox.cli",
     "nri": "moorage.nri.cli",
+    "leases": "moorage.cli.leases",
 }
 
 USAGE = """\
