@@ -56,6 +56,8 @@ class _Fields:
                 value = value[part]
             if isinstance(value, (dict, list)):
                 return "", False
+            if isinstance(value, bool):
+                return ("true" if value else "false"), True
             return str(value), True
         return "", False
 
