@@ -121,23 +121,25 @@ async def _pump(chunks: AsyncIterator[bytes], w: BlobWriter, offset: int, desc: 
     q: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(QUEUE_DEPTH)
 
     async def read() -> None:
-        buf = bytearray()
+        parts: list[bytes] = []
+        n = 0
         try:
             async for chunk in chunks:
-                buf += chunk
-                if len(buf) >= WRITE_BATCH:
-                    await q.put(bytes(buf))
-                    buf.clear()
+                parts.append(chunk)
+                n += len(chunk)
+                if n >= WRITE_BATCH:
+                    await q.put(b"".join(parts))
+                    parts, n = [], 0
         except errdefs.Unavailable as e:
-            if buf:
-                await q.put(bytes(buf))
+            if parts:
+                await q.put(b"".join(parts))
             await q.put(e)
             return
         except BaseException as e:  # noqa: BLE001 - bad data: nothing more is written
             await q.put(e)
             return
-        if buf:
-            await q.put(bytes(buf))
+        if parts:
+            await q.put(b"".join(parts))
         await q.put(None)
 
     reader = asyncio.ensure_future(read())

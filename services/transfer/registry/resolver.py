@@ -275,26 +275,23 @@ def _q(url: str, q: Mapping[str, str]) -> str:
 
 
 async def _capped(it: AsyncIterator[bytes], skip: int, size: int, what: str) -> AsyncIterator[bytes]:
+    """The body after `skip` bytes, never more than `size`; DataLoss on too many or too few
+    bytes, Unavailable when the connection breaks (what arrived before was yielded)."""
+    got = 0
     try:
-        async for chunk in _body(it, skip, size, what):
+        async for chunk in it:
+            if skip:
+                if len(chunk) <= skip:
+                    skip -= len(chunk)
+                    continue
+                chunk = chunk[skip:]
+                skip = 0
+            got += len(chunk)
+            if got > size:
+                raise errdefs.DataLoss(f"{what}: registry sent more bytes than the descriptor size")
             yield chunk
     except (httpx.HTTPError, OSError) as e:
         raise errdefs.Unavailable(f"{what}: download interrupted: {type(e).__name__}") from None
-
-
-async def _body(it: AsyncIterator[bytes], skip: int, size: int, what: str) -> AsyncIterator[bytes]:
-    got = 0
-    async for chunk in it:
-        if skip:
-            if len(chunk) <= skip:
-                skip -= len(chunk)
-                continue
-            chunk = chunk[skip:]
-            skip = 0
-        got += len(chunk)
-        if got > size:
-            raise errdefs.DataLoss(f"{what}: registry sent more bytes than the descriptor size")
-        yield chunk
     if got != size:
         raise errdefs.DataLoss(f"{what}: short read ({got} of {size} bytes)")
 
