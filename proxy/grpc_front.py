@@ -5,7 +5,8 @@ Every gRPC call is forwarded, payload bytes unchanged, as a ttrpc call to the pr
 ttrpc front door (``moorage.sock.ttrpc``), so it reaches the same backends and the proxy's
 own services (namespaces, events, leases, introspection, version) by the same routing.
 grpc.aio serves on the proxy's event loop (uvloop included); the hop to the ttrpc side is
-one multiplexed unix connection, reconnected when it drops.
+one multiplexed unix connection for unary calls, reconnected when it drops, and one
+connection per streaming call (so a slow reader backs up its own stream only).
 
 Per call:
 
@@ -54,6 +55,8 @@ GRPC_NAMESPACE_KEY = "containerd-namespace"
 LEASE_KEY = "containerd-lease"
 DEFAULT_MAX_RECV_MESSAGE_SIZE = 16 << 20
 DEFAULT_MAX_SEND_MESSAGE_SIZE = 16 << 20
+STREAM_STALL = 300.0
+"""Seconds a streaming call's gRPC peer may leave 64 messages unread before the call fails."""
 
 _STATUS = {c.value[0]: c for c in grpc.StatusCode}
 
@@ -166,6 +169,12 @@ class Forwarder:
         self._client = client
         return client
 
+    async def stream_client(self) -> Client:
+        """A connection of its own for one streaming call: a gRPC peer that reads slowly
+        holds only its own stream (never longer than :data:`STREAM_STALL` seconds), not the
+        unary calls of every other client."""
+        return await Client.connect(self.address, error_factory=RpcError, stall_timeout=STREAM_STALL)
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
@@ -203,8 +212,9 @@ class Forwarder:
     def _server_stream(self, service: str, method: str) -> Callable[..., Any]:
         async def call(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
             stream = None
+            own: Client | None = None
             try:
-                client = await self.client()
+                client = own = await self.stream_client()
                 stream = await client.open_stream(
                     service,
                     method,
@@ -220,14 +230,17 @@ class Forwarder:
             finally:
                 if stream is not None:
                     await stream.aclose()
+                if own is not None:
+                    await own.close()
 
         return call
 
     def _client_stream(self, service: str, method: str) -> Callable[..., Any]:
         async def call(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
             stream = None
+            own: Client | None = None
             try:
-                client = await self.client()
+                client = own = await self.stream_client()
                 stream = await client.open_stream(
                     service,
                     method,
@@ -252,6 +265,8 @@ class Forwarder:
             finally:
                 if stream is not None:
                     await stream.aclose()
+                if own is not None:
+                    await own.close()
 
         return call
 
@@ -260,9 +275,10 @@ class Forwarder:
             requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
         ) -> AsyncIterator[bytes]:
             stream = None
+            own: Client | None = None
             pump: asyncio.Future[None] | None = None
             try:
-                client = await self.client()
+                client = own = await self.stream_client()
                 stream = await client.open_stream(
                     service,
                     method,
@@ -283,6 +299,8 @@ class Forwarder:
                         await pump
                 if stream is not None:
                     await stream.aclose()
+                if own is not None:
+                    await own.close()
 
         return call
 

@@ -168,31 +168,34 @@ def test_run_detached_tasks_ls_ps_kill_delete(ctr: Ctr, image: str) -> None:
 
 
 def test_events(ctr: Ctr, grpc_address: str) -> None:
-    ns = _name("ctr-ev")
+    """``ctr events`` prints namespace creations as they happen. ctr gives no sign once it
+    has subscribed, so a new namespace is created every half second until one shows."""
     env = {k: v for k, v in os.environ.items() if k != "CONTAINERD_NAMESPACE"}
     proc = subprocess.Popen(
         [CTR or "ctr", "-a", grpc_address, "events"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
+    created: list[str] = []
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 20
         line = b""
-        while ns.encode() not in line:
-            ok(ctr("namespaces", "create", ns)) if not line else None
-            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            assert ready, "no event from ctr events"
-            line = proc.stdout.readline()
-            if not line:
+        while time.monotonic() < deadline:
+            created.append(_name("ctr-ev"))
+            ok(ctr("namespaces", "create", created[-1]))
+            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if ready:
+                line = proc.stdout.readline()
                 break
-            if ns.encode() not in line:
-                continue
         fields = line.decode().split()
-        assert fields[4] == ns and fields[5] == "/namespaces/create", line  # after "DATE TIME +0000 UTC"
+        assert len(fields) == 7, (line, proc.stderr.read() if proc.poll() is not None else "")
+        ns = fields[4]  # after "DATE TIME +0000 UTC"
+        assert ns in created and fields[5] == "/namespaces/create", line
         assert fields[6] == '{"name":"%s"}' % ns
     finally:
         proc.terminate()
         proc.wait(10)
-        ctr("namespaces", "rm", ns)
+        for ns in created:
+            ctr("namespaces", "rm", ns)
 
 
 def test_leases_ls_create_rm(ctr: Ctr) -> None:
