@@ -142,7 +142,7 @@ class TransferService(TransferServicer):  # type: ignore[misc, unused-ignore]
             async def sink(chunks: AsyncIterator[bytes], st: Stream = st) -> None:
                 await st.send_data(chunks)
             return ExportTarget(sink, tuple(wire.platform_from_pb(p) for p in e.platforms), e.all_platforms,
-                                e.skip_non_distributable)
+                                e.skip_non_distributable, e.skip_compatibility_manifest)
         raise errdefs.NotImplemented(f"transfer type {a.type_url[:100]} not supported")
 
     async def Transfer(self, request: tpb.TransferRequest, ctx: Context) -> empty_pb2.Empty:

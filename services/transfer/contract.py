@@ -200,3 +200,4 @@ class ExportTarget:
     platforms: tuple[Platform, ...] = ()
     all_platforms: bool = False
     skip_non_distributable: bool = False
+    skip_compatibility_manifest: bool = False

@@ -172,7 +172,8 @@ class Transferrer:
         names = [n for n in src.name.split(",") if n] if src.name else []
         imgs = [await self.images.get(n) for n in names] if names else await self.images.list()
         platforms = None if dst.all_platforms or not dst.platforms else list(dst.platforms)
-        await dst.sink(export_archive(imgs, self.content, platforms, dst.skip_non_distributable))
+        await dst.sink(export_archive(imgs, self.content, platforms, dst.skip_non_distributable,
+                                      docker_manifest=not dst.skip_compatibility_manifest))
 
     async def tag(self, src: ImageTarget, dst: ImageTarget) -> Image:
         image = await self.images.get(src.name)

@@ -158,3 +158,13 @@ async def test_bad_blob_names(name: str, content: Any, images: Any) -> None:
 async def test_garbage_archive(content: Any, images: Any) -> None:
     with pytest.raises(errdefs.InvalidArgument, match="invalid archive"):
         await import_archive(bytes_source(os.urandom(5000)), content, images)
+
+
+async def test_export_without_compatibility_manifest(layout: Path, tmp_path: Path, content: Any, images: Any) -> None:
+    tarball = tar_dir(layout, tmp_path / "in.tar")
+    imgs = await import_archive(file_source(tarball), content, images, ImportOptions(name="example.com/moor/nocompat"))
+    with_compat = await write_export(imgs, content, tmp_path / "a.tar")
+    without = await write_export(imgs, content, tmp_path / "b.tar", docker_manifest=False)
+    names = lambda p: tarfile.open(p).getnames()  # noqa: E731
+    assert "manifest.json" in names(with_compat) and "manifest.json" not in names(without)
+    assert "index.json" in names(without)
