@@ -16,6 +16,8 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from .conftest import CTR, IMAGE, Ctr, ok
 
 
@@ -212,3 +214,19 @@ def test_leases_ls_create_rm(ctr: Ctr) -> None:
     assert _rows(ok(ctr("leases", "ls", namespace=ns))) == []
     dup = ctr("leases", "rm", "l1", namespace=ns)
     assert dup.returncode != 0 and "not found" in dup.stderr
+
+
+def test_images_pull_then_run(ctr: Ctr, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """ctr 1.6 pulls by itself (resolve, fetch into content, images, unpack with diff and
+    snapshots under a lease), from Debian's docker-registry."""
+    from transfer.registry import build_image, push, running
+
+    work = tmp_path_factory.mktemp("registry")
+    ns = _name("ctr-pull")
+    with running(work, "plain") as reg:
+        ref = push(build_image(work), reg, "moorage/busybox")
+        out = ok(ctr("images", "pull", "--plain-http", ref, namespace=ns))
+    assert "unpacking linux/amd64" in out and "done" in out
+    assert ok(ctr("images", "ls", "-q", namespace=ns)).split() == [ref]
+    assert ok(ctr("leases", "ls", "-q", namespace=ns)).split() == []  # the pull's lease is gone
+    assert ok(ctr("run", "--rm", ref, "p1", "sh", "-c", "echo pulled", namespace=ns)) == "pulled\n"
