@@ -8,6 +8,7 @@ root never replaced by a link.
 
 from __future__ import annotations
 
+import atexit
 import os
 import stat
 import shutil
@@ -27,6 +28,7 @@ from .tarbuild import E, chunks, gz, snapshot_tree, tar
 pytestmark = pytest.mark.root
 
 _WORK = Path(tempfile.mkdtemp(prefix="snapfuzz-"))
+atexit.register(shutil.rmtree, _WORK, True)  # also when the module is collected, not run
 CANARY = _WORK / "canary"
 (CANARY / "sub").mkdir(parents=True)
 (CANARY / "secret").write_bytes(b"s3cret")
