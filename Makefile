@@ -11,10 +11,17 @@ APT_PACKAGES := python3-venv python3-dev gcc make git runc crun containerd golan
 	umoci busybox-static iproute2 iptables apache2-utils openssl zstd procps util-linux systemd
 GOPEER := $(STAMP)/ttrpc-gopeer
 
-.PHONY: run test bench protos check-protos deps venv gopeer typecheck clean
+.PHONY: run cni-default test bench protos check-protos deps venv gopeer typecheck clean
 
-run: deps venv
+run: deps venv cni-default
 	$(VENV)/bin/moorage up
+
+# A host without any CNI network gets deploy/'s bridge network (as nerdctl does on first use);
+# an existing configuration is never touched.
+cni-default:
+	@if ! ls /etc/cni/net.d/*.conflist /etc/cni/net.d/*.conf >/dev/null 2>&1; then \
+	  install -D -m 0644 deploy/10-moorage.conflist /etc/cni/net.d/10-moorage.conflist; \
+	  echo "installed /etc/cni/net.d/10-moorage.conflist"; fi
 
 test: deps venv gopeer
 	$(MAKE) check-protos
