@@ -118,3 +118,27 @@ async def test_backend_down_is_unavailable(tmp_path: Path) -> None:
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await door.stop(1.0)
+
+
+async def test_stale_socket_is_replaced_live_one_refused(tmp_path: Path, front: str) -> None:
+    from moorage import errdefs
+
+    private = tmp_path / "q"
+    private.mkdir(mode=0o700)
+    live = GrpcFront(Path(front), str(tmp_path / "echo.sock"), private, methods=MethodTable("ttrpctest"))
+    with pytest.raises(errdefs.AlreadyExists):
+        await live.start()
+    import socket
+
+    stale = tmp_path / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()
+    door = GrpcFront(stale, str(tmp_path / "echo.sock"), private, methods=MethodTable("ttrpctest"))
+    await door.start()
+    try:
+        async with grpc.aio.insecure_channel(f"unix:{stale}") as ch:
+            raw = await ch.unary_unary(SVC + "Echo")(_req(data=b"ok"))
+        assert EchoResponse.FromString(raw).data == b"ok"
+    finally:
+        await door.stop(1.0)
