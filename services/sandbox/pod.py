@@ -181,8 +181,10 @@ class PodController:
             rec.update(cni=CNI_ADDED, result=result, ips=result_ips(result))
             self._put(ns, sandbox_id, rec)
         hostname_path, hosts_path, resolv_path = podfiles.write(Path(rec["dir"]), rec["hostname"], tuple(rec["ips"]), pod.dns)
+        # The files live in rec["dir"], recorded before any side effect: their paths are
+        # persisted with setup_done (one write less; a crash before it leaves setup_done
+        # False, and the reconciler tears the instance down and removes the directory).
         rec.update(hostname_path=str(hostname_path), hosts_path=str(hosts_path), resolv_conf_path=str(resolv_path))
-        self._put(ns, sandbox_id, rec)
         network = _network(rec)
         await self.hooks.run(sandbox_id, network)
         self.store.update_extension(ns, sandbox_id, NETWORK_EXTENSION, AnyValue(NETWORK_TYPE, network.to_json()))
@@ -237,8 +239,9 @@ class PodController:
             if isinstance(exc, OSError):
                 raise errdefs.Internal(f"sandbox {sandbox_id}: teardown: {exc}") from exc
             raise
-        rec.update(error="")
-        self._put(ns, sandbox_id, rec)
+        if rec.get("error"):
+            rec.update(error="")
+            self._put(ns, sandbox_id, rec)
 
     async def start(self, sandbox_id: str) -> ControllerInstance:
         ns = namespace()

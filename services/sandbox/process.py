@@ -13,9 +13,13 @@ SERVICES = ("containerd.services.sandbox.v1.Store", "containerd.services.sandbox
 
 
 def pod_hooks(ctx: BuildContext) -> PodHooks:
-    """The pod lifecycle hooks. The NRI issue plugs its RunPodSandbox/StopPodSandbox/
-    RemovePodSandbox client in here (reaching the nri process through the proxy)."""
-    return NoHooks()
+    """The pod lifecycle hooks: NRI's RunPodSandbox/StopPodSandbox/RemovePodSandbox, sent to
+    the nri process through the proxy (a suite without it behaves as one with no plugins)."""
+    from moorage.nri.client import NriPodHooks
+
+    hooks = NriPodHooks(ctx.proxy_address)
+    ctx.on_close(hooks.close)
+    return hooks
 
 
 async def build(ctx: BuildContext) -> Sequence[object]:
@@ -73,6 +77,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
             await pod.drain(cfg.cni_del_timeout)
         for shim in shims:
             await shim.close()
+        await sink.close()
         db.close()
 
     ctx.namespace_usage(usage)

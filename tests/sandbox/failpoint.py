@@ -4,8 +4,8 @@ Plugin config: ``{"type": "failpoint", "delegate": "bridge", "control": PATH, ..
 other key goes to the delegate. ``control`` is a JSON file read at each call:
 ``{"ADD": "ok" | "fail" | "hang" | "fail-after" | "hang-after", "DEL": "ok" | "fail"}``.
 ``fail-after``/``hang-after`` run the delegate first (so an address is allocated) and then
-fail or hang. Each call is appended to ``<control>.log`` as ``COMMAND CONTAINERID NETNS PID``
-(NETNS ``-`` when empty).
+fail or hang. The control file is read first, then each call is appended to
+``<control>.log`` as ``COMMAND CONTAINERID NETNS PID`` (NETNS ``-`` when empty).
 """
 
 import json
@@ -19,13 +19,13 @@ def main() -> int:
     conf = json.loads(sys.stdin.read())
     command = os.environ.get("CNI_COMMAND", "")
     control_path = conf["control"]
-    with open(control_path + ".log", "a") as log:
-        log.write(f"{command} {os.environ.get('CNI_CONTAINERID', '')} {os.environ.get('CNI_NETNS', '') or '-'} {os.getpid()}\n")
-    try:
+    try:  # read before logging: a test that saw the call logged may change the faults
         with open(control_path) as f:
             control = json.load(f)
     except FileNotFoundError:
         control = {}
+    with open(control_path + ".log", "a") as log:
+        log.write(f"{command} {os.environ.get('CNI_CONTAINERID', '')} {os.environ.get('CNI_NETNS', '') or '-'} {os.getpid()}\n")
     mode = control.get(command, "ok")
     if command == "VERSION":
         print(json.dumps({"cniVersion": "1.0.0", "supportedVersions": ["0.3.1", "0.4.0", "1.0.0"]}))
