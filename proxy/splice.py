@@ -38,7 +38,7 @@ from moorage import errdefs
 from moorage.namespaces import validate_namespace
 from ttrpc.codes import Code
 from ttrpc.errors import ProtocolError
-from ttrpc.frame import DATA, FLAG_REMOTE_CLOSED, REQUEST, RESPONSE, Frame, FrameDecoder, Oversized, pack_header
+from ttrpc.frame import DATA, FLAG_NO_DATA, FLAG_REMOTE_CLOSED, FLAG_REMOTE_OPEN, REQUEST, RESPONSE, Frame, FrameDecoder, Oversized, pack_header
 from ttrpc.messages import encode_error
 from ttrpc.protocol import oversize_message
 
@@ -92,6 +92,8 @@ class Upstream(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.next_sid = 1
         self.streams: dict[int, tuple[Front, int, str]] = {}
+        self.sending: set[int] = set()
+        """Streams whose client may still send data frames (opened with remote-open)."""
         self.closed = False
         self.pausers: set[Front] = set()
         """Clients that cannot take more bytes: reading from this backend waits for them."""
@@ -129,6 +131,7 @@ class Upstream(asyncio.BufferedProtocol):
             mtype = ev.type
             if mtype == RESPONSE or (mtype == DATA and ev.flags & FLAG_REMOTE_CLOSED):
                 del streams[sid]
+                self.sending.discard(sid)
                 front.done(fsid)
             body = ev.body  # type: ignore[union-attr]
             front.out.add(pack_header(len(body), fsid, mtype, ev.flags), body)
@@ -141,6 +144,7 @@ class Upstream(asyncio.BufferedProtocol):
         if self.replica.upstream is self:
             self.replica.upstream = None
         streams, self.streams = self.streams, {}
+        self.sending.clear()
         process = self.replica.process
         for front, fsid, service in streams.values():
             front.done(fsid)
@@ -154,6 +158,8 @@ class Upstream(asyncio.BufferedProtocol):
         sid = self.next_sid
         self.next_sid = sid + 2
         self.streams[sid] = (front, fsid, service)
+        if flags & FLAG_REMOTE_OPEN:
+            self.sending.add(sid)
         self.out.add(pack_header(len(body), sid, REQUEST, flags), body)
         if self.next_sid > _MAX_SID:  # ids exhausted: new calls go to a fresh connection
             self.replica.upstream = None
@@ -161,10 +167,18 @@ class Upstream(asyncio.BufferedProtocol):
 
     def data(self, sid: int, flags: int, body: bytes) -> None:
         if sid in self.streams:
+            if flags & FLAG_REMOTE_CLOSED:
+                self.sending.discard(sid)
             self.out.add(pack_header(len(body), sid, DATA, flags), body)
 
     def forget(self, sid: int) -> None:
+        """Drop the stream's replies. A client gone mid-stream also closes its sending side
+        toward the backend, so the handler sees the end of its input (a Write session
+        releases its ref) instead of waiting for frames that will never come."""
         self.streams.pop(sid, None)
+        if sid in self.sending:
+            self.sending.discard(sid)
+            self.out.add(pack_header(0, sid, DATA, FLAG_REMOTE_CLOSED | FLAG_NO_DATA), b"")
 
     def close(self) -> None:
         if self.transport is not None:

@@ -51,6 +51,21 @@ async def test_unary_stream_bidi_client_stream(client: Client) -> None:
     assert [m async for m in concat] == [b"xy"]
 
 
+async def test_a_client_gone_mid_stream_ends_the_backends_input(suite: Suite, client: Client) -> None:
+    """A writer that dies mid-stream must not hold the backend's handler (a Write session's
+    ref lock) forever: the proxy closes the stream's input toward the backend."""
+    gone = await connect(suite.address)
+    hold = await gone.open_stream(ECHO, "Hold", None, 0x02, metadata=MD)
+    await hold.send(b"held")
+    assert await hold.recv() == b"held"
+    assert await client.unary_raw(ECHO, "Holding", b"", metadata=MD) == b"1"
+    await gone.close()
+    deadline = time.monotonic() + 10
+    while await client.unary_raw(ECHO, "Holding", b"", metadata=MD) != b"0":
+        assert time.monotonic() < deadline, "the backend still waits for the gone client's frames"
+        await asyncio.sleep(0.01)
+
+
 async def test_metadata_reaches_the_backend(client: Client) -> None:
     md = {"containerd-namespace-ttrpc": "prod-1"}
     assert await client.unary_raw(ECHO, "Namespace", b"", metadata=md) == b"prod-1"

@@ -4,6 +4,8 @@
 methods): Echo (unary: payload back), Namespace (unary: the call's namespace), Sleep
 (unary: sleeps float(payload) seconds), Stream (server stream: int(payload) frames),
 Bidi (each frame back), Concat (client stream: one Response with all frames joined),
+Hold (bidi: echoes each frame and
+counts itself open until its input ends), Holding (unary: how many Hold calls are open),
 Who (unary: "<program> <pid>"), Publish (unary: publishes /echo/published through the
 proxy with the process's events publisher, a NamespaceUpdate named by the payload).
 A namespace whose name starts with ``busy`` is reported as holding "thing".
@@ -52,7 +54,27 @@ async def _concat(ctx: Context, call: RawCall) -> None:
     await call.respond(b"".join(parts))
 
 
+_holding = 0
+
+
+async def _hold(ctx: Context, call: RawCall) -> None:
+    global _holding
+    _holding += 1
+    try:
+        while (data := await call.recv()) is not None:
+            await call.send(data)
+        await call.close()
+    finally:
+        _holding -= 1
+
+
+async def _holding_count(ctx: Context, call: RawCall) -> None:
+    await call.respond(str(_holding).encode())
+
+
 METHODS = {
+    "Hold": _hold,
+    "Holding": _holding_count,
     "Echo": _echo,
     "Namespace": _namespace,
     "Sleep": _sleep,
