@@ -9,6 +9,7 @@ stderr logged by the runtime; the runtime (never the client) sets `moorage/log-p
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ from moorage.namespaces import namespace
 from . import wire
 from .containers import SqliteContainerStore
 from .contract import Container, CreateTask, StdIO
+from .nri import NRI_ORIGIN_KEY
 from .tasks import LOG_LABEL, LOG_PATH_LABEL, TaskManager
 
 if TYPE_CHECKING:
@@ -99,7 +101,15 @@ class ContainersService(ContainersServicer):  # type: ignore[misc, unused-ignore
         if self.tasks.has_task(ns, request.id):
             raise FailedPrecondition(
                 f"cannot delete container {request.id}: its task must be deleted first")
+        c = await self.store.get(request.id)
         await self.store.delete(request.id)
+        if self.tasks.nri is not None:  # RemoveContainer (best effort, as containerd)
+            try:
+                spec = json.loads(c.spec.value) if c.spec is not None and c.spec.value else {}
+            except ValueError:
+                spec = {}
+            await self.tasks.nri.remove(spec if isinstance(spec, dict) else {}, c.id, c.labels,
+                                        c.sandbox)
         with contextlib.suppress(OSError, Exception):
             self.tasks.log_path(ns, request.id).unlink()
         await self._publish("/containers/delete", cev.ContainerDelete(id=request.id))
@@ -185,7 +195,8 @@ class TasksService(TasksServicer):  # type: ignore[misc, unused-ignore]
 
     async def Update(self, request: tpb.UpdateTaskRequest, ctx: Context) -> empty_pb2.Empty:
         await self.tasks.update(request.container_id, wire.any_in(request, "resources"),
-                                dict(request.annotations))
+                                dict(request.annotations),
+                                hooks=NRI_ORIGIN_KEY not in ctx.metadata)
         return empty_pb2.Empty()
 
     async def Metrics(self, request: tpb.MetricsRequest, ctx: Context) -> tpb.MetricsResponse:

@@ -282,6 +282,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", default="")
     p.add_argument("--snapshotter", default=DEFAULT_SNAPSHOTTER)
     p.add_argument("--label", action="append", default=[])
+    p.add_argument("--sandbox", default="")
     p.add_argument("image")
     p.add_argument("command", nargs=argparse.REMAINDER)
     return p
@@ -307,6 +308,10 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
         from .runtimes import binary_for
 
         binary_for(runtime)  # unknown runtime: fail before anything is created
+    if a.sandbox and a.hostname:
+        raise InvalidArgument("--hostname cannot be used with --sandbox: the container has "
+                              "the sandbox's hostname")
+    join = _sandbox_info(api, a.sandbox) if a.sandbox else None
     resolved = img.resolve(api.c, api.md, a.image, api.timeout)
     overrides = sp.Overrides(
         args=tuple(a.command), env=tuple(a.env), user=a.user, workdir=a.workdir,
@@ -343,8 +348,11 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
         cleanup.append(rm_snapshot)
         spec = sp.build_spec(ctx.namespace, id, resolved.config, overrides,
                              read_rootfs=rfs.reader(list(prep.mounts)))
+        if join is not None:
+            sp.join_sandbox(spec, a.sandbox, join,
+                            group=runtime.startswith("io.containerd.runc."))
         c = cpb.Container(id=id, image=resolved.name, labels=labels,
-                          snapshotter=a.snapshotter, snapshot_key=id)
+                          snapshotter=a.snapshotter, snapshot_key=id, sandbox=a.sandbox)
         c.runtime.name = runtime
         if oci_binary:
             from moorage.api.containerd.types.runc.options import oci_pb2
@@ -387,6 +395,22 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
         return 0
     return _attach_and_wait(api, id, created.labels.get(LOG_PATH_LABEL, ""), cio, a.tty,
                             a.interactive, a.rm, created)
+
+
+def _sandbox_info(api: _Api, sandbox_id: str) -> dict[str, str]:
+    """What a container needs to join the sandbox: its Controller.Status info (it must be
+    ready)."""
+    from moorage.api.containerd.services.sandbox.v1 import sandbox_pb2 as sbpb
+
+    store = "containerd.services.sandbox.v1.Store"
+    record = api.call(store, "Get", sbpb.StoreGetRequest(sandbox_id=sandbox_id),
+                      sbpb.StoreGetResponse).sandbox
+    st = api.call("containerd.services.sandbox.v1.Controller", "Status",
+                  sbpb.ControllerStatusRequest(sandbox_id=sandbox_id, sandboxer=record.sandboxer),
+                  sbpb.ControllerStatusResponse)
+    if st.state != "SANDBOX_READY":
+        raise FailedPrecondition(f"sandbox {sandbox_id} is not ready ({st.state or 'unknown'})")
+    return dict(st.info)
 
 
 def _forward_signals(api: _Api, id: str, exec_id: str) -> None:
@@ -822,7 +846,7 @@ def cmd_containers(argv: list[str], ctx: CliContext) -> int:
         cs = api.containers()
         if ctx.json:
             ctx.emit_json([{"id": c.id, "image": c.image, "runtime": c.runtime.name,
-                            "labels": dict(c.labels)} for c in cs])
+                            "labels": dict(c.labels), "sandbox": c.sandbox} for c in cs])
         else:
             ctx.table(["container", "image", "runtime"],
                       [[c.id, c.image or "-", c.runtime.name] for c in cs])
@@ -835,7 +859,8 @@ def cmd_containers(argv: list[str], ctx: CliContext) -> int:
         c = api.container(argv[1])
         ctx.emit_json({"id": c.id, "image": c.image, "runtime": c.runtime.name,
                        "labels": dict(c.labels), "snapshotter": c.snapshotter,
-                       "snapshot_key": c.snapshot_key, "spec": json.loads(c.spec.value)})
+                       "snapshot_key": c.snapshot_key, "sandbox": c.sandbox,
+                       "spec": json.loads(c.spec.value)})
         return 0
     raise InvalidArgument("usage: moor containers ls|rm ID...|info ID")
 

@@ -21,6 +21,11 @@ class RuntimeConfig:
     process that stays while the runtime runs (off by default: `moor run --rm` then
     leaves no shim at all)."""
 
+    nri: bool = True
+    """Consult the nri process (moorage.nri.v1.Hooks, through the proxy) on the container
+    lifecycle. When it is not running the runtime goes on without it, asking again every
+    2 s at most; false never asks."""
+
     def __post_init__(self) -> None:
         if not self.default_runtime:
             raise ValueError("default_runtime must not be empty")

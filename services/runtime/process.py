@@ -23,6 +23,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
     from .api import ContainersService, TasksService
     from .bundle import Bundles
     from .containers import SqliteContainerStore
+    from .nri import RuntimeNri
     from .shim import ShimFlags, ShimRecords
     from .tasks import TaskManager
 
@@ -40,12 +41,13 @@ async def build(ctx: BuildContext) -> Sequence[object]:
             proxy_client[:] = [await rpc.connect(ctx.proxy_address)]
         return proxy_client[0]
 
+    nri = RuntimeNri(ctx.proxy_address, ctx.logger.getChild("nri"), enabled=settings.nri)
     search = os.pathsep.join(p for p in (settings.shim_path, os.environ.get("PATH", "")) if p)
     tasks = TaskManager(
         store, Bundles(ctx.state, ctx.root), records, flags, ctx.publisher, ctx.logger,
         runc_root=Path(settings.runc_root) if settings.runc_root else ctx.state / "runc",
         log_dir=ctx.root / "logs", connect=rpc.connect, proxy=proxy, shim_search_path=search,
-        prestart=settings.shim_prestart)
+        prestart=settings.shim_prestart, nri=nri)
     await tasks.recover()
     import asyncio
 
@@ -54,6 +56,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
     async def close() -> None:
         follower.cancel()
         await tasks.close()
+        await nri.close()
         for c in proxy_client:
             await c.close()
         store.close()

@@ -373,6 +373,39 @@ def build_spec(
     return spec
 
 
+GROUP_ANNOTATION = "io.containerd.runc.v2.group"
+SANDBOX_FILES = (("/etc/hostname", "hostname_path"), ("/etc/hosts", "hosts_path"),
+                 ("/etc/resolv.conf", "resolv_conf_path"))
+
+
+def join_sandbox(spec: Spec, sandbox_id: str, info: Mapping[str, str], *,
+                 group: bool = True) -> Spec:
+    """Place a container in a pod sandbox (in place), from its Controller.Status `info`:
+    its network namespace by path (`netns_path`; "" = a host-network pod: no network
+    namespace of its own), its hostname, and its hostname/hosts/resolv.conf files bound
+    read-only (a mount the operator gave for one of those paths wins). With ``group``
+    (runc shims) the container joins the sandbox's shim group, as containerd's CRI does."""
+    if "netns_path" not in info:
+        raise InvalidArgument(f"sandbox {sandbox_id} has no network namespace to join "
+                              "(only pod sandboxes can be joined)")
+    linux = spec.setdefault("linux", {})
+    namespaces = [n for n in linux.get("namespaces") or [] if n.get("type") != "network"]
+    if info["netns_path"]:
+        namespaces.append({"type": "network", "path": info["netns_path"]})
+    linux["namespaces"] = namespaces
+    if info.get("hostname"):
+        spec["hostname"] = info["hostname"]
+    mounts = spec.setdefault("mounts", [])
+    taken = {m.get("destination") for m in mounts}
+    for dest, key in SANDBOX_FILES:
+        if info.get(key) and dest not in taken:
+            mounts.append({"destination": dest, "type": "bind", "source": info[key],
+                           "options": ["rbind", "ro"]})
+    if group:
+        spec.setdefault("annotations", {})[GROUP_ANNOTATION] = sandbox_id
+    return spec
+
+
 def parse_mount(text: str) -> dict[str, Any]:
     """`--mount type=bind,src=/a,dst=/b[,ro][,options=x:y]` (operator input) → OCI mount."""
     kv: dict[str, str] = {}
