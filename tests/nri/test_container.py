@@ -169,3 +169,33 @@ def test_conflict_fails_the_run_naming_both_plugins_and_leaves_nothing(env: tupl
     assert r.returncode != 0
     assert '"10-inject"' in r.stderr and '"30-record"' in r.stderr and "HELLO" in r.stderr, r.stderr
     nothing_left(env)
+
+
+def test_updates_marked_as_from_nri_skip_the_update_hooks(env: tuple[Suite, str]) -> None:
+    """What the nri process sends for plugin-requested updates (metadata moorage-nri-origin)
+    is applied without asking the plugins again."""
+    import json
+
+    from google.protobuf import any_pb2, empty_pb2
+
+    from moorage import errdefs
+    from moorage.api.containerd.services.tasks.v1 import tasks_pb2
+    from ttrpc.blocking import Client
+
+    s, ns = env
+    name = "upd" + secrets.token_hex(3)
+    r = moor(env, "run", "-d", "--name", name, "busybox", "sleep", "60")
+    assert r.returncode == 0, r.stderr
+    try:
+        body = json.dumps({"cpu": {"quota": 50000, "period": 100000}}).encode()
+        req = tasks_pb2.UpdateTaskRequest(container_id=name, resources=any_pb2.Any(
+            type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources", value=body))
+        with Client(s.address, error_factory=errdefs.from_status) as c:
+            c.unary("containerd.services.tasks.v1.Tasks", "Update", req, empty_pb2.Empty, timeout=30,
+                    metadata={"containerd-namespace-ttrpc": ns, "moorage-nri-origin": "1"})
+    finally:
+        r = moor(env, "rm", "-f", name)
+    assert r.returncode == 0, r.stderr
+    events = events_of(env, name)
+    assert "UpdateContainer" not in events and "PostUpdateContainer" not in events, events
+    assert events[-2:] == ["StopContainer", "RemoveContainer"]
