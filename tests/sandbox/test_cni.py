@@ -157,3 +157,31 @@ def test_pod_config_round_trip_and_ports() -> None:
             PortMapping.parse(bad)
     with pytest.raises(ValueError):
         PodConfig.from_json(b'{"port_mappings": [{"hostPort": 0, "containerPort": 1}]}')
+
+
+def test_plugins_under_uvloop_including_one_that_ignores_stdin(bindir: Path, tmp_path: Path) -> None:
+    """The service runs on uvloop: the chain works there too, and a plugin that exits
+    without reading its configuration (uvloop's subprocess stdin transport used to fail
+    such a call) still answers its result, or its error, like any other."""
+    uvloop = pytest.importorskip("uvloop")
+    quick = bindir / "quick"
+    quick.write_text("#!/bin/sh\necho '{\"cniVersion\": \"1.0.0\", \"interfaces\": [], \"ips\": []}'\n")
+    quick.chmod(0o755)
+    failing = bindir / "quickfail"
+    failing.write_text("#!/bin/sh\necho '{\"code\": 5, \"msg\": \"no\"}'\nexit 1\n")
+    failing.chmod(0o755)
+    cni = Cni([str(bindir)])
+    big = {"type": "quick", "padding": "x" * (1 << 20)}  # more than a pipe buffer of config
+
+    async def run() -> None:
+        for _ in range(10):  # the exit races the write of stdin: try it a few times
+            assert await cni.add(net({"type": "quick"}), ATT, 10) == {"cniVersion": "1.0.0", "interfaces": [], "ips": []}  # type: ignore[arg-type]
+        result = await cni.add(net({"type": "one", "in_sandbox": True, "ip": "10.1.0.7/24"}, big), ATT, 10)  # type: ignore[arg-type]
+        assert result == {"cniVersion": "1.0.0", "interfaces": [], "ips": []}
+        with pytest.raises(errdefs.Unavailable) as info:
+            await cni.add(net({"type": "quickfail", "padding": "x" * (1 << 20)}), ATT, 10)  # type: ignore[arg-type]
+        assert info.value.cni_code == 5  # type: ignore[attr-defined]
+        await cni.delete(net({"type": "one"}, big), ATT, None, 10)  # type: ignore[arg-type]
+
+    uvloop.run(run())
+    assert [(c["type"], c["cmd"]) for c in calls(tmp_path)] == [("one", "ADD"), ("one", "DEL")]
