@@ -74,3 +74,34 @@ async def test_sandbox_events_through_proxy(tmp_path: Path) -> None:
                 await client.close()
     finally:
         current_namespace.reset(token)
+
+
+async def test_publisher_sink_queues_in_order_and_flushes_on_close() -> None:
+    """Replies do not wait on the events round trip: publish queues (with the caller's
+    namespace), one sender keeps the order, close sends what is left."""
+    from google.protobuf.message import Message
+
+    from moorage.services.sandbox.contract import SandboxEvent
+    from moorage.services.sandbox.controller import PublisherSink
+
+    gate = asyncio.Event()
+    sent: list[tuple[str | None, str, str]] = []
+
+    class Slow:
+        async def publish(self, topic: str, event: Message, namespace: str | None = None) -> None:
+            await gate.wait()
+            if topic == "/sandboxes/start":
+                raise OSError("events service unreachable")  # best effort: the rest still goes
+            sent.append((namespace, topic, getattr(event, "sandbox_id")))
+
+    sink = PublisherSink(Slow())
+    for ns, topic in (("a", "/sandboxes/create"), ("a", "/sandboxes/start"), ("b", "/sandboxes/exit")):
+        token = current_namespace.set(ns)
+        try:
+            await sink.publish(SandboxEvent(topic, "s1"))  # returns although nothing was sent yet
+        finally:
+            current_namespace.reset(token)
+    assert sent == []
+    gate.set()
+    await sink.close()
+    assert sent == [("a", "/sandboxes/create", "s1"), ("b", "/sandboxes/exit", "s1")]
