@@ -14,7 +14,7 @@ from moorage.registry import BuildContext, Listener, Process
 from moorage.runner import INTERNAL_SERVICE
 from ttrpc.errors import RpcError
 
-from . import events, introspection, leases, namespaces
+from . import events, gc, introspection, leases, namespaces
 from .router import Pool
 from .splice import Front, Service, Splice
 
@@ -33,12 +33,19 @@ class ProxyConfig:
     """Largest gRPC message accepted, as containerd's ``[grpc] max_recv_message_size``."""
     grpc_max_send_message_size: int = 16 << 20
     """Largest gRPC message sent, as containerd's ``[grpc] max_send_message_size``."""
+    gc_delay: float = 1.0
+    """Seconds from a delete (image, container, sandbox, lease) to the collection it
+    schedules; a burst of deletes in that time gives one collection."""
+    gc_auto: bool = True
+    """Collect after deletes; False: only on demand (``moor gc``, a ``sync`` lease delete)."""
 
     def __post_init__(self) -> None:
         if self.health_timeout <= 0 or self.usage_timeout <= 0:
             raise ValueError("timeouts must be > 0")
         if self.grpc_max_recv_message_size <= 0 or self.grpc_max_send_message_size <= 0:
             raise ValueError("grpc message sizes must be > 0")
+        if self.gc_delay < 0:
+            raise ValueError("gc_delay must be >= 0")
 
 
 OWN_SERVICES = (
@@ -48,6 +55,7 @@ OWN_SERVICES = (
     leases.SERVICE,
     introspection.SERVICE,
     introspection.VERSION_SERVICE,
+    gc.SERVICE,
 )
 
 
@@ -140,6 +148,18 @@ async def build(ctx: BuildContext) -> list[object]:
     intro = introspection.IntrospectionService(control, OWN_SERVICES, ctx.root / "uuid", settings.health_timeout)
     lease_store = leases.LeaseStore(ctx.root / "leases.db")
     ctx.on_close(lease_store.close)
+    collector = gc.Collector(
+        gc.remote(str(ctx.config.socket_path("proxy"))),
+        lease_store,
+        lambda: set(store.names()) | splice.known_namespaces,
+        table.keys(),
+        settings.gc_delay,
+    )
+    if settings.gc_auto:
+        collector.start(exchange)
+    ctx.on_close(collector.close)
+    lease_service = leases.LeasesService(lease_store).raw()
+    lease_service = gc.wrap_lease_delete(lease_service, collector, settings.gc_auto)
     door = FrontDoor(splice)
     listener = Listener(door.serve, door.drain)
     if settings.grpc:
@@ -153,7 +173,7 @@ async def build(ctx: BuildContext) -> list[object]:
             settings.grpc_max_send_message_size,
         )
         listener = front.around(listener)
-    return [ns_service.raw(), *ev_service.raw(), leases.LeasesService(lease_store).raw(), *intro.raw(), listener]
+    return [ns_service.raw(), *ev_service.raw(), lease_service, gc.raw(collector), *intro.raw(), listener]
 
 
 PROCESS = Process(

@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "sandboxes": "moorage.services.sandbox.cli",
     "nri": "moorage.nri.cli",
     "leases": "moorage.cli.leases",
+    "gc": "moorage.cli.gc",
 }
 
 USAGE = """\

@@ -1,0 +1,196 @@
+"""The collector's mark and sweep over in-memory services, and its scheduling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from moorage import errdefs
+from moorage.namespaces import namespace
+from moorage.proxy import gc
+from moorage.proxy.leases import LeaseStore
+
+OLD = datetime(2020, 1, 1, tzinfo=timezone.utc)
+CONTENT_REF = "containerd.io/gc.ref.content"
+
+
+class Fake:
+    """One namespace's worth of services, in memory."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, tuple[str, dict[str, str]]] = {}
+        self.containers: list[tuple[str, str, dict[str, str]]] = []
+        self.blobs: dict[str, tuple[int, datetime, dict[str, str]]] = {}
+        self.snaps: dict[str, tuple[str, int, dict[str, str]]] = {}
+        self.removed: list[str] = []
+        self.fail_images = False
+        self.on_list_blobs: Any = None
+
+    async def images_(self) -> list[tuple[str, Mapping[str, str]]]:
+        if self.fail_images:
+            raise errdefs.Unavailable("images down")
+        return [(t, labels) for t, labels in self.images.values()]
+
+
+class Services:
+    def __init__(self, fake: Fake) -> None:
+        self.f = fake
+
+    async def images(self) -> list[tuple[str, Mapping[str, str]]]:
+        assert namespace() == "default"
+        return await self.f.images_()
+
+    async def containers(self) -> list[tuple[str, str, Mapping[str, str]]]:
+        return list(self.f.containers)
+
+    async def sandboxes(self) -> list[Mapping[str, str]]:
+        return []
+
+    async def blobs(self) -> list[tuple[str, int, datetime, Mapping[str, str]]]:
+        if self.f.on_list_blobs is not None:
+            self.f.on_list_blobs()
+        return [(d, s, c, labels) for d, (s, c, labels) in self.f.blobs.items()]
+
+    def snapshotters(self) -> Sequence[str]:
+        return ["overlayfs"]
+
+    async def snapshots(self, snapshotter: str) -> list[tuple[str, str, int, Mapping[str, str]]]:
+        return [(k, p, c, labels) for k, (p, c, labels) in self.f.snaps.items()]
+
+    async def delete_blob(self, digest: str) -> None:
+        del self.f.blobs[digest]
+
+    async def remove_snapshot(self, snapshotter: str, key: str) -> None:
+        assert not any(p == key for p, _, _ in self.f.snaps.values()), f"{key} removed before its child"
+        del self.f.snaps[key]
+        self.f.removed.append(key)
+
+
+def collector(fake: Fake, tmp_path: Path, delay: float = 0.0) -> gc.Collector:
+    async def connect() -> tuple[Services, Any]:
+        async def close() -> None:
+            return None
+
+        return Services(fake), close
+
+    leases = LeaseStore(tmp_path / "leases.db")
+    routed = [gc.IMAGES, gc.CONTAINERS, gc.CONTENT, gc.SNAPSHOTS]
+    return gc.Collector(connect, leases, lambda: ["default"], routed, delay)
+
+
+def d(n: int) -> str:
+    return f"sha256:{n:064x}"
+
+
+def image_graph(fake: Fake) -> None:
+    """index 1 -> manifest 2 -> config 3 (-> snapshot top), layers 4, 5; top -> base."""
+    fake.blobs[d(1)] = (10, OLD, {f"{CONTENT_REF}.m.0": d(2)})
+    fake.blobs[d(2)] = (10, OLD, {f"{CONTENT_REF}.config": d(3), f"{CONTENT_REF}.l.0": d(4),
+                                  f"{CONTENT_REF}.l.1": d(5)})
+    fake.blobs[d(3)] = (10, OLD, {"containerd.io/gc.ref.snapshot.overlayfs": "top"})
+    fake.blobs[d(4)] = (10, OLD, {})
+    fake.blobs[d(5)] = (10, OLD, {})
+    fake.snaps["base"] = ("", 1, {})
+    fake.snaps["top"] = ("base", 1, {})
+
+
+async def test_image_holds_its_graph_and_rmi_frees_it(tmp_path: Path) -> None:
+    fake = Fake()
+    image_graph(fake)
+    fake.images["x"] = (d(1), {})
+    c = collector(fake, tmp_path)
+    freed = await c.collect()
+    assert freed.content == {} and freed.snapshots == {}
+    del fake.images["x"]
+    freed = await c.collect()
+    assert {x for x, _ in freed.content["default"]} == {d(n) for n in range(1, 6)}
+    assert fake.removed == ["top", "base"]
+    assert fake.blobs == {} and fake.snaps == {}
+
+
+async def test_container_holds_its_snapshot_chain(tmp_path: Path) -> None:
+    fake = Fake()
+    image_graph(fake)
+    fake.snaps["rw"] = ("top", 1, {})
+    fake.containers.append(("overlayfs", "rw", {f"{CONTENT_REF}.x": d(4)}))
+    freed = await collector(fake, tmp_path).collect()
+    assert {x for x, _ in freed.content["default"]} == {d(1), d(2), d(3), d(5)}
+    assert set(fake.snaps) == {"rw", "top", "base"} and d(4) in fake.blobs
+
+
+async def test_new_objects_and_roots_are_kept(tmp_path: Path) -> None:
+    fake = Fake()
+    future = datetime(2999, 1, 1, tzinfo=timezone.utc)
+    fake.blobs[d(1)] = (1, future, {f"{CONTENT_REF}.l": d(2)})
+    fake.blobs[d(2)] = (1, OLD, {})
+    fake.blobs[d(3)] = (1, OLD, {"containerd.io/gc.root": "x"})
+    fake.blobs[d(4)] = (1, OLD, {})
+    fake.snaps["p"] = ("", 1, {})
+    fake.snaps["new"] = ("p", 2**62, {})
+    freed = await collector(fake, tmp_path).collect()
+    assert freed.content["default"] == [(d(4), 1)]
+    assert freed.snapshots == {}
+
+
+async def test_image_created_during_the_walk_keeps_its_content(tmp_path: Path) -> None:
+    fake = Fake()
+    fake.blobs[d(1)] = (1, OLD, {})
+    fake.on_list_blobs = lambda: fake.images.__setitem__("late", (d(1), {}))
+    freed = await collector(fake, tmp_path).collect()
+    assert freed.content == {} and d(1) in fake.blobs
+
+
+async def test_leases_flat_and_expired(tmp_path: Path) -> None:
+    fake = Fake()
+    image_graph(fake)
+    c = collector(fake, tmp_path)
+    c.leases.create("default", "deep", {})
+    c.leases.add_resource("default", "deep", "content", d(2))
+    c.leases.create("default", "flat", {"containerd.io/gc.flat": "x"})
+    c.leases.add_resource("default", "flat", "snapshots/overlayfs", "top")
+    c.leases.create("default", "gone", {"containerd.io/gc.expire": "2001-01-01T00:00:00Z"})
+    c.leases.add_resource("default", "gone", "content", d(1))
+    freed = await c.collect()
+    # deep: manifest and what it names (config -> top -> base); flat: top alone; expired: nothing
+    assert [x for x, _ in freed.content["default"]] == [d(1)]
+    assert freed.snapshots == {}
+    c.leases.delete("default", "deep")
+    freed = await c.collect()
+    assert fake.removed == []  # top held flat by its lease, and so its parent
+    assert set(fake.snaps) == {"top", "base"}
+    assert set(fake.blobs) == set()
+
+
+async def test_a_root_service_down_stops_the_collection(tmp_path: Path) -> None:
+    fake = Fake()
+    image_graph(fake)
+    fake.fail_images = True
+    try:
+        await collector(fake, tmp_path).collect()
+    except errdefs.Unavailable as exc:
+        assert "images" in str(exc)
+    else:
+        raise AssertionError("collected with the images service down")
+    assert len(fake.blobs) == 5
+
+
+async def test_a_burst_of_deletes_gives_one_collection(tmp_path: Path) -> None:
+    fake = Fake()
+    done = asyncio.Event()
+    c = collector(fake, tmp_path, delay=0.05)
+    real = c.collect
+
+    async def collect() -> gc.Freed:
+        out = await real()
+        done.set()
+        return out
+
+    c.collect = collect  # type: ignore[method-assign]
+    for _ in range(5):
+        c.trigger()
+    await done.wait()
+    assert c.collections == 1
+    await c.close()

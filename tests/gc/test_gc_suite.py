@@ -1,0 +1,158 @@
+"""The collector through a real suite: `moor rmi` then `moor gc` gives the disk back, leases hold."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from suite import Suite, running
+
+from gc_images import build, import_image
+
+CONFIG: dict[str, dict[str, Any]] = {
+    "runtime": {"enabled": False},
+    "sandbox": {"enabled": False},
+    "nri": {"enabled": False},
+    "proxy": {"gc_auto": False, "grpc": False},
+}
+SERVICES = ["content", "snapshots", "transfer"]
+
+
+async def held(address: str, ns: str = "default") -> tuple[set[str], set[str]]:
+    """Digests of the blobs and keys of the overlayfs snapshots the namespace holds."""
+    from moorage.namespaces import current_namespace
+    from moorage.rpc import connect
+    from moorage.services.content.client import ContentClient
+    from moorage.services.snapshots.client import RemoteSnapshotter
+
+    token = current_namespace.set(ns)
+    conn = await connect(address)
+    try:
+        blobs = {i.digest async for i in ContentClient(conn).walk()}
+        snaps = {i.name async for i in RemoteSnapshotter(conn, "overlayfs").walk()}
+        return blobs, snaps
+    finally:
+        await conn.close()
+        current_namespace.reset(token)
+
+
+async def write_blob(address: str, data: bytes, ns: str = "default") -> str:
+    from moorage.namespaces import current_namespace
+    from moorage.rpc import connect
+    from moorage.services.content.client import ContentClient
+
+    token = current_namespace.set(ns)
+    conn = await connect(address)
+    try:
+        w = await ContentClient(conn).writer(f"gc-test-{time.time_ns()}")
+        await w.write(data)
+        return await w.commit(len(data))
+    finally:
+        await conn.close()
+        current_namespace.reset(token)
+
+
+async def moor(s: Suite, *args: str) -> Any:
+    r = await asyncio.to_thread(s.moor, *args)
+    assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r.stdout
+
+
+async def gc(s: Suite) -> tuple[set[str], set[str]]:
+    """``moor --json gc``: the digests and snapshot keys it freed in "default"."""
+    out = json.loads(await moor(s, "--json", "gc"))
+    assert out["errors"] == []
+    ns = out["namespaces"].get("default", {"content": [], "snapshots": []})
+    return {b["digest"] for b in ns["content"]}, {x["key"] for x in ns["snapshots"]}
+
+
+@pytest.fixture
+async def suite_up() -> AsyncIterator[Suite]:
+    async with running(SERVICES, config=CONFIG) as s:
+        yield s
+
+
+@pytest.mark.root
+async def test_rmi_then_gc_frees_only_what_is_unshared(suite_up: Suite, tmp_path: Path) -> None:
+    s = suite_up
+    base = {"etc/base": b"shared base layer\n" * 100}
+    a = build(tmp_path / "a.tar", "example.com/gc/a:1", [base, {"a": b"only a\n" * 50}])
+    b = build(tmp_path / "b.tar", "example.com/gc/b:1", [base, {"b": b"only b\n" * 50}])
+    before = await held(s.address)
+    await import_image(s.address, a)
+    await import_image(s.address, b)
+    blobs, snaps = await held(s.address)
+    assert a.blobs | b.blobs <= blobs
+    assert set(a.chain) | set(b.chain) <= snaps
+    assert a.layers[0] == b.layers[0] and a.chain[0] == b.chain[0]
+
+    # nothing is garbage while both images exist
+    assert await gc(s) == (set(), set())
+
+    await moor(s, "rmi", a.name)
+    freed_blobs, freed_snaps = await gc(s)
+    assert freed_blobs == a.blobs - b.blobs
+    assert freed_snaps == {a.chain[1]}
+    blobs, snaps = await held(s.address)
+    assert b.blobs <= blobs and not (a.blobs - b.blobs) & blobs
+    assert set(b.chain) <= snaps and a.chain[1] not in snaps
+    assert b.name in await moor(s, "images", "-q")
+
+    await moor(s, "rmi", b.name)
+    freed_blobs, freed_snaps = await gc(s)
+    assert b.blobs <= freed_blobs
+    assert freed_snaps == set(b.chain)
+    assert await held(s.address) == before
+
+    # people get a table and a summary line
+    out = await moor(s, "gc")
+    assert out.strip().splitlines()[-1].startswith("freed 0 blobs (0 bytes), 0 snapshots")
+
+
+@pytest.mark.root
+async def test_leases_hold_until_they_go_or_expire(suite_up: Suite) -> None:
+    s = suite_up
+    kept = await write_blob(s.address, b"held by a live lease")
+    expiring = await write_blob(s.address, b"held by an expired lease")
+    loose = await write_blob(s.address, b"held by nothing")
+    rooted = await write_blob(s.address, b"labelled gc.root")
+    await moor(s, "content", "label", rooted, "containerd.io/gc.root=2026-01-01T00:00:00Z")
+
+    live = (await moor(s, "leases", "create", "--id", "live", "--expires", "0")).strip()
+    assert live == "live"
+    await moor(s, "leases", "create", "--id", "old", "--expires", "0",
+               "containerd.io/gc.expire=2000-01-01T00:00:00Z")
+    await _add_resource(s.address, "live", "content", kept)
+    await _add_resource(s.address, "old", "content", expiring)
+
+    freed, _ = await gc(s)
+    assert freed == {expiring, loose}
+    blobs, _ = await held(s.address)
+    assert {kept, rooted} <= blobs and not {expiring, loose} & blobs
+
+    # a lease deleted with --sync collects before it answers
+    await moor(s, "leases", "rm", "--sync", "live")
+    blobs, _ = await held(s.address)
+    assert kept not in blobs and rooted in blobs
+
+
+async def _add_resource(address: str, lease: str, rtype: str, rid: str) -> None:
+    from google.protobuf import empty_pb2
+
+    from moorage.api.containerd.services.leases.v1 import leases_pb2 as pb
+    from moorage.namespaces import NAMESPACE_KEY
+    from moorage.rpc import connect
+
+    conn = await connect(address)
+    try:
+        await conn.unary("containerd.services.leases.v1.Leases", "AddResource",
+                         pb.AddResourceRequest(id=lease, resource=pb.Resource(type=rtype, id=rid)),
+                         empty_pb2.Empty, metadata={NAMESPACE_KEY: "default"})
+    finally:
+        await conn.close()
