@@ -8,7 +8,6 @@ always the one ``ttrpc.messages.decode_request`` would give; bad input raises Pr
 
 from __future__ import annotations
 
-from ttrpc.errors import ProtocolError
 from ttrpc.messages import decode_request
 
 from moorage.namespaces import NAMESPACE_KEY

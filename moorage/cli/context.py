@@ -69,6 +69,17 @@ class Usage(Exception):
     """Bad command-line use; ``fail`` prints it and returns 2."""
 
 
+def pairs(values: Sequence[str], what: str = "label") -> dict[str, str]:
+    """``KEY=VALUE`` arguments as a dict (``KEY=`` gives an empty value); Usage otherwise."""
+    out = {}
+    for v in values:
+        key, eq, value = v.partition("=")
+        if not eq or not key:
+            raise Usage(f"{what} {v!r} is not KEY=VALUE")
+        out[key] = value
+    return out
+
+
 class CliContext:
     """Global flags and the connection, shared by the command that runs."""
 

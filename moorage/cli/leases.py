@@ -11,9 +11,8 @@ DURATION is seconds or a number with ``s``, ``m``, ``h`` or ``d``.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 
-from moorage.cli.context import EXIT, CliContext, Usage, labels_text
+from moorage.cli.context import EXIT, CliContext, Usage, labels_text, pairs
 
 SERVICE = "containerd.services.leases.v1.Leases"
 EXPIRE_LABEL = "containerd.io/gc.expire"
@@ -29,16 +28,6 @@ def duration(text: str) -> float:
         return float(number) * (unit or 1)
     except ValueError:
         raise Usage(f"bad duration {text!r} (e.g. 90s, 15m, 24h)") from None
-
-
-def _labels(args: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for a in args:
-        key, _, value = a.partition("=")
-        if not key:
-            raise Usage(f"label {a!r} is not KEY=VALUE")
-        out[key] = value
-    return out
 
 
 def _rfc3339(ts: float) -> str:
@@ -95,7 +84,7 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
                     expires = duration(value)
             else:
                 rest.append(a)
-        labels = _labels(rest)
+        labels = pairs(rest)
         if expires > 0:
             labels[EXPIRE_LABEL] = _rfc3339(time.time() + expires)
         resp = call("Create", pb.CreateRequest(id=lease_id, labels=labels), pb.CreateResponse)

@@ -8,22 +8,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
-from moorage.cli.context import EXIT, CliContext, Usage, labels_text
+from moorage.cli.context import EXIT, CliContext, Usage, labels_text, pairs
 
 SERVICE = "containerd.services.namespaces.v1.Namespaces"
 USAGE = "usage: moor namespaces ls [-q] | create NAME [K=V...] | rm NAME... | label NAME [K=V|K=]..."
-
-
-def _labels(args: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for a in args:
-        key, eq, value = a.partition("=")
-        if not eq or not key:
-            raise Usage(f"label {a!r} is not KEY=VALUE")
-        out[key] = value
-    return out
 
 
 def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
@@ -55,7 +44,7 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
     if action == "create":
         if not args:
             raise Usage("namespaces create NAME [KEY=VALUE...]")
-        ns = pb.Namespace(name=args[0], labels=_labels(args[1:]))
+        ns = pb.Namespace(name=args[0], labels=pairs(args[1:]))
         resp = call("Create", pb.CreateNamespaceRequest(namespace=ns), pb.CreateNamespaceResponse)
         if ctx.json:
             assert isinstance(resp, pb.CreateNamespaceResponse)
@@ -80,7 +69,7 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
             raise Usage("namespaces label NAME [KEY=VALUE | KEY=]...")
         from google.protobuf import field_mask_pb2
 
-        labels = _labels(args[1:])
+        labels = pairs(args[1:])
         paths = [f"labels.{k}" for k in labels] or ["labels"]
         req = pb.UpdateNamespaceRequest(
             namespace=pb.Namespace(name=args[0], labels={k: v for k, v in labels.items() if v}),

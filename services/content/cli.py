@@ -19,12 +19,12 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, BinaryIO
 
 from moorage import errdefs
-from moorage.cli.context import EXIT, CliContext, Usage, labels_text
+from moorage.cli.context import EXIT, CliContext, Usage, labels_text, pairs
 
 if TYPE_CHECKING:
     from ttrpc.blocking import BlockingStream, Client
@@ -54,16 +54,6 @@ def _age(seconds: int) -> str:
 
 def _iso(seconds: int, nanos: int) -> str:
     return datetime.fromtimestamp(seconds + nanos / 1e9, UTC).isoformat()
-
-
-def _labels(args: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for a in args:
-        key, eq, value = a.partition("=")
-        if not eq or not key:
-            raise Usage(f"label {a!r} is not KEY=VALUE")
-        out[key] = value
-    return out
 
 
 def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
@@ -169,7 +159,7 @@ def _label(args: list[str], ctx: CliContext) -> int:
 
     if not args:
         raise Usage("content label DIGEST [KEY=VALUE | KEY=]...")
-    labels = _labels(args[1:])
+    labels = pairs(args[1:])
     req = pb.UpdateRequest(
         info=pb.Info(digest=args[0], labels=labels),
         update_mask=field_mask_pb2.FieldMask(paths=[f"labels.{k}" for k in labels]),

@@ -32,6 +32,7 @@ from moorage.errdefs import (
     OutOfRange,
     Unavailable,
 )
+from moorage import labels as labels_rule
 from moorage.namespaces import namespace
 
 from . import digests
@@ -42,21 +43,9 @@ from .metadata import Metadata
 
 T = TypeVar("T")
 
-MAX_LABEL = 4096
-
-
 def validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
-    out = {}
-    for k, v in labels.items():
-        size = len(k.encode()) + len(v.encode())
-        if size > MAX_LABEL:
-            raise InvalidArgument(
-                f"label key and value length ({size} bytes) greater than maximum size "
-                f"({MAX_LABEL} bytes), key: {k[:64]}"
-            )
-        if v:
-            out[k] = v
-    return out
+    """containerd's label rule; an empty value means "no such label" (dropped)."""
+    return {k: v for k, v in labels_rule.validate(labels).items() if v}
 
 
 def _now() -> datetime:

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgpack
 
+from moorage.labels import validate as validate_labels
 from moorage.errdefs import AlreadyExists, InvalidArgument, NotFound
 from moorage.namespaces import namespace
 
@@ -25,7 +26,6 @@ from .contract import AnyValue, Container, RuntimeInfo
 
 _ID = re.compile(r"^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$")
 MAX_ID_LEN = 76
-MAX_LABEL = 4096
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS containers (
@@ -93,9 +93,7 @@ def _validate(c: Container) -> None:
         raise InvalidArgument("must specify a runtime name")
     if c.spec is None:
         raise InvalidArgument("must specify a spec")
-    for k, v in c.labels.items():
-        if not k or len(k) + len(v) > MAX_LABEL:
-            raise InvalidArgument(f"label key and value length (> {MAX_LABEL} bytes): {k!r}")
+    validate_labels(c.labels)
 
 
 def _adaptor(c: Container) -> Any:

@@ -19,7 +19,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from moorage import errdefs
-from moorage.cli.context import EXIT, CliContext, Usage, labels_text
+from moorage.cli.context import EXIT, CliContext, Usage, labels_text, pairs
 
 if TYPE_CHECKING:
     from moorage.api.containerd.services.sandbox.v1.sandbox_ttrpc import ControllerBlockingClient, StoreBlockingClient
@@ -90,16 +90,6 @@ def _ts(msg: Any, field: str) -> str:
     return datetime.datetime.fromtimestamp(ns / 1e9, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _pairs(values: list[str], what: str) -> dict[str, str]:
-    out = {}
-    for v in values:
-        key, eq, value = v.partition("=")
-        if not eq or not key:
-            raise Usage(f"{what} {v!r} is not KEY=VALUE")
-        out[key] = value
-    return out
-
-
 def _run(api: _Api, args: argparse.Namespace, ctx: CliContext) -> int:
     from google.protobuf import any_pb2
 
@@ -113,7 +103,7 @@ def _run(api: _Api, args: argparse.Namespace, ctx: CliContext) -> int:
         raise Usage(str(exc)) from None
     dns = DNSConfig(tuple(args.dns), tuple(args.dns_search), tuple(args.dns_option)) if (args.dns or args.dns_search or args.dns_option) else None
     pod = PodConfig(hostname=args.hostname, dns=dns, port_mappings=ports, host_network=args.host_network)
-    record = types_pb.Sandbox(sandbox_id=args.id, sandboxer=args.sandboxer, labels=_pairs(args.label, "label"))
+    record = types_pb.Sandbox(sandbox_id=args.id, sandboxer=args.sandboxer, labels=pairs(args.label))
     record.runtime.name = args.runtime
     pb = api.pb
     api.store.Create(pb.StoreCreateRequest(sandbox=record), timeout=api.timeout, metadata=api.md)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from moorage.registry import BuildContext, Process
 
 from .config import SandboxConfig
-from .contract import NoHooks, PodHooks
+from .contract import PodHooks
 
 SERVICES = ("containerd.services.sandbox.v1.Store", "containerd.services.sandbox.v1.Controller")
 

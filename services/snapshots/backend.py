@@ -20,9 +20,10 @@ import threading
 from collections.abc import Mapping, Sequence
 
 from moorage import errdefs
+from moorage.labels import validate as validate_labels
 
 from .contract import Info, Kind, Mount, Usage
-from .metadata import Metadata, Row, validate_labels
+from .metadata import Metadata, Row
 
 
 def disk_usage(path: str) -> Usage:

@@ -39,7 +39,6 @@ from typing import Protocol
 
 DEFAULT_SNAPSHOTTER = "overlayfs"
 SNAPSHOTTERS = ("overlayfs", "native")
-MAX_LABEL_BYTES = 4096
 
 MEDIA_TYPE_LAYER = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_TYPE_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"

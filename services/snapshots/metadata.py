@@ -18,7 +18,7 @@ from typing import Any
 
 from moorage import errdefs
 
-from .contract import MAX_LABEL_BYTES, Info, Kind
+from .contract import Info, Kind
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -50,19 +50,6 @@ class Row:
     updated: int
     size: int
     inodes: int
-
-
-def validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in labels.items():
-        if not k:
-            raise errdefs.InvalidArgument("label key must not be empty")
-        if len(k.encode()) + len(v.encode()) > MAX_LABEL_BYTES:
-            raise errdefs.InvalidArgument(
-                f"label key and value length ({len(k) + len(v)} bytes) greater than maximum size ({MAX_LABEL_BYTES} bytes), key: {k[:64]}"
-            )
-        out[k] = v
-    return out
 
 
 class Metadata:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from moorage import errdefs
-from moorage.cli.context import EXIT, CliContext, Usage
+from moorage.cli.context import EXIT, CliContext, Usage, pairs
 
 if TYPE_CHECKING:
     from ttrpc.blocking import Client
@@ -265,16 +265,6 @@ def _resolver(args: Args, ref_host: str, t: Transfer) -> Any:
     return r
 
 
-def _labels(values: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for v in values:
-        k, eq, val = v.partition("=")
-        if not k or not eq:
-            raise Usage(f"label {v!r} must be KEY=VALUE")
-        out[k] = val
-    return out
-
-
 def cmd_pull(args: Args, ctx: CliContext) -> int:
     from moorage.api.containerd.types.transfer import imagestore_pb2, registry_pb2
     from .reference import parse
@@ -285,7 +275,7 @@ def cmd_pull(args: Args, ctx: CliContext) -> int:
     p = Progress(str(ref), quiet=ctx.json)
     sid = t.open("progress", progress_loop(p))
     src = registry_pb2.OCIRegistry(reference=str(ref), resolver=_resolver(args, ref.host, t))
-    dst = imagestore_pb2.ImageStore(name=str(ref), labels=_labels(args.opts.get("--label", [])))
+    dst = imagestore_pb2.ImageStore(name=str(ref), labels=pairs(args.opts.get("--label", [])))
     platforms = [] if "--all-platforms" in args.flags else _platforms(args.opts.get("--platform", []))
     dst.platforms.extend(platforms)
     if "--no-unpack" not in args.flags:

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from moorage import errdefs
+from moorage.labels import validate as validate_labels
 from moorage.namespaces import namespace, validate_namespace
 
 from . import oci
@@ -22,7 +23,6 @@ from .oci import Descriptor
 EventSink = Callable[[str, str, Mapping[str, str]], Awaitable[None]]
 """(topic, image name, labels) -> published; given the namespace from the running call."""
 
-MAX_LABEL = 4096
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -40,14 +40,6 @@ CREATE TABLE IF NOT EXISTS images (
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def validate_labels(labels: Mapping[str, str]) -> None:
-    for k, v in labels.items():
-        if not k:
-            raise errdefs.InvalidArgument("label key must not be empty")
-        if len(k) + len(v) > MAX_LABEL:
-            raise errdefs.InvalidArgument(f"label key and value length ({len(k) + len(v)} bytes) greater than maximum size ({MAX_LABEL} bytes), key: {k[:64]}")
 
 
 def validate_image(image: Image) -> None:
