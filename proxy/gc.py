@@ -59,6 +59,8 @@ SNAPSHOTS = "containerd.services.snapshots.v1.Snapshots"
 ROOT_LABEL = "containerd.io/gc.root"
 CONTENT_REF = "containerd.io/gc.ref.content"
 SNAPSHOT_REF = "containerd.io/gc.ref.snapshot."
+SWEEP_CONCURRENCY = 32
+"""Deletions in flight at once during a sweep."""
 DELETE_TOPICS = ("/images/delete", "/containers/delete", "/sandboxes/delete")
 
 Node = tuple[str, str, str]
@@ -96,6 +98,8 @@ class Snap:
     parent: str
     labels: Mapping[str, str]
     new: bool
+    depth: int = 0
+    """Set by :func:`plan` on dead snapshots: 1 + the depth of a dead parent (children deeper)."""
 
 
 @dataclass
@@ -168,7 +172,9 @@ def plan(view: View) -> tuple[list[Blob], list[Snap]]:
             for k in reversed(chain):
                 base += 1
                 depth[k] = base
-        dead_snaps += sorted(dead.values(), key=lambda s: -depth[s.key])
+        for snap in dead.values():
+            snap.depth = depth[snap.key]
+        dead_snaps += sorted(dead.values(), key=lambda s: -s.depth)
     return dead_blobs, dead_snaps
 
 
@@ -435,32 +441,49 @@ class Collector:
 
     async def _sweep(self, services: Services, ns: str, blobs: list[Blob], snaps: list[Snap],
                      freed: Freed) -> None:
-        for blob in blobs:
-            try:
-                await services.delete_blob(blob.digest)
-            except errdefs.NotFound:
-                continue
-            except errdefs.Error as exc:
-                freed.errors.append(f"{ns}: content {blob.digest}: {exc}")
-                continue
+        sem = asyncio.Semaphore(SWEEP_CONCURRENCY)
+
+        async def delete_blob(blob: Blob) -> None:
+            async with sem:
+                try:
+                    await services.delete_blob(blob.digest)
+                except errdefs.NotFound:
+                    return
+                except errdefs.Error as exc:
+                    freed.errors.append(f"{ns}: content {blob.digest}: {exc}")
+                    return
             freed.content.setdefault(ns, []).append((blob.digest, blob.size))
+
+        await asyncio.gather(*(delete_blob(b) for b in blobs))
+        freed.content.get(ns, []).sort()
+        # snapshots come children first: remove one depth level at a time, a level at once
         failed: set[tuple[str, str]] = set()
+
+        async def remove(snap: Snap) -> None:
+            async with sem:
+                try:
+                    await services.remove_snapshot(snap.snapshotter, snap.key)
+                except errdefs.NotFound:
+                    return
+                except errdefs.Error as exc:
+                    freed.errors.append(f"{ns}: snapshot {snap.snapshotter}/{snap.key}: {exc}")
+                    if snap.parent:
+                        failed.add((snap.snapshotter, snap.parent))
+                    return
+            freed.snapshots.setdefault(ns, []).append((snap.snapshotter, snap.key))
+
+        level: list[Snap] = []
         for snap in snaps:
+            if level and snap.depth != level[0].depth:
+                await asyncio.gather(*(remove(s) for s in level))
+                level = []
             if (snap.snapshotter, snap.key) in failed:
                 # a child stayed: its parent must stay too
                 if snap.parent:
                     failed.add((snap.snapshotter, snap.parent))
                 continue
-            try:
-                await services.remove_snapshot(snap.snapshotter, snap.key)
-            except errdefs.NotFound:
-                continue
-            except errdefs.Error as exc:
-                freed.errors.append(f"{ns}: snapshot {snap.snapshotter}/{snap.key}: {exc}")
-                if snap.parent:
-                    failed.add((snap.snapshotter, snap.parent))
-                continue
-            freed.snapshots.setdefault(ns, []).append((snap.snapshotter, snap.key))
+            level.append(snap)
+        await asyncio.gather(*(remove(s) for s in level))
 
 
 def _aware(when: datetime) -> datetime:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -156,3 +157,66 @@ async def _add_resource(address: str, lease: str, rtype: str, rid: str) -> None:
                          empty_pb2.Empty, metadata={NAMESPACE_KEY: "default"})
     finally:
         await conn.close()
+
+
+@pytest.mark.root
+async def test_rmi_schedules_one_collection(tmp_path: Path) -> None:
+    """With gc_auto, `moor rmi` of two images is followed by a collection that frees both:
+    seen as the services' /content/delete and /snapshot/remove events, no polling."""
+    from moorage.api.containerd.events import content_pb2, snapshot_pb2
+    from moorage.api.containerd.services.events.v1 import events_pb2
+    from moorage.api.containerd.services.events.v1.events_ttrpc import EventsClient
+    from moorage.api.containerd.types import event_pb2
+    from moorage.events import type_url
+    from moorage.namespaces import NAMESPACE_KEY
+    from moorage.rpc import connect
+
+    config = {**CONFIG, "proxy": {"gc_auto": True, "gc_delay": 0.3, "grpc": False}}
+    async with running(SERVICES, config=config) as s:
+        base = {"etc/base": b"base\n" * 10}
+        a = build(tmp_path / "a.tar", "example.com/gc/a:1", [base, {"a": b"a\n"}])
+        b = build(tmp_path / "b.tar", "example.com/gc/b:1", [base, {"b": b"b\n"}])
+        await import_image(s.address, a)
+        await import_image(s.address, b)
+        conn = await connect(s.address)
+        md = {NAMESPACE_KEY: "default"}
+        try:
+            deleted: set[str] = set()
+            ready = asyncio.Event()
+            want = a.blobs | b.blobs | set(a.chain) | set(b.chain)
+            done = asyncio.Event()
+
+            async def watch() -> None:
+                req = events_pb2.SubscribeRequest(
+                    filters=['topic=="/content/delete"', 'topic=="/snapshot/remove"', 'topic=="/gc-test/ready"'])
+                env: event_pb2.Envelope
+                async for env in EventsClient(conn).Subscribe(req, metadata=md):
+                    if env.topic == "/gc-test/ready":
+                        ready.set()
+                        continue
+                    if env.topic == "/snapshot/remove":
+                        deleted.add(snapshot_pb2.SnapshotRemove.FromString(env.event.value).key)
+                    else:
+                        deleted.add(content_pb2.ContentDelete.FromString(env.event.value).digest)
+                    if want <= deleted:
+                        done.set()
+                        return
+
+            task = asyncio.create_task(watch())
+            marker = content_pb2.ContentDelete(digest="sha256:" + "0" * 64)
+            while not ready.is_set():  # the subscription is live once our own event comes back
+                await EventsClient(conn).Publish(events_pb2.PublishRequest(
+                    topic="/gc-test/ready", event={"type_url": type_url(marker), "value": marker.SerializeToString()}),
+                    metadata=md)
+                assert not task.done()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ready.wait(), 0.2)
+            await moor(s, "rmi", a.name)
+            await moor(s, "rmi", b.name)
+            await asyncio.wait_for(done.wait(), 30)
+            task.cancel()
+        finally:
+            await conn.close()
+        assert await held(s.address) == (set(), set())
+        log = (s.tmp / "proxy.log").read_text()
+        assert log.count("scheduled collection freed") <= 2
