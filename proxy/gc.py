@@ -16,7 +16,7 @@ Like containerd's (core/metadata/gc.go), per namespace:
 
 It reads everything through the services' APIs (a ttrpc client to the proxy's own socket),
 then deletes what was not reached: blobs (Content.Delete) and snapshots (Snapshots.Remove,
-children before parents). Nothing created after the collection began is swept: such objects
+children before parents), and aborts ingests no lease holds that saw no write for 24 h. Nothing created after the collection began is swept: such objects
 count as roots. The root lists are read twice (before and after walking blobs and snapshots)
 and joined, so an image or container created meanwhile keeps what it names. A service that
 holds roots (images, containers, sandboxes) but cannot answer stops the collection before
@@ -59,6 +59,8 @@ SNAPSHOTS = "containerd.services.snapshots.v1.Snapshots"
 ROOT_LABEL = "containerd.io/gc.root"
 CONTENT_REF = "containerd.io/gc.ref.content"
 SNAPSHOT_REF = "containerd.io/gc.ref.snapshot."
+INGEST_EXPIRY = 24 * 3600.0
+"""Seconds an ingest not held by a lease may sit unwritten before it is aborted (containerd's)."""
 SWEEP_CONCURRENCY = 32
 """Deletions in flight at once during a sweep."""
 DELETE_TOPICS = ("/images/delete", "/containers/delete", "/sandboxes/delete")
@@ -184,16 +186,18 @@ class Freed:
 
     content: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     snapshots: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    ingests: dict[str, list[str]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_wire(self) -> dict[str, Any]:
-        names = sorted(set(self.content) | set(self.snapshots))
+        names = sorted(set(self.content) | set(self.snapshots) | set(self.ingests))
         return {
             "namespaces": {
                 ns: {
                     "content": [{"digest": d, "size": s} for d, s in self.content.get(ns, [])],
                     "snapshots": [{"snapshotter": sn, "key": k} for sn, k in self.snapshots.get(ns, [])],
+                    "ingests": list(self.ingests.get(ns, [])),
                 }
                 for ns in names
             },
@@ -223,6 +227,11 @@ class Services(Protocol):
     async def delete_blob(self, digest: str) -> None: ...
 
     async def remove_snapshot(self, snapshotter: str, key: str) -> None: ...
+
+    async def ingests(self) -> list[tuple[str, datetime]]: ...
+    """(ref, updated_at) of every ingest in progress."""
+
+    async def abort_ingest(self, ref: str) -> None: ...
 
 
 class RemoteServices:
@@ -266,6 +275,12 @@ class RemoteServices:
     async def remove_snapshot(self, snapshotter: str, key: str) -> None:
         await self.snapshotters_client.get(snapshotter).remove(key)
 
+    async def ingests(self) -> list[tuple[str, datetime]]:
+        return [(st.ref, st.updated_at) for st in await self.content.list_statuses()]
+
+    async def abort_ingest(self, ref: str) -> None:
+        await self.content.abort(ref)
+
 
 _ABSENT = (errdefs.NotImplemented, errdefs.NotFound)
 
@@ -280,6 +295,7 @@ class Collector:
         namespaces: Callable[[], Iterable[str]],
         routed: Collection[str],
         delay: float = 1.0,
+        ingest_expiry: float = INGEST_EXPIRY,
     ) -> None:
         self.connect = connect
         """async () -> (Services, close coroutine function)."""
@@ -287,6 +303,7 @@ class Collector:
         self.namespaces = namespaces
         self.routed = frozenset(routed)
         self.delay = delay
+        self.ingest_expiry = ingest_expiry
         self.lock = asyncio.Lock()
         self.timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -371,11 +388,13 @@ class Collector:
             token = current_namespace.set(ns)
             try:
                 view = View()
-                view.roots += await self._roots(services, ns)
+                held_ingests: set[str] = set()
+                view.roots += await self._roots(services, ns, held_ingests)
                 await self._read(services, view, start_ns, start_dt, freed, ns)
-                view.roots += await self._roots(services, ns)
+                view.roots += await self._roots(services, ns, held_ingests)
                 dead_blobs, dead_snaps = plan(view)
                 await self._sweep(services, ns, dead_blobs, dead_snaps, freed)
+                await self._stale_ingests(services, ns, held_ingests, start_ns, freed)
             finally:
                 current_namespace.reset(token)
         freed.seconds = time.monotonic() - began
@@ -393,7 +412,7 @@ class Collector:
         except errdefs.Error as exc:
             raise errdefs.Unavailable(f"garbage collection stopped: cannot list {what}: {exc}") from exc
 
-    async def _roots(self, services: Services, ns: str) -> list[tuple[Node, bool]]:
+    async def _roots(self, services: Services, ns: str, ingests: set[str]) -> list[tuple[Node, bool]]:
         roots: list[tuple[Node, bool]] = []
         for target, labels in await self._listed(IMAGES, "images", services.images):
             roots.append((("content", "", target), False))
@@ -415,7 +434,32 @@ class Collector:
                     roots.append((("content", "", rid), flat))
                 elif rtype.startswith("snapshots/"):
                     roots.append((("snapshot", rtype.split("/", 1)[1], rid), flat))
+                elif rtype == "ingests":
+                    ingests.add(rid)
         return roots
+
+    async def _stale_ingests(self, services: Services, ns: str, held: set[str], start_ns: int,
+                             freed: Freed) -> None:
+        """Abort ingests no lease holds that saw no write for ``ingest_expiry`` seconds."""
+        if CONTENT not in self.routed:
+            return
+        cutoff = datetime.fromtimestamp(start_ns / 1e9 - self.ingest_expiry, timezone.utc)
+        try:
+            statuses = await services.ingests()
+        except errdefs.Error as exc:
+            freed.errors.append(f"{ns}: ingests not collected: {exc}")
+            return
+        for ref, updated in statuses:
+            if ref in held or _aware(updated) >= cutoff:
+                continue
+            try:
+                await services.abort_ingest(ref)
+            except (errdefs.NotFound, errdefs.Unavailable):
+                continue  # gone, or a writer holds it right now
+            except errdefs.Error as exc:
+                freed.errors.append(f"{ns}: ingest {ref}: {exc}")
+                continue
+            freed.ingests.setdefault(ns, []).append(ref)
 
     async def _read(self, services: Services, view: View, start_ns: int, start_dt: datetime,
                     freed: Freed, ns: str) -> None:

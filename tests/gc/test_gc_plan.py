@@ -26,6 +26,7 @@ class Fake:
         self.blobs: dict[str, tuple[int, datetime, dict[str, str]]] = {}
         self.snaps: dict[str, tuple[str, int, dict[str, str]]] = {}
         self.removed: list[str] = []
+        self.ingests: dict[str, datetime] = {}
         self.fail_images = False
         self.on_list_blobs: Any = None
 
@@ -67,6 +68,13 @@ class Services:
         assert not any(p == key for p, _, _ in self.f.snaps.values()), f"{key} removed before its child"
         del self.f.snaps[key]
         self.f.removed.append(key)
+
+
+    async def ingests(self) -> list[tuple[str, datetime]]:
+        return list(self.f.ingests.items())
+
+    async def abort_ingest(self, ref: str) -> None:
+        del self.f.ingests[ref]
 
 
 def collector(fake: Fake, tmp_path: Path, delay: float = 0.0) -> gc.Collector:
@@ -194,3 +202,15 @@ async def test_a_burst_of_deletes_gives_one_collection(tmp_path: Path) -> None:
     await done.wait()
     assert c.collections == 1
     await c.close()
+
+
+async def test_stale_ingests_not_held_by_a_lease_are_aborted(tmp_path: Path) -> None:
+    fake = Fake()
+    fake.ingests = {"stale": OLD, "leased": OLD, "fresh": datetime.now(timezone.utc)}
+    c = collector(fake, tmp_path)
+    c.leases.create("default", "pull", {})
+    c.leases.add_resource("default", "pull", "ingests", "leased")
+    freed = await c.collect()
+    assert freed.ingests == {"default": ["stale"]}
+    assert set(fake.ingests) == {"leased", "fresh"}
+    assert freed.to_wire()["namespaces"]["default"]["ingests"] == ["stale"]
