@@ -7,6 +7,7 @@ kinds travel as their code; anything else is None, so ttrpc answers UNKNOWN and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,12 +24,16 @@ def status_of(exc: BaseException) -> tuple[int, str] | None:
     return None
 
 
-async def connect(path: Path | str) -> Client:
-    """An asyncio ttrpc client to ``path``; a refused connection raises errdefs.Unavailable."""
+async def connect(
+    path: Path | str, error_factory: Callable[[int, str], Exception] = errdefs.from_status
+) -> Client:
+    """An asyncio ttrpc client to ``path``; a refused connection raises errdefs.Unavailable.
+    Statuses a call gets back raise ``error_factory(code, message)`` (errdefs kinds by
+    default; a forwarder passes ttrpc's RpcError to keep them verbatim)."""
     from ttrpc.client import Client
 
     try:
-        return await Client.connect(str(path), error_factory=errdefs.from_status)
+        return await Client.connect(str(path), error_factory=error_factory)
     except OSError as exc:
         raise errdefs.Unavailable(f"connect {path}: {exc.strerror or exc}") from exc
 
@@ -42,12 +47,19 @@ class Peer:
     Unavailable: whether to retry is the caller's call.
     """
 
-    def __init__(self, address: Path | str) -> None:
+    def __init__(
+        self, address: Path | str, error_factory: Callable[[int, str], Exception] = errdefs.from_status
+    ) -> None:
         import asyncio
 
         self.address = str(address)
+        self.error_factory = error_factory
         self._client: Client | None = None
         self._lock = asyncio.Lock()
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and not self._client.closed
 
     async def client(self) -> Client:
         current = self._client
@@ -55,7 +67,7 @@ class Peer:
             return current
         async with self._lock:
             if self._client is None or self._client.closed:
-                self._client = await connect(self.address)
+                self._client = await connect(self.address, self.error_factory)
             return self._client
 
     async def close(self) -> None:

@@ -44,6 +44,7 @@ from google.protobuf import descriptor_pool
 from moorage import errdefs
 from moorage.namespaces import NAMESPACE_KEY
 from moorage.registry import Listener
+from moorage.rpc import Peer
 from ttrpc.client import Client
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -148,26 +149,10 @@ class Forwarder:
     def __init__(self, ttrpc_address: str, methods: MethodTable) -> None:
         self.address = ttrpc_address
         self.methods = methods
-        self._client: Client | None = None
-        self._connecting: asyncio.Task[Client] | None = None
+        self._shared = Peer(ttrpc_address, error_factory=RpcError)
 
     async def client(self) -> Client:
-        client = self._client
-        if client is not None and not client.closed:
-            return client
-        task = self._connecting
-        if task is None:
-            task = self._connecting = asyncio.get_running_loop().create_task(self._connect())
-        try:
-            return await asyncio.shield(task)
-        finally:
-            if task.done():
-                self._connecting = None
-
-    async def _connect(self) -> Client:
-        client = await Client.connect(self.address, error_factory=RpcError)
-        self._client = client
-        return client
+        return await self._shared.client()
 
     async def stream_client(self) -> Client:
         """A connection of its own for one streaming call: a gRPC peer that reads slowly
@@ -176,9 +161,7 @@ class Forwarder:
         return await Client.connect(self.address, error_factory=RpcError, stall_timeout=STREAM_STALL)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        await self._shared.close()
 
     def handler(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes]:
         service, method = split_method(details.method)

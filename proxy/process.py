@@ -127,12 +127,12 @@ async def build(ctx: BuildContext) -> list[object]:
             last: Exception | None = None
             for backend in pool.backends:
                 try:
-                    client = await backend.get()
+                    client = await backend.client()
                     data = await client.unary_raw(
                         INTERNAL_SERVICE, "NamespaceUsage", ns.encode(), int(settings.usage_timeout * 1e9)
                     )
                     return [f"{pool.process}: {item}" for item in msgpack.unpackb(data)]
-                except (OSError, RpcError) as exc:
+                except (OSError, RpcError, errdefs.Error) as exc:
                     last = exc
             raise errdefs.Unavailable(f"cannot ask {pool.process} what it holds in namespace {ns}: {last}")
 
