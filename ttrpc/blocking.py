@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from .calls import CLOSED_MESSAGE, ErrorFactory, identity, serialize, timeout_nano
 from .codes import Code
 from .errors import RpcError
 from .frame import FLAG_REMOTE_CLOSED, FLAG_REMOTE_OPEN
@@ -22,20 +23,9 @@ from .protocol import ClientConnection, ClientEvent, DataReceived, ResponseRecei
 
 __all__ = ["BlockingStream", "Client"]
 
-ErrorFactory = Callable[[int, str], Exception]
 T = TypeVar("T")
 SendT = TypeVar("SendT")
 RecvT = TypeVar("RecvT")
-
-CLOSED_MESSAGE = "ttrpc: connection closed"
-
-
-def _identity(data: bytes) -> Any:
-    return data
-
-
-def _serialize(message: Any) -> bytes:
-    return message.SerializeToString()  # type: ignore[no-any-return]
 
 
 class BlockingStream(Generic[SendT, RecvT]):
@@ -232,7 +222,7 @@ class Client:
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> T:
-        payload = self.unary_raw(service, method, request.SerializeToString(), _nanos(timeout), metadata)
+        payload = self.unary_raw(service, method, request.SerializeToString(), timeout_nano(timeout), metadata)
         return response_type.FromString(payload)  # type: ignore[attr-defined,no-any-return]
 
     def open_stream(
@@ -246,7 +236,7 @@ class Client:
     ) -> BlockingStream[bytes, bytes]:
         deadline = time.monotonic() + timeout_nano / 1e9 if timeout_nano > 0 else None
         sid = self._open(service, method, payload or b"", flags, timeout_nano, metadata)
-        return BlockingStream(self, sid, _identity, _identity, deadline)
+        return BlockingStream(self, sid, identity, identity, deadline)
 
     def server_stream(
         self,
@@ -257,11 +247,11 @@ class Client:
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> Iterator[T]:
-        nanos = _nanos(timeout)
+        nanos = timeout_nano(timeout)
         deadline = time.monotonic() + nanos / 1e9 if nanos else None
         sid = self._open(service, method, request.SerializeToString(), FLAG_REMOTE_CLOSED, nanos, metadata)
         stream: BlockingStream[Any, T] = BlockingStream(
-            self, sid, _serialize, response_type.FromString, deadline  # type: ignore[attr-defined]
+            self, sid, serialize, response_type.FromString, deadline  # type: ignore[attr-defined]
         )
         try:
             yield from stream
@@ -276,11 +266,7 @@ class Client:
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> BlockingStream[Any, T]:
-        nanos = _nanos(timeout)
+        nanos = timeout_nano(timeout)
         deadline = time.monotonic() + nanos / 1e9 if nanos else None
         sid = self._open(service, method, b"", FLAG_REMOTE_OPEN, nanos, metadata)
-        return BlockingStream(self, sid, _serialize, response_type.FromString, deadline)  # type: ignore[attr-defined]
-
-
-def _nanos(timeout: float | None) -> int:
-    return int(timeout * 1e9) if timeout is not None and timeout > 0 else 0
+        return BlockingStream(self, sid, serialize, response_type.FromString, deadline)  # type: ignore[attr-defined]

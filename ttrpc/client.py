@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar, cast
 
+from .calls import CLOSED_MESSAGE, ErrorFactory, identity, serialize, timeout_nano
 from .codes import Code
 from .errors import RpcError
 from .frame import FLAG_REMOTE_CLOSED, FLAG_REMOTE_OPEN, MAX_MESSAGE_SIZE
@@ -23,20 +24,9 @@ from .stream import STALL_TIMEOUT, STREAM_BUFFER, Inbox, Outbox, Stalls
 
 __all__ = ["Client", "ClientStream", "ErrorFactory"]
 
-ErrorFactory = Callable[[int, str], Exception]
 T = TypeVar("T")
 SendT = TypeVar("SendT")
 RecvT = TypeVar("RecvT")
-
-CLOSED_MESSAGE = "ttrpc: connection closed"
-
-
-def _identity(data: bytes) -> Any:
-    return data
-
-
-def _timeout_nano(timeout: float | None) -> int:
-    return int(timeout * 1e9) if timeout is not None and timeout > 0 else 0
 
 
 class ClientStream(Generic[SendT, RecvT]):
@@ -333,7 +323,7 @@ class Client:
         """One unary call with protobuf messages; ``timeout`` in seconds."""
         if timeout is not None or metadata:
             payload = await self.unary_raw(
-                service, method, request.SerializeToString(), _timeout_nano(timeout), metadata
+                service, method, request.SerializeToString(), timeout_nano(timeout), metadata
             )
             return response_type.FromString(payload)  # type: ignore[attr-defined,no-any-return]
         protocol = self._protocol
@@ -362,7 +352,7 @@ class Client:
     ) -> ClientStream[bytes, bytes]:
         """A streaming call on raw bytes; ``flags`` are the Request's (0x01 server stream,
         0x02 client or bidi stream)."""
-        return self._open(service, method, payload or b"", flags, timeout_nano, metadata, _identity, _identity)
+        return self._open(service, method, payload or b"", flags, timeout_nano, metadata, identity, identity)
 
     def _open(
         self,
@@ -396,9 +386,9 @@ class Client:
             method,
             request.SerializeToString(),
             FLAG_REMOTE_CLOSED,
-            _timeout_nano(timeout),
+            timeout_nano(timeout),
             metadata,
-            _identity,
+            identity,
             response_type.FromString,  # type: ignore[attr-defined]
         )
         try:
@@ -421,12 +411,8 @@ class Client:
             method,
             b"",
             FLAG_REMOTE_OPEN,
-            _timeout_nano(timeout),
+            timeout_nano(timeout),
             metadata,
-            _serialize,
+            serialize,
             response_type.FromString,  # type: ignore[attr-defined]
         )
-
-
-def _serialize(message: Any) -> bytes:
-    return message.SerializeToString()  # type: ignore[no-any-return]
