@@ -96,7 +96,7 @@ def _make_dir(path: Path, mode: int) -> None:
     os.chmod(path, mode)
 
 
-def _claim_socket(path: Path) -> None:
+def claim_socket(path: Path) -> None:
     """Remove a stale socket at ``path``; refuse when a live process serves it."""
     if not path.exists() and not path.is_symlink():
         return
@@ -153,7 +153,7 @@ async def serve(
         listener = _register(server, items)
         server.register_raw(INTERNAL_SERVICE, "Health", _health(record.name, replica, started))
         server.register_raw(INTERNAL_SERVICE, "NamespaceUsage", _usage(ctx.usage))
-        _claim_socket(sock)
+        claim_socket(sock)
         listening = _listen(sock)
         if listener is not None:
             await listener.serve(server, listening)

@@ -32,7 +32,6 @@ import importlib
 import logging
 import os
 import pkgutil
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from moorage import errdefs
 from moorage.namespaces import NAMESPACE_KEY
 from moorage.registry import Listener
 from moorage.rpc import Peer
+from moorage.runner import claim_socket
 from ttrpc.client import Client
 from ttrpc.codes import Code
 from ttrpc.errors import RpcError
@@ -311,19 +311,6 @@ class _Generic(grpc.GenericRpcHandler):
         return self.forwarder.handler(handler_call_details)
 
 
-def _claim(path: Path) -> None:
-    """Remove a stale socket at ``path``; refuse when something live serves it."""
-    if not path.exists() and not path.is_symlink():
-        return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        try:
-            s.connect(str(path))
-        except OSError:
-            path.unlink()
-            return
-    raise errdefs.AlreadyExists(f"{path} is already being served")
-
-
 class GrpcFront:
     """The gRPC listener: start after the ttrpc front door listens, stop before it drains."""
 
@@ -344,7 +331,7 @@ class GrpcFront:
         self.server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
-        _claim(self.path)
+        claim_socket(self.path)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", self.max_recv),

@@ -69,6 +69,16 @@ class Usage(Exception):
     """Bad command-line use; ``fail`` prints it and returns 2."""
 
 
+def human_size(n: int) -> str:
+    """Bytes for people: ``512 B``, ``1.5 MiB``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
 def pairs(values: Sequence[str], what: str = "label") -> dict[str, str]:
     """``KEY=VALUE`` arguments as a dict (``KEY=`` gives an empty value); Usage otherwise."""
     out = {}

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, BinaryIO
 
 from moorage import errdefs
-from moorage.cli.context import EXIT, CliContext, Usage, labels_text, pairs
+from moorage.cli.context import EXIT, CliContext, Usage, human_size, labels_text, pairs
 
 if TYPE_CHECKING:
     from ttrpc.blocking import BlockingStream, Client
@@ -33,15 +33,6 @@ SERVICE = "containerd.services.content.v1.Content"
 CHUNK = 1 << 20
 WINDOW = 16
 USAGE = __doc__.split("\n\n")[1] if __doc__ else ""
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def _age(seconds: int) -> str:
@@ -95,7 +86,7 @@ def _ls(args: list[str], ctx: CliContext) -> int:
     else:
         ctx.table(
             ["digest", "size", "age", "labels"],
-            [(i.digest, _size(i.size), _age(i.created_at.seconds), labels_text(i.labels))
+            [(i.digest, human_size(i.size), _age(i.created_at.seconds), labels_text(i.labels))
              for i in infos],
         )
     return EXIT["ok"]
@@ -200,7 +191,7 @@ def _active(args: list[str], ctx: CliContext) -> int:
     else:
         ctx.table(
             ["ref", "size", "total", "age"],
-            [(s.ref, _size(s.offset), _size(s.total) if s.total else "-",
+            [(s.ref, human_size(s.offset), human_size(s.total) if s.total else "-",
               _age(s.started_at.seconds)) for s in statuses],
         )
     return EXIT["ok"]
@@ -257,8 +248,8 @@ class _Progress:
             return
         self.last = now
         rate = offset / max(now - self.start, 1e-6)
-        total = f"/{_size(self.total)}" if self.total else ""
-        sys.stderr.write(f"\r{self.ref}: {_size(offset)}{total} {_size(int(rate))}/s   ")
+        total = f"/{human_size(self.total)}" if self.total else ""
+        sys.stderr.write(f"\r{self.ref}: {human_size(offset)}{total} {human_size(int(rate))}/s   ")
         if final:
             sys.stderr.write("\n")
         sys.stderr.flush()

@@ -22,7 +22,7 @@ import shlex
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from moorage.cli.context import EXIT, CliContext, Usage, labels_text
+from moorage.cli.context import EXIT, CliContext, Usage, human_size, labels_text
 
 DEFAULT_SNAPSHOTTER = "overlayfs"  # contract.DEFAULT_SNAPSHOTTER, without its imports
 _KINDS = {1: "View", 2: "Active", 3: "Committed"}
@@ -36,15 +36,6 @@ class Mount(NamedTuple):
 
 SERVICE = "containerd.services.snapshots.v1.Snapshots"
 USAGE = __doc__.split("\n\n")[1] if __doc__ else ""
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 class _Cmd:
@@ -217,7 +208,7 @@ def _usage(c: _Cmd, args: list[str]) -> int:
     if c.ctx.json:
         c.ctx.emit_json([{"key": k, "size": s, "inodes": n} for k, s, n in rows])
     else:
-        c.ctx.table(["key", "size", "inodes"], [(k, _size(s), n) for k, s, n in rows])
+        c.ctx.table(["key", "size", "inodes"], [(k, human_size(s), n) for k, s, n in rows])
     return EXIT["ok"]
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from moorage import errdefs
-from moorage.cli.context import EXIT, CliContext, Usage, pairs
+from moorage.cli.context import EXIT, CliContext, Usage, human_size, pairs
 
 if TYPE_CHECKING:
     from ttrpc.blocking import Client
@@ -67,15 +67,6 @@ class Args:
     def one(self, name: str, default: str = "") -> str:
         v = self.opts.get(name)
         return v[-1] if v else default
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def _platforms(values: Sequence[str]) -> list[Any]:
@@ -143,7 +134,7 @@ class Progress:
             if row[0] in ("done", "exists", "mounted") and was not in ("done", "exists", "mounted"):
                 self.total += row[2] if row[0] == "done" else 0
                 if not self.tty and not self.quiet:
-                    print(f"{name}: {row[0]} {_size(row[2])}", file=sys.stderr)
+                    print(f"{name}: {row[0]} {human_size(row[2])}", file=sys.stderr)
             self.draw()
 
     def draw(self, final: bool = False) -> None:
@@ -160,10 +151,10 @@ class Progress:
             frac = 1.0 if st in ("done", "exists", "mounted", "resolved") else (cur / tot if tot else 0.0)
             bar = "+" * int(frac * width) + "-" * (width - int(frac * width))
             label = name[:19 + name.find("-") + 1] + "..." if len(name) > 30 else name
-            amount = f"{_size(cur)}/{_size(tot)}" if st not in ("done", "exists", "mounted") and tot else ""
+            amount = f"{human_size(cur)}/{human_size(tot)}" if st not in ("done", "exists", "mounted") and tot else ""
             lines.append(f"{label + ':':<32} {st:<12} |{bar}| {amount}")
         elapsed = now - self.start
-        lines.append(f"elapsed: {elapsed:.1f} s{'':<20} total: {_size(self.total)} ({_size(int(self.total / max(elapsed, 1e-3)))}/s)")
+        lines.append(f"elapsed: {elapsed:.1f} s{'':<20} total: {human_size(self.total)} ({human_size(int(self.total / max(elapsed, 1e-3)))}/s)")
         out = ("\x1b[%dA" % self.drawn if self.drawn else "") + "".join(f"\x1b[2K{line}\n" for line in lines)
         sys.stderr.write(out)
         sys.stderr.flush()
@@ -363,7 +354,7 @@ def cmd_images(args: Args, ctx: CliContext) -> int:
         rows = []
         for i in imgs:
             n = _image_size(ctx, i.target.media_type, i.target.digest, i.target.size)
-            rows.append((i.name, i.target.media_type, i.target.digest, _size(n) if n is not None else "-",
+            rows.append((i.name, i.target.media_type, i.target.digest, human_size(n) if n is not None else "-",
                          ",".join(f"{k}={v}" for k, v in sorted(i.labels.items())) or "-"))
         ctx.table(["REF", "TYPE", "DIGEST", "SIZE", "LABELS"], rows)
     return EXIT["ok"]
