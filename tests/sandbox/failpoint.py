@@ -6,8 +6,15 @@ other key goes to the delegate. ``control`` is a JSON file read at each call:
 ``fail-after``/``hang-after`` run the delegate first (so an address is allocated) and then
 fail or hang. The control file is read first, then each call is appended to
 ``<control>.log`` as ``COMMAND CONTAINERID NETNS PID`` (NETNS ``-`` when empty).
+
+The delegate is atomic: it runs in its own session holding ``<control>.lock`` (the lock's
+file descriptor is inherited), so killing the failpoint's process group mid-call lets the
+delegate finish, and the next delegate call waits for it. A real plugin killed half-way
+(bridge between its address and its masquerade chain) can leave a DEL that never succeeds;
+that is the plugin's fault, not the one these tests inject.
 """
 
+import fcntl
 import json
 import os
 import subprocess
@@ -40,7 +47,15 @@ def main() -> int:
     for key in ("delegate", "control"):
         delegate.pop(key)
     path = next(os.path.join(d, delegate["type"]) for d in os.environ["CNI_PATH"].split(":") if os.path.exists(os.path.join(d, delegate["type"])))
-    out = subprocess.run([path], input=json.dumps(delegate).encode(), capture_output=True)
+    with open(control_path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        out = subprocess.run(
+            [path],
+            input=json.dumps(delegate).encode(),
+            capture_output=True,
+            start_new_session=True,
+            pass_fds=(lock.fileno(),),
+        )
     if mode == "hang-after":
         time.sleep(3600)
     if mode == "fail-after" and out.returncode == 0:
