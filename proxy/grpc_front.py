@@ -11,8 +11,9 @@ connection per streaming call (so a slow reader backs up its own stream only).
 Per call:
 
 - the method kind (unary, server, client or bidirectional stream) comes from the service's
-  descriptor in ``moorage.api`` (containerd's protos); a service or method nobody declared
-  is UNIMPLEMENTED ``unknown service S`` / ``unknown method M for service S``, as grpc-go;
+  descriptor in ``moorage.api`` (containerd's protos and the CRI's ``runtime.v1``); a
+  service or method nobody declared is UNIMPLEMENTED ``unknown service S`` /
+  ``unknown method M for service S``, as grpc-go;
 - gRPC metadata ``containerd-namespace`` becomes ttrpc ``containerd-namespace-ttrpc``;
   ``containerd-lease`` goes through as it is; the deadline becomes ``timeout_nano``;
 - a ttrpc status comes back as the same gRPC status code and message;
@@ -66,19 +67,23 @@ Kind = tuple[bool, bool]
 
 
 class MethodTable:
-    """The kind of each containerd method, from the descriptors of ``moorage.api``'s protos
-    (imported once, on the first lookup)."""
+    """The kind of each method served at the front door, from the descriptors of
+    ``moorage.api``'s protos: containerd's and the Kubernetes CRI's (``runtime.v1``),
+    imported once, on the first lookup."""
 
-    def __init__(self, package: str = "moorage.api.containerd") -> None:
-        self.package = package
+    DEFAULT_PACKAGES = ("moorage.api.containerd", "moorage.api.k8s")
+
+    def __init__(self, *packages: str) -> None:
+        self.packages = packages or self.DEFAULT_PACKAGES
         self._loaded = False
         self._cache: dict[str, Kind | str] = {}
 
     def _load(self) -> None:
-        root = importlib.import_module(self.package)
-        for info in pkgutil.walk_packages(root.__path__, self.package + "."):
-            if info.name.endswith("_pb2"):
-                importlib.import_module(info.name)
+        for package in self.packages:
+            root = importlib.import_module(package)
+            for info in pkgutil.walk_packages(root.__path__, package + "."):
+                if info.name.endswith("_pb2"):
+                    importlib.import_module(info.name)
         self._loaded = True
 
     def lookup(self, service: str, method: str) -> Kind | str:
