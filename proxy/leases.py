@@ -37,6 +37,7 @@ import msgpack
 from google.protobuf import empty_pb2
 
 from moorage import errdefs, filters
+from moorage.database import open_database
 from moorage.api.containerd.services.leases.v1 import leases_pb2 as pb
 from moorage.namespaces import namespace
 from moorage.registry import RawService
@@ -102,22 +103,26 @@ def expiry(labels: Mapping[str, str]) -> float | None:
         return None
 
 
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    namespace TEXT NOT NULL, id TEXT NOT NULL, created_at INTEGER NOT NULL, labels BLOB NOT NULL,
+    PRIMARY KEY (namespace, id)
+);
+CREATE TABLE IF NOT EXISTS resources (
+    namespace TEXT NOT NULL, lease TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL,
+    PRIMARY KEY (namespace, lease, type, id),
+    FOREIGN KEY (namespace, lease) REFERENCES leases (namespace, id) ON DELETE CASCADE
+);
+"""
+
+
 class LeaseStore:
     """Leases and their resources per namespace in one SQLite file."""
 
     def __init__(self, path: Path) -> None:
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS leases (namespace TEXT NOT NULL, id TEXT NOT NULL,"
-            " created_at INTEGER NOT NULL, labels BLOB NOT NULL, PRIMARY KEY (namespace, id))"
-        )
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS resources (namespace TEXT NOT NULL, lease TEXT NOT NULL,"
-            " type TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (namespace, lease, type, id),"
-            " FOREIGN KEY (namespace, lease) REFERENCES leases (namespace, id) ON DELETE CASCADE)"
+        self.db = open_database(
+            path, _SCHEMA, version=SCHEMA_VERSION, what=f"lease database {path}", foreign_keys=True
         )
         self.expire()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import msgpack
 
 from moorage import errdefs
+from moorage.database import open_database
 from moorage.api.containerd.events import namespace_pb2 as events_pb
 from moorage.api.containerd.services.namespaces.v1 import namespace_pb2 as pb
 from moorage.namespaces import validate_namespace
@@ -46,10 +47,12 @@ class NamespaceStore:
     """Namespaces and their labels in one SQLite file (WAL, one transaction per change)."""
 
     def __init__(self, path: Path) -> None:
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS namespaces (name TEXT PRIMARY KEY, labels BLOB NOT NULL)")
+        self.db = open_database(
+            path,
+            "CREATE TABLE IF NOT EXISTS namespaces (name TEXT PRIMARY KEY, labels BLOB NOT NULL)",
+            version=1,
+            what=f"namespace database {path}",
+        )
 
     def close(self) -> None:
         self.db.close()

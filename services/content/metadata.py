@@ -16,10 +16,12 @@ from datetime import UTC, datetime
 
 import msgpack
 
+from moorage.database import connect, ensure_schema
 from moorage.errdefs import Internal
 
 from .contract import Info
 
+SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
     namespace  TEXT NOT NULL,
@@ -57,21 +59,13 @@ class Metadata:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
-        with self._tx() as c:
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    c.execute(stmt)
+        ensure_schema(self._conn(), _SCHEMA, version=SCHEMA_VERSION, what=f"content metadata {path}")
 
     def _conn(self) -> sqlite3.Connection:
         c: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if c is None:
             try:
-                c = sqlite3.connect(
-                    self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-                )
-                c.execute("PRAGMA busy_timeout=30000")
-                c.execute("PRAGMA journal_mode=WAL")
-                c.execute("PRAGMA synchronous=FULL")
+                c = connect(self.path, synchronous="FULL", busy_timeout=30.0)
             except sqlite3.DatabaseError as e:
                 raise Internal(
                     f"content metadata {self.path} cannot be opened ({e}); move it aside "

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgpack
 
+from moorage.database import open_database
 from moorage.labels import validate as validate_labels
 from moorage.errdefs import AlreadyExists, InvalidArgument, NotFound
 from moorage.namespaces import namespace
@@ -27,6 +28,7 @@ from .contract import AnyValue, Container, RuntimeInfo
 _ID = re.compile(r"^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$")
 MAX_ID_LEN = 76
 
+SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS containers (
     namespace TEXT NOT NULL,
@@ -120,13 +122,13 @@ def _adaptor(c: Container) -> Any:
 class SqliteContainerStore:
     """ContainerStore on one SQLite database (WAL)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, more_schema: str = "") -> None:
+        """``more_schema``: the other tables of the runtime's database (the shim records)."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db = open_database(
+            path, _SCHEMA + more_schema, version=SCHEMA_VERSION, what=f"runtime database {path}"
+        )
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         self._db.close()

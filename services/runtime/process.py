@@ -24,13 +24,14 @@ async def build(ctx: BuildContext) -> Sequence[object]:
     from .bundle import Bundles
     from .containers import SqliteContainerStore
     from .nri import RuntimeNri
+    from .shim import SCHEMA as SHIMS_SCHEMA
     from .shim import ShimFlags, ShimRecords
     from .tasks import TaskManager
 
     from moorage import syscalls  # noqa: F401  (cffi set-up now, not in the first task delete)
 
     settings: RuntimeConfig = ctx.settings or RuntimeConfig()
-    store = SqliteContainerStore(ctx.root / "runtime.db")
+    store = SqliteContainerStore(ctx.root / "runtime.db", SHIMS_SCHEMA)
     records = ShimRecords(store._db)
     flags = ShimFlags(address=str(ctx.proxy_address), ttrpc_address=str(ctx.proxy_address),
                       debug=settings.shim_debug)

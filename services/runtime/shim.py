@@ -202,19 +202,22 @@ class ShimRecord:
     """The directory the shim runs in when it is not `bundle` (a pre-started shim's own)."""
 
 
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS shims (
+    namespace TEXT NOT NULL, id TEXT NOT NULL, runtime TEXT NOT NULL,
+    binary TEXT NOT NULL, bundle TEXT NOT NULL, address TEXT NOT NULL,
+    phase TEXT NOT NULL, logged INTEGER NOT NULL, created_at INTEGER NOT NULL,
+    shim_bundle TEXT NOT NULL DEFAULT '', PRIMARY KEY (namespace, id)
+);
+"""
+
+
 class ShimRecords:
     """The `shims` table: one row per task whose shim we started."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
+        """``db`` holds :data:`SCHEMA` (the runtime opens it with the container store)."""
         self._db = db
-        db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS shims (
-                namespace TEXT NOT NULL, id TEXT NOT NULL, runtime TEXT NOT NULL,
-                binary TEXT NOT NULL, bundle TEXT NOT NULL, address TEXT NOT NULL,
-                phase TEXT NOT NULL, logged INTEGER NOT NULL, created_at INTEGER NOT NULL,
-                shim_bundle TEXT NOT NULL DEFAULT '', PRIMARY KEY (namespace, id));
-            """)
 
     def put(self, r: ShimRecord) -> None:
         if not r.created_at:

@@ -16,6 +16,9 @@ from typing import Any
 
 import msgpack
 
+from moorage.database import open_database
+
+SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
     namespace TEXT NOT NULL,
@@ -50,11 +53,8 @@ class Database:
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._conn = open_database(self.path, SCHEMA, version=SCHEMA_VERSION, what=f"sandbox database {self.path}")
         self._lock = threading.RLock()
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(SCHEMA)
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from moorage import errdefs
+from moorage.database import open_database
 
 from .contract import Info, Kind
 
+SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -54,11 +56,9 @@ class Row:
 
 class Metadata:
     def __init__(self, path: str) -> None:
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.executescript(_SCHEMA)
+        self.db = open_database(
+            path, _SCHEMA, version=SCHEMA_VERSION, what=f"snapshot metadata {path}", foreign_keys=True
+        )
 
     def close(self) -> None:
         self.db.close()

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from moorage import errdefs
+from moorage.database import open_database
 from moorage.labels import validate as validate_labels
 from moorage.namespaces import namespace, validate_namespace
 
@@ -24,6 +25,7 @@ EventSink = Callable[[str, str, Mapping[str, str]], Awaitable[None]]
 """(topic, image name, labels) -> published; given the namespace from the running call."""
 
 
+SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
   name TEXT PRIMARY KEY,
@@ -70,11 +72,8 @@ class ImageDB:
         with self._lock:
             c = self._conns.get(ns)
             if c is None:
-                c = sqlite3.connect(self.root / f"{ns}.db", check_same_thread=False, isolation_level=None)
-                c.execute("PRAGMA journal_mode=WAL")
-                c.execute("PRAGMA synchronous=NORMAL")
-                c.execute("PRAGMA busy_timeout=5000")
-                c.executescript(_SCHEMA)
+                path = self.root / f"{ns}.db"
+                c = open_database(path, _SCHEMA, version=SCHEMA_VERSION, what=f"image database {path}")
                 self._conns[ns] = c
             return c
 

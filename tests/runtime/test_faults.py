@@ -143,7 +143,7 @@ def test_orphan_shim_reaped_on_restart(rt: Suite, api: Rt, ns: str, rootfs: Path
     binary = shimmod.binary_for("io.containerd.runc.v2")
     b = bundles.create(ns, "c1", c.spec.value, binary)
     log_fd = b.open_log()
-    store = SqliteContainerStore(root / "runtime.db")
+    store = SqliteContainerStore(root / "runtime.db", shimmod.SCHEMA)
     records = shimmod.ShimRecords(store._db)
     records.put(shimmod.ShimRecord(ns, "c1", "io.containerd.runc.v2", binary, str(b.path)))
     flags = shimmod.ShimFlags(address=rt.address, ttrpc_address=rt.address)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from moorage.database import open_database
 from moorage.errdefs import InvalidArgument, NotFound, Unavailable
 from moorage.services.runtime import shim
 
@@ -63,9 +64,7 @@ def test_flags_env() -> None:
 
 
 def test_records(tmp_path: Path) -> None:
-    import sqlite3
-
-    r = shim.ShimRecords(sqlite3.connect(str(tmp_path / "r.db"), isolation_level=None))
+    r = shim.ShimRecords(open_database(tmp_path / "r.db", shim.SCHEMA, version=1, what="test"))
     rec = shim.ShimRecord("ns", "c1", "io.containerd.runc.v2", "/b", "/bundle")
     r.put(rec)
     rec.phase = "created"
