@@ -51,6 +51,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
 
         from moorage.api.containerd.services.tasks.v1 import tasks_pb2
         from moorage.namespaces import NAMESPACE_KEY
+        from moorage.services.runtime.nri import NRI_ORIGIN_KEY  # the runtime's wire contract
 
         if not cfg.apply_updates:
             ctx.logger.warning("nri: plugin updates are disabled; %d reported failed", len(updates))
@@ -64,7 +65,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
                 req = tasks_pb2.UpdateTaskRequest(container_id=u.container_id,
                                                   resources=any_pb2.Any(type_url=RESOURCES_URL, value=body))
                 try:
-                    await client.Update(req, timeout=10.0, metadata={NAMESPACE_KEY: ns})
+                    await client.Update(req, timeout=10.0, metadata={NAMESPACE_KEY: ns, NRI_ORIGIN_KEY: "1"})
                 except Exception as exc:  # noqa: BLE001 - each failure is reported back
                     ctx.logger.warning("nri: update of %s failed: %s", u.container_id, exc)
                     failed.append(u)

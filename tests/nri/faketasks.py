@@ -35,6 +35,7 @@ class Tasks(TasksServicer):
 
             raise errdefs.NotFound("container missing")
         self._log({"op": "update", "id": request.container_id, "ns": namespace(),
+                   "origin": ctx.metadata.get("moorage-nri-origin"),
                    "type_url": request.resources.type_url, "resources": json.loads(request.resources.value)})
         return empty_pb2.Empty()
 
