@@ -29,7 +29,7 @@ COMMANDS: dict[str, str] = {
         c: "moorage.services.runtime.cli"
         for c in (
             "run", "ps", "exec", "kill", "stop", "rm", "logs", "wait", "pause", "unpause",
-            "top", "stats", "update", "containers", "tasks",
+            "top", "stats", "update", "containers", "tasks", "attach",
         )
     },
     "sandbox": "moorage.services.sandbox.cli",

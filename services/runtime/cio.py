@@ -10,19 +10,29 @@ Log lines use the CRI format `<RFC3339Nano> <stdout|stderr> <F|P> <text>` so `mo
 can split and interleave the two streams; P marks a partial line (no newline yet, or a line
 cut at MAX_LINE). After a runtime restart, `reopen` attaches to the same fifos again; what
 the shim wrote meanwhile waits in the pipe.
+
+Attach (`moor attach`, CRI Attach): every chunk read from `io/stdout|stderr` is also
+written, raw, to `io/attach-stdout|attach-stderr` when a reader holds that fifo open (the
+attaching client reopens it; one attacher per stream at a time). The tee never blocks: a
+reader that falls behind loses output, not the container. A task with a runtime-owned
+stdin (`io/stdin`) has it held open by the runtime (an O_RDWR descriptor) so the process's
+stdin stays open across attaches; attachers write into it; CloseIO ends it. A terminal
+task has no stderr fifo (the terminal's output comes on stdout).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from .attach import ATTACH_PREFIX
 from .logs import MAX_LINE, timestamp
 
-__all__ = ["LoggedIO", "LogFile", "MAX_LINE", "timestamp"]
+__all__ = ["ATTACH_PREFIX", "LoggedIO", "LogFile", "MAX_LINE", "timestamp"]
 
 
 class _Stream:
@@ -32,8 +42,27 @@ class _Stream:
         self.sink = sink
         self.fd = -1
         self.placeholder = -1
+        self.tee = -1
+        self.tee_path = path.with_name(ATTACH_PREFIX + path.name)
         self.pending = b""
         self.done = asyncio.get_running_loop().create_future()
+
+    def _tee(self, chunk: bytes) -> None:
+        """Copy `chunk` to an attached reader of `attach-<name>`, if there is one."""
+        if self.tee < 0:
+            try:
+                self.tee = os.open(self.tee_path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:  # ENXIO: nobody attached (or the fifo is gone)
+                return
+        try:
+            os.write(self.tee, chunk)
+        except BlockingIOError:
+            pass  # a slow attacher loses output; the container never waits for it
+        except OSError as exc:
+            os.close(self.tee)
+            self.tee = -1
+            if exc.errno == errno.EPIPE:  # the attacher left; a new one may be there already
+                self._tee(chunk)
 
     def open(self, placeholder: bool) -> None:
         self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -51,6 +80,7 @@ class _Stream:
         if not chunk:
             self._finish()
             return
+        self._tee(chunk)
         self.pending += chunk
         lines = self.pending.split(b"\n")
         self.pending = lines.pop()
@@ -71,6 +101,7 @@ class _Stream:
                 break
             if not chunk:
                 break
+            self._tee(chunk)
             self.pending += chunk
             lines = self.pending.split(b"\n")
             self.pending = lines.pop()
@@ -91,6 +122,9 @@ class _Stream:
 
     def close(self) -> None:
         self.drop_placeholder()
+        if self.tee >= 0:
+            os.close(self.tee)
+            self.tee = -1
         if self.fd >= 0:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self.fd)
@@ -120,12 +154,15 @@ class LogFile:
 
 
 class LoggedIO:
-    """stdout and stderr fifos of one task, copied into its log file."""
+    """stdout and stderr (not for a terminal) fifos of one task, copied into its log file
+    and teed to an attached client; optionally a stdin fifo the runtime holds open."""
 
-    def __init__(self, io_dir: Path, log_path: Path) -> None:
+    def __init__(self, io_dir: Path, log_path: Path, terminal: bool = False) -> None:
         self.io_dir = io_dir
         self.log = LogFile(log_path)
-        self.streams = [_Stream(n, io_dir / n, self.log) for n in ("stdout", "stderr")]
+        names = ("stdout",) if terminal else ("stdout", "stderr")
+        self.streams = [_Stream(n, io_dir / n, self.log) for n in names]
+        self.stdin_holder = -1
 
     @property
     def stdout(self) -> str:
@@ -133,18 +170,30 @@ class LoggedIO:
 
     @property
     def stderr(self) -> str:
-        return str(self.io_dir / "stderr")
+        return str(self.io_dir / "stderr") if len(self.streams) > 1 else ""
+
+    @property
+    def stdin(self) -> str:
+        return str(self.io_dir / "stdin") if self.stdin_holder >= 0 else ""
+
+    def _hold_stdin(self) -> None:
+        self.stdin_holder = os.open(self.io_dir / "stdin", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 
     @classmethod
-    def create(cls, io_dir: Path, log_path: Path) -> LoggedIO:
+    def create(cls, io_dir: Path, log_path: Path, terminal: bool = False,
+               stdin: bool = False) -> LoggedIO:
         io_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for n in ("stdout", "stderr"):
+        lio = cls(io_dir, log_path, terminal)
+        names = [s.name for s in lio.streams]
+        names += [ATTACH_PREFIX + n for n in names] + (["stdin"] if stdin else [])
+        for n in names:
             with contextlib.suppress(FileExistsError):
                 os.mkfifo(io_dir / n, 0o600)
-        lio = cls(io_dir, log_path)
         try:
             for s in lio.streams:
                 s.open(placeholder=True)
+            if stdin:
+                lio._hold_stdin()
         except BaseException:
             lio.close()
             raise
@@ -153,16 +202,24 @@ class LoggedIO:
     @classmethod
     def reopen(cls, io_dir: Path, log_path: Path) -> LoggedIO | None:
         """Attach again after a restart (None when the fifos are gone)."""
-        if not all((io_dir / n).exists() for n in ("stdout", "stderr")):
+        if not (io_dir / "stdout").exists():
             return None
-        lio = cls(io_dir, log_path)
+        lio = cls(io_dir, log_path, terminal=not (io_dir / "stderr").exists())
         try:
             for s in lio.streams:
                 s.open(placeholder=False)
+            if (io_dir / "stdin").exists():
+                lio._hold_stdin()
         except OSError:
             lio.close()
             return None
         return lio
+
+    def close_stdin(self) -> None:
+        """Stop holding stdin open (CloseIO: the process sees EOF once writers are gone)."""
+        if self.stdin_holder >= 0:
+            os.close(self.stdin_holder)
+            self.stdin_holder = -1
 
     def attached(self) -> None:
         """The shim has opened its ends: EOF from now on means the output is complete."""
@@ -184,6 +241,7 @@ class LoggedIO:
     def close(self) -> None:
         for s in self.streams:
             s.close()
+        self.close_stdin()
         self.log.close()
 
 

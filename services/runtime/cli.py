@@ -1,5 +1,5 @@
-"""`moor run`, `ps`, `exec`, `kill`, `stop`, `rm`, `logs`, `wait`, `pause`, `unpause`, `top`,
-`stats`, `update`, `containers`, `tasks`: the runtime's commands (blocking client, no asyncio).
+"""`moor run`, `ps`, `exec`, `attach`, `kill`, `stop`, `rm`, `logs`, `wait`, `pause`, `unpause`,
+`top`, `stats`, `update`, `containers`, `tasks`: the runtime's commands (blocking client, no asyncio).
 
 `moor run` does what `ctr run` does on the client side: resolve the image, prepare the
 rootfs snapshot on its chain id, build the spec (image config + flags), create the
@@ -318,7 +318,10 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
         hostname=a.hostname, terminal=a.tty,
         memory=sp.parse_memory(a.memory) if a.memory else 0, cpus=a.cpus,
         mounts=tuple(sp.parse_mount(m) for m in a.mount))
-    labels = {LOG_LABEL: "file"} if not a.tty else {}
+    # detached: the runtime owns the stdio (logged, teed for `moor attach`, stdin held open)
+    labels = {LOG_LABEL: "file"} if not a.tty or a.detach else {}
+    if a.detach and a.interactive:
+        labels["moorage/stdin"] = "open"
     for kv in a.label:
         k, _, v = kv.partition("=")
         labels[k] = v
@@ -370,7 +373,7 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
             api.call(CONTAINERS, "Delete", cpb.DeleteContainerRequest(id=id), empty_pb2.Empty)
 
         cleanup.append(rm_container)
-        if a.tty or a.interactive:
+        if (a.tty or a.interactive) and not a.detach:
             cio = _ClientIO(stdin=a.interactive, stdout=a.tty, stderr=False)
         treq = tpb.CreateTaskRequest(
             container_id=id, terminal=a.tty,
@@ -589,6 +592,104 @@ def cmd_exec(argv: list[str], ctx: CliContext) -> int:
         return 0
     return _attach_and_wait(api, a.container, "", cio, a.tty, a.interactive, False, c,
                             exec_id=exec_id)
+
+
+# ---- attach -------------------------------------------------------------------------------
+
+def cmd_attach(argv: list[str], ctx: CliContext) -> int:
+    """`moor attach [--no-stdin] ID`: the container's init process stdio here (see
+    runtime/attach.py) until its output ends; the exit code is the container's."""
+    import select
+
+    from google.protobuf import empty_pb2
+
+    from . import attach as at
+
+    p = argparse.ArgumentParser(prog="moor attach")
+    p.add_argument("--no-stdin", action="store_true")
+    p.add_argument("container")
+    a = p.parse_args(argv)
+    api = _Api(ctx)
+    proc = api.task(a.container)
+    if proc is None:
+        raise NotFound(f"container {a.container} has no task")
+    if proc.status not in (1, 2, 4):
+        raise FailedPrecondition(f"cannot attach to a {STATUS.get(proc.status)} container")
+    paths = at.attach_paths(proc.stdin, proc.stdout, proc.stderr, proc.terminal)
+    once = api.container(a.container).labels.get(at.STDIN_LABEL) == "once"
+    outs: dict[int, int] = {}
+    for path, out in ((paths.stdout, sys.stdout), (paths.stderr, sys.stderr)):
+        if path:
+            outs[at.open_output(path)] = out.fileno()
+    tty = paths.terminal and sys.stdin.isatty()
+    term = _RawTerminal(sys.stdin.fileno()) if tty and paths.stdin and not a.no_stdin else None
+    winch = threading.Event()
+    if tty:
+        signal.signal(signal.SIGWINCH, lambda *_: winch.set())
+        winch.set()
+
+    def close_stdin() -> None:
+        from ttrpc.blocking import Client
+
+        from moorage import errdefs
+
+        with Client(api.ctx.address, error_factory=errdefs.from_status) as c:
+            c.unary(TASKS, "CloseIO", api.tpb.CloseIORequest(container_id=a.container,
+                                                               stdin=True),
+                    empty_pb2.Empty, metadata=api.md)
+
+    def copy_in(w: int) -> None:
+        try:
+            while True:
+                data = os.read(sys.stdin.fileno(), 65536)
+                if not data:
+                    break
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(w, view):]
+        except OSError:
+            pass
+        finally:
+            os.close(w)
+        if once:
+            try:
+                close_stdin()
+            except Exception:
+                pass
+
+    try:
+        if paths.stdin and not a.no_stdin:
+            threading.Thread(target=copy_in, args=(at.open_input(paths.stdin),),
+                             daemon=True).start()
+        poller = select.poll()
+        for fd in outs:
+            poller.register(fd, select.POLLIN)
+        while outs:
+            if winch.is_set():
+                winch.clear()
+                try:
+                    api.resize(a.container, "", sys.stdin.fileno())
+                except Exception:
+                    pass
+            for fd, _ev in poller.poll(200):
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not data:  # the writer hung up: this output is complete
+                    poller.unregister(fd)
+                    os.close(fd)
+                    del outs[fd]
+                    continue
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(outs[fd], view):]
+    finally:
+        if term is not None:
+            term.restore()
+        for fd in outs:
+            os.close(fd)
+    return api.wait(a.container, timeout=None)
 
 
 # ---- the rest -----------------------------------------------------------------------------
@@ -880,6 +981,7 @@ def cmd_tasks(argv: list[str], ctx: CliContext) -> int:
 def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
     simple: dict[str, Callable[[list[str], CliContext], int]] = {
         "run": cmd_run, "ps": cmd_ps, "exec": cmd_exec, "kill": cmd_kill, "stop": cmd_stop,
+        "attach": cmd_attach,
         "rm": cmd_rm, "logs": cmd_logs, "wait": cmd_wait, "top": cmd_top, "stats": cmd_stats,
         "update": cmd_update, "containers": cmd_containers, "tasks": cmd_tasks,
     }

@@ -45,6 +45,7 @@ from moorage.errdefs import (
 )
 from moorage.namespaces import current_namespace, metadata as ns_metadata, namespace
 
+from . import attach
 from .bundle import Bundle, Bundles
 from .cio import LoggedIO
 from .containers import SqliteContainerStore, validate_id
@@ -71,6 +72,10 @@ SHIM_SERVICE = "containerd.task.v2.Task"
 RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
 LOG_LABEL = "moorage/logging"
 LOG_PATH_LABEL = "moorage/log-path"
+STDIN_LABEL = attach.STDIN_LABEL
+"""On a logged container: `open` or `once` = the runtime makes and holds the task's stdin fifo
+(for `moor attach` and CRI Attach; `once`: the first attacher closes it when it leaves)."""
+STDIN_MODES = ("open", "once")
 CALL_TIMEOUT = 30.0
 RESOURCES_TYPE = "opencontainers/runtime-spec/1/LinuxResources"
 IO_DRAIN_TIMEOUT = 2.0
@@ -421,7 +426,8 @@ class TaskManager:
             rootfs = await self._snapshot_mounts(c.snapshotter or "overlayfs", c.snapshot_key)
         options = self._task_options(c.runtime.name, req.options or c.runtime.options)
         stdio = req.stdio
-        logged = c.labels.get(LOG_LABEL) == "file" and not stdio.terminal
+        # a terminal's output is logged (and attachable) when the client left stdout to us
+        logged = c.labels.get(LOG_LABEL) == "file" and not (stdio.terminal and stdio.stdout)
         spec_bytes = c.spec.value
         if self.nri is not None:
             # CreateContainer: the plugins' adjustment goes into the spec the bundle gets;
@@ -464,9 +470,12 @@ class TaskManager:
             else:
                 self._watch_log(task)
             if logged:
-                lio = LoggedIO.create(bundle.io_dir, self.log_path(ns, c.id))
-                stdio = StdIO(stdio.stdin, stdio.stdout or lio.stdout,
-                              stdio.stderr or lio.stderr, stdio.terminal)
+                own_stdin = c.labels.get(STDIN_LABEL, "") in STDIN_MODES and not stdio.stdin
+                lio = LoggedIO.create(bundle.io_dir, self.log_path(ns, c.id), stdio.terminal,
+                                      stdin=own_stdin)
+                stdio = StdIO(stdio.stdin or lio.stdin, stdio.stdout or lio.stdout,
+                              "" if stdio.terminal else stdio.stderr or lio.stderr,
+                              stdio.terminal)
             t1 = time.perf_counter()
             if warm is None:
                 address = await run_start(self.flags, binary, ns, c.id, bundle.path,
@@ -731,6 +740,8 @@ class TaskManager:
 
     async def close_io(self, container_id: str, exec_id: str, stdin: bool) -> None:
         t = self._task(container_id)
+        if stdin and not exec_id and t.io is not None:
+            t.io.close_stdin()  # the runtime's own hold on a stdin it owns goes first
         await t.shim.call("CloseIO", shim_pb2.CloseIORequest(
             id=container_id, exec_id=exec_id, stdin=stdin), empty_pb2.Empty)
 

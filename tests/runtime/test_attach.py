@@ -1,0 +1,152 @@
+"""`moor attach`: a client reopens a running container's stdio (runtime-owned fifos with a
+tee, stdin held open by the runtime), through the proxy (root: runc)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from suite import Suite
+
+from .helpers import Rt
+
+pytestmark = [pytest.mark.root]
+
+LOOP = "while read l; do echo \"got $l\"; echo \"err $l\" >&2; done; echo bye; exit 7"
+
+
+@pytest.fixture
+def api(rt: Suite) -> Iterator[Rt]:
+    r = Rt(rt.address, "a" + secrets.token_hex(4))
+    yield r
+    r.cleanup()
+    r.close()
+
+
+class Attached:
+    """`moor attach` in a subprocess with pipes; lines read with a deadline."""
+
+    def __init__(self, rt: Suite, ns: str, id: str) -> None:
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "moorage.cli.main", "--address", rt.address,
+             "--namespace", ns, "attach", id],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=rt.env())
+        self.buf = {"out": b"", "err": b""}
+
+    def send(self, data: bytes) -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.write(data)
+        self.p.stdin.flush()
+
+    def close_stdin(self) -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.close()
+        self.p.stdin = None
+
+    def expect(self, want: bytes, stream: str = "out", timeout: float = 20) -> None:
+        pipe = self.p.stdout if stream == "out" else self.p.stderr
+        assert pipe is not None
+        deadline = time.monotonic() + timeout
+        while want not in self.buf[stream]:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{want!r} not in {stream}: {self.buf[stream]!r}"
+            ready, _, _ = select.select([pipe], [], [], left)
+            if ready:
+                chunk = os.read(pipe.fileno(), 65536)
+                assert chunk or want in self.buf[stream], f"EOF before {want!r}: {self.buf}"
+                self.buf[stream] += chunk
+
+    def finish(self, timeout: float = 20) -> int:
+        out, err = self.p.communicate(timeout=timeout)
+        self.buf["out"] += out
+        self.buf["err"] += err
+        return self.p.returncode
+
+    def kill(self) -> None:
+        self.p.kill()
+        self.p.communicate()
+
+
+def test_attach_stdin_stdout_stderr_and_exit_code(rt: Suite, api: Rt, rootfs: Path) -> None:
+    c = _container(api, "c1", ["sh", "-c", LOOP])
+    api.create("c1", rootfs)
+    api.start("c1")
+    st = api.get("c1")
+    assert st.stdin.endswith("/io/stdin") and not st.terminal
+    first = Attached(rt, api.ns, "c1")
+    first.send(b"one\n")
+    first.expect(b"got one\n")
+    first.expect(b"err one\n", "err")
+    first.kill()  # a client leaving ends neither the process nor its stdin
+    second = Attached(rt, api.ns, "c1")
+    second.send(b"two\n")
+    second.expect(b"got two\n")
+    second.close_stdin()  # stdin mode "open": EOF here is not the container's EOF
+    api.kill("c1", 9)  # (sh as PID 1 ignores SIGTERM)
+    assert second.finish() == 137
+    assert api.wait("c1") == 137
+    log = api.log(c)
+    assert " stdout F got one\n" in log and " stdout F got two\n" in log
+    assert " stderr F err two\n" in log
+
+
+def test_stdin_once_closes_when_the_attacher_leaves(rt: Suite, api: Rt, rootfs: Path) -> None:
+    _container(api, "c1", ["sh", "-c", LOOP], stdin="once")
+    api.create("c1", rootfs)
+    api.start("c1")
+    a = Attached(rt, api.ns, "c1")
+    a.send(b"x\n")
+    a.expect(b"got x\n")
+    a.close_stdin()
+    assert a.finish() == 7
+    assert a.buf["out"].endswith(b"bye\n")
+
+
+def test_attach_terminal(rt: Suite, api: Rt, rootfs: Path) -> None:
+    c = _container(api, "t1", ["sh"], terminal=True)
+    api.create("t1", rootfs, terminal=True)
+    api.start("t1")
+    a = Attached(rt, api.ns, "t1")
+    a.send(b"echo $((6*7))\n")
+    a.expect(b"42\r\n")
+    a.send(b"exit 3\n")
+    assert a.finish() == 3
+    assert a.buf["err"] == b""
+    assert "stdout F 42" in api.log(c)
+
+
+def test_attach_refuses_a_stopped_task(rt: Suite, api: Rt, rootfs: Path) -> None:
+    _container(api, "s1", ["true"])
+    api.create("s1", rootfs)
+    api.start("s1")
+    assert api.wait("s1") == 0
+    a = Attached(rt, api.ns, "s1")
+    assert a.finish() != 0
+    assert b"stopped" in a.buf["err"]
+    b = Attached(rt, api.ns, "nosuch")
+    assert b.finish() != 0
+
+
+def _container(api: Rt, id: str, args: list[str], stdin: str = "open", **kw: object) -> object:
+    from google.protobuf import any_pb2
+
+    from moorage.api.containerd.services.containers.v1 import containers_pb2 as cpb
+    from moorage.services.runtime import spec as sp
+
+    from .helpers import CONTAINERS
+
+    spec = sp.build_spec(api.ns, id, sp.ImageConfig(cmd=tuple(args)), sp.Overrides(**kw))
+    c = cpb.Container(id=id, labels={"moorage/logging": "file", "moorage/stdin": stdin})
+    c.runtime.name = "io.containerd.runc.v2"
+    c.spec.CopyFrom(any_pb2.Any(type_url=sp.SPEC_TYPE_URL, value=sp.dumps(spec)))
+    return api.call(CONTAINERS, "Create", cpb.CreateContainerRequest(container=c),
+                    cpb.CreateContainerResponse).container
