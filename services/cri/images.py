@@ -346,9 +346,18 @@ class CriImages:
         dst.unpacks.append(imagestore_pb2.UnpackConfiguration(
             platform=wire.platform_to_pb(oci.host_platform()), snapshotter=self.snapshotter))
         dst.extra_references.append(imagestore_pb2.ImageReference(name=r.name, add_digest=True, allow_overwrite=True))
+        answer = None
+        creds = auth.credentials() if auth is not None else None
+        if auth is not None and creds is not None and creds[0] == "header":
+            # a registry token is the Bearer token itself: sent with every request to this
+            # reference's registry (and its configured mirrors), never fetched from a realm
+            if auth.applies_to(r.host):
+                src.resolver.headers["Authorization"] = creds[2]
+        elif auth is not None:
+            answer = _auth_answer(r.host, auth)
         client = await self.peer.client()
         with in_namespace(self.namespace):
-            await TransferClient(client).transfer(src, dst, auth=_auth_answer(r.host, auth) if auth else None)
+            await TransferClient(client).transfer(src, dst, auth=answer)
             record = await ImagesClient(client).get(name)
             details = await self._resolve_target(record.target)
             await self._put(ImagesClient(client), Image(details.id, record.target, labels))
