@@ -51,6 +51,7 @@ $(STAMP)/venv: pyproject.toml setup.py
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) .ci/editable.py
 	@touch $@
 
 gopeer: $(GOPEER)
