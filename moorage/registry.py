@@ -137,6 +137,7 @@ BUILTINS: tuple[tuple[str, str], ...] = (
     ("sandbox", "moorage.services.sandbox.process:PROCESS"),
     ("runtime", "moorage.services.runtime.process:PROCESS"),
     ("nri", "moorage.nri.process:PROCESS"),
+    ("cri", "moorage.services.cri.process:PROCESS"),
 )
 
 

@@ -1,0 +1,52 @@
+"""The ``[cri]`` config section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moorage.errdefs import InvalidArgument
+from moorage.namespaces import validate_namespace
+
+
+@dataclass(frozen=True)
+class CriConfig:
+    """What kubelet cannot tell us per call: the pause image, the host's rules, where things go.
+
+    ``restrict_oom_score_adj``: clamp every requested ``oom_score_adj`` to this process's own
+    value when it is lower (containerd's option of the same name): a host without
+    CAP_SYS_RESOURCE (this VM) cannot lower it, and runc then fails every pod. ``"auto"`` (the
+    default) clamps when the capability is missing, ``"on"``/``"off"`` force it.
+    ``allow_privileged``: privileged pods and containers are refused unless true.
+    ``stream_address``/``stream_port``: the streaming server for Exec/Attach/PortForward
+    (loopback; port 0 picks one). ``cni_conf_dir``: where NetworkReady looks for a network
+    (the sandbox service's directory). ``stop_timeout``: seconds StopPodSandbox gives each
+    container before SIGKILL.
+    """
+
+    namespace: str = "k8s.io"
+    sandbox_image: str = "registry.k8s.io/pause:3.9"
+    sandboxer: str = "podsandbox"
+    runtime: str = "io.containerd.runc.v2"
+    snapshotter: str = "overlayfs"
+    restrict_oom_score_adj: str = "auto"
+    allow_privileged: bool = False
+    stream_address: str = "127.0.0.1"
+    stream_port: int = 0
+    cni_conf_dir: str = "/etc/cni/net.d"
+    default_cgroup_parent: str = "/k8s.io"
+    stop_timeout: float = 10.0
+    max_exec_output: int = 16 << 20
+
+    def __post_init__(self) -> None:
+        try:
+            validate_namespace(self.namespace)
+        except InvalidArgument as exc:
+            raise ValueError(str(exc)) from None
+        if self.restrict_oom_score_adj not in ("auto", "on", "off"):
+            raise ValueError("restrict_oom_score_adj: want auto, on or off")
+        if not 0 <= self.stream_port < 65536:
+            raise ValueError("stream_port out of range")
+        if not self.sandbox_image:
+            raise ValueError("sandbox_image must not be empty")
+        if self.default_cgroup_parent and not self.default_cgroup_parent.startswith("/"):
+            raise ValueError("default_cgroup_parent must be absolute")

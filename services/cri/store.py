@@ -1,0 +1,649 @@
+"""The CRI runtime (contract.Runtime) on the sandbox and runtime services.
+
+A pod: a sandbox record and instance in the sandbox service (``podsandbox`` sandboxer:
+network namespace, CNI with the pod's port mappings, hostname/hosts/resolv.conf), then a
+pause container in the runtime service whose id is the pod's id, started in that network
+namespace and the runc shim group of the pod. A container: a runtime container (snapshot
+prepared on the image's chain id, spec from :mod:`.ocispec`) whose task is created at
+start with stdio fifos this process copies into the CRI log (:mod:`.cio`).
+
+One exit watcher per started task (a Tasks.Wait held open through the proxy) records
+the exit (code, reason: ``Completed``, ``Error``, ``OOMKilled``) and deletes the task at
+once, as containerd's CRI does; a pod whose pause exited is NOTREADY. Every step that
+creates something arms its undo; a failed RunPodSandbox/CreateContainer/StartContainer
+undoes what it did (shielded from the caller's cancellation). Operations on one pod or
+container are serialised by a per-id lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from moorage.errdefs import (
+    Error,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from moorage.namespaces import current_namespace
+from moorage.services.runtime.contract import AnyValue as RAny
+from moorage.services.runtime.contract import Container as RContainer
+from moorage.services.runtime.contract import CreateTask, RuntimeInfo, Status, StdIO
+from moorage.services.runtime.spec import SPEC_TYPE_URL, ImageConfig, dumps
+from moorage.services.sandbox.contract import POD_CONFIG_TYPE, CreateOptions, Sandbox
+from moorage.services.sandbox.contract import AnyValue as SAny
+from moorage.services.sandbox.contract import DNSConfig as SDns
+from moorage.services.sandbox.contract import PodConfig as SPod
+from moorage.services.sandbox.contract import PortMapping as SPort
+from moorage.services.sandbox.contract import Runtime as SRuntime
+
+from . import ocispec, stats
+from .cio import ContainerIO
+from .config import CriConfig
+from .contract import (
+    Container,
+    ContainerConfig,
+    ContainerFilter,
+    ContainerState,
+    ContainerStats,
+    ExecResult,
+    Image,
+    Images,
+    NamespaceMode,
+    Pod,
+    PodConfig,
+    PodFilter,
+    PodState,
+    PodStats,
+    Resources,
+    Usage,
+)
+from .execsync import exec_sync
+from .names import NameIndex
+from .peers import Peers
+from .records import Records, encode
+
+KIND_LABEL = "io.cri-containerd.kind"
+POD_EXTENSION = "io.moorage.cri.pod"
+POD_TYPE = "moorage.cri.v1.PodSandboxConfig"
+IO_DRAIN = 2.0
+KILL_WAIT = 30.0
+
+def _ignore_missing(exc: BaseException) -> bool:
+    return isinstance(exc, NotFound)
+
+
+class CriRuntime:
+    """contract.Runtime over ``peers``, with images resolved (and the sandbox image pulled
+    when missing) by ``images``."""
+
+    def __init__(self, cfg: CriConfig, peers: Peers, images: Images, root: Path, state: Path,
+                 logger: logging.Logger) -> None:
+        self.cfg = cfg
+        self.peers = peers
+        self.images = images
+        self.log = logger
+        self.pods: Records[Pod] = Records(root / "pods", Pod)
+        self.ctrs: Records[Container] = Records(root / "containers", Container)
+        self.io_root = state / "io"
+        self.exec_root = state / "exec"
+        self.io_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.exec_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.names = NameIndex()
+        for p in self.pods:
+            self.names.reserve(p.config.metadata.reserved_name(), p.id)
+        for c in self.ctrs:
+            if c.reserved_name:
+                self.names.reserve(c.reserved_name, c.id)
+        self.io: dict[str, ContainerIO] = {}
+        self.exited: dict[str, asyncio.Event] = {}
+        self.watchers: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        restrict = cfg.restrict_oom_score_adj == "on" or (
+            cfg.restrict_oom_score_adj == "auto" and not ocispec.can_lower_oom_score_adj())
+        self.clamp = ocispec.OomClamp(restrict)
+        if restrict:
+            logger.info("restrict_oom_score_adj: oom_score_adj below %d is clamped to it (%s)", self.clamp.current,
+                        "configured" if cfg.restrict_oom_score_adj == "on" else "no CAP_SYS_RESOURCE")
+        self._background: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    # helpers -------------------------------------------------------------------------------
+
+    def _lock(self, id: str) -> asyncio.Lock:
+        return self._locks.setdefault(id, asyncio.Lock())
+
+    def _pod(self, pod_id: str) -> Pod:
+        pod = self.pods.get(pod_id)
+        if pod is None:
+            raise NotFound(f'pod sandbox "{pod_id}" not found')
+        return pod
+
+    def _ctr(self, id: str) -> Container:
+        c = self.ctrs.get(id)
+        if c is None:
+            raise NotFound(f'container "{id}" not found')
+        return c
+
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _undo(self, steps: list[tuple[str, Callable[[], Awaitable[Any]]]]) -> None:
+        for what, fn in reversed(steps):
+            try:
+                await fn()
+            except NotFound:
+                pass
+            except Exception as exc:  # noqa: BLE001 - undo is best effort, each step on its own
+                self.log.warning("undo %s: %s", what, exc)
+
+    async def _rollback(self, steps: list[tuple[str, Callable[[], Awaitable[Any]]]]) -> None:
+        task = self._spawn(self._undo(steps))
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+
+    def _containers_of(self, pod_id: str) -> list[Container]:
+        return [c for c in self.ctrs if c.pod_id == pod_id]
+
+    # pods ----------------------------------------------------------------------------------
+
+    async def _sandbox_image(self) -> Image:
+        return await self.images.ensure(self.cfg.sandbox_image)
+
+    async def run_pod(self, config: PodConfig, runtime_handler: str = "") -> str:
+        md = config.metadata
+        if not md.name or not md.namespace or not md.uid:
+            raise InvalidArgument("sandbox metadata: name, namespace and uid are required")
+        if config.privileged and not self.cfg.allow_privileged:
+            from moorage.errdefs import PermissionDenied
+
+            raise PermissionDenied("privileged pods are not allowed ([cri] allow_privileged = false)")
+        if runtime_handler and runtime_handler not in ("runc", self.cfg.runtime):
+            raise NotFound(f'no runtime for "{runtime_handler}" is configured')
+        id = secrets.token_hex(32)
+        name = md.reserved_name()
+        self.names.reserve(name, id)
+        undo: list[tuple[str, Callable[[], Awaitable[Any]]]] = [("name", self._release_name(name))]
+        ns = current_namespace.get() or self.cfg.namespace
+        cgroup = ocispec.cgroup_path(config.cgroup_parent, self.cfg.default_cgroup_parent, id)
+        pod = Pod(id, config, PodState.NOTREADY, time.time_ns(), runtime_handler=runtime_handler, cgroup_path=cgroup)
+        try:
+            self.pods.put(pod)
+            undo.append(("record", self._forget_pod(id)))
+            image = await self._sandbox_image()
+            store = await self.peers.sandbox_store()
+            labels = {**dict(config.labels), KIND_LABEL: "sandbox"}
+            await store.create(Sandbox(id, SRuntime(self.cfg.runtime), sandboxer=self.cfg.sandboxer, labels=labels,
+                                       extensions={POD_EXTENSION: SAny(POD_TYPE, json.dumps(encode(config)).encode())}))
+            undo.append(("sandbox record", lambda: store.delete(id)))
+            ctrl = await self.peers.controller(self.cfg.sandboxer)
+            host_net = config.namespaces.network == NamespaceMode.NODE
+            spod = SPod(
+                hostname=config.hostname,
+                dns=SDns(config.dns.servers, config.dns.searches, config.dns.options) if config.dns else None,
+                port_mappings=tuple(SPort(p.host_port, p.container_port, (p.protocol or "tcp").lower(), p.host_ip)
+                                    for p in config.port_mappings if p.host_port > 0),
+                host_network=host_net,
+                cni_args=(("K8S_POD_NAMESPACE", md.namespace), ("K8S_POD_NAME", md.name),
+                          ("K8S_POD_INFRA_CONTAINER_ID", id), ("K8S_POD_UID", md.uid), ("IgnoreUnknown", "1")),
+            )
+            await ctrl.create(id, CreateOptions(options=SAny(POD_CONFIG_TYPE, spod.to_json())))
+            undo.append(("sandbox", lambda: ctrl.shutdown(id)))
+            await ctrl.start(id)
+            st = await ctrl.status(id)
+            info = dict(st.info)
+            ips = [ip for ip in info.get("ips", "").split(",") if ip]
+            spec = ocispec.pause_spec(ns, id, config, ImageConfig.from_json(image.config), info, cgroup=cgroup, clamp=self.clamp,
+                                      allow_privileged=self.cfg.allow_privileged)
+            await self.peers.prepare_snapshot(self.cfg.snapshotter, id, image.chain_id)
+            undo.append(("snapshot", lambda: self.peers.remove_snapshot(self.cfg.snapshotter, id)))
+            containers = await self.peers.containers()
+            await containers.create(RContainer(
+                id, RuntimeInfo(self.cfg.runtime), spec=RAny(SPEC_TYPE_URL, dumps(spec)), image=image.name,
+                labels={**dict(config.labels), KIND_LABEL: "sandbox"}, snapshotter=self.cfg.snapshotter,
+                snapshot_key=id, sandbox=id))
+            undo.append(("pause container", lambda: containers.delete(id)))
+            tasks = await self.peers.tasks()
+            await tasks.create(CreateTask(id))
+            undo.append(("pause task", lambda: self._kill_and_delete(id)))
+            pid = await tasks.start(id)
+            pod.state, pod.pause_pid, pod.info = PodState.READY, pid, info
+            pod.netns_path = info.get("netns_path", "")
+            pod.ip, pod.additional_ips = (ips[0] if ips else ""), tuple(ips[1:])
+            self.pods.put(pod)
+        except BaseException:
+            await self._rollback(undo)
+            raise
+        self.exited[id] = asyncio.Event()
+        self.watchers[id] = self._spawn(self._watch(id, ns))
+        return id
+
+    def _release_name(self, name: str) -> Callable[[], Awaitable[None]]:
+        async def release() -> None:
+            self.names.release(name)
+        return release
+
+    def _forget_pod(self, id: str) -> Callable[[], Awaitable[None]]:
+        async def forget() -> None:
+            self.pods.delete(id)
+        return forget
+
+    async def _kill_and_delete(self, id: str) -> None:
+        tasks = await self.peers.tasks()
+        with contextlib.suppress(NotFound, FailedPrecondition):
+            await tasks.kill(id, int(signal.SIGKILL), all=True)
+        with contextlib.suppress(NotFound):
+            await asyncio.wait_for(tasks.wait(id), KILL_WAIT)
+        with contextlib.suppress(NotFound):
+            await tasks.delete(id)
+
+    async def stop_pod(self, pod_id: str) -> None:
+        pod = self.pods.get(pod_id)
+        if pod is None:
+            return
+        for c in self._containers_of(pod_id):
+            await self.stop_container(c.id, 0)
+        async with self._lock(pod_id):
+            await self._stop_task(pod_id, 0, signal.SIGKILL)
+            ctrl = await self.peers.controller(self.cfg.sandboxer)
+            with contextlib.suppress(NotFound):
+                await ctrl.stop(pod_id)
+            if pod.state != PodState.NOTREADY:
+                pod.state = PodState.NOTREADY
+                self.pods.put(pod)
+
+    async def remove_pod(self, pod_id: str) -> None:
+        pod = self.pods.get(pod_id)
+        if pod is None:
+            return
+        await self.stop_pod(pod_id)
+        for c in self._containers_of(pod_id):
+            await self.remove_container(c.id)
+        async with self._lock(pod_id):
+            with contextlib.suppress(NotFound):
+                await (await self.peers.tasks()).delete(pod_id)
+            with contextlib.suppress(NotFound):
+                await (await self.peers.containers()).delete(pod_id)
+            with contextlib.suppress(NotFound):
+                await self.peers.remove_snapshot(self.cfg.snapshotter, pod_id)
+            with contextlib.suppress(NotFound):
+                await (await self.peers.controller(self.cfg.sandboxer)).shutdown(pod_id)
+            with contextlib.suppress(NotFound):
+                await (await self.peers.sandbox_store()).delete(pod_id)
+            self.names.release(pod.config.metadata.reserved_name())
+            self.pods.delete(pod_id)
+            self.exited.pop(pod_id, None)
+        self._locks.pop(pod_id, None)
+
+    async def pod(self, pod_id: str) -> Pod:
+        return self._pod(self._resolve(self.pods.items, pod_id, "pod sandbox"))
+
+    async def list_pods(self, flt: PodFilter | None = None) -> list[Pod]:
+        out = []
+        for p in sorted(self.pods, key=lambda p: p.created_at):
+            if flt is not None:
+                if flt.id and not p.id.startswith(flt.id):
+                    continue
+                if flt.state is not None and p.state != flt.state:
+                    continue
+                if any(p.config.labels.get(k) != v for k, v in flt.labels.items()):
+                    continue
+            out.append(p)
+        return out
+
+    @staticmethod
+    def _resolve(items: dict[str, Any], id: str, what: str) -> str:
+        """A full id for a unique prefix of one (as containerd's truncindex)."""
+        if id in items:
+            return id
+        found = [k for k in items if id and k.startswith(id)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise InvalidArgument(f'{what} id "{id}" is ambiguous')
+        raise NotFound(f'{what} "{id}" not found')
+
+    # containers ----------------------------------------------------------------------------
+
+    async def create_container(self, pod_id: str, config: ContainerConfig) -> str:
+        pod = self._pod(self._resolve(self.pods.items, pod_id, "pod sandbox"))
+        if pod.state != PodState.READY:
+            raise FailedPrecondition(f'pod sandbox "{pod.id}" is not ready')
+        if not config.metadata.name:
+            raise InvalidArgument("container metadata: name is required")
+        md = pod.config.metadata
+        name = "_".join((config.metadata.name, md.name, md.namespace, md.uid, str(config.metadata.attempt)))
+        id = secrets.token_hex(32)
+        self.names.reserve(name, id)
+        ns = current_namespace.get() or self.cfg.namespace
+        undo: list[tuple[str, Callable[[], Awaitable[Any]]]] = [("name", self._release_name(name))]
+        try:
+            image = await self.images.resolve(config.image)
+            image_config = ImageConfig.from_json(image.config)
+            target_pid = 0
+            if config.security.namespaces.pid == NamespaceMode.TARGET:
+                target = self.ctrs.get(config.security.namespaces.target_id)
+                target_pid = target.pid if target is not None and target.state == ContainerState.RUNNING else 0
+            from moorage.services.runtime import rootfs as rfs
+
+            mounts = await self.peers.prepare_snapshot(self.cfg.snapshotter, id, image.chain_id)
+            undo.append(("snapshot", lambda: self.peers.remove_snapshot(self.cfg.snapshotter, id)))
+            cgroup = ocispec.cgroup_path(pod.config.cgroup_parent, self.cfg.default_cgroup_parent, id)
+            spec = ocispec.container_spec(ns, id, pod.id, pod.config, config, image_config, image.name, pod.info,
+                                          pod.pause_pid, cgroup=cgroup, clamp=self.clamp,
+                                          allow_privileged=self.cfg.allow_privileged,
+                                          read_rootfs=rfs.reader(mounts), target_pid=target_pid)
+            log_path = ""
+            if config.log_path:
+                log_path = os.path.join(pod.config.log_directory, config.log_path) if pod.config.log_directory \
+                    else config.log_path
+            containers = await self.peers.containers()
+            await containers.create(RContainer(
+                id, RuntimeInfo(self.cfg.runtime), spec=RAny(SPEC_TYPE_URL, dumps(spec)), image=image.name,
+                labels={**dict(config.labels), KIND_LABEL: "container"}, snapshotter=self.cfg.snapshotter,
+                snapshot_key=id, sandbox=pod.id))
+            undo.append(("container", lambda: containers.delete(id)))
+            self.ctrs.put(Container(id, pod.id, config, image.name, image.id, ContainerState.CREATED, time.time_ns(),
+                                    log_path=log_path, cgroup_path=cgroup, reserved_name=name,
+                                    stop_signal=_stop_signal(image.config)))
+        except BaseException:
+            await self._rollback(undo)
+            raise
+        return id
+
+    async def start_container(self, container_id: str) -> None:
+        id = self._resolve(self.ctrs.items, container_id, "container")
+        async with self._lock(id):
+            c = self._ctr(id)
+            if c.state != ContainerState.CREATED:
+                raise FailedPrecondition(f'container "{id}" is in {c.state.name} state, want CREATED')
+            pod = self._pod(c.pod_id)
+            if pod.state != PodState.READY:
+                raise FailedPrecondition(f'pod sandbox "{pod.id}" of container "{id}" is not ready')
+            ns = current_namespace.get() or self.cfg.namespace
+            cio: ContainerIO | None = None
+            tasks = await self.peers.tasks()
+            try:
+                cio = ContainerIO.create(self.io_root / id, c.log_path, stdin=c.config.stdin, tty=c.config.tty)
+                stdin, stdout, stderr = cio.paths()
+                await tasks.create(CreateTask(id, stdio=StdIO(stdin, stdout, stderr, c.config.tty)))
+                cio.attached()
+                self.io[id] = cio
+                self.exited[id] = asyncio.Event()
+                c.pid = await tasks.start(id)
+            except BaseException as exc:
+                self.io.pop(id, None)
+                task = self._spawn(self._undo([("task", lambda: self._kill_and_delete(id))]))
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(task)
+                if cio is not None:
+                    cio.remove()
+                c.state, c.finished_at, c.exit_code = ContainerState.EXITED, time.time_ns(), 128
+                c.reason, c.message = "StartError", str(exc)
+                self.ctrs.put(c)
+                self.exited.setdefault(id, asyncio.Event()).set()
+                raise
+            c.state, c.started_at = ContainerState.RUNNING, time.time_ns()
+            self.ctrs.put(c)
+            self.watchers[id] = self._spawn(self._watch(id, ns))
+
+    async def stop_container(self, container_id: str, timeout: float) -> None:
+        c = self.ctrs.get(container_id)
+        if c is None:
+            return
+        sig = _signal(c.stop_signal)
+        async with self._lock(c.id):
+            if c.state != ContainerState.RUNNING:
+                return
+            await self._stop_task(c.id, timeout, sig)
+
+    async def _stop_task(self, id: str, timeout: float, sig: int) -> None:
+        """Signal ``id``'s task (``sig`` then SIGKILL after ``timeout``) until its watcher saw it exit."""
+        event = self.exited.get(id)
+        if event is None or event.is_set():
+            return
+        tasks = await self.peers.tasks()
+        if timeout > 0 and sig != signal.SIGKILL:
+            with contextlib.suppress(NotFound, FailedPrecondition):
+                await tasks.kill(id, sig)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        while not event.is_set():
+            with contextlib.suppress(NotFound, FailedPrecondition):
+                await tasks.kill(id, int(signal.SIGKILL), all=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(event.wait(), KILL_WAIT)
+
+    async def remove_container(self, container_id: str) -> None:
+        c = self.ctrs.get(container_id)
+        if c is None:
+            return
+        if c.state == ContainerState.RUNNING:
+            await self.stop_container(c.id, 0)
+        async with self._lock(c.id):
+            if self.ctrs.get(c.id) is None:
+                return
+            with contextlib.suppress(NotFound):
+                await (await self.peers.tasks()).delete(c.id)
+            with contextlib.suppress(NotFound):
+                await (await self.peers.containers()).delete(c.id)
+            with contextlib.suppress(NotFound):
+                await self.peers.remove_snapshot(self.cfg.snapshotter, c.id)
+            cio = self.io.pop(c.id, None)
+            if cio is not None:
+                cio.remove()
+            else:
+                ContainerIO(self.io_root / c.id, "", False, False).remove()
+            if c.reserved_name:
+                self.names.release(c.reserved_name)
+            self.ctrs.delete(c.id)
+            self.exited.pop(c.id, None)
+        self._locks.pop(c.id, None)
+
+    async def container(self, container_id: str) -> Container:
+        return self._ctr(self._resolve(self.ctrs.items, container_id, "container"))
+
+    async def list_containers(self, flt: ContainerFilter | None = None) -> list[Container]:
+        out = []
+        for c in sorted(self.ctrs, key=lambda c: c.created_at):
+            if flt is not None:
+                if flt.id and not c.id.startswith(flt.id):
+                    continue
+                if flt.state is not None and c.state != flt.state:
+                    continue
+                if flt.pod_id and not c.pod_id.startswith(flt.pod_id):
+                    continue
+                if any(c.config.labels.get(k) != v for k, v in flt.labels.items()):
+                    continue
+            out.append(c)
+        return out
+
+    async def update_resources(self, container_id: str, resources: Resources) -> None:
+        id = self._resolve(self.ctrs.items, container_id, "container")
+        async with self._lock(id):
+            c = self._ctr(id)
+            if c.state not in (ContainerState.CREATED, ContainerState.RUNNING):
+                raise FailedPrecondition(f'container "{id}" is in {c.state.name} state')
+            containers = await self.peers.containers()
+            rc = await containers.get(id)
+            spec = json.loads(rc.spec.value) if rc.spec is not None else {}
+            res = ocispec.linux_resources(resources)
+            spec.setdefault("linux", {}).setdefault("resources", {}).update(res)
+            if resources.oom_score_adj:
+                spec.setdefault("process", {})["oomScoreAdj"] = self.clamp(resources.oom_score_adj, f"container {id}")
+            rc.spec = RAny(SPEC_TYPE_URL, dumps(spec))
+            await containers.update(rc, ["spec"])
+            if c.state == ContainerState.RUNNING:
+                await self.peers.update_task(id, res)
+            from dataclasses import replace
+
+            c.config = replace(c.config, resources=resources)
+            self.ctrs.put(c)
+
+    async def reopen_log(self, container_id: str) -> None:
+        c = self._ctr(self._resolve(self.ctrs.items, container_id, "container"))
+        cio = self.io.get(c.id)
+        if c.state != ContainerState.RUNNING or cio is None:
+            raise FailedPrecondition(f'container "{c.id}" is not running')
+        cio.reopen_log()
+
+    async def exec_sync(self, container_id: str, cmd: tuple[str, ...], timeout: float) -> ExecResult:
+        c = self._ctr(self._resolve(self.ctrs.items, container_id, "container"))
+        if c.state != ContainerState.RUNNING:
+            raise FailedPrecondition(f'container "{c.id}" is not running')
+        if not cmd:
+            raise InvalidArgument("exec: a command is required")
+        rc = await (await self.peers.containers()).get(c.id)
+        spec = json.loads(rc.spec.value) if rc.spec is not None else {}
+        return await exec_sync(self.peers, self.exec_root, c.id, spec.get("process") or {}, cmd, timeout,
+                               self.cfg.max_exec_output)
+
+    def container_io(self, container_id: str) -> ContainerIO | None:
+        """The stdio of a running container (the streaming server's Attach)."""
+        return self.io.get(container_id)
+
+    # stats ---------------------------------------------------------------------------------
+
+    def _stats(self, c: Container) -> ContainerStats:
+        usage = stats.usage(c.cgroup_path) if c.state in (ContainerState.CREATED, ContainerState.RUNNING) else \
+            Usage(time.time_ns())
+        return ContainerStats(c.id, c.pod_id, c.config.metadata.name, c.config.metadata.attempt,
+                              dict(c.config.labels), dict(c.config.annotations), usage)
+
+    async def container_stats(self, container_id: str) -> ContainerStats:
+        return self._stats(await self.container(container_id))
+
+    async def list_container_stats(self, flt: ContainerFilter | None = None) -> list[ContainerStats]:
+        return [self._stats(c) for c in await self.list_containers(flt)
+                if c.state in (ContainerState.CREATED, ContainerState.RUNNING)]
+
+    def _pod_stats(self, pod: Pod) -> PodStats:
+        ctrs = tuple(self._stats(c) for c in self._containers_of(pod.id) if c.state == ContainerState.RUNNING)
+        if pod.config.cgroup_parent:
+            usage = stats.usage(pod.config.cgroup_parent)
+        else:
+            usage = stats.usage(pod.cgroup_path) if pod.state == PodState.READY else Usage(time.time_ns())
+            for c in ctrs:
+                usage = stats.add(usage, c.usage)
+        return PodStats(pod, usage, ctrs)
+
+    async def pod_stats(self, pod_id: str) -> PodStats:
+        return self._pod_stats(await self.pod(pod_id))
+
+    async def list_pod_stats(self, flt: PodFilter | None = None) -> list[PodStats]:
+        return [self._pod_stats(p) for p in await self.list_pods(flt)]
+
+    # exits ---------------------------------------------------------------------------------
+
+    async def _watch(self, id: str, ns: str) -> None:
+        """Wait for ``id``'s task to exit; record it; delete the task."""
+        current_namespace.set(ns)
+        code, exited_at = 255, 0
+        while not self._closing:
+            try:
+                tasks = await self.peers.tasks()
+                info = await tasks.wait(id)
+                code, exited_at = info.exit_status, info.exited_at
+                break
+            except NotFound:
+                break
+            except asyncio.CancelledError:
+                raise
+            except (Unavailable, Error, OSError) as exc:
+                self.log.debug("wait %s: %s (retrying)", id, exc)
+                await asyncio.sleep(1.0)  # the proxy or the runtime restarts
+        if self._closing:
+            return
+        await self._exited(id, code, exited_at)
+
+    async def _exited(self, id: str, code: int, exited_at: int) -> None:
+        c = self.ctrs.get(id)
+        oom = stats.oom_killed(c.cgroup_path) if c is not None else False
+        try:
+            tasks = await self.peers.tasks()
+            info = await tasks.delete(id)
+            code, exited_at = info.exit_status, info.exited_at or exited_at
+        except NotFound:
+            pass
+        except Error as exc:
+            self.log.warning("delete task %s: %s", id, exc)
+        cio = self.io.get(id)
+        if cio is not None:
+            await cio.wait(IO_DRAIN)
+        if c is not None:
+            c.state, c.exit_code, c.finished_at = ContainerState.EXITED, code, exited_at or time.time_ns()
+            c.reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
+            self.ctrs.put(c)
+        pod = self.pods.get(id)
+        if pod is not None and pod.state == PodState.READY:
+            pod.state = PodState.NOTREADY
+            self.pods.put(pod)
+        self.watchers.pop(id, None)
+        self.exited.setdefault(id, asyncio.Event()).set()
+
+    # start and stop --------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """After a restart: watch the tasks still running, record those that exited meanwhile."""
+        ns = self.cfg.namespace
+        current_namespace.set(ns)
+        tasks = await self.peers.tasks()
+        for id, kind in [(p.id, "pod") for p in self.pods if p.state == PodState.READY] + \
+                [(c.id, "container") for c in self.ctrs if c.state == ContainerState.RUNNING]:
+            try:
+                st = await tasks.get(id)
+            except NotFound:
+                st = None
+            self.exited[id] = asyncio.Event()
+            if kind == "container":
+                c = self._ctr(id)
+                cio = ContainerIO.reopen(self.io_root / id, c.log_path, c.config.stdin, c.config.tty)
+                if cio is not None:
+                    self.io[id] = cio
+            if st is not None and st.status in (Status.RUNNING, Status.PAUSED, Status.PAUSING, Status.CREATED):
+                self.watchers[id] = self._spawn(self._watch(id, ns))
+            else:
+                await self._exited(id, st.exit_status if st is not None else 255, st.exited_at if st else 0)
+
+    async def close(self) -> None:
+        """Stop watching (containers keep running; a restart picks them up again)."""
+        self._closing = True
+        for t in list(self._background):
+            t.cancel()
+        for cio in self.io.values():
+            cio.close()
+        self.io.clear()
+
+
+def _signal(name: str) -> int:
+    if not name:
+        return int(signal.SIGTERM)
+    if name.isdigit():
+        return int(name)
+    n = name.upper()
+    if not n.startswith("SIG"):
+        n = "SIG" + n
+    try:
+        return int(signal.Signals[n])
+    except KeyError:
+        return int(signal.SIGTERM)
+
+
+def _stop_signal(config: Mapping[str, Any]) -> str:
+    inner = config.get("config")
+    value = inner.get("StopSignal") if isinstance(inner, Mapping) else None
+    return value if isinstance(value, str) else ""
