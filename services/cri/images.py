@@ -172,6 +172,13 @@ def normalise(ref: str) -> Reference:
     return r
 
 
+def _normalised_or_empty(ref: str) -> str:
+    try:
+        return str(normalise(ref))
+    except errdefs.Error:
+        return ""
+
+
 def _tag_or_digest(name: str) -> tuple[str, str]:
     """('tag', name) or ('digest', name) for a reference record name; ('', '') otherwise."""
     try:
@@ -190,9 +197,12 @@ class CriImages:
     content store (manifests and configs) and the snapshotter (usage)."""
 
     def __init__(self, peer: Peer, snapshotter: str = DEFAULT_SNAPSHOTTER, image_fs: Path | None = None,
-                 namespace: str = K8S_NAMESPACE) -> None:
+                 namespace: str = K8S_NAMESPACE, pinned: Sequence[str] = ()) -> None:
+        """``pinned``: references whose image kubelet must never garbage-collect (the
+        sandbox image), reported as ``pinned`` like records labelled io.cri-containerd.pinned."""
         self.peer = peer
         self.namespace = namespace
+        self.pinned: frozenset[str] = frozenset(_normalised_or_empty(r) for r in pinned) - {""}
         self.snapshotter = snapshotter
         self.image_fs = image_fs
         self._details: OrderedDict[str, _Details] = OrderedDict()
@@ -290,7 +300,8 @@ class CriImages:
             id=d.id, name=name, repo_tags=tuple(tags), repo_digests=tuple(digests), records=by_name,
             target=by_name[name], manifest=d.manifest, config=d.config, chain_id=d.chain_id,
             size=d.size, uid=uid, username=username,
-            pinned=any(r.labels.get(PINNED_LABEL) == "pinned" for r in group), labels=labels)
+            pinned=any(r.labels.get(PINNED_LABEL) == "pinned" or r.name in self.pinned for r in group),
+            labels=labels)
 
     async def resolve(self, ref: str) -> ResolvedImage:
         """The image named by ``ref``: a reference (normalised as containerd does), a full
@@ -499,12 +510,13 @@ class ImageService(ImageServiceServicer):
 
 async def build_images(ctx: BuildContext) -> ImageService:
     """The CRI process's ImageService (``svc.images`` is its ``CriImages``). Reads
-    ``snapshotter`` and ``namespace`` from the cri config section (defaults overlayfs and
-    k8s.io); the
-    image filesystem is that snapshotter's folder under the snapshots process's root."""
+    ``snapshotter``, ``namespace`` and ``sandbox_image`` (reported pinned) from the cri
+    config section (defaults overlayfs and k8s.io); the image filesystem is that
+    snapshotter's folder under the snapshots process's root."""
     snapshotter = str(getattr(ctx.settings, "snapshotter", "") or DEFAULT_SNAPSHOTTER)
     namespace = str(getattr(ctx.settings, "namespace", "") or K8S_NAMESPACE)
+    sandbox_image = str(getattr(ctx.settings, "sandbox_image", "") or "")
     peer = Peer(ctx.proxy_address)
     ctx.on_close(peer.close)
     image_fs = ctx.root.parent / "snapshots" / snapshotter
-    return ImageService(CriImages(peer, snapshotter, image_fs, namespace))
+    return ImageService(CriImages(peer, snapshotter, image_fs, namespace, pinned=[sandbox_image]))

@@ -59,9 +59,11 @@ def busybox_layout(workdir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def suite(workdir: Path) -> Iterator[Any]:
+def suite(workdir: Path, images: TestImages) -> Iterator[Any]:
     suite_mod = pytest.importorskip("suite")
-    s = suite_mod.Suite(workdir / "suite", config={"transfer": {"hosts_dir": str(workdir / "certs.d")}},
+    s = suite_mod.Suite(workdir / "suite", config={"transfer": {"hosts_dir": str(workdir / "certs.d")},
+                                                   "cri": {"enabled": False},  # its ImageService is ours alone
+                                                   "cri-images": {"sandbox_image": images.pause}},
                         plugins=["cri.imageproc:PROCESS"])
     try:
         for name in ("proxy", "content", "snapshots", "transfer", "cri-images"):
@@ -177,9 +179,10 @@ async def test_user_from_image_config(client: Cri, images: TestImages) -> None:
     assert not named.HasField("uid") and named.username == "nobody"
     pause = (await client.status(images.pause)).image
     assert pause.uid.value == 65535
+    assert pause.pinned  # the sandbox image
     await client.pull(images.busybox)
     nobody = (await client.status(images.busybox)).image
-    assert not nobody.HasField("uid") and nobody.username == ""
+    assert not nobody.HasField("uid") and nobody.username == "" and not nobody.pinned
 
 
 @pytest.mark.root
