@@ -33,8 +33,9 @@ async def build(ctx: BuildContext) -> Sequence[object]:
     peers = Peers(ctx.proxy_address)
     runtime = CriRuntime(cfg, peers, images.images, ctx.root, ctx.state, ctx.logger)
     if runtime.clamp.enabled:
-        ctx.logger.warning("oom_score_adj requests below %d are clamped to it (restrict_oom_score_adj=%s)",
-                           runtime.clamp.current, cfg.restrict_oom_score_adj)
+        ctx.logger.warning("oom_score_adj requests below %d are clamped to it (restrict_oom_score_adj=%s%s)",
+                           runtime.clamp.current, cfg.restrict_oom_score_adj,
+                           ": no CAP_SYS_RESOURCE" if cfg.restrict_oom_score_adj == "auto" else "")
 
     async def recover() -> None:
         for _ in range(RECOVER_ATTEMPTS):
@@ -56,7 +57,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
         backend.io_of = runtime.container_io
         streaming = st.StreamingServer(backend, host=cfg.stream_address, port=cfg.stream_port)
         await streaming.start()
-    except ImportError as exc:
+    except (ImportError, AttributeError) as exc:
         ctx.logger.warning("no streaming server (%s): Exec, Attach and PortForward are unavailable", exc)
         streaming = None
 

@@ -113,9 +113,6 @@ class CriRuntime:
         restrict = cfg.restrict_oom_score_adj == "on" or (
             cfg.restrict_oom_score_adj == "auto" and not ocispec.can_lower_oom_score_adj())
         self.clamp = ocispec.OomClamp(restrict)
-        if restrict:
-            logger.info("restrict_oom_score_adj: oom_score_adj below %d is clamped to it (%s)", self.clamp.current,
-                        "configured" if cfg.restrict_oom_score_adj == "on" else "no CAP_SYS_RESOURCE")
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
 

@@ -1,0 +1,216 @@
+"""The CRI RuntimeService end to end through the proxy's gRPC door, with real networking:
+a pod with two containers, ExecSync, the CRI log file, the pod's IP reachable from the
+host, everything stopped and removed with nothing left behind; then the errors kubelet
+expects for bad input, and the CRI's idempotence rules."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+
+from moorage.api.k8s.cri.v1 import api_pb2 as api
+
+from .conftest import CriSuite, wait_until
+
+pytestmark = pytest.mark.root
+
+LOG_LINE = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}(Z|[+-]\d\d:\d\d) (stdout|stderr) [PF] .*$")
+BUSYBOX = "/bin/busybox"
+
+
+def _code(exc: pytest.ExceptionInfo[grpc.RpcError]) -> grpc.StatusCode:
+    return exc.value.code()  # type: ignore[attr-defined, no-any-return]
+
+
+def _details(exc: pytest.ExceptionInfo[grpc.RpcError]) -> str:
+    return str(exc.value.details())  # type: ignore[attr-defined]
+
+
+def test_version_status_and_runtime_config(cri: CriSuite) -> None:
+    v = cri.rt("Version", api.VersionRequest())
+    assert v.runtime_name == "moorage" and v.runtime_api_version == "v1" and v.version
+    conds = {c.type: c.status for c in cri.rt("Status", api.StatusRequest()).status.conditions}
+    assert conds == {"RuntimeReady": True, "NetworkReady": True}
+    rc = cri.rt("RuntimeConfig", api.RuntimeConfigRequest())
+    assert rc.linux.cgroup_driver == api.CGROUPFS
+
+
+def test_pod_lifecycle_end_to_end(pods: CriSuite) -> None:
+    cri = pods
+    cfg = cri.pod_config("web", dns_config=api.DNSConfig(servers=["10.96.0.10"], searches=["svc.local"],
+                                                           options=["ndots:5"]))
+    pod_id, cfg = cri.run_pod("web", cfg)
+    st = cri.rt("PodSandboxStatus", api.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status
+    assert st.state == api.SANDBOX_READY
+    assert st.metadata.name == "web" and st.labels["app"] == "web" and st.annotations["note"] == "cri-test"
+    ip = st.network.ip
+    prefix = cri.net.subnet.rsplit(".", 1)[0] + "."
+    assert ip.startswith(prefix), (ip, cri.net.subnet)
+    assert [p.id for p in cri.rt("ListPodSandbox", api.ListPodSandboxRequest(
+        filter=api.PodSandboxFilter(label_selector={"app": "web"}))).items] == [pod_id]
+
+    image_id = cri.pull(cri.images.busybox)
+    web = cri.create(pod_id, cfg, cri.container_config(
+        "httpd", cri.images.busybox, BUSYBOX, "sh", "-c",
+        f"echo hello; echo oops >&2; exec {BUSYBOX} httpd -f -p 8080 -h /etc"))
+    idle = cri.create(pod_id, cfg, cri.container_config("idle", image_id, BUSYBOX, "sleep", "1000",
+                                                        envs=[api.KeyValue(key="GREETING", value=b"hi")]))
+    assert cri.status(web).state == api.CONTAINER_CREATED
+    for c in (web, idle):
+        cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
+    st_web = cri.status(web)
+    assert st_web.state == api.CONTAINER_RUNNING and st_web.image_id == image_id and st_web.started_at > 0
+    assert st_web.log_path == str(Path(cfg.log_directory) / "httpd/0.log")
+
+    # ExecSync: output, exit code, the pod's hostname, DNS config and environment
+    r = cri.exec_sync(idle, BUSYBOX, "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (r.stdout, r.stderr, r.exit_code) == (b"out\n", b"err\n", 3)
+    assert cri.exec_sync(idle, BUSYBOX, "hostname").stdout == b"web\n"
+    resolv = cri.exec_sync(idle, BUSYBOX, "cat", "/etc/resolv.conf").stdout.decode()
+    assert "nameserver 10.96.0.10" in resolv and "search svc.local" in resolv
+    assert b"GREETING=hi" in cri.exec_sync(idle, BUSYBOX, "env").stdout
+    # the two containers share the pod's network namespace: idle reaches httpd on localhost
+    got = cri.exec_sync(idle, BUSYBOX, "wget", "-q", "-O", "-", "http://127.0.0.1:8080/moorage-cri")
+    assert got.stdout == b"cri\n", got
+
+    # the CRI log file kubelet asked for
+    log = Path(st_web.log_path)
+    lines = wait_until(lambda: log.exists() and len(log.read_bytes().splitlines()) >= 2 and log.read_bytes().splitlines(),
+                       what="two log lines")
+    assert all(LOG_LINE.match(ln) for ln in lines), lines
+    assert {ln.split(b" ", 1)[1] for ln in lines} >= {b"stdout F hello", b"stderr F oops"}
+
+    # the pod's IP answers from the host
+    with urllib.request.urlopen(f"http://{ip}:8080/moorage-cri", timeout=10) as resp:
+        assert resp.read() == b"cri\n"
+
+    listed = cri.rt("ListContainers", api.ListContainersRequest(filter=api.ContainerFilter(pod_sandbox_id=pod_id)))
+    assert {c.id for c in listed.containers} == {web, idle}
+    stats = cri.rt("ListContainerStats", api.ListContainerStatsRequest(
+        filter=api.ContainerStatsFilter(pod_sandbox_id=pod_id))).stats
+    assert {s.attributes.id for s in stats} == {web, idle}
+    assert all(s.cpu.timestamp > 0 and s.memory.timestamp > 0 and s.memory.working_set_bytes.value > 0
+               for s in stats)
+
+    # stop the container (SIGTERM: httpd shares the pod's PID namespace, so it is not pid 1) and the pod
+    cri.rt("StopContainer", api.StopContainerRequest(container_id=web, timeout=30))
+    st_web = cri.status(web)
+    assert st_web.state == api.CONTAINER_EXITED and st_web.exit_code == 143 and st_web.finished_at > 0
+    assert st_web.reason == "Error"
+    cri.rt("StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    assert cri.status(idle).state == api.CONTAINER_EXITED
+    st = cri.rt("PodSandboxStatus", api.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status
+    assert st.state == api.SANDBOX_NOTREADY
+    cri.rt("StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=pod_id))  # twice: still fine
+    cri.rt("RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+    assert not cri.rt("ListPodSandbox", api.ListPodSandboxRequest()).items
+    assert not cri.rt("ListContainers", api.ListContainersRequest()).containers
+    assert cri.net.namespaces() == [] and cri.net.allocations() == [] and cri.net.bridge_ports() == []
+    assert cri.shims([pod_id, web, idle]) == []
+    assert cri.mounts() == []
+    assert log.exists()  # kubelet owns the log directory
+
+
+def test_container_exit_code_and_reason(pods: CriSuite) -> None:
+    cri = pods
+    pod_id, cfg = cri.run_pod("exits")
+    stubborn = cri.create(pod_id, cfg, cri.container_config(
+        "stubborn", cri.images.busybox, BUSYBOX, "sh", "-c", f"trap '' TERM; echo ready; {BUSYBOX} sleep 1000 & wait"))
+    cri.rt("StartContainer", api.StartContainerRequest(container_id=stubborn))
+    log = Path(cri.status(stubborn).log_path)
+    wait_until(lambda: log.exists() and b"ready" in log.read_bytes(), what="the trap set")
+    cri.rt("StopContainer", api.StopContainerRequest(container_id=stubborn, timeout=1))  # TERM ignored: killed
+    st = cri.status(stubborn)
+    assert (st.state, st.exit_code, st.reason) == (api.CONTAINER_EXITED, 137, "Error")
+    cri.rt("StopContainer", api.StopContainerRequest(container_id=stubborn, timeout=1))  # again: fine
+    c = cri.create(pod_id, cfg, cri.container_config("fail", cri.images.busybox, BUSYBOX, "sh", "-c", "exit 7"))
+    cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
+    st = wait_until(lambda: (s := cri.status(c)).state == api.CONTAINER_EXITED and s, what="exit")
+    assert (st.exit_code, st.reason) == (7, "Error")
+    cri.rt("RemoveContainer", api.RemoveContainerRequest(container_id=c))
+    with pytest.raises(grpc.RpcError) as exc:
+        cri.status(c)
+    assert _code(exc) == grpc.StatusCode.NOT_FOUND
+
+
+def test_bad_input_and_idempotence(pods: CriSuite) -> None:
+    cri = pods
+    unknown = "0" * 64
+    with pytest.raises(grpc.RpcError) as exc:
+        cri.rt("PodSandboxStatus", api.PodSandboxStatusRequest(pod_sandbox_id=unknown))
+    assert _code(exc) == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as exc:
+        cri.rt("CreateContainer", api.CreateContainerRequest(
+            pod_sandbox_id=unknown, config=cri.container_config("x", cri.images.busybox, BUSYBOX, "true")))
+    assert _code(exc) == grpc.StatusCode.NOT_FOUND
+    # stop and remove of what does not exist are not errors (the CRI's idempotence rule)
+    cri.rt("StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=unknown))
+    cri.rt("RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=unknown))
+    cri.rt("StopContainer", api.StopContainerRequest(container_id=unknown, timeout=1))
+    cri.rt("RemoveContainer", api.RemoveContainerRequest(container_id=unknown))
+
+    pod_id, cfg = cri.run_pod("dup")
+    with pytest.raises(grpc.RpcError) as exc:
+        cri.rt("RunPodSandbox", api.RunPodSandboxRequest(config=cfg))
+    assert _code(exc) == grpc.StatusCode.ALREADY_EXISTS
+    assert f'is reserved for "{pod_id}"' in _details(exc)
+
+    missing = cri.images.busybox.rsplit(":", 1)[0] + ":absent"
+    with pytest.raises(grpc.RpcError) as exc:
+        cri.create(pod_id, cfg, cri.container_config("nope", missing, BUSYBOX, "true"))
+    assert _code(exc) == grpc.StatusCode.NOT_FOUND and "absent" in _details(exc)
+
+    cri.pull(cri.images.busybox)
+    first = cri.create(pod_id, cfg, cri.container_config("twin", cri.images.busybox, BUSYBOX, "true"))
+    with pytest.raises(grpc.RpcError) as exc:
+        cri.create(pod_id, cfg, cri.container_config("twin", cri.images.busybox, BUSYBOX, "true"))
+    assert _code(exc) == grpc.StatusCode.ALREADY_EXISTS and first in _details(exc)
+    cri.rt("RemoveContainer", api.RemoveContainerRequest(container_id=first))
+    cri.rt("RemoveContainer", api.RemoveContainerRequest(container_id=first))  # twice: fine
+    cri.create(pod_id, cfg, cri.container_config("twin", cri.images.busybox, BUSYBOX, "true"))  # name released
+
+    sc = api.LinuxContainerConfig(security_context=api.LinuxContainerSecurityContext(
+        run_as_group=api.Int64Value(value=1000)))
+    with pytest.raises(grpc.RpcError) as exc:
+        cri.create(pod_id, cfg, cri.container_config("group", cri.images.busybox, BUSYBOX, "true", linux=sc))
+    assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT and "without user" in _details(exc)
+
+    priv = api.LinuxContainerConfig(security_context=api.LinuxContainerSecurityContext(privileged=True))
+    with pytest.raises(grpc.RpcError) as exc:
+        cri.create(pod_id, cfg, cri.container_config("priv", cri.images.busybox, BUSYBOX, "true", linux=priv))
+    assert _code(exc) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_exec_sync_timeout_kills_the_process(pods: CriSuite) -> None:
+    cri = pods
+    pod_id, cfg = cri.run_pod("slow")
+    c = cri.create(pod_id, cfg, cri.container_config("idle", cri.images.busybox, BUSYBOX, "sleep", "1000"))
+    cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
+    with pytest.raises(grpc.RpcError) as exc:
+        cri.exec_sync(c, BUSYBOX, "sh", "-c", f"echo started > /mark; exec {BUSYBOX} sleep 300", timeout=1)
+    assert _code(exc) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert cri.exec_sync(c, BUSYBOX, "cat", "/mark").stdout == b"started\n"
+    ps = cri.exec_sync(c, BUSYBOX, "ps", "-o", "args").stdout.decode()
+    assert "sleep 300" not in ps, ps
+
+
+def test_run_as_user_capabilities_and_readonly_rootfs(pods: CriSuite) -> None:
+    cri = pods
+    pod_id, cfg = cri.run_pod("secure")
+    sc = api.LinuxContainerSecurityContext(
+        run_as_user=api.Int64Value(value=1234), run_as_group=api.Int64Value(value=5678), readonly_rootfs=True,
+        capabilities=api.Capability(drop_capabilities=["ALL"], add_capabilities=["NET_BIND_SERVICE"]))
+    c = cri.create(pod_id, cfg, cri.container_config("sec", cri.images.busybox, BUSYBOX, "sleep", "1000",
+                                                     linux=api.LinuxContainerConfig(security_context=sc)))
+    cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
+    assert cri.exec_sync(c, BUSYBOX, "id", "-u").stdout == b"1234\n"
+    assert cri.exec_sync(c, BUSYBOX, "id", "-g").stdout == b"5678\n"
+    status = cri.exec_sync(c, BUSYBOX, "cat", "/proc/self/status").stdout.decode()
+    cap_bnd = int(re.search(r"CapBnd:\s+([0-9a-f]+)", status).group(1), 16)  # type: ignore[union-attr]
+    assert cap_bnd == 1 << 10  # CAP_NET_BIND_SERVICE only
+    assert cri.exec_sync(c, BUSYBOX, "touch", "/newfile").exit_code != 0
