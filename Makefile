@@ -7,11 +7,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := .build
 APT_PACKAGES := python3-venv python3-dev gcc make git runc crun containerd golang-go \
-	golang-github-containerd-ttrpc-dev containernetworking-plugins docker-registry skopeo \
+	golang-github-containerd-ttrpc-dev golang-github-docker-spdystream-dev \
+	containernetworking-plugins docker-registry skopeo \
 	umoci busybox-static iproute2 iptables apache2-utils openssl zstd procps util-linux systemd
 GOPEER := $(STAMP)/ttrpc-gopeer
+SPDYCLIENT := $(STAMP)/spdy-client
 
-.PHONY: run cni-default test bench protos check-protos deps venv gopeer typecheck clean
+.PHONY: run cni-default test bench protos check-protos deps venv gopeer spdyclient typecheck clean
 
 run: deps venv cni-default
 	$(VENV)/bin/moorage up
@@ -23,12 +25,12 @@ cni-default:
 	  install -D -m 0644 deploy/10-moorage.conflist /etc/cni/net.d/10-moorage.conflist; \
 	  echo "installed /etc/cni/net.d/10-moorage.conflist"; fi
 
-test: deps venv gopeer
+test: deps venv gopeer spdyclient
 	$(MAKE) check-protos
 	$(MAKE) typecheck
 	$(VENV)/bin/pytest -q
 
-bench: deps venv gopeer
+bench: deps venv gopeer spdyclient
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 deps: $(STAMP)/deps
@@ -60,6 +62,13 @@ $(GOPEER): $(wildcard tests/interop/gopeer/*.go) | deps
 	@mkdir -p $(STAMP)/gocache
 	cd tests/interop/gopeer && GOPATH=/usr/share/gocode GO111MODULE=off GOFLAGS= GOPROXY=off \
 	  GOCACHE=$(CURDIR)/$(STAMP)/gocache go build -o $(CURDIR)/$(GOPEER) .
+
+spdyclient: $(SPDYCLIENT)
+# The CRI streaming tests' SPDY client, against Debian's golang-github-docker-spdystream-dev.
+$(SPDYCLIENT): $(wildcard tests/cri/spdyclient/*.go) | deps
+	@mkdir -p $(STAMP)/gocache
+	cd tests/cri/spdyclient && GOPATH=/usr/share/gocode GO111MODULE=off GOFLAGS= GOPROXY=off \
+	  GOCACHE=$(CURDIR)/$(STAMP)/gocache go build -o $(CURDIR)/$(SPDYCLIENT) .
 
 protos: venv
 	$(PY) -m moorage.api.build
