@@ -224,6 +224,7 @@ def cri() -> Iterator[CriSuite]:
             channel = grpc.insecure_channel(f"unix:{s.state / 'moorage.sock'}")
             c = CriSuite(s, images, net, work, channel)
             try:
+                c.pull(images.busybox)
                 yield c
             finally:
                 try:

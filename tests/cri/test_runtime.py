@@ -5,6 +5,7 @@ expects for bad input, and the CRI's idempotence rules."""
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.request
 from pathlib import Path
@@ -214,3 +215,92 @@ def test_run_as_user_capabilities_and_readonly_rootfs(pods: CriSuite) -> None:
     cap_bnd = int(re.search(r"CapBnd:\s+([0-9a-f]+)", status).group(1), 16)  # type: ignore[union-attr]
     assert cap_bnd == 1 << 10  # CAP_NET_BIND_SERVICE only
     assert cri.exec_sync(c, BUSYBOX, "touch", "/newfile").exit_code != 0
+
+
+def test_oom_killed_reason_and_update_resources(pods: CriSuite) -> None:
+    cri = pods
+    pod_id, cfg = cri.run_pod("oom")
+    limit = api.LinuxContainerConfig(resources=api.LinuxContainerResources(memory_limit_in_bytes=32 << 20))
+    hog = cri.create(pod_id, cfg, cri.container_config(
+        "hog", cri.images.busybox, BUSYBOX, "sh", "-c", f"{BUSYBOX} dd if=/dev/zero of=/dev/null bs=128M count=1",
+        linux=limit))
+    cri.rt("StartContainer", api.StartContainerRequest(container_id=hog))
+    st = wait_until(lambda: (s := cri.status(hog)).state == api.CONTAINER_EXITED and s, what="the OOM kill")
+    assert (st.exit_code, st.reason) == (137, "OOMKilled")
+
+    idle = cri.create(pod_id, cfg, cri.container_config("idle", cri.images.busybox, BUSYBOX, "sleep", "1000",
+                                                        linux=limit))
+    cri.rt("StartContainer", api.StartContainerRequest(container_id=idle))
+    cri.rt("UpdateContainerResources", api.UpdateContainerResourcesRequest(
+        container_id=idle, linux=api.LinuxContainerResources(memory_limit_in_bytes=64 << 20)))
+    assert cri.status(idle).resources.linux.memory_limit_in_bytes == 64 << 20
+    info = json.loads(cri.rt("ContainerStatus", api.ContainerStatusRequest(container_id=idle, verbose=True))
+                      .info["info"])
+    v1 = Path("/sys/fs/cgroup/memory") / info["cgroup"].lstrip("/") / "memory.limit_in_bytes"
+    v2 = Path("/sys/fs/cgroup") / info["cgroup"].lstrip("/") / "memory.max"
+    assert int((v1 if v1.exists() else v2).read_text()) == 64 << 20
+
+
+def test_reopen_log_after_rotation_and_pod_stats(pods: CriSuite) -> None:
+    cri = pods
+    pod_id, cfg = cri.run_pod("logs")
+    c = cri.create(pod_id, cfg, cri.container_config(
+        "talker", cri.images.busybox, BUSYBOX, "sh", "-c",
+        f"echo first; while [ ! -f /go ]; do {BUSYBOX} sleep 0.05; done; echo second; {BUSYBOX} sleep 1000"))
+    cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
+    log = Path(cri.status(c).log_path)
+    wait_until(lambda: log.exists() and b"stdout F first" in log.read_bytes(), what="first line")
+    rotated = log.with_name(log.name + ".1")
+    log.rename(rotated)
+    cri.rt("ReopenContainerLog", api.ReopenContainerLogRequest(container_id=c))
+    cri.exec_sync(c, BUSYBOX, "touch", "/go")
+    wait_until(lambda: log.exists() and b"stdout F second" in log.read_bytes(), what="second line in the new file")
+    assert b"second" not in rotated.read_bytes()
+
+    ps = cri.rt("PodSandboxStats", api.PodSandboxStatsRequest(pod_sandbox_id=pod_id)).stats
+    assert ps.attributes.id == pod_id and ps.attributes.metadata.name == "logs"
+    assert ps.linux.cpu.timestamp > 0 and ps.linux.memory.working_set_bytes.value > 0
+    assert [s.attributes.id for s in ps.linux.containers] == [c]
+    listed = cri.rt("ListPodSandboxStats", api.ListPodSandboxStatsRequest(
+        filter=api.PodSandboxStatsFilter(id=pod_id))).stats
+    assert [s.attributes.id for s in listed] == [pod_id]
+
+    cri.rt("StopContainer", api.StopContainerRequest(container_id=c, timeout=0))
+    with pytest.raises(grpc.RpcError) as exc:
+        cri.rt("ReopenContainerLog", api.ReopenContainerLogRequest(container_id=c))
+    assert _code(exc) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_containers_survive_a_restart_of_the_cri_process(pods: CriSuite) -> None:
+    cri = pods
+    pod_id, cfg = cri.run_pod("restart")
+    c = cri.create(pod_id, cfg, cri.container_config(
+        "waiter", cri.images.busybox, BUSYBOX, "sh", "-c",
+        f"echo before; while [ ! -f /go ]; do {BUSYBOX} sleep 0.05; done; echo after; exit 5"))
+    cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
+    log = Path(cri.status(c).log_path)
+    wait_until(lambda: log.exists() and b"before" in log.read_bytes(), what="first line")
+    cri.suite.stop("cri")
+    cri.suite.start("cri")
+    assert cri.status(c).state == api.CONTAINER_RUNNING
+    st = cri.rt("PodSandboxStatus", api.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status
+    assert st.state == api.SANDBOX_READY
+    cri.exec_sync(c, BUSYBOX, "touch", "/go")
+    st_c = wait_until(lambda: (s := cri.status(c)).state == api.CONTAINER_EXITED and s, what="the exit")
+    assert st_c.exit_code == 5
+    assert b"stdout F after" in log.read_bytes()
+
+
+def test_host_network_pod(pods: CriSuite) -> None:
+    cri = pods
+    opts = api.LinuxPodSandboxConfig(security_context=api.LinuxSandboxSecurityContext(
+        namespace_options=api.NamespaceOption(network=api.NODE)))
+    pod_id, cfg = cri.run_pod("hostnet", cri.pod_config("hostnet", linux=opts))
+    c = cri.create(pod_id, cfg, cri.container_config("idle", cri.images.busybox, BUSYBOX, "sleep", "1000"))
+    cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
+    import os
+
+    host_netns = os.readlink("/proc/self/ns/net")
+    got = cri.exec_sync(c, BUSYBOX, "readlink", "/proc/self/ns/net").stdout.decode().strip()
+    assert got == host_netns
+    assert cri.net.namespaces() == []
