@@ -1,0 +1,118 @@
+"""The CRI's spec rules without a suite: command/args over the image, users, capabilities,
+namespaces joined through the pause, the oom_score_adj clamp, privileged gating."""
+
+from __future__ import annotations
+
+import pytest
+
+from moorage.errdefs import InvalidArgument, PermissionDenied
+from moorage.services.cri import ocispec
+from moorage.services.cri.contract import (
+    ContainerConfig,
+    ContainerMetadata,
+    Mount,
+    MountPropagation,
+    NamespaceMode,
+    NamespaceOptions,
+    PodConfig,
+    PodMetadata,
+    Resources,
+    SecurityContext,
+)
+from moorage.services.runtime.spec import ImageConfig
+
+INFO = {"netns_path": "/var/run/netns/p", "ips": "10.0.0.2", "hostname": "web", "hostname_path": "/p/hostname",
+        "hosts_path": "/p/hosts", "resolv_conf_path": "/p/resolv.conf"}
+POD = PodConfig(PodMetadata("web", "uid1", "default"), hostname="web", sysctls={"net.ipv4.ip_forward": "1"})
+IMAGE = ImageConfig(entrypoint=("/entry",), cmd=("serve",), env=("A=1",), user="")
+
+
+def _spec(config: ContainerConfig, pod: PodConfig = POD, allow: bool = False) -> dict:  # type: ignore[type-arg]
+    return ocispec.container_spec("k8s.io", "c1", "p1", pod, config, IMAGE, "img", INFO, 4242, cgroup="/k/c1",
+                                  clamp=ocispec.OomClamp(True, 0), allow_privileged=allow)
+
+
+def _cfg(**kw: object) -> ContainerConfig:
+    return ContainerConfig(ContainerMetadata("c"), "img", **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("command,args,want", [
+    ((), (), ["/entry", "serve"]),
+    (("/bin/x",), (), ["/bin/x"]),
+    ((), ("a", "b"), ["/entry", "a", "b"]),
+    (("/bin/x",), ("y",), ["/bin/x", "y"]),
+])
+def test_command_replaces_entrypoint_and_args_replace_cmd(command: tuple[str, ...], args: tuple[str, ...],
+                                                          want: list[str]) -> None:
+    assert ocispec.process_args(_cfg(command=command, args=args), IMAGE) == want
+
+
+def test_no_command_at_all_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="no command"):
+        ocispec.process_args(_cfg(), ImageConfig())
+
+
+def test_capabilities_all_then_named() -> None:
+    assert ocispec.capabilities(["CAP_CHOWN", "CAP_KILL"], ["NET_ADMIN"], ["KILL"]) == ["CAP_CHOWN", "CAP_NET_ADMIN"]
+    assert ocispec.capabilities(["CAP_CHOWN"], ["SYS_TIME"], ["ALL"]) == ["CAP_SYS_TIME"]
+    assert set(ocispec.capabilities([], ["ALL"], ["CAP_SYS_ADMIN"])) == set(ocispec.ALL_CAPS) - {"CAP_SYS_ADMIN"}
+
+
+def test_namespaces_joined_through_the_pause() -> None:
+    spec = _spec(_cfg(security=SecurityContext(namespaces=NamespaceOptions(pid=NamespaceMode.POD))))
+    ns = {n["type"]: n.get("path", "") for n in spec["linux"]["namespaces"]}
+    assert ns == {"network": "/var/run/netns/p", "pid": "/proc/4242/ns/pid", "ipc": "/proc/4242/ns/ipc",
+                  "uts": "/proc/4242/ns/uts", "mount": ""}
+    assert "hostname" not in spec
+    own = _spec(_cfg(security=SecurityContext(namespaces=NamespaceOptions(pid=NamespaceMode.CONTAINER,
+                                                                          ipc=NamespaceMode.NODE))))
+    ns = {n["type"]: n.get("path", "") for n in own["linux"]["namespaces"]}
+    assert ns["pid"] == "" and "ipc" not in ns
+    assert spec["annotations"]["io.kubernetes.cri.sandbox-id"] == "p1"
+    assert spec["annotations"]["io.containerd.runc.v2.group"] == "p1"
+    assert spec["linux"]["cgroupsPath"] == "/k/c1"
+
+
+def test_users_env_mounts_and_resources() -> None:
+    spec = _spec(_cfg(envs=(("B", "2"),), mounts=(Mount("/data", "/tmp", True, MountPropagation.HOST_TO_CONTAINER),),
+                      resources=Resources(memory_limit_in_bytes=1 << 20, cpu_quota=5000, cpu_period=10000,
+                                          oom_score_adj=-500),
+                      security=SecurityContext(run_as_user=7, run_as_group=8, supplemental_groups=(9,),
+                                               readonly_rootfs=True, no_new_privs=True)))
+    proc = spec["process"]
+    assert proc["user"] == {"uid": 7, "gid": 8, "additionalGids": [9]}
+    assert "A=1" in proc["env"] and "B=2" in proc["env"]
+    assert proc["oomScoreAdj"] == 0  # clamped to ours
+    assert proc["noNewPrivileges"] is True and spec["root"]["readonly"] is True
+    data = [m for m in spec["mounts"] if m["destination"] == "/data"][0]
+    assert data["type"] == "bind" and "rslave" in data["options"] and "ro" in data["options"]
+    res = spec["linux"]["resources"]
+    assert res["memory"] == {"limit": 1 << 20} and res["cpu"] == {"quota": 5000, "period": 10000}
+
+
+def test_run_as_group_without_user_and_privileged_gating() -> None:
+    with pytest.raises(InvalidArgument, match="without user"):
+        _spec(_cfg(security=SecurityContext(run_as_group=5)))
+    with pytest.raises(PermissionDenied):
+        _spec(_cfg(security=SecurityContext(privileged=True)))
+    with pytest.raises(InvalidArgument, match="non-privileged sandbox"):
+        _spec(_cfg(security=SecurityContext(privileged=True)), allow=True)
+    priv_pod = PodConfig(PodMetadata("p", "u", "n"), privileged=True)
+    spec = _spec(_cfg(security=SecurityContext(privileged=True)), pod=priv_pod, allow=True)
+    assert set(spec["process"]["capabilities"]["bounding"]) == set(ocispec.ALL_CAPS)
+    assert "maskedPaths" not in spec["linux"]
+
+
+def test_pause_spec_clamps_oom_and_keeps_sysctls() -> None:
+    spec = ocispec.pause_spec("k8s.io", "p1", POD, ImageConfig(entrypoint=("/pause",)), INFO, cgroup="/k/p1",
+                              clamp=ocispec.OomClamp(True, 0), allow_privileged=False)
+    assert spec["process"]["oomScoreAdj"] == 0
+    assert ocispec.pause_spec("k8s.io", "p1", POD, ImageConfig(entrypoint=("/pause",)), INFO, cgroup="/k/p1",
+                              clamp=ocispec.OomClamp(False, 0), allow_privileged=False)["process"]["oomScoreAdj"] == -998
+    assert spec["linux"]["sysctl"] == {"net.ipv4.ip_forward": "1"}
+    assert spec["hostname"] == "web" and spec["process"]["args"] == ["/pause"]
+    ns = {n["type"]: n.get("path", "") for n in spec["linux"]["namespaces"]}
+    assert ns["network"] == "/var/run/netns/p" and ns["pid"] == "" and ns["ipc"] == "" and ns["uts"] == ""
+    with pytest.raises(PermissionDenied):
+        ocispec.pause_spec("k8s.io", "p1", PodConfig(PodMetadata("p", "u", "n"), privileged=True), ImageConfig(),
+                           INFO, cgroup="/k/p1", clamp=ocispec.OomClamp(True, 0), allow_privileged=False)
