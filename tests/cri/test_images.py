@@ -22,7 +22,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from moorage.api.k8s.cri.v1 import api_pb2 as cri
+from moorage.api.k8s.cri.v1 import api_pb2 as api
 from transfer import registry as regfix
 from transfer.conftest import hosts_dir_for
 
@@ -89,28 +89,28 @@ class Cri:
                                       response_deserializer=response.FromString)
         return await fn(request, timeout=timeout)
 
-    async def pull(self, ref: str, auth: cri.AuthConfig | None = None, timeout: float | None = 60.0) -> str:
-        req = cri.PullImageRequest(image=cri.ImageSpec(image=ref))
+    async def pull(self, ref: str, auth: api.AuthConfig | None = None, timeout: float | None = 60.0) -> str:
+        req = api.PullImageRequest(image=api.ImageSpec(image=ref))
         if auth is not None:
             req.auth.CopyFrom(auth)
-        r = await self.call("PullImage", req, cri.PullImageResponse, timeout)
+        r = await self.call("PullImage", req, api.PullImageResponse, timeout)
         return str(r.image_ref)
 
-    async def status(self, ref: str, verbose: bool = False) -> cri.ImageStatusResponse:
-        return await self.call("ImageStatus", cri.ImageStatusRequest(image=cri.ImageSpec(image=ref), verbose=verbose),
-                               cri.ImageStatusResponse)
+    async def status(self, ref: str, verbose: bool = False) -> api.ImageStatusResponse:
+        return await self.call("ImageStatus", api.ImageStatusRequest(image=api.ImageSpec(image=ref), verbose=verbose),
+                               api.ImageStatusResponse)
 
-    async def list(self, ref: str = "") -> list[cri.Image]:
-        req = cri.ListImagesRequest()
+    async def list(self, ref: str = "") -> list[api.Image]:
+        req = api.ListImagesRequest()
         if ref:
             req.filter.image.image = ref
-        return list((await self.call("ListImages", req, cri.ListImagesResponse)).images)
+        return list((await self.call("ListImages", req, api.ListImagesResponse)).images)
 
     async def remove(self, ref: str) -> None:
-        await self.call("RemoveImage", cri.RemoveImageRequest(image=cri.ImageSpec(image=ref)), cri.RemoveImageResponse)
+        await self.call("RemoveImage", api.RemoveImageRequest(image=api.ImageSpec(image=ref)), api.RemoveImageResponse)
 
-    async def fs(self) -> cri.ImageFsInfoResponse:
-        return await self.call("ImageFsInfo", cri.ImageFsInfoRequest(), cri.ImageFsInfoResponse)
+    async def fs(self) -> api.ImageFsInfoResponse:
+        return await self.call("ImageFsInfo", api.ImageFsInfoRequest(), api.ImageFsInfoResponse)
 
 
 @pytest.fixture
@@ -316,19 +316,19 @@ async def test_pull_with_username_password_and_auth(client: Cri, basic: tuple[re
         await client.pull(ref)
     assert _code(exc) != grpc.StatusCode.OK
     with pytest.raises(grpc.aio.AioRpcError):
-        await client.pull(ref, cri.AuthConfig(username=regfix.USER, password="wrong"))
+        await client.pull(ref, api.AuthConfig(username=regfix.USER, password="wrong"))
     with pytest.raises(grpc.aio.AioRpcError):  # credentials for another registry are not sent
-        await client.pull(ref, cri.AuthConfig(username=regfix.USER, password=regfix.PASSWORD,
+        await client.pull(ref, api.AuthConfig(username=regfix.USER, password=regfix.PASSWORD,
                                               server_address="https://other.example.com"))
-    image_id = await client.pull(ref, cri.AuthConfig(username=regfix.USER, password=regfix.PASSWORD,
+    image_id = await client.pull(ref, api.AuthConfig(username=regfix.USER, password=regfix.PASSWORD,
                                                      server_address=reg.host))
     await client.remove(image_id)
     encoded = base64.b64encode(f"{regfix.USER}:{regfix.PASSWORD}".encode()).decode()
-    assert await client.pull(ref, cri.AuthConfig(auth=encoded)) == image_id
+    assert await client.pull(ref, api.AuthConfig(auth=encoded)) == image_id
     await client.remove(image_id)
     for bad in ("%%%not-base64", base64.b64encode(b"no-colon").decode()):
         with pytest.raises(grpc.aio.AioRpcError) as exc:
-            await client.pull(ref, cri.AuthConfig(auth=bad))
+            await client.pull(ref, api.AuthConfig(auth=bad))
         assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -338,11 +338,11 @@ async def test_pull_with_identity_and_registry_tokens(client: Cri, token: tuple[
     assert reg.token is not None
     with pytest.raises(grpc.aio.AioRpcError):
         await client.pull(ref)
-    image_id = await client.pull(ref, cri.AuthConfig(identity_token=regfix.REFRESH_TOKEN))
+    image_id = await client.pull(ref, api.AuthConfig(identity_token=regfix.REFRESH_TOKEN))
     assert "refresh" in reg.token.seen_auth
     await client.remove(image_id)
     bearer = reg.token.sign(regfix.USER, [{"type": "repository", "name": "private/box", "actions": ["pull"]}])
-    assert await client.pull(ref, cri.AuthConfig(registry_token=bearer)) == image_id
+    assert await client.pull(ref, api.AuthConfig(registry_token=bearer)) == image_id
 
 
 # ---- image filesystem ------------------------------------------------------------------------
@@ -359,6 +359,26 @@ async def test_image_fs_info(client: Cri, images: TestImages, suite: Any) -> Non
     assert fs.used_bytes.value >= os.path.getsize("/bin/busybox")
     assert fs.inodes_used.value >= 2
     assert fs.timestamp > 0
+
+
+# ---- through the cri process ----------------------------------------------------------------
+
+
+@pytest.mark.root
+def test_through_the_cri_process(pods: Any) -> None:
+    """The ImageService the real `cri` process builds from its [cri] config: critest's
+    connection check, the sandbox image pulled by RunPodSandbox and pinned, the image
+    filesystem under the suite's root."""
+    fs = pods.img("ImageFsInfo", api.ImageFsInfoRequest()).image_filesystems[0]
+    assert fs.fs_id.mountpoint == str(pods.suite.root / "snapshots" / "overlayfs")
+    pods.img("RemoveImage", api.RemoveImageRequest(image=api.ImageSpec(image=pods.images.pause)))
+    assert not pods.img("ImageStatus", api.ImageStatusRequest(image=api.ImageSpec(image=pods.images.pause))).HasField(
+        "image")
+    pods.run_pod("pinned")
+    st = pods.img("ImageStatus", api.ImageStatusRequest(image=api.ImageSpec(image=pods.images.pause))).image
+    assert st.pinned and st.uid.value == 65535
+    listed = pods.img("ListImages", api.ListImagesRequest()).images
+    assert {i.id for i in listed} >= {st.id}
 
 
 # ---- no root -----------------------------------------------------------------------------------
