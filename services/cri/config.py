@@ -19,8 +19,8 @@ class CriConfig:
     ``allow_privileged``: privileged pods and containers are refused unless true.
     ``stream_address``/``stream_port``: the streaming server for Exec/Attach/PortForward
     (loopback; port 0 picks one). ``cni_conf_dir``: where NetworkReady looks for a network
-    (the sandbox service's directory). ``stop_timeout``: seconds StopPodSandbox gives each
-    container before SIGKILL.
+    (the sandbox service's directory). ``default_cgroup_parent``: the cgroup parent of pods
+    kubelet gives none. ``max_exec_output``: bytes ExecSync keeps of each stream.
     """
 
     namespace: str = "k8s.io"
@@ -34,7 +34,6 @@ class CriConfig:
     stream_port: int = 0
     cni_conf_dir: str = "/etc/cni/net.d"
     default_cgroup_parent: str = "/k8s.io"
-    stop_timeout: float = 10.0
     max_exec_output: int = 16 << 20
 
     def __post_init__(self) -> None:

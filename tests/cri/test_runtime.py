@@ -304,3 +304,24 @@ def test_host_network_pod(pods: CriSuite) -> None:
     got = cri.exec_sync(c, BUSYBOX, "readlink", "/proc/self/ns/net").stdout.decode().strip()
     assert got == host_netns
     assert cri.net.namespaces() == []
+
+
+def test_host_port_mapping(pods: CriSuite) -> None:
+    cri = pods
+    import socket
+
+    with socket.socket() as s:  # a free port on the host
+        s.bind(("0.0.0.0", 0))
+        port = s.getsockname()[1]
+    cfg = cri.pod_config("ports")
+    cfg.port_mappings.add(protocol=api.TCP, container_port=8080, host_port=port)
+    pod_id, cfg = cri.run_pod("ports", cfg)
+    c = cri.create(pod_id, cfg, cri.container_config(
+        "httpd", cri.images.busybox, BUSYBOX, "httpd", "-f", "-p", "8080", "-h", "/etc"))
+    cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
+    ip = cri.rt("PodSandboxStatus", api.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status.network.ip
+    wait_until(lambda: cri.exec_sync(c, BUSYBOX, "wget", "-q", "-O", "-", "http://127.0.0.1:8080/moorage-cri").stdout,
+               what="httpd listening")
+    gateway = ip.rsplit(".", 1)[0] + ".1"  # the bridge's address: a local address of the host
+    with urllib.request.urlopen(f"http://{gateway}:{port}/moorage-cri", timeout=10) as resp:
+        assert resp.read() == b"cri\n"
