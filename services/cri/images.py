@@ -26,13 +26,13 @@ import json
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from moorage import errdefs
-from moorage.api.k8s.cri.v1 import api_pb2 as cri
+from moorage.api.k8s.cri.v1 import api_pb2 as api
 from moorage.api.k8s.cri.v1.api_ttrpc import ImageServiceServicer
 from moorage.namespaces import current_namespace
 from moorage.rpc import Peer
@@ -53,6 +53,7 @@ _ID = re.compile(r"(?:sha256:)?([a-f0-9]{64})")
 _HEX_PREFIX = re.compile(r"(?:sha256:)?([a-f0-9]{1,63})")
 _DETAILS_CACHE = 4096
 _MAX_DEPTH = 4
+STREAM_BATCH = 500
 
 
 @contextlib.contextmanager
@@ -203,6 +204,7 @@ class CriImages:
         self.peer = peer
         self.namespace = namespace
         self.pinned: frozenset[str] = frozenset(_normalised_or_empty(r) for r in pinned) - {""}
+        self._fs: asyncio.Future[tuple[int, int]] | None = None
         self.snapshotter = snapshotter
         self.image_fs = image_fs
         self._details: OrderedDict[str, _Details] = OrderedDict()
@@ -403,7 +405,16 @@ class CriImages:
     # ---- filesystem ---------------------------------------------------------------------
 
     async def fs_usage(self) -> tuple[int, int]:
-        """(bytes, inodes) used by the snapshotter's snapshots in the CRI namespace."""
+        """(bytes, inodes) used by the snapshotter's snapshots in the CRI namespace. Callers
+        arriving while a measurement runs share it (kubelet and crictl ask on every
+        connection); a caller that gives up does not cancel it for the others."""
+        running = self._fs
+        if running is None or running.done():
+            running = asyncio.ensure_future(self._measure_fs())
+            self._fs = running
+        return await asyncio.shield(running)
+
+    async def _measure_fs(self) -> tuple[int, int]:
         from moorage.services.snapshots.client import RemoteSnapshotter
 
         sn = RemoteSnapshotter(await self.peer.client(), self.snapshotter)
@@ -439,14 +450,14 @@ def _auth_answer(ref_host: str, auth: RegistryAuth) -> Any:
 # ---- the gRPC/ttrpc edge ----------------------------------------------------------------
 
 
-def _auth_from_pb(a: cri.AuthConfig) -> RegistryAuth:
+def _auth_from_pb(a: api.AuthConfig) -> RegistryAuth:
     return RegistryAuth(a.username, a.password, a.auth, a.identity_token, a.registry_token, a.server_address)
 
 
-def _image_pb(img: ResolvedImage) -> cri.Image:
-    out = cri.Image(id=img.id, repo_tags=list(img.repo_tags), repo_digests=list(img.repo_digests),
+def _image_pb(img: ResolvedImage) -> api.Image:
+    out = api.Image(id=img.id, repo_tags=list(img.repo_tags), repo_digests=list(img.repo_digests),
                     size=img.size, username=img.username, pinned=img.pinned,
-                    spec=cri.ImageSpec(image=img.id))
+                    spec=api.ImageSpec(image=img.id))
     if img.uid is not None:
         out.uid.value = img.uid
     return out
@@ -463,27 +474,38 @@ class ImageService(ImageServiceServicer):
     def __init__(self, images: CriImages) -> None:
         self.images = images
 
-    async def ListImages(self, request: cri.ListImagesRequest, ctx: Context) -> cri.ListImagesResponse:
-        if request.HasField("filter") and request.filter.image.image:
+    async def _listed(self, flt: api.ImageFilter | None) -> list[api.Image]:
+        if flt is not None and flt.image.image:
             try:
-                found = [await self.images.resolve(request.filter.image.image)]
+                found = [await self.images.resolve(flt.image.image)]
             except errdefs.NotFound:
                 found = []
         else:
             found = await self.images.all()
-        return cri.ListImagesResponse(images=[_image_pb(i) for i in sorted(found, key=lambda i: i.id)])
+        return [_image_pb(i) for i in sorted(found, key=lambda i: i.id)]
 
-    async def ImageStatus(self, request: cri.ImageStatusRequest, ctx: Context) -> cri.ImageStatusResponse:
+    async def ListImages(self, request: api.ListImagesRequest, ctx: Context) -> api.ListImagesResponse:
+        return api.ListImagesResponse(
+            images=await self._listed(request.filter if request.HasField("filter") else None))
+
+    async def StreamImages(self, request: api.StreamImagesRequest,
+                           ctx: Context) -> AsyncIterator[api.StreamImagesResponse]:
+        """ListImages in batches of STREAM_BATCH images (at least one response)."""
+        images = await self._listed(request.filter if request.HasField("filter") else None)
+        for start in range(0, max(len(images), 1), STREAM_BATCH):
+            yield api.StreamImagesResponse(images=images[start:start + STREAM_BATCH])
+
+    async def ImageStatus(self, request: api.ImageStatusRequest, ctx: Context) -> api.ImageStatusResponse:
         try:
             img = await self.images.resolve(request.image.image)
         except errdefs.NotFound:
-            return cri.ImageStatusResponse()
-        resp = cri.ImageStatusResponse(image=_image_pb(img))
+            return api.ImageStatusResponse()
+        resp = api.ImageStatusResponse(image=_image_pb(img))
         if request.verbose:
             resp.info["info"] = json.dumps({"chainID": img.chain_id, "imageSpec": img.config})
         return resp
 
-    async def PullImage(self, request: cri.PullImageRequest, ctx: Context) -> cri.PullImageResponse:
+    async def PullImage(self, request: api.PullImageRequest, ctx: Context) -> api.PullImageResponse:
         if not request.image.image:
             raise errdefs.InvalidArgument("image reference is required")
         auth = _auth_from_pb(request.auth) if request.HasField("auth") else None
@@ -493,19 +515,19 @@ class ImageService(ImageServiceServicer):
                 img = await self.images.pull(request.image.image, auth)
         except TimeoutError:
             raise errdefs.DeadlineExceeded(f"pull {request.image.image}: deadline exceeded") from None
-        return cri.PullImageResponse(image_ref=img.id)
+        return api.PullImageResponse(image_ref=img.id)
 
-    async def RemoveImage(self, request: cri.RemoveImageRequest, ctx: Context) -> cri.RemoveImageResponse:
+    async def RemoveImage(self, request: api.RemoveImageRequest, ctx: Context) -> api.RemoveImageResponse:
         await self.images.remove(request.image.image)
-        return cri.RemoveImageResponse()
+        return api.RemoveImageResponse()
 
-    async def ImageFsInfo(self, request: cri.ImageFsInfoRequest, ctx: Context) -> cri.ImageFsInfoResponse:
+    async def ImageFsInfo(self, request: api.ImageFsInfoRequest, ctx: Context) -> api.ImageFsInfoResponse:
         used, inodes = await self.images.fs_usage()
-        usage = cri.FilesystemUsage(
+        usage = api.FilesystemUsage(
             timestamp=time.time_ns(),
-            fs_id=cri.FilesystemIdentifier(mountpoint=str(self.images.image_fs or "")),
-            used_bytes=cri.UInt64Value(value=used), inodes_used=cri.UInt64Value(value=inodes))
-        return cri.ImageFsInfoResponse(image_filesystems=[usage], container_filesystems=[usage])
+            fs_id=api.FilesystemIdentifier(mountpoint=str(self.images.image_fs or "")),
+            used_bytes=api.UInt64Value(value=used), inodes_used=api.UInt64Value(value=inodes))
+        return api.ImageFsInfoResponse(image_filesystems=[usage], container_filesystems=[usage])
 
 
 async def build_images(ctx: BuildContext) -> ImageService:

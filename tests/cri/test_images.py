@@ -106,6 +106,11 @@ class Cri:
             req.filter.image.image = ref
         return list((await self.call("ListImages", req, api.ListImagesResponse)).images)
 
+    async def stream(self) -> list[api.StreamImagesResponse]:
+        fn = self.channel.unary_stream(SERVICE + "StreamImages", request_serializer=api.StreamImagesRequest.SerializeToString,
+                                       response_deserializer=api.StreamImagesResponse.FromString)
+        return [r async for r in fn(api.StreamImagesRequest(), timeout=60)]
+
     async def remove(self, ref: str) -> None:
         await self.call("RemoveImage", api.RemoveImageRequest(image=api.ImageSpec(image=ref)), api.RemoveImageResponse)
 
@@ -251,6 +256,8 @@ async def test_list_aggregates_tags_per_image_id(client: Cri, images: TestImages
     assert first in entry.repo_tags and second in entry.repo_tags
     assert len(entry.repo_digests) == 2
     assert [i.id for i in await client.list(second)] == [id1]
+    streamed = [i for r in await client.stream() for i in r.images]
+    assert [i.id for i in streamed] == sorted(i.id for i in listed)
 
 
 @pytest.mark.root
@@ -359,6 +366,8 @@ async def test_image_fs_info(client: Cri, images: TestImages, suite: Any) -> Non
     assert fs.used_bytes.value >= os.path.getsize("/bin/busybox")
     assert fs.inodes_used.value >= 2
     assert fs.timestamp > 0
+    together = await asyncio.gather(*(client.fs() for _ in range(8)))
+    assert all(t.image_filesystems[0].used_bytes.value > 0 for t in together)
 
 
 # ---- through the cri process ----------------------------------------------------------------
