@@ -107,7 +107,8 @@ class Cri:
         return list((await self.call("ListImages", req, api.ListImagesResponse)).images)
 
     async def stream(self) -> list[api.StreamImagesResponse]:
-        fn = self.channel.unary_stream(SERVICE + "StreamImages", request_serializer=api.StreamImagesRequest.SerializeToString,
+        fn = self.channel.unary_stream(SERVICE + "StreamImages",
+                                       request_serializer=api.StreamImagesRequest.SerializeToString,
                                        response_deserializer=api.StreamImagesResponse.FromString)
         return [r async for r in fn(api.StreamImagesRequest(), timeout=60)]
 
