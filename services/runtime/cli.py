@@ -18,8 +18,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from moorage.cli.wire import Fields, Msg
 from moorage.errdefs import FailedPrecondition, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
@@ -45,15 +46,43 @@ def _pb() -> tuple[Any, Any]:
     return containers_pb2, tasks_pb2
 
 
+class _Mount(NamedTuple):
+    """A containerd.types.Mount as `moor run` reads it (for rootfs.reader)."""
+
+    type: str
+    source: str
+    options: list[str]
+
+
+class _Created(NamedTuple):
+    """What `moor run` keeps of the container it created."""
+
+    id: str
+    snapshotter: str
+    snapshot_key: str
+    labels: dict[str, str]
+
+
 class _Api:
-    """The calls the commands make, on one blocking client."""
+    """The calls the commands make, on one blocking client.
+
+    The calls `moor run` makes go through moorage.cli.wire (no protobuf import: ~40 ms of
+    every run); the others use the generated messages (``cpb``, ``tpb``, imported on use).
+    """
 
     def __init__(self, ctx: CliContext) -> None:
         self.ctx = ctx
         self.c = ctx.connect()
         self.md = ctx.metadata()
         self.timeout = ctx.timeout
-        self.cpb, self.tpb = _pb()
+
+    @property
+    def cpb(self) -> Any:
+        return _pb()[0]
+
+    @property
+    def tpb(self) -> Any:
+        return _pb()[1]
 
     def call(self, svc: str, method: str, req: Any, resp: Any, timeout: float | None = -1.0) -> Any:
         t = self.timeout if timeout == -1.0 else timeout
@@ -79,35 +108,47 @@ class _Api:
         return {t.container_id: t for t in r.tasks}
 
     def kill(self, id: str, sig: int, exec_id: str = "", all: bool = False) -> None:
-        from google.protobuf import empty_pb2
-
-        self.call(TASKS, "Kill", self.tpb.KillRequest(container_id=id, exec_id=exec_id,
-                                                       signal=sig, all=all), empty_pb2.Empty)
+        # KillRequest{container_id=1, exec_id=2, signal=3, all=4}
+        self.call(TASKS, "Kill", Msg({1: id, 2: exec_id, 3: sig, 4: all}), Fields)
 
     def wait(self, id: str, exec_id: str = "", timeout: float | None = None) -> int:
-        r = self.call(TASKS, "Wait", self.tpb.WaitRequest(container_id=id, exec_id=exec_id),
-                      self.tpb.WaitResponse, timeout=timeout)
-        return int(r.exit_status)
+        # WaitRequest{container_id=1, exec_id=2} -> WaitResponse{exit_status=1}
+        return int(self.call(TASKS, "Wait", Msg({1: id, 2: exec_id}), Fields,
+                             timeout=timeout).uint(1))
 
     def delete_task(self, id: str) -> int:
-        r = self.call(TASKS, "Delete", self.tpb.DeleteTaskRequest(container_id=id),
-                      self.tpb.DeleteResponse)
-        return int(r.exit_status)
+        # DeleteTaskRequest{container_id=1} -> DeleteResponse{exit_status=3}
+        return int(self.call(TASKS, "Delete", Msg({1: id}), Fields).uint(3))
 
-    def remove_container(self, c: Any) -> None:
-        from google.protobuf import empty_pb2
-
-        self.call(CONTAINERS, "Delete", self.cpb.DeleteContainerRequest(id=c.id),
-                  empty_pb2.Empty)
-        if c.snapshot_key:
-            from moorage.api.containerd.services.snapshots.v1 import snapshots_pb2 as spb
-
+    def remove_container(self, c: Any, task_gone: bool = False) -> None:
+        """Containers.Delete, then Snapshots.Remove of its snapshot (gone already is fine).
+        ``task_gone`` (moor run just deleted the task): both calls go out at once."""
+        delete = Msg({1: c.id})  # DeleteContainerRequest{id=1}
+        # RemoveSnapshotRequest{snapshotter=1, key=2}
+        remove = Msg({1: c.snapshotter or DEFAULT_SNAPSHOTTER, 2: c.snapshot_key})
+        if not (task_gone and c.snapshot_key):
+            self.call(CONTAINERS, "Delete", delete, Fields)
+            if c.snapshot_key:
+                try:
+                    self.call(SNAPSHOTS, "Remove", remove, Fields)
+                except NotFound:
+                    pass
+            return
+        nanos = int(self.timeout * 1e9) if self.timeout else 0
+        calls = [self.c.open_stream(svc, method, m.SerializeToString(), 0, nanos, self.md)
+                 for svc, method, m in ((CONTAINERS, "Delete", delete),
+                                        (SNAPSHOTS, "Remove", remove))]
+        errors: list[Exception] = []
+        for call in calls:
             try:
-                self.call(SNAPSHOTS, "Remove", spb.RemoveSnapshotRequest(
-                    snapshotter=c.snapshotter or DEFAULT_SNAPSHOTTER, key=c.snapshot_key),
-                    empty_pb2.Empty)
-            except NotFound:
-                pass
+                call.recv()
+            except NotFound as exc:
+                if call is calls[0]:
+                    errors.append(exc)
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def resize(self, id: str, exec_id: str, fd: int) -> None:
         from google.protobuf import empty_pb2
@@ -232,11 +273,9 @@ class _RawTerminal:
 
 def _copy_log(path: str, offset: int) -> int:
     """Write the complete log lines after `offset` to our stdout/stderr; the new offset."""
-    from pathlib import Path
-
     from .logs import read_log
 
-    lines, offset = read_log(Path(path), offset)
+    lines, offset = read_log(path, offset)
     for stream, data in lines:
         out = sys.stderr if stream == "stderr" else sys.stdout
         out.buffer.write(data)
@@ -289,8 +328,6 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(argv: list[str], ctx: CliContext) -> int:
-    from google.protobuf import any_pb2
-
     from . import image as img
     from . import rootfs as rfs
     from . import spec as sp
@@ -299,9 +336,6 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
     if a.detach and a.rm:
         raise InvalidArgument("--rm and -d cannot be used together")
     api = _Api(ctx)
-    cpb, tpb = api.cpb, api.tpb
-    from moorage.api.containerd.services.snapshots.v1 import snapshots_pb2 as spb
-
     id = a.name or os.urandom(8).hex()
     runtime, oci_binary = _runtime(a.runtime)
     if runtime.startswith("io.containerd.") or os.path.isabs(runtime):
@@ -338,48 +372,42 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
 
     cio: _ClientIO | None = None
     try:
-        prep = api.call(SNAPSHOTS, "Prepare", spb.PrepareSnapshotRequest(
-            snapshotter=a.snapshotter, key=id, parent=resolved.chain_id),
-            spb.PrepareSnapshotResponse)
+        # PrepareSnapshotRequest{snapshotter=1, key=2, parent=3} -> {mounts=1}
+        mounts = api.call(SNAPSHOTS, "Prepare", Msg({1: a.snapshotter, 2: id,
+                                                     3: resolved.chain_id}), Fields).msgs(1)
 
         def rm_snapshot() -> None:
-            from google.protobuf import empty_pb2
-
-            api.call(SNAPSHOTS, "Remove", spb.RemoveSnapshotRequest(
-                snapshotter=a.snapshotter, key=id), empty_pb2.Empty)
+            # RemoveSnapshotRequest{snapshotter=1, key=2}
+            api.call(SNAPSHOTS, "Remove", Msg({1: a.snapshotter, 2: id}), Fields)
 
         cleanup.append(rm_snapshot)
-        spec = sp.build_spec(ctx.namespace, id, resolved.config, overrides,
-                             read_rootfs=rfs.reader(list(prep.mounts)))
+        # Mount{type=1, source=2, target=3, options=4}
+        spec = sp.build_spec(ctx.namespace, id, resolved.config, overrides, read_rootfs=rfs.reader(
+            [_Mount(m.text(1), m.text(2), m.texts(4)) for m in mounts]))
         if join is not None:
             sp.join_sandbox(spec, a.sandbox, join,
                             group=runtime.startswith("io.containerd.runc."))
-        c = cpb.Container(id=id, image=resolved.name, labels=labels,
-                          snapshotter=a.snapshotter, snapshot_key=id, sandbox=a.sandbox)
-        c.runtime.name = runtime
-        if oci_binary:
-            from moorage.api.containerd.types.runc.options import oci_pb2
-
-            c.runtime.options.CopyFrom(any_pb2.Any(
-                type_url=RUNC_OPTIONS_URL,
-                value=oci_pb2.Options(binary_name=oci_binary).SerializeToString()))
-        c.spec.CopyFrom(any_pb2.Any(type_url=sp.SPEC_TYPE_URL, value=sp.dumps(spec)))
-        created = api.call(CONTAINERS, "Create", cpb.CreateContainerRequest(container=c),
-                           cpb.CreateContainerResponse).container
+        # Container{id=1, labels=2, image=3, runtime=4 {name=1, options=2 Any}, spec=5 Any,
+        # snapshotter=6, snapshot_key=7, sandbox=11}; Any{type_url=1, value=2}
+        runtime_info: dict[int, Any] = {1: runtime}
+        if oci_binary:  # containerd.runc.v1.Options{binary_name=6}
+            runtime_info[2] = Msg({1: RUNC_OPTIONS_URL, 2: Msg({6: oci_binary}).SerializeToString()})
+        container = Msg({1: id, 2: labels, 3: resolved.name, 4: Msg(runtime_info),
+                         5: Msg({1: sp.SPEC_TYPE_URL, 2: sp.dumps(spec)}), 6: a.snapshotter,
+                         7: id, 11: a.sandbox})
+        # CreateContainerRequest{container=1} -> CreateContainerResponse{container=1}
+        record = api.call(CONTAINERS, "Create", Msg({1: container}), Fields).msg(1)
+        created = _Created(id, a.snapshotter, id, record.pairs(2))
 
         def rm_container() -> None:
-            from google.protobuf import empty_pb2
-
-            api.call(CONTAINERS, "Delete", cpb.DeleteContainerRequest(id=id), empty_pb2.Empty)
+            api.call(CONTAINERS, "Delete", Msg({1: id}), Fields)  # DeleteContainerRequest{id=1}
 
         cleanup.append(rm_container)
         if (a.tty or a.interactive) and not a.detach:
             cio = _ClientIO(stdin=a.interactive, stdout=a.tty, stderr=False)
-        treq = tpb.CreateTaskRequest(
-            container_id=id, terminal=a.tty,
-            stdin=cio.path("stdin") if cio else "", stdout=cio.path("stdout") if cio else "",
-            rootfs=list(prep.mounts))
-        api.call(TASKS, "Create", treq, tpb.CreateTaskResponse)
+        # CreateTaskRequest{container_id=1, rootfs=3, stdin=4, stdout=5, terminal=7}
+        api.call(TASKS, "Create", Msg({1: id, 3: list(mounts), 4: cio.path("stdin") if cio else "",
+                                       5: cio.path("stdout") if cio else "", 7: a.tty}), Fields)
 
         def rm_task() -> None:
             api.delete_task(id)
@@ -387,7 +415,7 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
         cleanup.append(rm_task)
         if a.tty and sys.stdin.isatty():
             api.resize(id, "", sys.stdin.fileno())  # before start: the first read sees it
-        api.call(TASKS, "Start", tpb.StartRequest(container_id=id), tpb.StartResponse)
+        api.call(TASKS, "Start", Msg({1: id}), Fields)  # StartRequest{container_id=1}
     except BaseException:
         undo()
         if cio is not None:
@@ -419,7 +447,6 @@ def _sandbox_info(api: _Api, sandbox_id: str) -> dict[str, str]:
 def _forward_signals(api: _Api, id: str, exec_id: str) -> None:
     """Like docker's sig-proxy / ctr's signal forwarding: the container gets our signals
     (each sent on a connection of its own: the main one may be waiting)."""
-    from google.protobuf import empty_pb2
 
     def forward(signum: int, _frame: Any) -> None:
         from ttrpc.blocking import Client
@@ -428,9 +455,9 @@ def _forward_signals(api: _Api, id: str, exec_id: str) -> None:
 
         try:
             with Client(api.ctx.address, error_factory=errdefs.from_status) as c:
-                c.unary(TASKS, "Kill", api.tpb.KillRequest(container_id=id, exec_id=exec_id,
-                                                            signal=signum),
-                        empty_pb2.Empty, metadata=api.md)
+                # KillRequest{container_id=1, exec_id=2, signal=3}
+                c.unary(TASKS, "Kill", Msg({1: id, 2: exec_id, 3: signum}), Fields,
+                        metadata=api.md)
         except Exception:
             pass
 
@@ -459,16 +486,16 @@ def _wait_logged(api: _Api, id: str, log_path: str, rm: bool, container: Any) ->
         follower.join()
     _copy_log(log_path, offset[0])
     if rm:
-        api.remove_container(container)
+        api.remove_container(container, task_gone=True)
     return code
 
 
 def _attach_and_wait(api: _Api, id: str, log_path: str, cio: _ClientIO | None, tty: bool,
                      interactive: bool, rm: bool, container: Any, exec_id: str = "") -> int:
-    from google.protobuf import empty_pb2
-
     if cio is None and not tty and log_path and not exec_id:
         return _wait_logged(api, id, log_path, rm, container)
+    from google.protobuf import empty_pb2
+
     done = threading.Event()
     result: list[int] = []
     errors: list[BaseException] = []

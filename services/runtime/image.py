@@ -3,7 +3,8 @@
 Image record (images.v1 Get) → manifest (through an index, for the host's platform) →
 config (content.v1 Read) → the process config and the chain id the rootfs snapshot is
 prepared on. The documents are untrusted: reads are bounded, digests are checked before
-use, types are checked. Light imports only (json, re, hashlib): the CLI imports this.
+use, types are checked. Light imports only (json, re, hashlib; messages through
+moorage.cli.wire, not protobuf): the CLI imports this.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
+from moorage.cli.wire import Fields, Msg
 from moorage.errdefs import InvalidArgument, NotFound
 
 from .spec import ImageConfig
@@ -31,8 +32,7 @@ MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "i386": "386"}
 
 
-@dataclass(frozen=True)
-class ResolvedImage:
+class ResolvedImage(NamedTuple):
     name: str
     config: ImageConfig
     chain_id: str
@@ -65,14 +65,13 @@ def host_arch() -> str:
 
 
 def read_blob(client: Any, md: dict[str, str], digest: str, timeout: float | None) -> bytes:
-    from moorage.api.containerd.services.content.v1 import content_pb2 as cpb
-
     if not DIGEST.match(digest):
         raise InvalidArgument(f"invalid digest {digest!r}")
     out = bytearray()
-    for r in client.server_stream(CONTENT, "Read", cpb.ReadContentRequest(digest=digest),
-                                  cpb.ReadContentResponse, timeout=timeout, metadata=md):
-        out += r.data
+    # ReadContentRequest{digest=1} -> stream of ReadContentResponse{offset=1, data=2}
+    for r in client.server_stream(CONTENT, "Read", Msg({1: digest}), Fields, timeout=timeout,
+                                  metadata=md):
+        out += r.blob(2)
         if len(out) > MAX_DOC:
             raise InvalidArgument(f"image document {digest} is larger than {MAX_DOC} bytes")
     if "sha256:" + hashlib.sha256(out).hexdigest() != digest:
@@ -106,15 +105,15 @@ def chain_id(diff_ids: list[str]) -> str:
 
 
 def resolve(client: Any, md: dict[str, str], ref: str, timeout: float | None) -> ResolvedImage:
-    from moorage.api.containerd.services.images.v1 import images_pb2 as ipb
-
     name = normalize(ref)
     try:
-        img = client.unary(IMAGES, "Get", ipb.GetImageRequest(name=name), ipb.GetImageResponse,
-                           timeout=timeout, metadata=md).image
+        # GetImageRequest{name=1} -> GetImageResponse{image=1 Image{labels=2, target=3}}
+        img = client.unary(IMAGES, "Get", Msg({1: name}), Fields, timeout=timeout,
+                           metadata=md).msg(1)
     except NotFound:
         raise NotFound(f"image {name!r} not found: pull it first (moor pull {ref})") from None
-    mt, digest = img.target.media_type, img.target.digest
+    target = img.msg(3)  # Descriptor{media_type=1, digest=2}
+    mt, digest = target.text(1), target.text(2)
     for _ in range(4):
         doc = _doc(read_blob(client, md, digest, timeout), f"image {name}: {digest}")
         if "manifests" in doc and ("layers" in doc or "config" in doc):
@@ -139,5 +138,5 @@ def resolve(client: Any, md: dict[str, str], ref: str, timeout: float | None) ->
         if not isinstance(diff_ids, list) or not diff_ids:
             raise InvalidArgument(f"image {name!r}: config has no rootfs.diff_ids")
         return ResolvedImage(name, ImageConfig.from_json(cfg), chain_id(diff_ids),
-                             dict(img.labels))
+                             img.pairs(2))
     raise InvalidArgument(f"image {name!r}: index nesting too deep")

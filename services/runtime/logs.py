@@ -5,8 +5,8 @@ Written by cio.LogFile; read here by `moor logs` / `moor run` (light imports onl
 
 from __future__ import annotations
 
+import os
 import time
-from pathlib import Path
 
 MAX_LINE = 16 * 1024
 
@@ -26,7 +26,7 @@ def parse_line(line: bytes) -> tuple[str, str, bool, bytes] | None:
     return parts[0].decode(), parts[1].decode(), parts[2] == b"F", text
 
 
-def read_log(path: Path, offset: int = 0) -> tuple[list[tuple[str, bytes]], int]:
+def read_log(path: str | os.PathLike[str], offset: int = 0) -> tuple[list[tuple[str, bytes]], int]:
     """Complete log lines from `offset`: [(stream, bytes to write)], the new offset."""
     out: list[tuple[str, bytes]] = []
     try:

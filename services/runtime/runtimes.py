@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 from moorage.errdefs import InvalidArgument, NotFound
 
@@ -22,7 +21,10 @@ def binary_for(runtime: str, search_path: str | None = None) -> str:
             f"invalid runtime name {runtime}, correct runtime name should be either format "
             "like `io.containerd.runc.v2` or a full path to the binary")
     name = f"containerd-shim-{parts[-2]}-{parts[-1]}"
-    found = shutil.which(name, path=search_path)
-    if not found:
-        raise NotFound(f"runtime {runtime!r} binary not installed {name!r}")
-    return found
+    # shutil.which's rule for a bare name, without importing shutil (zlib, bz2, lzma)
+    path = os.environ.get("PATH", os.defpath) if search_path is None else search_path
+    for folder in path.split(os.pathsep):
+        found = os.path.join(folder, name)
+        if os.path.isfile(found) and os.access(found, os.X_OK):
+            return found
+    raise NotFound(f"runtime {runtime!r} binary not installed {name!r}")

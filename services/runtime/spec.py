@@ -16,8 +16,8 @@ import json
 import os
 import posixpath
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from moorage.errdefs import InvalidArgument
 
@@ -114,9 +114,10 @@ def default_spec(namespace: str, container_id: str) -> Spec:
     }
 
 
-@dataclass(frozen=True)
-class ImageConfig:
-    """The process part of an OCI image config (`config` object), as untrusted input."""
+class ImageConfig(NamedTuple):
+    """The process part of an OCI image config (`config` object), as untrusted input.
+
+    (NamedTuple, not dataclass: `moor run` imports this, and dataclasses imports inspect.)"""
 
     entrypoint: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()
@@ -159,8 +160,7 @@ class ImageConfig:
                    string("User"), volumes)
 
 
-@dataclass(frozen=True)
-class Overrides:
+class Overrides(NamedTuple):
     """What the user asked for on the command line (trusted: it comes from the operator)."""
 
     args: tuple[str, ...] = ()
@@ -172,7 +172,7 @@ class Overrides:
     memory: int = 0  # bytes, 0 = unlimited
     cpus: float = 0.0  # 0 = unlimited
     mounts: tuple[Mapping[str, Any], ...] = ()  # OCI mount objects
-    annotations: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = MappingProxyType({})
 
 
 # (path inside the rootfs, relative) -> bytes or None; reads must stay inside the rootfs.

@@ -28,7 +28,9 @@ def d(data: bytes) -> str:
 
 
 class FakeClient:
-    """images.v1 Get and content.v1 Read over a dict of blobs."""
+    """images.v1 Get and content.v1 Read over a dict of blobs. Like the blocking client it
+    only serializes requests and parses responses (resolve sends moorage.cli.wire messages):
+    the bytes are checked against containerd's generated messages."""
 
     def __init__(self, blobs: dict[str, bytes], target: str, media_type: str) -> None:
         self.blobs = blobs
@@ -38,20 +40,25 @@ class FakeClient:
     def unary(self, svc: str, method: str, req: Any, resp: Any, **kw: Any) -> Any:
         from moorage.api.containerd.services.images.v1 import images_pb2 as ipb
 
-        if req.name != "docker.io/library/busybox:latest":
+        assert (svc, method) == (image.IMAGES, "Get")
+        name = ipb.GetImageRequest.FromString(req.SerializeToString()).name
+        if name != "docker.io/library/busybox:latest":
             raise NotFound("image not found")
         r = ipb.GetImageResponse()
-        r.image.name = req.name
+        r.image.name = name
+        r.image.labels["k"] = "v"
         r.image.target.digest = self.target
         r.image.target.media_type = self.media_type
-        return r
+        return resp.FromString(r.SerializeToString())
 
     def server_stream(self, svc: str, method: str, req: Any, resp: Any, **kw: Any) -> Iterator[Any]:
         from moorage.api.containerd.services.content.v1 import content_pb2 as cpb
 
-        data = self.blobs[req.digest]
+        assert (svc, method) == (image.CONTENT, "Read")
+        data = self.blobs[cpb.ReadContentRequest.FromString(req.SerializeToString()).digest]
         for i in range(0, len(data), 3):
-            yield cpb.ReadContentResponse(offset=i, data=data[i:i + 3])
+            r = cpb.ReadContentResponse(offset=i, data=data[i:i + 3])
+            yield resp.FromString(r.SerializeToString())
 
 
 def make(config: dict[str, Any], tamper: bool = False) -> FakeClient:
@@ -72,6 +79,7 @@ def test_resolve_through_index() -> None:
     c = make({"config": {"Cmd": ["sh"]}, "rootfs": {"diff_ids": [DIFF, "sha256:" + "b" * 64]}})
     r = image.resolve(c, {}, "busybox", None)
     assert r.config.cmd == ("sh",)
+    assert r.labels == {"k": "v"}
     expect = "sha256:" + hashlib.sha256(f"{DIFF} sha256:{'b' * 64}".encode()).hexdigest()
     assert r.chain_id == expect
 
