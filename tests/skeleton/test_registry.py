@@ -10,7 +10,7 @@ from moorage import registry
 def test_builtins_in_start_order() -> None:
     names = registry.builtin_names()
     assert names[0] == "proxy"
-    assert names == ["proxy", "content", "snapshots", "transfer", "sandbox", "runtime", "nri"]
+    assert names == ["proxy", "content", "snapshots", "transfer", "sandbox", "runtime", "nri", "cri"]
 
 
 def test_load_records_skips_missing_modules(monkeypatch: pytest.MonkeyPatch) -> None:
