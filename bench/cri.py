@@ -150,12 +150,18 @@ class CriClient:
         from moorage.api.k8s.cri.v1 import api_pb2
 
         self.pb = api_pb2
+        self.recording = False
+        self.timings: dict[str, list[float]] = {}
 
     def call(self, service: str, method: str, request: Any, response: Any, timeout: float = 120.0) -> Any:
         fn = self.channel.unary_unary(f"/runtime.v1.{service}/{method}",
                                       request_serializer=type(request).SerializeToString,
                                       response_deserializer=response.FromString)
-        return fn(request, timeout=timeout)
+        t = time.perf_counter()
+        out = fn(request, timeout=timeout)
+        if self.recording:
+            self.timings.setdefault(method, []).append(time.perf_counter() - t)
+        return out
 
     def wait_ready(self, alive: Callable[[], bool], timeout: float = 60.0) -> str:
         pb = self.pb
@@ -260,11 +266,13 @@ class Side:
     def once(self, record: bool) -> None:
         assert self.client is not None
         cfg = self.client.pod_config(self.logs)
+        self.client.recording = record
         t0 = time.perf_counter()
         pod, cid = self.client.start_pod(cfg)
         t1 = time.perf_counter()
         self.client.teardown(pod, cid)
         t2 = time.perf_counter()
+        self.client.recording = False
         if record:
             self.start_s.append(t1 - t0)
             self.teardown_s.append(t2 - t1)
@@ -436,6 +444,7 @@ def main() -> int:
             result[f"{side.name}_pods_left"] = side.client.pods_left()
             result[f"{side.name}_pod_start_ms"] = ms(side.start_s)
             result[f"{side.name}_teardown_ms"] = ms(side.teardown_s)
+            result[f"{side.name}_calls_ms"] = {m: ms(v) for m, v in side.client.timings.items()}
             if side.start_s:
                 result[f"{side.name}_pod_start_min_ms"] = round(min(side.start_s) * 1000, 1)
                 result[f"{side.name}_pod_start_max_ms"] = round(max(side.start_s) * 1000, 1)
@@ -463,6 +472,10 @@ def main() -> int:
         if f"ratio_{what}" in result:
             line += f", ratio {result[f'ratio_{what}']}"
         print(line + (" (goal <= 1.0)" if what == "pod_start" else ""))
+    for name in ("moorage", "containerd"):
+        calls = result.get(f"{name}_calls_ms")
+        if calls:
+            print(f"  {name} per call (median ms): " + ", ".join(f"{m} {v}" for m, v in calls.items()))
     print(f"  medians of {args.runs} interleaved runs; servers on CPUs {args.server_cpus or 'all'}, "
           f"client on {args.client_cpus or 'all'}; load average {result['loadavg_1m']}")
     print(json.dumps(result))
