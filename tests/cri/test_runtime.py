@@ -114,6 +114,9 @@ def test_pod_lifecycle_end_to_end(pods: CriSuite) -> None:
     assert cri.net.namespaces() == [] and cri.net.allocations() == [] and cri.net.bridge_ports() == []
     assert cri.shims([pod_id, web, idle]) == []
     assert cri.mounts() == []
+    state, root = cri.suite.state / "cri", cri.suite.root / "cri"
+    assert list((state / "io").iterdir()) == [] and list((state / "exec").iterdir()) == []
+    assert list((root / "pods").iterdir()) == [] and list((root / "containers").iterdir()) == []
     assert log.exists()  # kubelet owns the log directory
 
 
@@ -325,3 +328,35 @@ def test_host_port_mapping(pods: CriSuite) -> None:
     gateway = ip.rsplit(".", 1)[0] + ".1"  # the bridge's address: a local address of the host
     with urllib.request.urlopen(f"http://{gateway}:{port}/moorage-cri", timeout=10) as resp:
         assert resp.read() == b"cri\n"
+
+
+def test_list_filters(pods: CriSuite) -> None:
+    cri = pods
+    a, cfg_a = cri.run_pod("fa")
+    b, cfg_b = cri.run_pod("fb")
+    ca = cri.create(a, cfg_a, cri.container_config("one", cri.images.busybox, BUSYBOX, "sleep", "1000"))
+    cb = cri.create(b, cfg_b, cri.container_config("two", cri.images.busybox, BUSYBOX, "sleep", "1000"))
+    cri.rt("StartContainer", api.StartContainerRequest(container_id=ca))
+
+    def ctrs(**kw: object) -> set[str]:
+        req = api.ListContainersRequest(filter=api.ContainerFilter(**kw))  # type: ignore[arg-type]
+        return {c.id for c in cri.rt("ListContainers", req).containers}
+
+    assert ctrs(pod_sandbox_id=a) == {ca} and ctrs(pod_sandbox_id=b[:12]) == {cb}
+    assert ctrs(state=api.ContainerStateValue(state=api.CONTAINER_RUNNING)) >= {ca}
+    assert cb not in ctrs(state=api.ContainerStateValue(state=api.CONTAINER_RUNNING))
+    assert ctrs(label_selector={"ctr": "two"}) == {cb} and ctrs(id=ca) == {ca}
+    assert cri.status(ca[:16]).id == ca  # a unique prefix names the container
+
+    cri.rt("StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=b))
+
+    def pods_(**kw: object) -> set[str]:
+        req = api.ListPodSandboxRequest(filter=api.PodSandboxFilter(**kw))  # type: ignore[arg-type]
+        return {p.id for p in cri.rt("ListPodSandbox", req).items}
+
+    assert pods_(state=api.PodSandboxStateValue(state=api.SANDBOX_NOTREADY)) == {b}
+    assert a in pods_(state=api.PodSandboxStateValue(state=api.SANDBOX_READY))
+    assert pods_(label_selector={"app": "fa"}) == {a} and pods_(id=b) == {b}
+    with pytest.raises(grpc.RpcError) as exc:
+        cri.create(b, cfg_b, cri.container_config("late", cri.images.busybox, BUSYBOX, "true"))
+    assert _code(exc) == grpc.StatusCode.FAILED_PRECONDITION
