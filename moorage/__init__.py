@@ -10,6 +10,8 @@ An installed wheel has them inside the package and no ``.layout``.
 
 import os as _os
 
+__version__ = "0.1.0"
+
 _LINKS = _os.path.join(_os.path.dirname(_os.path.dirname(_os.path.realpath(__file__))), ".layout", "moorage")
 if _os.path.isdir(_LINKS):
     __path__.append(_LINKS)

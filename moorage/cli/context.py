@@ -13,7 +13,6 @@ Exit codes scripts can rely on (:data:`EXIT`): 0 ok; 1 any other failure; 2 usag
 
 from __future__ import annotations
 
-import json as _json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -139,6 +138,8 @@ class CliContext:
     # output -----------------------------------------------------------------------
 
     def emit_json(self, value: Any) -> None:
+        import json as _json
+
         sys.stdout.write(_json.dumps(value, indent=None, sort_keys=False, default=str) + "\n")
 
     def table(self, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
