@@ -1,0 +1,336 @@
+"""The CRI streaming server: kubelet's `/exec/{token}`, `/attach/{token}`,
+`/portforward/{token}` over HTTP/1.1 on loopback, upgraded to SPDY/3.1.
+
+Lifecycle: ``StreamingServer(backend, host, port)``; ``await start()`` binds (port 0 = any
+free port); ``exec_url``/``attach_url``/``port_forward_url`` store the request under a
+single-use token that expires (tokens.TokenCache) and return its URL; a client then does
+``GET|POST <url>`` with ``Connection: Upgrade``, ``Upgrade: SPDY/3.1`` and its
+``X-Stream-Protocol-Version`` list. An unknown, used or expired token is a 404 (the token
+is spent by its first request, whatever happens next); a request without the upgrade is a
+400; no common protocol is a 403. ``await stop()`` closes the listener and every session.
+
+After the 101 the session (session.py) accepts the client's streams (remotecommand.py
+says which); exec and attach then run in the backend while a closed connection cancels
+them; the outcome goes on the error stream, the output streams get their FIN, and the
+session shuts down. Port forwarding serves stream pairs until the client closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from moorage.errdefs import Error, InvalidArgument
+
+from . import remotecommand as rc
+from .contract import Backend, TermSize
+from .session import Session, Stream
+from .tokens import TokenCache
+
+log = logging.getLogger(__name__)
+
+STREAM_CREATION_TIMEOUT = 30.0
+MAX_HEAD = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    container_id: str
+    cmd: tuple[str, ...]
+    tty: bool
+    stdin: bool
+    stdout: bool
+    stderr: bool
+
+
+@dataclass(frozen=True)
+class AttachRequest:
+    container_id: str
+    tty: bool
+    stdin: bool
+    stdout: bool
+    stderr: bool
+
+
+@dataclass(frozen=True)
+class PortForwardRequest:
+    pod_sandbox_id: str
+    ports: tuple[int, ...]
+
+
+Request = ExecRequest | AttachRequest | PortForwardRequest
+
+
+def _check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> None:
+    if not (stdin or stdout or stderr):
+        raise InvalidArgument("one of stdin, stdout, or stderr must be set")
+    if tty and stderr:
+        raise InvalidArgument("tty and stderr cannot both be true")
+
+
+class StreamingServer:
+    """kubelet's CRI streaming server on ``host:port``, backed by ``backend``."""
+
+    def __init__(self, backend: Backend, host: str = "127.0.0.1", port: int = 0, *,
+                 token_ttl: float = 60.0,
+                 stream_timeout: float = STREAM_CREATION_TIMEOUT) -> None:
+        self.backend = backend
+        self.host = host
+        self.port = port
+        self.stream_timeout = stream_timeout
+        self.tokens: TokenCache[Request] = TokenCache(token_ttl)
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._connection, self.host, self.port,
+                                                  limit=MAX_HEAD)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._conns):
+            t.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    # ---- URLs (what the CRI Exec/Attach/PortForward calls return) ------------------------
+
+    def exec_url(self, container_id: str, cmd: Sequence[str], tty: bool, stdin: bool,
+                 stdout: bool, stderr: bool) -> str:
+        if not container_id:
+            raise InvalidArgument("missing required container_id")
+        if not cmd:
+            raise InvalidArgument("missing required cmd")
+        _check_streams(stdin, stdout, stderr, tty)
+        token = self.tokens.put(ExecRequest(container_id, tuple(cmd), tty, stdin, stdout, stderr))
+        return f"{self.base_url}/exec/{quote(token)}"
+
+    def attach_url(self, container_id: str, tty: bool, stdin: bool, stdout: bool,
+                   stderr: bool) -> str:
+        if not container_id:
+            raise InvalidArgument("missing required container_id")
+        _check_streams(stdin, stdout, stderr, tty)
+        token = self.tokens.put(AttachRequest(container_id, tty, stdin, stdout, stderr))
+        return f"{self.base_url}/attach/{quote(token)}"
+
+    def port_forward_url(self, pod_sandbox_id: str, ports: Sequence[int] = ()) -> str:
+        if not pod_sandbox_id:
+            raise InvalidArgument("missing required pod_sandbox_id")
+        for p in ports:
+            if not 0 < p < 65536:
+                raise InvalidArgument(f"invalid port {p}")
+        token = self.tokens.put(PortForwardRequest(pod_sandbox_id, tuple(ports)))
+        return f"{self.base_url}/portforward/{quote(token)}"
+
+    # ---- HTTP ----------------------------------------------------------------------------
+
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        except Exception:
+            log.exception("streaming connection")
+        finally:
+            self._conns.discard(task)
+            writer.close()
+
+    @staticmethod
+    async def _reply(writer: asyncio.StreamWriter, status: str, body: str) -> None:
+        data = body.encode()
+        writer.write(f"HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                     f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            await self._reply(writer, "400 Bad Request", "bad request line")
+            return
+        method, target = parts[0], parts[1]
+        headers: dict[str, list[str]] = {}
+        for line in lines[1:]:
+            if not line:
+                continue
+            name, sep, value = line.partition(":")
+            if not sep:
+                await self._reply(writer, "400 Bad Request", "bad header line")
+                return
+            headers.setdefault(name.strip().lower(), []).append(value.strip())
+        path = target.split("?", 1)[0]
+        kind, _, token = path.strip("/").partition("/")
+        if method not in ("GET", "POST") or kind not in ("exec", "attach", "portforward") \
+                or not token or "/" in token:
+            await self._reply(writer, "404 Not Found", "404 page not found\n")
+            return
+        req = self.tokens.take(token)
+        if req is None or type(req) is not {"exec": ExecRequest, "attach": AttachRequest,
+                                            "portforward": PortForwardRequest}[kind]:
+            await self._reply(writer, "404 Not Found", "404 page not found\n")
+            return
+        upgrade = ",".join(headers.get("upgrade", [])).lower()
+        connection = ",".join(headers.get("connection", [])).lower()
+        if "upgrade" not in connection or "spdy/3.1" not in upgrade:
+            await self._reply(writer, "400 Bad Request",
+                              "unable to upgrade: missing upgrade headers in request")
+            return
+        supported = (rc.PORTFORWARD,) if kind == "portforward" else rc.REMOTECOMMAND_SPDY
+        try:
+            protocol = rc.negotiate(headers.get("x-stream-protocol-version", []), supported)
+        except rc.NoCommonProtocol as exc:
+            await self._reply(writer, "403 Forbidden", str(exc))
+            return
+        if not protocol and kind == "portforward":
+            protocol = rc.PORTFORWARD
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: SPDY/3.1\r\n"
+                     + (f"X-Stream-Protocol-Version: {protocol}\r\n".encode() if protocol else b"")
+                     + b"\r\n")
+        await writer.drain()
+        session = Session(reader, writer)
+        runner = asyncio.get_running_loop().create_task(session.run())
+        try:
+            if isinstance(req, PortForwardRequest):
+                await self._port_forward(session, req)
+            else:
+                await self._remotecommand(session, protocol or rc.V1, req)
+        finally:
+            await session.shutdown()
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+
+    # ---- exec and attach -----------------------------------------------------------------
+
+    async def _remotecommand(self, session: Session, protocol: str,
+                             req: ExecRequest | AttachRequest) -> None:
+        want = rc.expected_streams(protocol, req.stdin, req.stdout, req.stderr, req.tty)
+        streams: dict[str, Stream] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stream_timeout
+        while not want <= streams.keys():
+            try:
+                s = await asyncio.wait_for(session.accept(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                log.warning("streaming: timed out waiting for client streams %s",
+                            sorted(want - streams.keys()))
+                return
+            if s is None:
+                return
+            kind = s.header(rc.STREAM_TYPE)
+            if kind not in want or kind in streams:
+                await s.reset()
+                continue
+            streams[kind] = s
+
+        async def sizes(stream: Stream) -> AsyncIterator[TermSize]:
+            decoder = rc.ResizeDecoder()
+            while data := await stream.read():
+                for size in decoder.feed(data):
+                    yield size
+
+        resize = sizes(streams[rc.RESIZE]) if rc.RESIZE in streams else None
+        args = (streams.get(rc.STDIN), streams.get(rc.STDOUT), streams.get(rc.STDERR), resize)
+        work: Coroutine[Any, Any, int | None]
+        if isinstance(req, ExecRequest):
+            work = self.backend.exec(req.container_id, req.cmd, req.tty, *args)
+        else:
+            work = self.backend.attach(req.container_id, req.tty, *args)
+        job = loop.create_task(work)
+        gone = loop.create_task(session.closed.wait())
+        try:
+            await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not job.done():  # the client left
+            job.cancel()
+            with contextlib.suppress(BaseException):
+                await job
+            return
+        try:
+            result = job.result()
+        except Error as exc:
+            status = rc.internal_error(str(exc))
+        except Exception as exc:
+            log.exception("streaming %s %s", type(req).__name__, req.container_id)
+            status = rc.internal_error(str(exc))
+        else:
+            code = result if isinstance(result, int) else 0
+            status = rc.success() if code == 0 else rc.exit_failure(
+                req.cmd if isinstance(req, ExecRequest) else (), code)
+        for kind in (rc.STDOUT, rc.STDERR):
+            if kind in streams:
+                await streams[kind].close()
+        err = streams[rc.ERROR]
+        with contextlib.suppress(ConnectionError):
+            await err.write(status if protocol == rc.V4 else rc.v1_message(status))
+        await err.close()
+
+    # ---- port forwarding -----------------------------------------------------------------
+
+    async def _port_forward(self, session: Session, req: PortForwardRequest) -> None:
+        pairs: dict[str, dict[str, Stream]] = {}
+        jobs: set[asyncio.Task[None]] = set()
+        try:
+            while (s := await session.accept()) is not None:
+                kind = s.header(rc.STREAM_TYPE)
+                rid = s.header(rc.REQUEST_ID) or str(s.id if kind == rc.ERROR else s.id - 2)
+                port_text = s.header(rc.PORT)
+                if kind not in (rc.ERROR, rc.DATA) or not port_text.isdigit() \
+                        or not 0 < int(port_text) < 65536:
+                    await s.reset()
+                    continue
+                pair = pairs.setdefault(rid, {})
+                if kind in pair:
+                    await s.reset()
+                    continue
+                pair[kind] = s
+                if len(pair) == 2:
+                    del pairs[rid]
+                    job = asyncio.get_running_loop().create_task(
+                        self._forward(req.pod_sandbox_id, int(port_text), pair[rc.DATA],
+                                      pair[rc.ERROR]))
+                    jobs.add(job)
+                    job.add_done_callback(jobs.discard)
+        finally:
+            for j in list(jobs):
+                j.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+
+    async def _forward(self, pod: str, port: int, data: Stream, error: Stream) -> None:
+        try:
+            await self.backend.port_forward(pod, port, data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            with contextlib.suppress(ConnectionError):
+                await error.write(
+                    f"error forwarding port {port} to pod {pod}, uid : {exc}".encode())
+        finally:
+            with contextlib.suppress(ConnectionError):
+                await data.close()
+                await error.close()
