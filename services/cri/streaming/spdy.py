@@ -29,6 +29,7 @@ VERSION = 3
 FLAG_FIN = 0x01
 FLAG_UNIDIRECTIONAL = 0x02
 MAX_FRAME = 0xFFFFFF
+MAX_HEADERS = 1 << 20
 
 SYN_STREAM, SYN_REPLY, RST_STREAM, SETTINGS, NOOP, PING, GOAWAY, HEADERS, WINDOW_UPDATE = \
     range(1, 10)
@@ -175,9 +176,11 @@ class Decoder:
 
     def _headers(self, block: bytes) -> Headers:
         try:
-            raw = self._inflate.decompress(block)
+            raw = self._inflate.decompress(block, MAX_HEADERS + 1)
         except zlib.error as exc:
             raise ProtocolError(f"header block: {exc}") from None
+        if len(raw) > MAX_HEADERS or self._inflate.unconsumed_tail:
+            raise ProtocolError("header block: over 1 MiB")
         try:
             (count,) = struct.unpack_from(">I", raw)
             pos = 4
