@@ -40,6 +40,7 @@ from moorage.namespaces import current_namespace
 from moorage.services.runtime.contract import AnyValue as RAny
 from moorage.services.runtime.contract import Container as RContainer
 from moorage.services.runtime.contract import CreateTask, RuntimeInfo, Status, StdIO
+from moorage.services.runtime.contract import Mount as RMount
 from moorage.services.runtime.spec import SPEC_TYPE_URL, ImageConfig, dumps
 from moorage.services.sandbox.contract import POD_CONFIG_TYPE, CreateOptions, Sandbox
 from moorage.services.sandbox.contract import AnyValue as SAny
@@ -181,33 +182,27 @@ class CriRuntime:
         try:
             self.pods.put(pod)
             undo.append(("record", self._forget_pod(id)))
-            image = await self._sandbox_image()
-            store = await self.peers.sandbox_store()
-            labels = {**dict(config.labels), KIND_LABEL: "sandbox"}
-            await store.create(Sandbox(id, SRuntime(self.cfg.runtime), sandboxer=self.cfg.sandboxer, labels=labels,
-                                       extensions={POD_EXTENSION: SAny(POD_TYPE, json.dumps(encode(config)).encode())}))
-            undo.append(("sandbox record", lambda: store.delete(id)))
-            ctrl = await self.peers.controller(self.cfg.sandboxer)
-            host_net = config.namespaces.network == NamespaceMode.NODE
-            spod = SPod(
-                hostname=config.hostname,
-                dns=SDns(config.dns.servers, config.dns.searches, config.dns.options) if config.dns else None,
-                port_mappings=tuple(SPort(p.host_port, p.container_port, (p.protocol or "tcp").lower(), p.host_ip)
-                                    for p in config.port_mappings if p.host_port > 0),
-                host_network=host_net,
-                cni_args=(("K8S_POD_NAMESPACE", md.namespace), ("K8S_POD_NAME", md.name),
-                          ("K8S_POD_INFRA_CONTAINER_ID", id), ("K8S_POD_UID", md.uid), ("IgnoreUnknown", "1")),
-            )
-            await ctrl.create(id, CreateOptions(options=SAny(POD_CONFIG_TYPE, spod.to_json())))
-            undo.append(("sandbox", lambda: ctrl.shutdown(id)))
-            await ctrl.start(id)
-            st = await ctrl.status(id)
-            info = dict(st.info)
+            rootfs = asyncio.ensure_future(self._pause_rootfs(id, undo))
+            try:
+                store = await self.peers.sandbox_store()
+                labels = {**dict(config.labels), KIND_LABEL: "sandbox"}
+                await store.create(Sandbox(
+                    id, SRuntime(self.cfg.runtime), sandboxer=self.cfg.sandboxer, labels=labels,
+                    extensions={POD_EXTENSION: SAny(POD_TYPE, json.dumps(encode(config)).encode())}))
+                undo.append(("sandbox record", lambda: store.delete(id)))
+                ctrl = await self.peers.controller(self.cfg.sandboxer)
+                await ctrl.create(id, CreateOptions(options=SAny(POD_CONFIG_TYPE, _sandbox_options(id, config).to_json())))
+                undo.append(("sandbox", lambda: ctrl.shutdown(id)))
+                await ctrl.start(id)
+                info = dict((await ctrl.status(id)).info)
+                image, mounts = await rootfs
+            finally:
+                # never cancelled half-way: once done, its snapshot's undo step is armed
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(rootfs)
             ips = [ip for ip in info.get("ips", "").split(",") if ip]
-            spec = ocispec.pause_spec(ns, id, config, ImageConfig.from_json(image.config), info, cgroup=cgroup, clamp=self.clamp,
-                                      allow_privileged=self.cfg.allow_privileged)
-            await self.peers.prepare_snapshot(self.cfg.snapshotter, id, image.chain_id)
-            undo.append(("snapshot", lambda: self.peers.remove_snapshot(self.cfg.snapshotter, id)))
+            spec = ocispec.pause_spec(ns, id, config, ImageConfig.from_json(image.config), info, cgroup=cgroup,
+                                      clamp=self.clamp, allow_privileged=self.cfg.allow_privileged)
             containers = await self.peers.containers()
             await containers.create(RContainer(
                 id, RuntimeInfo(self.cfg.runtime), spec=RAny(SPEC_TYPE_URL, dumps(spec)), image=image.name,
@@ -215,7 +210,7 @@ class CriRuntime:
                 snapshot_key=id, sandbox=id))
             undo.append(("pause container", lambda: containers.delete(id)))
             tasks = await self.peers.tasks()
-            await tasks.create(CreateTask(id))
+            await tasks.create(CreateTask(id, rootfs=tuple(mounts)))
             undo.append(("pause task", lambda: self._kill_and_delete(id)))
             pid = await tasks.start(id)
             pod.state, pod.pause_pid, pod.info = PodState.READY, pid, info
@@ -228,6 +223,15 @@ class CriRuntime:
         self.exited[id] = asyncio.Event()
         self.watchers[id] = self._spawn(self._watch(id, ns))
         return id
+
+    async def _pause_rootfs(self, id: str, undo: list[tuple[str, Callable[[], Awaitable[Any]]]]
+                            ) -> tuple[Image, list[RMount]]:
+        """The sandbox image (pulled if missing) and the pause's rootfs snapshot on it; runs
+        while the sandbox service sets up the network."""
+        image = await self._sandbox_image()
+        mounts = await self.peers.prepare_snapshot(self.cfg.snapshotter, id, image.chain_id)
+        undo.append(("snapshot", lambda: self.peers.remove_snapshot(self.cfg.snapshotter, id)))
+        return image, mounts
 
     def _release_name(self, name: str) -> Callable[[], Awaitable[None]]:
         async def release() -> None:
@@ -638,6 +642,20 @@ def _signal(name: str) -> int:
         return int(signal.Signals[n])
     except KeyError:
         return int(signal.SIGTERM)
+
+
+def _sandbox_options(id: str, config: PodConfig) -> SPod:
+    """The sandbox service's pod options: hostname, DNS, host ports, host network, CNI args."""
+    md = config.metadata
+    return SPod(
+        hostname=config.hostname,
+        dns=SDns(config.dns.servers, config.dns.searches, config.dns.options) if config.dns else None,
+        port_mappings=tuple(SPort(p.host_port, p.container_port, (p.protocol or "tcp").lower(), p.host_ip)
+                            for p in config.port_mappings if p.host_port > 0),
+        host_network=config.namespaces.network == NamespaceMode.NODE,
+        cni_args=(("K8S_POD_NAMESPACE", md.namespace), ("K8S_POD_NAME", md.name), ("K8S_POD_INFRA_CONTAINER_ID", id),
+                  ("K8S_POD_UID", md.uid), ("IgnoreUnknown", "1")),
+    )
 
 
 def _stop_signal(config: Mapping[str, Any]) -> str:

@@ -360,3 +360,18 @@ def test_list_filters(pods: CriSuite) -> None:
     with pytest.raises(grpc.RpcError) as exc:
         cri.create(b, cfg_b, cri.container_config("late", cri.images.busybox, BUSYBOX, "true"))
     assert _code(exc) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_failed_run_pod_sandbox_is_undone(pods: CriSuite) -> None:
+    cri = pods
+    bad = cri.pod_config("broken", linux=api.LinuxPodSandboxConfig(sysctls={"net.ipv4.no_such_knob": "1"}))
+    before = {p.id for p in cri.rt("ListPodSandbox", api.ListPodSandboxRequest()).items}
+    with pytest.raises(grpc.RpcError) as exc:
+        cri.rt("RunPodSandbox", api.RunPodSandboxRequest(config=bad))
+    assert "no_such_knob" in _details(exc)
+    assert {p.id for p in cri.rt("ListPodSandbox", api.ListPodSandboxRequest()).items} == before
+    assert cri.net.namespaces() == [] and cri.net.allocations() == [] and cri.net.bridge_ports() == []
+    del bad.linux.sysctls["net.ipv4.no_such_knob"]
+    pod_id, _ = cri.run_pod("broken", bad)  # the name was released
+    assert cri.rt("PodSandboxStatus", api.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status.state == \
+        api.SANDBOX_READY
