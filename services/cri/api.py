@@ -106,6 +106,14 @@ def resources(m: cri.LinuxContainerResources) -> Resources:
                      m.cpuset_cpus, m.cpuset_mems, m.memory_swap_limit_in_bytes)
 
 
+def _seccomp(p: cri.SecurityProfile, legacy: str) -> str:
+    if p.profile_type == cri.SecurityProfile.Localhost:
+        return "localhost/" + p.localhost_ref
+    if p.profile_type == cri.SecurityProfile.RuntimeDefault:
+        return "runtime/default"
+    return "unconfined"
+
+
 def container_config(m: cri.ContainerConfig) -> ContainerConfig:
     sc = m.linux.security_context
     security = SecurityContext(
@@ -121,6 +129,7 @@ def container_config(m: cri.ContainerConfig) -> ContainerConfig:
         no_new_privs=sc.no_new_privs,
         masked_paths=tuple(sc.masked_paths) if sc.masked_paths else None,
         readonly_paths=tuple(sc.readonly_paths) if sc.readonly_paths else None,
+        seccomp=_seccomp(sc.seccomp, sc.seccomp_profile_path) if sc.HasField("seccomp") else sc.seccomp_profile_path,
     )
     envs = []
     for kv in m.envs:

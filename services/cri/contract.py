@@ -146,6 +146,9 @@ class SecurityContext:
     no_new_privs: bool = False
     masked_paths: tuple[str, ...] | None = None
     readonly_paths: tuple[str, ...] | None = None
+    seccomp: str = ""
+    """"" or ``unconfined``: none; ``runtime/default``; ``localhost/<absolute path>``: the
+    profile (OCI ``linux.seccomp`` JSON) in that host file."""
 
 
 @dataclass(frozen=True)

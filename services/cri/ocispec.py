@@ -10,6 +10,7 @@ own, TARGET: another container's PID namespace).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import posixpath
@@ -176,6 +177,31 @@ def linux_resources(r: Resources) -> dict[str, Any]:
     return dict(spec["linux"].get("resources") or {})
 
 
+def seccomp_profile(name: str, *, privileged: bool = False) -> dict[str, Any] | None:
+    """The OCI seccomp section for a CRI profile name: ``localhost/<path>`` reads the host
+    file (InvalidArgument when it is not an absolute path or not a JSON object); unconfined
+    and (for now) ``runtime/default`` give none (logged); privileged containers get none."""
+    if privileged or not name or name in ("unconfined", "runtime/default", "docker/default"):
+        if name in ("runtime/default", "docker/default") and not privileged:
+            log.warning("seccomp %s: no default profile built in; the container runs unconfined", name)
+        return None
+    if not name.startswith("localhost/"):
+        raise InvalidArgument(f"unsupported seccomp profile {name!r}")
+    path = name[len("localhost/"):]
+    if not os.path.isabs(path):
+        raise InvalidArgument(f"seccomp profile {path!r} must be an absolute host path")
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read(1 << 20))
+    except OSError as exc:
+        raise InvalidArgument(f"seccomp profile {path}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise InvalidArgument(f"seccomp profile {path}: not JSON") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"seccomp profile {path}: not a JSON object")
+    return doc
+
+
 def pause_spec(namespace: str, pod_id: str, pod: PodConfig, image: ImageConfig, info: Mapping[str, str], *,
                cgroup: str, clamp: OomClamp, allow_privileged: bool) -> Spec:
     """The pause container: the pod's namespaces, hostname, sysctls and cgroup parent."""
@@ -311,6 +337,9 @@ def container_spec(namespace: str, id: str, pod_id: str, pod: PodConfig, config:
         if sc.readonly_paths is not None:
             spec["linux"]["readonlyPaths"] = list(sc.readonly_paths)
     spec["linux"]["cgroupsPath"] = cgroup
+    seccomp = seccomp_profile(sc.seccomp, privileged=sc.privileged)
+    if seccomp is not None:
+        spec["linux"]["seccomp"] = seccomp
     _resources(spec, config.resources, clamp, f"container {id}")
     spec["annotations"] = {**spec.get("annotations", {}), **dict(config.annotations), CONTAINER_TYPE: "container",
                            SANDBOX_ID: pod_id, SANDBOX_NAME: pod.metadata.name,

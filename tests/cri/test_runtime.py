@@ -375,3 +375,25 @@ def test_failed_run_pod_sandbox_is_undone(pods: CriSuite) -> None:
     pod_id, _ = cri.run_pod("broken", bad)  # the name was released
     assert cri.rt("PodSandboxStatus", api.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status.state == \
         api.SANDBOX_READY
+
+
+def test_localhost_seccomp_profile(pods: CriSuite) -> None:
+    cri = pods
+    profile = cri.work / "no-mkdir.json"
+    profile.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}))
+    pod_id, cfg = cri.run_pod("seccomp")
+    sc = api.LinuxContainerSecurityContext(seccomp=api.SecurityProfile(
+        profile_type=api.SecurityProfile.Localhost, localhost_ref=str(profile)))
+    c = cri.create(pod_id, cfg, cri.container_config("confined", cri.images.busybox, BUSYBOX, "sleep", "1000",
+                                                     linux=api.LinuxContainerConfig(security_context=sc)))
+    cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
+    r = cri.exec_sync(c, BUSYBOX, "mkdir", "/newdir")
+    assert r.exit_code != 0 and b"not permitted" in r.stderr.lower(), r  # SCMP_ACT_ERRNO: EPERM
+    assert cri.exec_sync(c, BUSYBOX, "touch", "/newfile").exit_code == 0
+    missing = api.LinuxContainerSecurityContext(seccomp=api.SecurityProfile(
+        profile_type=api.SecurityProfile.Localhost, localhost_ref=str(cri.work / "absent.json")))
+    with pytest.raises(grpc.RpcError) as exc:
+        cri.create(pod_id, cfg, cri.container_config("bad", cri.images.busybox, BUSYBOX, "true",
+                                                     linux=api.LinuxContainerConfig(security_context=missing)))
+    assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT
