@@ -54,6 +54,9 @@ _HEX_PREFIX = re.compile(r"(?:sha256:)?([a-f0-9]{1,63})")
 _DETAILS_CACHE = 4096
 _MAX_DEPTH = 4
 STREAM_BATCH = 500
+READ_CONCURRENCY = 16
+PULL_LOCK_RETRIES = 12
+"""Images whose manifest and config are read at once when a listing meets uncached ones."""
 
 
 @contextlib.contextmanager
@@ -181,7 +184,10 @@ def _normalised_or_empty(ref: str) -> str:
 
 
 def _tag_or_digest(name: str) -> tuple[str, str]:
-    """('tag', name) or ('digest', name) for a reference record name; ('', '') otherwise."""
+    """('tag', name) or ('digest', name) for a reference record name; ('', '') otherwise
+    (an ID record, ``sha256:<hex>``, would parse as the tag of an image named sha256)."""
+    if _ID.fullmatch(name):
+        return "", ""
     try:
         r = parse(name, default_tag=False)
     except errdefs.Error:
@@ -191,6 +197,15 @@ def _tag_or_digest(name: str) -> tuple[str, str]:
     if r.tag:
         return "tag", str(r)
     return "", ""
+
+
+_PullKey = tuple[str, "RegistryAuth | None", tuple[tuple[str, str], ...]]
+
+
+@dataclass
+class _SharedPull:
+    task: asyncio.Future[ResolvedImage]
+    waiters: int = 0
 
 
 class CriImages:
@@ -205,6 +220,8 @@ class CriImages:
         self.namespace = namespace
         self.pinned: frozenset[str] = frozenset(_normalised_or_empty(r) for r in pinned) - {""}
         self._fs: asyncio.Future[tuple[int, int]] | None = None
+        self._reads = asyncio.Semaphore(READ_CONCURRENCY)
+        self._pulls: dict[_PullKey, _SharedPull] = {}
         self.snapshotter = snapshotter
         self.image_fs = image_fs
         self._details: OrderedDict[str, _Details] = OrderedDict()
@@ -276,8 +293,12 @@ class CriImages:
         return [self._image(details[group[0].target.digest], group) for group in groups.values()]
 
     async def _try_resolve(self, target: oci.Descriptor) -> _Details | None:
+        cached = self._details.get(target.digest)
+        if cached is not None:
+            return cached
         try:
-            return await self._resolve_target(target)
+            async with self._reads:
+                return await self._resolve_target(target)
         except (errdefs.NotFound, errdefs.InvalidArgument, errdefs.DataLoss, errdefs.ResourceExhausted):
             return None
 
@@ -341,11 +362,44 @@ class CriImages:
 
     async def pull(self, ref: str, auth: RegistryAuth | None = None,
                    labels: Mapping[str, str] | None = None) -> ResolvedImage:
-        """Pull ``ref`` for this host's platform and unpack it; cancelling the call cancels
-        the transfer."""
+        """Pull ``ref`` for this host's platform and unpack it.
+
+        Concurrent pulls of one reference (same auth) share one transfer, which is
+        cancelled when every caller has given up. A pull that meets another's content
+        ingest in progress (Unavailable ``... locked``: the transfer service does not wait
+        for it) is retried with backoff, and then finds that content present."""
         r = normalise(ref)
         creds = auth.credentials() if auth is not None else None  # bad auth fails before any I/O
-        return await self._pull(r, auth if creds else None, dict(labels or {}))
+        key = (str(r), auth if creds else None, tuple(sorted((labels or {}).items())))
+        shared = self._pulls.get(key)
+        if shared is None:
+            shared = _SharedPull(asyncio.ensure_future(self._pull_retrying(r, key[1], dict(labels or {}))))
+            self._pulls[key] = shared
+            shared.task.add_done_callback(lambda _t: self._forget(key, shared))
+        shared.waiters += 1
+        try:
+            return await asyncio.shield(shared.task)
+        finally:
+            shared.waiters -= 1
+            if shared.waiters == 0 and not shared.task.done():
+                shared.task.cancel()
+
+    def _forget(self, key: _PullKey, shared: _SharedPull) -> None:
+        if self._pulls.get(key) is shared:
+            del self._pulls[key]
+
+    async def _pull_retrying(self, r: Reference, auth: RegistryAuth | None,
+                             labels: dict[str, str]) -> ResolvedImage:
+        delay = 0.05
+        for attempt in range(PULL_LOCK_RETRIES + 1):
+            try:
+                return await self._pull(r, auth, labels)
+            except errdefs.Unavailable as exc:
+                if "locked" not in str(exc) or attempt == PULL_LOCK_RETRIES:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        raise AssertionError("unreachable")
 
     async def _pull(self, r: Reference, auth: RegistryAuth | None, labels: dict[str, str]) -> ResolvedImage:
         from moorage.api.containerd.types.transfer import imagestore_pb2, registry_pb2
