@@ -42,6 +42,12 @@ def namespace() -> str:
 
 
 def _from_running_call() -> str | None:
+    md = running_call_metadata()
+    return None if md is None else from_metadata(md)
+
+
+def running_call_metadata() -> Mapping[str, Sequence[str]] | None:
+    """The metadata of the ttrpc call this task serves, or None (no server, no call)."""
     server = sys.modules.get("ttrpc.server")  # never imported here: no server, no call
     if server is None:
         return None
@@ -51,7 +57,8 @@ def _from_running_call() -> str | None:
         return None
     if ctx is None:
         return None
-    return from_metadata(ctx.metadata)
+    md: Mapping[str, Sequence[str]] = ctx.metadata
+    return md
 
 
 def validate_namespace(name: str) -> str:
@@ -67,7 +74,12 @@ def validate_namespace(name: str) -> str:
 
 def from_metadata(metadata: Mapping[str, Sequence[str] | str]) -> str | None:
     """The namespace a call's metadata names (first value), or None."""
-    values = metadata.get(NAMESPACE_KEY)
+    return first_value(metadata, NAMESPACE_KEY)
+
+
+def first_value(metadata: Mapping[str, Sequence[str] | str], key: str) -> str | None:
+    """The first value of ``key`` in a call's metadata, or None."""
+    values = metadata.get(key)
     if not values:
         return None
     if isinstance(values, str):

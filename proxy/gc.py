@@ -15,15 +15,28 @@ Like containerd's (core/metadata/gc.go), per namespace:
   from its resources); a lease past ``containerd.io/gc.expire`` is dropped first.
 
 It reads everything through the services' APIs (a ttrpc client to the proxy's own socket),
-then deletes what was not reached: blobs (Content.Delete) and snapshots (Snapshots.Remove,
-children before parents), and aborts ingests no lease holds that saw no write for 24 h. Nothing created after the collection began is swept: such objects
-count as roots. The root lists are read twice (before and after walking blobs and snapshots)
-and joined, so an image or container created meanwhile keeps what it names. A service that
-holds roots (images, containers, sandboxes) but cannot answer stops the collection before
-anything is deleted; a service that is not configured holds nothing.
+then deletes what was not reached in batches through the services' own sweep methods
+(``moorage.internal.v1.ContentSweep/Delete``, ``moorage.internal.v1.SnapshotsSweep/Remove``:
+one metadata transaction per batch, snapshots children before parents; a service without
+them gets Content.Delete / Snapshots.Remove one by one), and aborts ingests no lease holds
+that saw no write for 24 h. A service that holds roots (images, containers, sandboxes) but
+cannot answer stops the collection before anything is deleted; a service that is not
+configured holds nothing.
 
-Scheduling: image, container and sandbox delete events seen by the exchange, and lease
-deletes, arm one collection ``delay`` seconds later (a burst of ``rm`` gives one collection);
+Work in progress is never swept, as containerd's single-transaction collector promises:
+
+- anything created after the collection began is a root;
+- the root lists are read twice (before and after walking blobs and snapshots) and joined,
+  so an image or container created meanwhile keeps what it names;
+- whatever a lease held at any moment of the collection is kept: a lease deleted while it
+  runs leaves its resources to this collection as roots (a pull that ends by creating its
+  image and dropping its lease), and just before a namespace is swept the leases are read
+  again (in process: the lease store is the proxy's) with the doomed set published; an
+  AddResource naming a doomed object waits until the sweep is over (then the object is gone
+  and its creator makes it anew), any other AddResource goes through at once.
+
+Scheduling (proxy/gcschedule.py, containerd's thresholds): mutations and deletions seen on
+the event exchange, and lease deletes, feed the scheduler;
 ``moorage.internal.v1.GC/Collect`` (msgpack in and out) runs one now and says what it freed.
 A lease Delete with ``sync`` runs one before answering, as containerd.
 """
@@ -33,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -41,10 +54,12 @@ from typing import Any, Protocol
 import msgpack
 
 from moorage import errdefs
-from moorage.namespaces import current_namespace
+from moorage.leasing import current_lease
+from moorage.namespaces import current_namespace, namespace
 from moorage.registry import RawService
 from ttrpc.server import Context, RawCall
 
+from .gcschedule import Scheduler, Thresholds
 from .leases import FLAT_LABEL, LeaseStore
 
 log = logging.getLogger("moorage.proxy.gc")
@@ -61,9 +76,17 @@ CONTENT_REF = "containerd.io/gc.ref.content"
 SNAPSHOT_REF = "containerd.io/gc.ref.snapshot."
 INGEST_EXPIRY = 24 * 3600.0
 """Seconds an ingest not held by a lease may sit unwritten before it is aborted (containerd's)."""
+CONTENT_SWEEP = "moorage.internal.v1.ContentSweep"
+SNAPSHOTS_SWEEP = "moorage.internal.v1.SnapshotsSweep"
+SWEEP_BATCH = 500
+"""Objects per sweep call: one metadata transaction each, short enough that a concurrent
+writer of the same store never waits long for the database."""
 SWEEP_CONCURRENCY = 32
-"""Deletions in flight at once during a sweep."""
-DELETE_TOPICS = ("/images/delete", "/containers/delete", "/sandboxes/delete")
+"""Deletions in flight at once when a service has no sweep method (one call per object)."""
+DIRTY_TOPICS = frozenset({"/images/delete", "/containers/delete", "/sandboxes/delete",
+                          "/content/delete", "/snapshot/remove"})
+"""Events after which something may have become garbage (containerd's dirty mutations)."""
+MUTATION_FILTER = 'topic~="^/(images|containers|sandboxes|content|snapshot)/"'
 
 Node = tuple[str, str, str]
 """("content", "", digest) or ("snapshot", snapshotter, key)."""
@@ -224,9 +247,11 @@ class Services(Protocol):
     async def snapshots(self, snapshotter: str) -> list[tuple[str, str, int, Mapping[str, str]]]: ...
     """(key, parent, created_at ns, labels)."""
 
-    async def delete_blob(self, digest: str) -> None: ...
+    async def delete_blobs(self, digests: Sequence[str]) -> tuple[list[str], dict[str, str]]: ...
+    """Delete blobs: (deleted, {digest: why not}); one already gone is in neither."""
 
-    async def remove_snapshot(self, snapshotter: str, key: str) -> None: ...
+    async def remove_snapshots(self, snapshotter: str, keys: Sequence[str]) -> tuple[list[str], dict[str, str]]: ...
+    """Remove snapshots in the order given (children first): (removed, {key: why not})."""
 
     async def ingests(self) -> list[tuple[str, datetime]]: ...
     """(ref, updated_at) of every ingest in progress."""
@@ -244,6 +269,7 @@ class RemoteServices:
         from moorage.services.snapshots.client import RemoteSnapshotters
         from moorage.services.transfer.client import ImagesClient
 
+        self.client = client
         self.content = ContentClient(client)
         self.images_client = ImagesClient(client)
         self.containers_client = ContainersClient(client)
@@ -269,11 +295,34 @@ class RemoteServices:
         sn = self.snapshotters_client.get(snapshotter)
         return [(i.name, i.parent, i.created_at, i.labels) async for i in sn.walk()]
 
-    async def delete_blob(self, digest: str) -> None:
-        await self.content.delete(digest)
+    async def _sweep(self, service: str, method: str, request: dict[str, Any]) -> dict[str, Any] | None:
+        """A sweep call's reply; None when the service has no such method."""
+        try:
+            reply = await self.client.unary_raw(service, method, msgpack.packb(request),
+                                                metadata={"containerd-namespace-ttrpc": namespace()})
+        except errdefs.NotImplemented:
+            return None
+        out: dict[str, Any] = msgpack.unpackb(reply)
+        return out
 
-    async def remove_snapshot(self, snapshotter: str, key: str) -> None:
-        await self.snapshotters_client.get(snapshotter).remove(key)
+    async def delete_blobs(self, digests: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        reply = await self._sweep(CONTENT_SWEEP, "Delete", {"digests": list(digests)})
+        if reply is not None:
+            return list(reply["deleted"]), dict(reply["errors"])
+        return await _one_by_one(digests, self.content.delete)
+
+    async def remove_snapshots(self, snapshotter: str, keys: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        reply = await self._sweep(SNAPSHOTS_SWEEP, "Remove", {"snapshotter": snapshotter, "keys": list(keys)})
+        if reply is not None:
+            return list(reply["removed"]), dict(reply["errors"])
+        removed: list[str] = []
+        errors: dict[str, str] = {}
+        sn = self.snapshotters_client.get(snapshotter)
+        for key in keys:  # in order: a child before its parent
+            got, failed = await _one_by_one([key], sn.remove)
+            removed += got
+            errors.update(failed)
+        return removed, errors
 
     async def ingests(self) -> list[tuple[str, datetime]]:
         return [(st.ref, st.updated_at) for st in await self.content.list_statuses()]
@@ -282,11 +331,32 @@ class RemoteServices:
         await self.content.abort(ref)
 
 
+async def _one_by_one(ids: Sequence[str], delete: Callable[[str], Awaitable[None]]) -> tuple[list[str], dict[str, str]]:
+    """Delete each id with its own call, up to SWEEP_CONCURRENCY at once."""
+    sem = asyncio.Semaphore(SWEEP_CONCURRENCY)
+    done: list[str] = []
+    errors: dict[str, str] = {}
+
+    async def one(ident: str) -> None:
+        async with sem:
+            try:
+                await delete(ident)
+            except errdefs.NotFound:
+                return
+            except errdefs.Error as exc:
+                errors[ident] = str(exc)
+                return
+        done.append(ident)
+
+    await asyncio.gather(*(one(i) for i in ids))
+    return done, errors
+
+
 _ABSENT = (errdefs.NotImplemented, errdefs.NotFound)
 
 
 class Collector:
-    """One collection at a time; scheduled after deletions, or run on demand."""
+    """One collection at a time; scheduled (see gcschedule), or run on demand."""
 
     def __init__(
         self,
@@ -294,35 +364,39 @@ class Collector:
         leases: LeaseStore,
         namespaces: Callable[[], Iterable[str]],
         routed: Collection[str],
-        delay: float = 1.0,
+        thresholds: Thresholds | None = None,
         ingest_expiry: float = INGEST_EXPIRY,
+        sweep_batch: int = SWEEP_BATCH,
     ) -> None:
         self.connect = connect
         """async () -> (Services, close coroutine function)."""
         self.leases = leases
         self.namespaces = namespaces
         self.routed = frozenset(routed)
-        self.delay = delay
         self.ingest_expiry = ingest_expiry
+        self.sweep_batch = sweep_batch
         self.lock = asyncio.Lock()
-        self.timer: asyncio.TimerHandle | None = None
+        self.scheduler = Scheduler(self._scheduled, thresholds)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.collections = 0
+        self.running = False
+        """A collection is between its start and its last sweep."""
+        self.released: dict[str, list[tuple[str, str]]] = {}
+        """namespace -> (type, id) held by leases deleted while a collection runs: its roots."""
+        self.doomed: dict[str, set[Node]] = {}
+        """namespace -> what the sweep in progress deletes (AddResource on these waits)."""
+        self.swept = asyncio.Event()
+        self.swept.set()
 
     # -- scheduling -------------------------------------------------------------------------
 
     def trigger(self) -> None:
-        """A deletion happened: collect once, ``delay`` seconds from the first of a burst."""
-        if self.timer is not None:
-            return
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(self.delay, self._fire)
+        """Collect at the scheduler's next opportunity."""
+        self.scheduler.trigger()
 
-    def _fire(self) -> None:
-        self.timer = None
-        task = asyncio.get_running_loop().create_task(self._scheduled())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    def mutated(self, dirty: bool, stamp: float | None = None) -> None:
+        """Something was created, changed or (``dirty``) deleted at ``stamp`` (epoch s)."""
+        self.scheduler.mutated(dirty, stamp)
 
     async def _scheduled(self) -> None:
         try:
@@ -332,32 +406,29 @@ class Collector:
                      sum(len(v) for v in freed.snapshots.values()), freed.seconds)
         except errdefs.Error as exc:
             log.warning("scheduled collection did not run: %s", exc)
-        except Exception:
-            log.exception("scheduled collection failed")
 
     async def watch(self, exchange: Any) -> None:
-        """Trigger on delete events (re-subscribing if the exchange ever drops us)."""
-        flt = [f'topic=="{t}"' for t in DELETE_TOPICS]
+        """Feed the scheduler from the exchange (re-subscribing if it ever drops us)."""
         while True:
-            sub = exchange.subscribe(flt)
+            sub = exchange.subscribe([MUTATION_FILTER])
             try:
                 while (env := await sub.queue.get()) is not None:
-                    self.trigger()
+                    stamp = env.timestamp.ToNanoseconds() / 1e9 if env.HasField("timestamp") else None
+                    self.mutated(env.topic in DIRTY_TOPICS, stamp)
             finally:
                 exchange.unsubscribe(sub)
             if not sub.overflowed:
                 return
-            self.trigger()
+            self.mutated(True)
 
     def start(self, exchange: Any) -> None:
         task = asyncio.get_running_loop().create_task(self.watch(exchange))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        self.scheduler.start()
 
     async def close(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        await self.scheduler.close()
         for task in list(self.tasks):
             task.cancel()
         for task in list(self.tasks):
@@ -366,15 +437,38 @@ class Collector:
             except BaseException:  # noqa: BLE001 - cancelled or already reported
                 pass
 
+    # -- leases while a collection runs ------------------------------------------------------
+
+    def lease_deleted(self, ns: str, resources: Sequence[tuple[str, str]]) -> None:
+        """A lease holding ``resources`` is being deleted: the running collection keeps them."""
+        if self.running:
+            self.released.setdefault(ns, []).extend(resources)
+
+    async def adding(self, ns: str, rtype: str, rid: str) -> None:
+        """Wait, if the object an AddResource names is being swept, until the sweep ends."""
+        doomed = self.doomed.get(ns)
+        if doomed and _node(rtype, rid) in doomed:
+            await self.swept.wait()
+
     # -- one collection ---------------------------------------------------------------------
 
     async def collect(self) -> Freed:
         async with self.lock:
-            services, close = await self.connect()
+            token = current_lease.set("")  # the collector's own calls hold nothing
+            began = time.time()
+            self.running = True
             try:
-                return await self._collect(services)
+                services, close = await self.connect()
+                try:
+                    freed = await self._collect(services)
+                finally:
+                    await close()
             finally:
-                await close()
+                self.running = False
+                self.released.clear()
+                current_lease.reset(token)
+            self.scheduler.ran(began, freed.seconds)
+            return freed
 
     async def _collect(self, services: Services) -> Freed:
         began = time.monotonic()
@@ -393,7 +487,22 @@ class Collector:
                 await self._read(services, view, start_ns, start_dt, freed, ns)
                 view.roots += await self._roots(services, ns, held_ingests)
                 dead_blobs, dead_snaps = plan(view)
-                await self._sweep(services, ns, dead_blobs, dead_snaps, freed)
+                if dead_blobs or dead_snaps:
+                    # publish the doomed set, then read the leases once more: from here an
+                    # AddResource naming a doomed object waits for the sweep
+                    self.doomed[ns] = {("content", "", b.digest) for b in dead_blobs} | {
+                        ("snapshot", sn.snapshotter, sn.key) for sn in dead_snaps}
+                    self.swept.clear()
+                    try:
+                        late = self._lease_roots(ns, held_ingests)
+                        late += [(_node(t, i), False) for t, i in self.released.get(ns, [])]
+                        if any(node in self.doomed[ns] for node, _ in late):
+                            view.roots += late
+                            dead_blobs, dead_snaps = plan(view)
+                        await self._sweep(services, ns, dead_blobs, dead_snaps, freed)
+                    finally:
+                        self.doomed.pop(ns, None)
+                        self.swept.set()
                 await self._stale_ingests(services, ns, held_ingests, start_ns, freed)
             finally:
                 current_namespace.reset(token)
@@ -412,6 +521,21 @@ class Collector:
         except errdefs.Error as exc:
             raise errdefs.Unavailable(f"garbage collection stopped: cannot list {what}: {exc}") from exc
 
+    def _lease_roots(self, ns: str, ingests: set[str]) -> list[tuple[Node, bool]]:
+        roots: list[tuple[Node, bool]] = []
+        for lease in self.leases.leases(ns):
+            flat = FLAT_LABEL in lease.labels
+            try:
+                held = self.leases.resources(ns, lease.id)
+            except errdefs.NotFound:
+                continue
+            for rtype, rid in held:
+                if rtype == "ingests":
+                    ingests.add(rid)
+                elif rtype == "content" or rtype.startswith("snapshots/"):
+                    roots.append((_node(rtype, rid), flat))
+        return roots
+
     async def _roots(self, services: Services, ns: str, ingests: set[str]) -> list[tuple[Node, bool]]:
         roots: list[tuple[Node, bool]] = []
         for target, labels in await self._listed(IMAGES, "images", services.images):
@@ -423,19 +547,8 @@ class Collector:
             roots += [(n, False) for n in label_refs(labels)]
         for labels in await self._listed(SANDBOXES, "sandboxes", services.sandboxes):
             roots += [(n, False) for n in label_refs(labels)]
-        for lease in self.leases.leases(ns):
-            flat = FLAT_LABEL in lease.labels
-            try:
-                held = self.leases.resources(ns, lease.id)
-            except errdefs.NotFound:
-                continue
-            for rtype, rid in held:
-                if rtype == "content":
-                    roots.append((("content", "", rid), flat))
-                elif rtype.startswith("snapshots/"):
-                    roots.append((("snapshot", rtype.split("/", 1)[1], rid), flat))
-                elif rtype == "ingests":
-                    ingests.add(rid)
+        roots += self._lease_roots(ns, ingests)
+        roots += [(_node(t, i), False) for t, i in self.released.get(ns, []) if t != "ingests"]
         return roots
 
     async def _stale_ingests(self, services: Services, ns: str, held: set[str], start_ns: int,
@@ -485,49 +598,39 @@ class Collector:
 
     async def _sweep(self, services: Services, ns: str, blobs: list[Blob], snaps: list[Snap],
                      freed: Freed) -> None:
-        sem = asyncio.Semaphore(SWEEP_CONCURRENCY)
-
-        async def delete_blob(blob: Blob) -> None:
-            async with sem:
+        """Delete in batches: blobs, then each snapshotter's snapshots children first."""
+        sizes = {b.digest: b.size for b in blobs}
+        digests = sorted(sizes)
+        for at in range(0, len(digests), self.sweep_batch):
+            batch = digests[at:at + self.sweep_batch]
+            try:
+                deleted, errors = await services.delete_blobs(batch)
+            except errdefs.Error as exc:
+                freed.errors.append(f"{ns}: content not swept: {exc}")
+                break
+            freed.content.setdefault(ns, []).extend((d, sizes[d]) for d in deleted)
+            freed.errors += [f"{ns}: content {d}: {why}" for d, why in sorted(errors.items())]
+        if ns in freed.content:
+            freed.content[ns].sort()
+        by_snapshotter: dict[str, list[str]] = {}
+        for snap in snaps:  # already children first
+            by_snapshotter.setdefault(snap.snapshotter, []).append(snap.key)
+        for sn, keys in by_snapshotter.items():
+            for at in range(0, len(keys), self.sweep_batch):
                 try:
-                    await services.delete_blob(blob.digest)
-                except errdefs.NotFound:
-                    return
+                    removed, errors = await services.remove_snapshots(sn, keys[at:at + self.sweep_batch])
                 except errdefs.Error as exc:
-                    freed.errors.append(f"{ns}: content {blob.digest}: {exc}")
-                    return
-            freed.content.setdefault(ns, []).append((blob.digest, blob.size))
+                    freed.errors.append(f"{ns}: snapshotter {sn} not swept: {exc}")
+                    break
+                freed.snapshots.setdefault(ns, []).extend((sn, k) for k in removed)
+                freed.errors += [f"{ns}: snapshot {sn}/{k}: {why}" for k, why in errors.items()]
 
-        await asyncio.gather(*(delete_blob(b) for b in blobs))
-        freed.content.get(ns, []).sort()
-        # snapshots come children first: remove one depth level at a time, a level at once
-        failed: set[tuple[str, str]] = set()
 
-        async def remove(snap: Snap) -> None:
-            async with sem:
-                try:
-                    await services.remove_snapshot(snap.snapshotter, snap.key)
-                except errdefs.NotFound:
-                    return
-                except errdefs.Error as exc:
-                    freed.errors.append(f"{ns}: snapshot {snap.snapshotter}/{snap.key}: {exc}")
-                    if snap.parent:
-                        failed.add((snap.snapshotter, snap.parent))
-                    return
-            freed.snapshots.setdefault(ns, []).append((snap.snapshotter, snap.key))
-
-        level: list[Snap] = []
-        for snap in snaps:
-            if level and snap.depth != level[0].depth:
-                await asyncio.gather(*(remove(s) for s in level))
-                level = []
-            if (snap.snapshotter, snap.key) in failed:
-                # a child stayed: its parent must stay too
-                if snap.parent:
-                    failed.add((snap.snapshotter, snap.parent))
-                continue
-            level.append(snap)
-        await asyncio.gather(*(remove(s) for s in level))
+def _node(rtype: str, rid: str) -> Node:
+    """The node of a lease resource (``content`` or ``snapshots/<name>``)."""
+    if rtype.startswith("snapshots/"):
+        return ("snapshot", rtype.split("/", 1)[1], rid)
+    return ("content", "", rid)
 
 
 def _aware(when: datetime) -> datetime:
@@ -556,23 +659,32 @@ def raw(collector: Collector) -> RawService:
     return RawService(SERVICE, {"Collect": collect})
 
 
-def wrap_lease_delete(service: RawService, collector: Collector, auto: bool = True) -> RawService:
-    """The Leases service with Delete collecting now when ``sync`` is set, else scheduling a
-    collection (when ``auto``)."""
+def wrap_leases(service: RawService, collector: Collector, auto: bool = True) -> RawService:
+    """The Leases service as the collector needs it: Delete hands the lease's resources to a
+    running collection, then collects now when ``sync`` is set, else tells the scheduler (when
+    ``auto``); AddResource waits while the object it names is being swept; DeleteResource
+    tells the scheduler."""
     from moorage.api.containerd.services.leases.v1 import leases_pb2 as pb
 
-    inner = service.methods["Delete"]
+    inner_delete = service.methods["Delete"]
+    inner_add = service.methods["AddResource"]
+    inner_drop = service.methods["DeleteResource"]
 
-    async def delete_sync(ctx: Context, call: RawCall) -> None:
-        sync = False
+    async def delete(ctx: Context, call: RawCall) -> None:
         try:
-            sync = pb.DeleteRequest.FromString(call.payload).sync
+            req = pb.DeleteRequest.FromString(call.payload)
         except Exception:  # noqa: BLE001 - the inner handler reports a bad payload
-            pass
-        if sync:
+            req = pb.DeleteRequest()
+        if collector.running and req.id:
+            try:
+                ns = namespace()
+                collector.lease_deleted(ns, collector.leases.resources(ns, req.id))
+            except errdefs.Error:
+                pass  # no namespace or no such lease: the inner handler says so
+        if req.sync:
             # run the delete, then collect, then answer: hold the reply until the sweep is done
             held = _HeldCall(call)
-            await inner(ctx, held)  # type: ignore[arg-type]
+            await inner_delete(ctx, held)  # type: ignore[arg-type]
             if held.ok:
                 try:
                     await collector.collect()
@@ -580,12 +692,28 @@ def wrap_lease_delete(service: RawService, collector: Collector, auto: bool = Tr
                     log.warning("collection after a sync lease delete did not run: %s", exc)
             await held.release()
             return
-        await inner(ctx, call)
+        await inner_delete(ctx, call)
         if auto:
-            collector.trigger()
+            collector.mutated(True)
+
+    async def add(ctx: Context, call: RawCall) -> None:
+        if collector.doomed:
+            try:
+                req = pb.AddResourceRequest.FromString(call.payload)
+                await collector.adding(namespace(), req.resource.type, req.resource.id)
+            except Exception:  # noqa: BLE001 - the inner handler reports what is wrong
+                pass
+        await inner_add(ctx, call)
+        if auto:
+            collector.mutated(False)
+
+    async def drop(ctx: Context, call: RawCall) -> None:
+        await inner_drop(ctx, call)
+        if auto:
+            collector.mutated(True)
 
     methods = dict(service.methods)
-    methods["Delete"] = delete_sync
+    methods.update({"Delete": delete, "AddResource": add, "DeleteResource": drop})
     return RawService(service.service, methods)
 
 

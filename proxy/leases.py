@@ -10,16 +10,17 @@ Rules, as containerd's metadata store:
 - ids are any non-empty string (none given: a random one, as containerd), unique per namespace (AlreadyExists ``lease "x"``);
   labels at most 4096 bytes key+value;
 - resource types: ``content`` (id a digest), ``ingests`` (id a ref), ``snapshots/<name>``
-  (id a key); anything else is InvalidArgument ``unsupported resource type``; adding a
+  (id a key), ``images`` (id a name, containerd 2's); anything else is InvalidArgument ``unsupported resource type``; adding a
   resource twice or deleting one the lease does not hold is not an error; calls on a lease
   that does not exist are NotFound;
 - List filters (containerd syntax) over ``id`` and ``labels.<key>``;
 - ``containerd.io/gc.expire`` (RFC 3339): a lease past its expiry is dropped, with its
   resources, before every List and at start (containerd drops it at its next collection).
 
-Resources are only recorded here: a garbage collector that honours them (and ``sync`` on
-Delete, accepted and ignored until one exists) is the work of issue 12's collector.
-The lease a call runs under travels in metadata ``containerd-lease`` (gRPC and ttrpc alike).
+The collector (gc.py) treats every resource of a live lease as a root; ``sync`` on Delete
+collects before answering. The lease a call runs under travels in metadata
+``containerd-lease`` (gRPC and ttrpc alike); the services record what they create under it
+through AddResource (moorage.leasing.Recorder).
 """
 
 from __future__ import annotations
@@ -74,9 +75,9 @@ def validate_resource(rtype: str, rid: str) -> None:
         if not _DIGEST.fullmatch(rid) or (alg in _HEX_LENGTH and len(hexpart) != _HEX_LENGTH[alg]):
             raise errdefs.InvalidArgument(f"invalid content resource {rid!r}: invalid digest")
         return
-    if rtype == "ingests":
+    if rtype in ("ingests", "images"):
         if not rid:
-            raise errdefs.InvalidArgument("invalid ingests resource: empty ref")
+            raise errdefs.InvalidArgument(f"invalid {rtype} resource: empty id")
         return
     kind, _, snapshotter = rtype.partition("/")
     if kind == "snapshots" and snapshotter and "/" not in snapshotter:

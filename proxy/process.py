@@ -15,6 +15,7 @@ from moorage.runner import INTERNAL_SERVICE
 from ttrpc.errors import RpcError
 
 from . import events, gc, introspection, leases, namespaces
+from .gcschedule import Thresholds
 from .router import Pool
 from .splice import Front, Service, Splice
 
@@ -33,19 +34,31 @@ class ProxyConfig:
     """Largest gRPC message accepted, as containerd's ``[grpc] max_recv_message_size``."""
     grpc_max_send_message_size: int = 16 << 20
     """Largest gRPC message sent, as containerd's ``[grpc] max_send_message_size``."""
-    gc_delay: float = 1.0
-    """Seconds from a delete (image, container, sandbox, lease) to the collection it
-    schedules; a burst of deletes in that time gives one collection."""
     gc_auto: bool = True
-    """Collect after deletes; False: only on demand (``moor gc``, a ``sync`` lease delete)."""
+    """Collect on the scheduler below; False: only on demand (``moor gc``, a ``sync`` lease
+    delete)."""
+    gc_pause_threshold: float = 0.02
+    """containerd's ``pause_threshold``: collections take at most this share of real time."""
+    gc_deletion_threshold: int = 0
+    """containerd's ``deletion_threshold``: this many deletions schedule a collection (0: off;
+    deletions are then collected at the next check)."""
+    gc_mutation_threshold: int = 100
+    """containerd's ``mutation_threshold``: this many changes make the next check collect."""
+    gc_schedule_delay: float = 0.0
+    """containerd's ``schedule_delay`` (seconds): from a trigger or a threshold to the collection."""
+    gc_startup_delay: float = 0.1
+    """containerd's ``startup_delay`` (seconds): the first check after start."""
 
     def __post_init__(self) -> None:
         if self.health_timeout <= 0 or self.usage_timeout <= 0:
             raise ValueError("timeouts must be > 0")
         if self.grpc_max_recv_message_size <= 0 or self.grpc_max_send_message_size <= 0:
             raise ValueError("grpc message sizes must be > 0")
-        if self.gc_delay < 0:
-            raise ValueError("gc_delay must be >= 0")
+        self.gc_thresholds()  # raises ValueError when out of range
+
+    def gc_thresholds(self) -> Thresholds:
+        return Thresholds(self.gc_pause_threshold, self.gc_deletion_threshold,
+                          self.gc_mutation_threshold, self.gc_schedule_delay, self.gc_startup_delay)
 
 
 OWN_SERVICES = (
@@ -153,13 +166,13 @@ async def build(ctx: BuildContext) -> list[object]:
         lease_store,
         lambda: set(store.names()) | splice.known_namespaces,
         table.keys(),
-        settings.gc_delay,
+        settings.gc_thresholds(),
     )
     if settings.gc_auto:
         collector.start(exchange)
     ctx.on_close(collector.close)
     lease_service = leases.LeasesService(lease_store).raw()
-    lease_service = gc.wrap_lease_delete(lease_service, collector, settings.gc_auto)
+    lease_service = gc.wrap_leases(lease_service, collector, settings.gc_auto)
     door = FrontDoor(splice)
     listener = Listener(door.serve, door.drain)
     if settings.grpc:

@@ -24,11 +24,12 @@ from google.protobuf import empty_pb2
 from moorage.api.containerd.events import content_pb2 as events_pb
 from moorage.api.containerd.services.content.v1 import content_pb2 as pb
 from moorage.api.containerd.services.content.v1.content_ttrpc import ContentServicer
+from moorage import errdefs
 from moorage.errdefs import AlreadyExists, InvalidArgument, NotFound, OutOfRange
 from ttrpc.service import ServiceSpec
 
 from . import wire
-from .contract import Store
+from .contract import Store, Sweeper
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -36,8 +37,10 @@ if TYPE_CHECKING:
     from ttrpc.server import Context, RawCall
 
     from moorage.events import EventPublisher
+    from moorage.leasing import Recorder
 
 LIST_BATCH = 100
+SWEEP_SERVICE = wire.SWEEP_SERVICE
 _SPEC: ServiceSpec = ContentServicer.__ttrpc_service__
 
 
@@ -66,12 +69,18 @@ class WriteLike(Protocol):
     def labels(self) -> Mapping[str, str]: ...
 
 
-def servicers(store: Store, publisher: EventPublisher | None = None) -> list[object]:
+def servicers(
+    store: Store, publisher: EventPublisher | None = None, recorder: Recorder | None = None
+) -> list[object]:
     """What a server registers for the content API: the servicer and the raw Write."""
     from moorage.registry import RawService
 
-    svc = ContentService(store, publisher)
-    return [svc, RawService(wire.SERVICE, {"Write": svc.write_raw})]
+    svc = ContentService(store, publisher, recorder)
+    return [
+        svc,
+        RawService(wire.SERVICE, {"Write": svc.write_raw}),
+        RawService(SWEEP_SERVICE, {"Delete": svc.sweep_raw}),
+    ]
 
 
 class ContentService(ContentServicer):  # type: ignore[misc, unused-ignore]
@@ -79,9 +88,29 @@ class ContentService(ContentServicer):  # type: ignore[misc, unused-ignore]
         _SPEC.name, {name: m for name, m in _SPEC.methods.items() if name != "Write"}
     )
 
-    def __init__(self, store: Store, publisher: EventPublisher | None = None) -> None:
+    def __init__(
+        self, store: Store, publisher: EventPublisher | None = None, recorder: Recorder | None = None
+    ) -> None:
         self.store = store
         self.publisher = publisher
+        self.recorder = recorder
+        """Holds ingests and blobs made under a call's ``containerd-lease`` (None: leases are
+        not recorded): the ingest from the first message to the commit, the blob from just
+        before the commit on (an existing blob a writer expects is held too), as
+        containerd's metadata store does."""
+
+    async def _hold(self, rtype: str, rid: str) -> None:
+        if self.recorder is not None:
+            await self.recorder.add(rtype, rid)
+
+    async def _hold_existing(self, digest: str) -> None:
+        if self.recorder is None or not digest:
+            return
+        try:
+            await self.store.info(digest)
+        except NotFound:
+            return
+        await self.recorder.add("content", digest)
 
     async def Info(self, request: pb.InfoRequest, ctx: Context) -> pb.InfoResponse:
         return pb.InfoResponse(info=wire.info_to_pb(await self.store.info(request.digest)))
@@ -106,6 +135,8 @@ class ContentService(ContentServicer):  # type: ignore[misc, unused-ignore]
 
     async def Delete(self, request: pb.DeleteContentRequest, ctx: Context) -> empty_pb2.Empty:
         await self.store.delete(request.digest)
+        if self.recorder is not None:
+            await self.recorder.remove("content", request.digest)
         if self.publisher is not None:
             await self.publisher.publish(
                 "/content/delete", events_pb.ContentDelete(digest=request.digest)
@@ -132,6 +163,18 @@ class ContentService(ContentServicer):  # type: ignore[misc, unused-ignore]
     async def Abort(self, request: pb.AbortRequest, ctx: Context) -> empty_pb2.Empty:
         await self.store.abort(request.ref)
         return empty_pb2.Empty()
+
+    async def sweep_raw(self, ctx: Context, call: RawCall) -> None:
+        import msgpack
+
+        req = msgpack.unpackb(call.payload) if call.payload else {}
+        wanted = req.get("digests") if isinstance(req, dict) else None
+        if not isinstance(wanted, list) or not all(isinstance(d, str) for d in wanted):
+            raise InvalidArgument("sweep: digests must be a list of strings")
+        if not hasattr(self.store, "delete_many"):
+            raise errdefs.NotImplemented("sweep: this content store deletes one blob at a time")
+        deleted, errors = await cast("Sweeper", self.store).delete_many(wanted)
+        await call.respond(msgpack.packb({"deleted": deleted, "errors": errors}))
 
     async def write_raw(self, ctx: Context, call: RawCall) -> None:
         first = call.payload
@@ -163,6 +206,8 @@ class ContentService(ContentServicer):  # type: ignore[misc, unused-ignore]
         if not req.ref:
             raise InvalidArgument("first message must have a reference")
         ref, total, expected = req.ref, req.total, req.expected
+        await self._hold_existing(expected)
+        await self._hold("ingests", ref)
         w = await self.store.writer(ref, total=total, expected=expected)
         try:
             st = await w.status()
@@ -176,6 +221,7 @@ class ContentService(ContentServicer):  # type: ignore[misc, unused-ignore]
                     except NotFound:
                         pass
                     else:
+                        await self._hold("content", expected)
                         await w.close()
                         await self.store.abort(ref)
                         raise AlreadyExists(f"blob with expected digest {expected} exists")
@@ -199,7 +245,15 @@ class ContentService(ContentServicer):  # type: ignore[misc, unused-ignore]
                     if req.data:
                         offset = await w.write(req.data)
                     if req.action == pb.COMMIT:
-                        resp.digest = await w.commit(total, expected, dict(req.labels))
+                        await self._hold("content", expected or await w.digest())
+                        try:
+                            resp.digest = await w.commit(total, expected, dict(req.labels))
+                        except AlreadyExists:
+                            if self.recorder is not None:
+                                await self.recorder.remove("ingests", ref)
+                            raise
+                        if self.recorder is not None:
+                            await self.recorder.remove("ingests", ref)
                         if self.publisher is not None:
                             await self.publisher.publish(
                                 "/content/create",

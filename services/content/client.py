@@ -19,7 +19,7 @@ from google.protobuf import field_mask_pb2
 
 from moorage.api.containerd.services.content.v1 import content_pb2 as pb
 from moorage.errdefs import FailedPrecondition, InvalidArgument, OutOfRange, Unavailable
-from moorage.namespaces import NAMESPACE_KEY, current_namespace
+from moorage.leasing import call_metadata
 
 from . import wire
 from .contract import Info, Status
@@ -32,9 +32,8 @@ WINDOW = 16
 WRITE_CHUNK = 1 << 20
 
 
-def _metadata() -> dict[str, str] | None:
-    ns = current_namespace.get()
-    return {NAMESPACE_KEY: ns} if ns else None
+_metadata = call_metadata
+"""The namespace and the lease of the calling context travel on every call."""
 
 
 class ContentClient:

@@ -141,3 +141,12 @@ class Ingester(Protocol):
 
 class Store(Provider, Manager, IngestManager, Ingester, Protocol):
     """The whole content API."""
+
+
+class Sweeper(Protocol):
+    """A store that deletes many blobs at once (the garbage collector's sweep); optional."""
+
+    async def delete_many(self, digests: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        """Delete the namespace's ``digests``: (deleted, {digest: why not}); a digest the
+        namespace does not have is in neither."""
+        ...

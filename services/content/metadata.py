@@ -166,3 +166,27 @@ class Metadata:
             )
             left = c.execute("SELECT 1 FROM blobs WHERE digest=? LIMIT 1", (digest,)).fetchone()
             return cur.rowcount == 1, left is not None
+
+    def delete_many(self, namespace: str, digests: tuple[str, ...]) -> tuple[tuple[str, ...], set[str]]:
+        """Remove many blobs from a namespace in one transaction: (the digests that were
+        there, those of them no namespace references any more)."""
+        with self._tx() as c:
+            gone = tuple(
+                d
+                for d in digests
+                if c.execute(
+                    "DELETE FROM blobs WHERE namespace=? AND digest=?", (namespace, d)
+                ).rowcount
+                == 1
+            )
+            orphans = {
+                d
+                for d in gone
+                if c.execute("SELECT 1 FROM blobs WHERE digest=? LIMIT 1", (d,)).fetchone() is None
+            }
+            return gone, orphans
+
+    def referenced(self, digest: str) -> bool:
+        """Whether any namespace still has the blob."""
+        row = self._conn().execute("SELECT 1 FROM blobs WHERE digest=? LIMIT 1", (digest,)).fetchone()
+        return row is not None

@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from moorage.registry import BuildContext, Process
 
 from .config import ContentConfig
-from .wire import SERVICE
+from .wire import SERVICE, SWEEP_SERVICE
 
 
 async def build(ctx: BuildContext) -> Sequence[object]:
+    from moorage.leasing import Leases, Recorder
+
     from .api import servicers
     from .memory import keep_freed_memory
     from .store import LocalStore
@@ -30,13 +32,15 @@ async def build(ctx: BuildContext) -> Sequence[object]:
         return held
 
     ctx.namespace_usage(usage)
+    recorder = Recorder(Leases(ctx.proxy_address))
+    ctx.on_close(recorder.close)
     ctx.logger.info("content store ready", extra={"root": str(ctx.root)})
-    return servicers(store, ctx.publisher)
+    return servicers(store, ctx.publisher, recorder)
 
 
 PROCESS = Process(
     name="content",
-    services=(SERVICE,),
+    services=(SERVICE, SWEEP_SERVICE),
     build=build,
     replica_safe=True,
     config=ContentConfig,

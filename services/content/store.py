@@ -111,6 +111,7 @@ class LocalStore:
                         gone += 1
                 except Unavailable:
                     continue
+        gone += self._orphans()
         for name in os.listdir(self.layout.locks):
             try:
                 FileLock.acquire(os.path.join(self.layout.locks, name), blocking=False).release()
@@ -118,6 +119,33 @@ class LocalStore:
             except Unavailable:
                 continue
         return gone
+
+    def _orphans(self) -> int:
+        """Remove blob files no namespace references: what a process killed between a
+        delete's metadata transaction and its unlinks left (metadata goes first, so a crash
+        never leaves a record without its file). Each under its blob lock, which a commit
+        holds from its rename to its record."""
+        gone = 0
+        for alg in os.listdir(self.layout.blobs):
+            folder = os.path.join(self.layout.blobs, alg)
+            if not os.path.isdir(folder):
+                continue
+            for hexd in os.listdir(folder):
+                if not self.meta.referenced(f"{alg}:{hexd}"):
+                    gone += self._unlink_unreferenced(alg, hexd)
+        return gone
+
+    def _unlink_unreferenced(self, alg: str, hexd: str) -> bool:
+        """Remove a blob's file unless a namespace has it (checked under the blob's lock, which
+        a commit holds from its rename to its record). Whether a file went."""
+        with FileLock.acquire(self.layout.blob_lock(alg, hexd), blocking=True):
+            if self.meta.referenced(f"{alg}:{hexd}"):
+                return False
+            try:
+                os.unlink(self.layout.blob(alg, hexd))
+            except FileNotFoundError:
+                return False
+            return True
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -194,6 +222,28 @@ class LocalStore:
                     os.unlink(self.layout.blob(alg, hexd))
                 except FileNotFoundError:
                     pass
+
+    async def delete_many(self, digests: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        """Delete many blobs of the namespace at once (the collector's sweep): one metadata
+        transaction, then the files no namespace references. Returns (deleted, {digest: why
+        not}); a digest the namespace does not have is neither (already gone)."""
+        return await self._run(self._delete_many, namespace(), list(digests))
+
+    def _delete_many(self, ns: str, wanted: list[str]) -> tuple[list[str], dict[str, str]]:
+        valid: list[tuple[str, tuple[str, str]]] = []
+        refused: dict[str, str] = {}
+        for d in wanted:
+            try:
+                parsed = digests.validate(d)
+            except InvalidArgument as exc:
+                refused[d] = str(exc)
+                continue
+            valid.append((d, parsed))
+        gone, orphans = self.meta.delete_many(ns, tuple(d for d, _ in valid))
+        for d, (alg, hexd) in valid:
+            if d in orphans:
+                self._unlink_unreferenced(alg, hexd)
+        return list(gone), refused
 
     # -- Provider ------------------------------------------------------------
 

@@ -22,6 +22,11 @@ from moorage.errdefs import InvalidArgument
 from .contract import Info, Status
 
 SERVICE = "containerd.services.content.v1.Content"
+SWEEP_SERVICE = "moorage.internal.v1.ContentSweep"
+"""moorage's own (not containerd's): ``Delete`` removes many blobs of the call's namespace at
+once for the garbage collector. msgpack in ``{"digests": [...]}``, out ``{"deleted": [...],
+"errors": {digest: message}}``; a digest the namespace lacks is in neither. No events (as
+containerd's collector, which publishes none for what it sweeps)."""
 EPOCH = datetime.fromtimestamp(0, UTC)
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from google.protobuf import empty_pb2
 
+from moorage import errdefs
 from moorage.api.containerd.events import snapshot_pb2 as events_pb
 from moorage.api.containerd.services.diff.v1 import diff_pb2 as dpb
 from moorage.api.containerd.services.diff.v1.diff_ttrpc import DiffServicer
@@ -24,17 +25,64 @@ from .contract import Differ, Snapshotters
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
+
+    from moorage.registry import RawService
     from ttrpc.server import Context
 
     from moorage.events import EventPublisher
+    from moorage.leasing import Recorder
+    from ttrpc.server import RawCall
 
 LIST_BATCH = 100
 
 
 class SnapshotsService(SnapshotsServicer):  # type: ignore[misc, unused-ignore]
-    def __init__(self, snapshotters: Snapshotters, publisher: EventPublisher | None = None) -> None:
+    def __init__(
+        self,
+        snapshotters: Snapshotters,
+        publisher: EventPublisher | None = None,
+        recorder: Recorder | None = None,
+    ) -> None:
         self.snapshotters = snapshotters
         self.publisher = publisher
+        self.recorder = recorder
+        """Holds snapshots made under a call's ``containerd-lease`` (None: not recorded), as
+        containerd's metadata store: Prepare and View hold the key (and the parent, which
+        containerd's single transaction protects and our separate calls must hold), Commit
+        holds the name and lets the active key go, Remove lets the key go. Held before the
+        snapshot exists, so a collection never sees it unheld."""
+
+    async def _hold(self, snapshotter: str, *keys: str) -> None:
+        if self.recorder is not None:
+            for key in keys:
+                if key:
+                    await self.recorder.add(f"snapshots/{snapshotter}", key)
+
+    async def _release(self, snapshotter: str, key: str) -> None:
+        if self.recorder is not None:
+            await self.recorder.remove(f"snapshots/{snapshotter}", key)
+
+    def raw(self) -> RawService:
+        """``moorage.internal.v1.SnapshotsSweep`` (see wire.SWEEP)."""
+        from moorage.registry import RawService
+
+        return RawService(wire.SWEEP, {"Remove": self.sweep_raw})
+
+    async def sweep_raw(self, ctx: Context, call: RawCall) -> None:
+        import msgpack
+
+        req = msgpack.unpackb(call.payload) if call.payload else {}
+        if not isinstance(req, dict):
+            raise errdefs.InvalidArgument("sweep: a map is expected")
+        keys = req.get("keys")
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise errdefs.InvalidArgument("sweep: keys must be a list of strings")
+        sn = self.snapshotters.get(str(req.get("snapshotter", "")))
+        remove_many = getattr(sn, "remove_many", None)
+        if remove_many is None:
+            raise errdefs.NotImplemented("sweep: this snapshotter removes one snapshot at a time")
+        removed, errors = await remove_many(keys)
+        await call.respond(msgpack.packb({"removed": removed, "errors": errors}))
 
     async def _publish(self, topic: str, event: Message) -> None:
         if self.publisher is not None:
@@ -44,6 +92,7 @@ class SnapshotsService(SnapshotsServicer):  # type: ignore[misc, unused-ignore]
         self, request: pb.PrepareSnapshotRequest, ctx: Context
     ) -> pb.PrepareSnapshotResponse:
         sn = self.snapshotters.get(request.snapshotter)
+        await self._hold(request.snapshotter, request.parent, request.key)
         mounts = await sn.prepare(request.key, request.parent, dict(request.labels))
         await self._publish(
             "/snapshot/prepare",
@@ -55,6 +104,7 @@ class SnapshotsService(SnapshotsServicer):  # type: ignore[misc, unused-ignore]
 
     async def View(self, request: pb.ViewSnapshotRequest, ctx: Context) -> pb.ViewSnapshotResponse:
         sn = self.snapshotters.get(request.snapshotter)
+        await self._hold(request.snapshotter, request.parent, request.key)
         mounts = await sn.view(request.key, request.parent, dict(request.labels))
         return pb.ViewSnapshotResponse(mounts=wire.mounts_to_pb(mounts))
 
@@ -64,7 +114,9 @@ class SnapshotsService(SnapshotsServicer):  # type: ignore[misc, unused-ignore]
 
     async def Commit(self, request: pb.CommitSnapshotRequest, ctx: Context) -> empty_pb2.Empty:
         sn = self.snapshotters.get(request.snapshotter)
+        await self._hold(request.snapshotter, request.name)
         await sn.commit(request.name, request.key, dict(request.labels))
+        await self._release(request.snapshotter, request.key)
         await self._publish(
             "/snapshot/commit",
             events_pb.SnapshotCommit(
@@ -75,6 +127,7 @@ class SnapshotsService(SnapshotsServicer):  # type: ignore[misc, unused-ignore]
 
     async def Remove(self, request: pb.RemoveSnapshotRequest, ctx: Context) -> empty_pb2.Empty:
         await self.snapshotters.get(request.snapshotter).remove(request.key)
+        await self._release(request.snapshotter, request.key)
         await self._publish(
             "/snapshot/remove",
             events_pb.SnapshotRemove(key=request.key, snapshotter=request.snapshotter),

@@ -172,6 +172,35 @@ class Backend:
         if gone:
             shutil.rmtree(gone, ignore_errors=True)
 
+    def remove_many(self, ns: str, keys: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        """Remove ``keys`` in order (children before their parents) in one transaction, then
+        their directories: (removed, {key: why not}); a missing key is in neither, one that
+        still has a child is refused (FailedPrecondition's message) and the rest go on."""
+        removed: list[str] = []
+        refused: dict[str, str] = {}
+        gone: list[str] = []
+        with self.lock:
+            with self.meta.transaction():
+                for key in keys:
+                    try:
+                        row = self.meta.get(ns, key)
+                    except errdefs.NotFound:
+                        continue
+                    if self.meta.has_children(row):
+                        refused[key] = f"cannot remove snapshot with child: {key}"
+                        continue
+                    self.meta.delete(row)
+                    path = os.path.join(self.snapshots, f"rm-{row.id}")
+                    try:
+                        os.rename(self.dir(row.id), path)
+                        gone.append(path)
+                    except FileNotFoundError:
+                        pass
+                    removed.append(key)
+        for path in gone:
+            shutil.rmtree(path, ignore_errors=True)
+        return removed, refused
+
     def update(self, ns: str, info: Info, fieldpaths: Sequence[str]) -> Info:
         with self.lock:
             row = self.meta.get(ns, info.name)

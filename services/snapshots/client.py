@@ -15,7 +15,7 @@ from google.protobuf import empty_pb2, field_mask_pb2
 
 from moorage.api.containerd.services.diff.v1 import diff_pb2 as dpb
 from moorage.api.containerd.services.snapshots.v1 import snapshots_pb2 as pb
-from moorage.namespaces import NAMESPACE_KEY, current_namespace
+from moorage.leasing import call_metadata
 
 from . import wire
 from .contract import SNAPSHOTTERS, Descriptor, Info, Mount, Usage
@@ -26,9 +26,8 @@ if TYPE_CHECKING:
 SERVICE = wire.SNAPSHOTS
 
 
-def _metadata() -> dict[str, str] | None:
-    ns = current_namespace.get()
-    return {NAMESPACE_KEY: ns} if ns else None
+_metadata = call_metadata
+"""The namespace and the lease of the calling context travel on every call."""
 
 
 class RemoteSnapshotter:

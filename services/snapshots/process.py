@@ -15,7 +15,7 @@ from moorage import errdefs
 from moorage.registry import BuildContext, Process
 
 from .config import SnapshotsConfig
-from .wire import DIFF, SNAPSHOTS
+from .wire import DIFF, SNAPSHOTS, SWEEP
 
 
 class ProxyContent:
@@ -48,6 +48,8 @@ class ProxyContent:
 
 
 async def build(ctx: BuildContext) -> Sequence[object]:
+    from moorage.leasing import Leases, Recorder
+
     from .api import DiffService, SnapshotsService
     from .differ import LocalDiffer
     from .store import LocalSnapshotters
@@ -62,13 +64,16 @@ async def build(ctx: BuildContext) -> Sequence[object]:
     ctx.on_close(content.close)
     differ = LocalDiffer(content, settings.limits, tmpdir=str(ctx.state), workers=settings.apply_workers)
     ctx.namespace_usage(snapshotters.namespace_usage)
+    recorder = Recorder(Leases(ctx.proxy_address))
+    ctx.on_close(recorder.close)
     ctx.logger.info("snapshotters ready: %s", ", ".join(snapshotters.names()))
-    return [SnapshotsService(snapshotters, ctx.publisher), DiffService(differ)]
+    snaps = SnapshotsService(snapshotters, ctx.publisher, recorder)
+    return [snaps, snaps.raw(), DiffService(differ)]
 
 
 PROCESS = Process(
     name="snapshots",
-    services=(SNAPSHOTS, DIFF),
+    services=(SNAPSHOTS, DIFF, SWEEP),
     build=build,
     replica_safe=False,
     config=SnapshotsConfig,

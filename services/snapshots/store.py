@@ -68,6 +68,10 @@ class LocalSnapshotter:
     async def remove(self, key: str) -> None:
         await asyncio.to_thread(self.backend.remove, namespace(), key)
 
+    async def remove_many(self, keys: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        """Remove many snapshots at once, children first (see ``Backend.remove_many``)."""
+        return await asyncio.to_thread(self.backend.remove_many, namespace(), list(keys))
+
     async def walk(self, filters_: Sequence[str] = ()) -> AsyncIterator[Info]:
         flt = filters.parse(list(filters_))
         infos = await asyncio.to_thread(self.backend.infos, namespace())

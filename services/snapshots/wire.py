@@ -11,6 +11,11 @@ from .contract import Descriptor, Info, Kind, Mount, Usage
 
 SNAPSHOTS = "containerd.services.snapshots.v1.Snapshots"
 DIFF = "containerd.services.diff.v1.Diff"
+SWEEP = "moorage.internal.v1.SnapshotsSweep"
+"""moorage's own (not containerd's): ``Remove`` removes many snapshots of the call's namespace
+at once for the garbage collector, in the order given (children first). msgpack in
+``{"snapshotter": name, "keys": [...]}``, out ``{"removed": [...], "errors": {key: message}}``;
+a missing key is in neither. No events (containerd's collector publishes none)."""
 
 
 def info_to_pb(info: Info) -> pb.Info:

@@ -40,12 +40,19 @@ from .service import Transferrer
 from .streams import Stream, StreamManager
 
 if TYPE_CHECKING:
+    from moorage.leasing import Recorder
     from ttrpc.server import Context, ServerStream
+
+EXPIRE_LABEL = "containerd.io/gc.expire"
 
 
 class ImagesService(ImagesServicer):  # type: ignore[misc, unused-ignore]
-    def __init__(self, store: ImageStore) -> None:
+    def __init__(self, store: ImageStore, recorder: Recorder | None = None) -> None:
         self.store = store
+        self.recorder = recorder
+        """Holds an image created under a call's ``containerd-lease`` when the image carries
+        ``containerd.io/gc.expire`` (containerd 2's rule: other images need no lease);
+        Delete lets it go."""
 
     async def Get(self, request: ipb.GetImageRequest, ctx: Context) -> ipb.GetImageResponse:
         return ipb.GetImageResponse(image=wire.image_to_pb(await self.store.get(request.name)))
@@ -55,7 +62,10 @@ class ImagesService(ImagesServicer):  # type: ignore[misc, unused-ignore]
         return ipb.ListImagesResponse(images=[wire.image_to_pb(i) for i in imgs])
 
     async def Create(self, request: ipb.CreateImageRequest, ctx: Context) -> ipb.CreateImageResponse:
-        img = await self.store.create(wire.image_from_pb(request.image))
+        new = wire.image_from_pb(request.image)
+        if self.recorder is not None and EXPIRE_LABEL in new.labels:
+            await self.recorder.add("images", new.name)
+        img = await self.store.create(new)
         return ipb.CreateImageResponse(image=wire.image_to_pb(img))
 
     async def Update(self, request: ipb.UpdateImageRequest, ctx: Context) -> ipb.UpdateImageResponse:
@@ -65,6 +75,8 @@ class ImagesService(ImagesServicer):  # type: ignore[misc, unused-ignore]
     async def Delete(self, request: ipb.DeleteImageRequest, ctx: Context) -> empty_pb2.Empty:
         target = request.target.digest if request.HasField("target") else ""
         await self.store.delete(request.name, target)
+        if self.recorder is not None:
+            await self.recorder.remove("images", request.name)
         return empty_pb2.Empty()
 
 

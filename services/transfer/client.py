@@ -21,7 +21,7 @@ from moorage.api.containerd.services.transfer.v1 import transfer_pb2 as tpb
 from moorage.api.containerd.types import descriptor_pb2
 from moorage.api.containerd.types.transfer import progress_pb2, registry_pb2
 from moorage.api.containerd.types.transfer import streaming_pb2 as data_pb2
-from moorage.namespaces import NAMESPACE_KEY, current_namespace
+from moorage.leasing import call_metadata
 
 from . import wire
 from .contract import Image, ProgressEvent
@@ -31,9 +31,8 @@ if TYPE_CHECKING:
     from ttrpc.client import Client
 
 
-def _metadata() -> dict[str, str] | None:
-    ns = current_namespace.get()
-    return {NAMESPACE_KEY: ns} if ns else None
+_metadata = call_metadata
+"""The namespace and the lease of the calling context travel on every call."""
 
 
 def stream_id(prefix: str) -> str:

@@ -17,6 +17,8 @@ from .wire import IMAGES, STREAMING, TRANSFER
 async def build(ctx: BuildContext) -> Sequence[object]:
     from moorage.api.containerd.events import image_pb2 as events_pb
 
+    from moorage.leasing import Leases, Recorder
+
     from .api import ImagesService, StreamingService, TransferService
     from .images import ImageDB
     from .peers import Peers, ProxyContent
@@ -45,13 +47,16 @@ async def build(ctx: BuildContext) -> Sequence[object]:
 
     ctx.namespace_usage(usage)
     streams = StreamManager()
+    leases = Leases(ctx.proxy_address)
+    ctx.on_close(leases.close)
     transferrer = Transferrer(ProxyContent(peers), images, peers.unpack_target, TransferSettings(
         max_concurrent_downloads=settings.max_concurrent_downloads,
         max_concurrent_uploads=settings.max_concurrent_uploaded_layers,
         hosts_dir=settings.hosts_dir, credentials_file=settings.credentials_file,
-        default_snapshotter=settings.default_snapshotter, chunk_size=settings.upload_chunk_size))
+        default_snapshotter=settings.default_snapshotter, chunk_size=settings.upload_chunk_size),
+        leases=leases)
     ctx.logger.info("transfer ready", extra={"root": str(ctx.root)})
-    return [ImagesService(images), TransferService(transferrer, streams), StreamingService(streams)]
+    return [ImagesService(images, Recorder(leases)), TransferService(transferrer, streams), StreamingService(streams)]
 
 
 PROCESS = Process(

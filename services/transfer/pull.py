@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from moorage import errdefs
+from moorage.leasing import lease
 
 from . import oci
 from .blobs import (
@@ -71,8 +72,9 @@ class PullOptions:
 async def fetch_blob(resolver: Resolver, content: ContentStore, desc: Descriptor, progress: Progress,
                      labels: Mapping[str, str] | None = None) -> bool:
     """Download `desc` into the content store (resuming a partial ingest). Returns False if it
-    was already there."""
-    if await has_blob(content, desc.digest):
+    was already there. Under a lease the check is the writer's open itself, which holds an
+    existing blob in the lease (containerd's rule), so a collection meanwhile keeps it."""
+    if lease() is None and await has_blob(content, desc.digest):
         await progress.emit("already exists", desc.digest, desc.size, desc.size, desc)
         return False
     ref = ref_key(desc)

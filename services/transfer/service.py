@@ -10,10 +10,12 @@ and diff services in); an ImageStore destination without unpacks only stores con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from moorage import errdefs
 
@@ -40,6 +42,9 @@ from .reference import parse as parse_ref
 from .registry.auth import CredentialCallback, CredentialStore, load_credentials_file
 from .registry.resolver import Resolver, ResolverOptions
 
+if TYPE_CHECKING:
+    from moorage.leasing import Leases
+
 Unpacker = Callable[[Platform, str], UnpackTarget]
 
 
@@ -55,11 +60,23 @@ class TransferSettings:
 
 class Transferrer:
     def __init__(self, content: ContentStore, images: ImageStore, unpacker: Unpacker | None = None,
-                 settings: TransferSettings | None = None) -> None:
+                 settings: TransferSettings | None = None, leases: Leases | None = None) -> None:
         self.content = content
         self.images = images
         self.unpacker = unpacker
         self.settings = settings or TransferSettings()
+        self.leases = leases
+        """Pulls and imports run under a lease (the caller's ``containerd-lease``, else one of
+        their own, ``containerd.io/gc.expire`` 24 h ahead, deleted when they end), as
+        containerd's transfer service: a collection meanwhile keeps what they made before the
+        image names it. None: no lease (tests of the logic alone)."""
+
+    def _leased(self) -> AbstractAsyncContextManager[object]:
+        if self.leases is None:
+            return contextlib.nullcontext()
+        from moorage.leasing import hold
+
+        return hold(self.leases)
 
     async def transfer(self, src: object, dst: object, progress: ProgressFn | None = None) -> None:
         if isinstance(src, RegistryEndpoint) and isinstance(dst, ImageTarget):
@@ -103,6 +120,10 @@ class Transferrer:
         return None
 
     async def pull(self, src: RegistryEndpoint, dst: ImageTarget, progress: ProgressFn | None) -> Image:
+        async with self._leased():
+            return await self._pull(src, dst, progress)
+
+    async def _pull(self, src: RegistryEndpoint, dst: ImageTarget, progress: ProgressFn | None) -> Image:
         ref = parse_ref(src.reference)
         async with self._resolver(src, ref) as res:
             img = await pull(res, ref, self.content, self.images,
@@ -139,6 +160,10 @@ class Transferrer:
                        self.settings.max_concurrent_uploads)
 
     async def import_(self, src: ImportSource, dst: ImageTarget, progress: ProgressFn | None) -> list[Image]:
+        async with self._leased():
+            return await self._import(src, dst, progress)
+
+    async def _import(self, src: ImportSource, dst: ImageTarget, progress: ProgressFn | None) -> list[Image]:
         base = dst.name or next((r.name for r in dst.extra_references if r.is_prefix and r.name), "")
         imgs = await import_archive(src.data(), self.content, self.images,
                                     ImportOptions(base, dst.labels, self._platforms(dst)), progress)

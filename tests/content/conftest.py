@@ -76,10 +76,11 @@ async def serving(root: Path) -> AsyncIterator[Any]:
 
     store = LocalStore(str(root))
     server = Server(status_of=status_of)
-    service, raw = servicers(store, NullPublisher())
+    service, *raws = servicers(store, NullPublisher())
     server.register(with_namespace(service))
-    for method, handler in raw.methods.items():  # type: ignore[attr-defined]
-        server.register_raw(raw.service, method, with_namespace_raw(handler))  # type: ignore[attr-defined]
+    for raw in raws:
+        for method, handler in raw.methods.items():  # type: ignore[attr-defined]
+            server.register_raw(raw.service, method, with_namespace_raw(handler))  # type: ignore[attr-defined]
     # a short path: unix socket paths are limited to 108 bytes
     sockdir = tempfile.mkdtemp(prefix="moor-c-")
     os.chmod(sockdir, 0o700)

@@ -48,7 +48,9 @@ def test_resources(store: LeaseStore) -> None:
     assert store.resources("ns", "l") == [
         ("content", DIGEST), ("ingests", "pull-ref-1"), ("snapshots/overlayfs", "extract-1 sha256:x"),
     ]
-    for rtype, rid in (("images", "x"), ("content", "sha256:12"), ("content", "nodigest"), ("snapshots", "k")):
+    store.add_resource("ns", "l", "images", "docker.io/library/x:1")  # containerd 2
+    store.delete_resource("ns", "l", "images", "docker.io/library/x:1")
+    for rtype, rid in (("containers", "x"), ("images", ""), ("content", "sha256:12"), ("content", "nodigest"), ("snapshots", "k")):
         with pytest.raises(errdefs.InvalidArgument):
             store.add_resource("ns", "l", rtype, rid)
     with pytest.raises(errdefs.NotFound):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 from moorage import errdefs
 from moorage.namespaces import namespace
 from moorage.proxy import gc
+from moorage.proxy.gcschedule import Scheduler, Thresholds
 from moorage.proxy.leases import LeaseStore
 
 OLD = datetime(2020, 1, 1, tzinfo=timezone.utc)
@@ -29,6 +31,7 @@ class Fake:
         self.ingests: dict[str, datetime] = {}
         self.fail_images = False
         self.on_list_blobs: Any = None
+        self.on_sweep: Any = None
 
     async def images_(self) -> list[tuple[str, Mapping[str, str]]]:
         if self.fail_images:
@@ -61,14 +64,19 @@ class Services:
     async def snapshots(self, snapshotter: str) -> list[tuple[str, str, int, Mapping[str, str]]]:
         return [(k, p, c, labels) for k, (p, c, labels) in self.f.snaps.items()]
 
-    async def delete_blob(self, digest: str) -> None:
-        del self.f.blobs[digest]
+    async def delete_blobs(self, digests: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        if self.f.on_sweep is not None:
+            await self.f.on_sweep()
+        for d in digests:
+            del self.f.blobs[d]
+        return list(digests), {}
 
-    async def remove_snapshot(self, snapshotter: str, key: str) -> None:
-        assert not any(p == key for p, _, _ in self.f.snaps.values()), f"{key} removed before its child"
-        del self.f.snaps[key]
-        self.f.removed.append(key)
-
+    async def remove_snapshots(self, snapshotter: str, keys: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        for key in keys:
+            assert not any(p == key for p, _, _ in self.f.snaps.values()), f"{key} removed before its child"
+            del self.f.snaps[key]
+            self.f.removed.append(key)
+        return list(keys), {}
 
     async def ingests(self) -> list[tuple[str, datetime]]:
         return list(self.f.ingests.items())
@@ -86,7 +94,8 @@ def collector(fake: Fake, tmp_path: Path, delay: float = 0.0) -> gc.Collector:
 
     leases = LeaseStore(tmp_path / "leases.db")
     routed = [gc.IMAGES, gc.CONTAINERS, gc.CONTENT, gc.SNAPSHOTS]
-    return gc.Collector(connect, leases, lambda: ["default"], routed, delay)
+    return gc.Collector(connect, leases, lambda: ["default"], routed,
+                        Thresholds(schedule_delay=delay, startup_delay=delay))
 
 
 def d(n: int) -> str:
@@ -185,7 +194,7 @@ async def test_a_root_service_down_stops_the_collection(tmp_path: Path) -> None:
     assert len(fake.blobs) == 5
 
 
-async def test_a_burst_of_deletes_gives_one_collection(tmp_path: Path) -> None:
+async def test_a_burst_of_triggers_gives_one_collection(tmp_path: Path) -> None:
     fake = Fake()
     done = asyncio.Event()
     c = collector(fake, tmp_path, delay=0.05)
@@ -202,6 +211,113 @@ async def test_a_burst_of_deletes_gives_one_collection(tmp_path: Path) -> None:
     await done.wait()
     assert c.collections == 1
     await c.close()
+
+
+class Counting:
+    """A Scheduler whose collections only count (and report themselves, as the collector)."""
+
+    def __init__(self, **thresholds: Any) -> None:
+        self.runs = 0
+        self.ran = asyncio.Event()
+        self.s = Scheduler(self.collect, Thresholds(**thresholds))
+
+    async def collect(self) -> None:
+        self.runs += 1
+        self.s.ran(time.time(), 0.1)
+        self.ran.set()
+
+    async def check(self) -> bool:
+        """Run one scheduled check now; whether it collected."""
+        before = self.runs
+        self.s._check()
+        if self.s._running is not None and not self.s._running.done():
+            await self.s._running
+        return self.runs > before
+
+
+async def test_scheduler_collects_deletions_once_at_the_next_check() -> None:
+    k = Counting()
+    assert not await k.check()  # idle: nothing to do
+    for _ in range(5):
+        k.s.mutated(True)
+    assert await k.check() and k.runs == 1
+    assert not await k.check()  # the burst gave one collection
+    # an event stamped before the last collection began was seen by it
+    k.s.mutated(True, stamp=time.time() - 60)
+    assert not await k.check()
+    await k.s.close()
+
+
+async def test_scheduler_thresholds_and_pause_ratio() -> None:
+    k = Counting(mutation_threshold=3)
+    k.s.mutated(False)
+    k.s.mutated(False)
+    assert not await k.check()
+    k.s.mutated(False)
+    assert await k.check()
+    # 0.1 s per collection at a 2 % pause ratio: the next check 4.9 s later
+    assert abs(k.s.interval - 4.9) < 1e-9
+    await k.s.close()
+
+    k = Counting(deletion_threshold=2, schedule_delay=0.0)
+    k.s.mutated(True)
+    assert k.s._timer is None  # below the threshold: waits for the periodic check
+    k.s.mutated(True)
+    await asyncio.wait_for(k.ran.wait(), 10)  # at the threshold: scheduled at once
+    assert k.runs == 1
+    await k.s.close()
+    for bad in ({"pause_threshold": 0.0}, {"pause_threshold": 0.6}, {"deletion_threshold": -1},
+                {"schedule_delay": -1.0}):
+        try:
+            Thresholds(**bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad} accepted")
+
+
+async def test_a_lease_deleted_mid_collection_keeps_what_it_held(tmp_path: Path) -> None:
+    """A pull that creates its image and drops its lease while a collection walks: what the
+    lease held stays (the image was not there when the roots were read)."""
+    fake = Fake()
+    fake.blobs[d(1)] = (1, OLD, {})
+    fake.blobs[d(2)] = (1, OLD, {})
+    c = collector(fake, tmp_path)
+    c.leases.create("default", "pull", {})
+    c.leases.add_resource("default", "pull", "content", d(1))
+
+    def pull_ends() -> None:
+        c.lease_deleted("default", c.leases.resources("default", "pull"))
+        c.leases.delete("default", "pull")
+
+    fake.on_list_blobs = pull_ends
+    freed = await c.collect()
+    assert [x for x, _ in freed.content["default"]] == [d(2)]
+    assert d(1) in fake.blobs
+    # the next collection no longer sees that lease
+    fake.on_list_blobs = None
+    freed = await c.collect()
+    assert [x for x, _ in freed.content["default"]] == [d(1)]
+
+
+async def test_add_resource_on_a_doomed_object_waits_for_the_sweep(tmp_path: Path) -> None:
+    fake = Fake()
+    fake.blobs[d(1)] = (1, OLD, {})
+    c = collector(fake, tmp_path)
+    seen: list[bool] = []
+
+    async def during_sweep() -> None:
+        doomed = asyncio.create_task(c.adding("default", "content", d(1)))
+        other = asyncio.create_task(c.adding("default", "content", d(9)))
+        await other  # an object not being swept: at once
+        await asyncio.sleep(0)
+        seen.append(doomed.done())
+        c._waiter = doomed  # type: ignore[attr-defined]
+
+    fake.on_sweep = during_sweep
+    await c.collect()
+    assert seen == [False]
+    await asyncio.wait_for(c._waiter, 5)  # type: ignore[attr-defined]
+    assert not c.doomed and c.swept.is_set()
 
 
 async def test_stale_ingests_not_held_by_a_lease_are_aborted(tmp_path: Path) -> None:

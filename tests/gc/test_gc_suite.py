@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -54,6 +53,28 @@ async def write_blob(address: str, data: bytes, ns: str = "default") -> str:
         w = await ContentClient(conn).writer(f"gc-test-{time.time_ns()}")
         await w.write(data)
         return await w.commit(len(data))
+    finally:
+        await conn.close()
+        current_namespace.reset(token)
+
+
+async def write_blobs(address: str, datas: list[bytes], ns: str = "default") -> set[str]:
+    """Commit many blobs over one connection, 16 at a time."""
+    from moorage.namespaces import current_namespace
+    from moorage.rpc import connect
+    from moorage.services.content.client import ContentClient
+
+    token = current_namespace.set(ns)
+    conn = await connect(address)
+    sem = asyncio.Semaphore(16)
+    try:
+        async def one(i: int, data: bytes) -> str:
+            async with sem:
+                w = await ContentClient(conn).writer(f"gc-test-{time.time_ns()}-{i}")
+                await w.write(data)
+                return await w.commit(len(data))
+
+        return set(await asyncio.gather(*(one(i, d) for i, d in enumerate(datas))))
     finally:
         await conn.close()
         current_namespace.reset(token)
@@ -159,101 +180,61 @@ async def _add_resource(address: str, lease: str, rtype: str, rid: str) -> None:
         await conn.close()
 
 
+async def until(what: Any, deadline: float = 30.0) -> None:
+    """Wait until ``await what()`` is true (a condition, polled), or fail after ``deadline``."""
+    give_up = time.monotonic() + deadline
+    while not await what():
+        assert time.monotonic() < give_up, f"{what.__name__} still false after {deadline}s"
+        await asyncio.sleep(0.05)
+
+
 @pytest.mark.root
 async def test_rmi_schedules_one_collection(tmp_path: Path) -> None:
-    """With gc_auto, `moor rmi` of two images is followed by a collection that frees both:
-    seen as the services' /content/delete and /snapshot/remove events, no polling."""
-    from moorage.api.containerd.events import content_pb2, snapshot_pb2
-    from moorage.api.containerd.services.events.v1 import events_pb2
-    from moorage.api.containerd.services.events.v1.events_ttrpc import EventsClient
-    from moorage.api.containerd.types import event_pb2
-    from moorage.events import type_url
-    from moorage.namespaces import NAMESPACE_KEY
-    from moorage.rpc import connect
-
-    config = {**CONFIG, "proxy": {"gc_auto": True, "gc_delay": 0.3, "grpc": False}}
+    """With gc_auto, `moor rmi` of two images is followed by a collection (containerd's
+    scheduler: the deletions are collected at its next check) that frees both."""
+    config = {**CONFIG, "proxy": {"gc_auto": True, "gc_startup_delay": 0.0, "grpc": False}}
     async with running(SERVICES, config=config) as s:
         base = {"etc/base": b"base\n" * 10}
         a = build(tmp_path / "a.tar", "example.com/gc/a:1", [base, {"a": b"a\n"}])
         b = build(tmp_path / "b.tar", "example.com/gc/b:1", [base, {"b": b"b\n"}])
         await import_image(s.address, a)
         await import_image(s.address, b)
-        conn = await connect(s.address)
-        md = {NAMESPACE_KEY: "default"}
-        try:
-            deleted: set[str] = set()
-            ready = asyncio.Event()
-            want = a.blobs | b.blobs | set(a.chain) | set(b.chain)
-            done = asyncio.Event()
+        await moor(s, "rmi", a.name)
+        await moor(s, "rmi", b.name)
 
-            async def watch() -> None:
-                req = events_pb2.SubscribeRequest(
-                    filters=['topic=="/content/delete"', 'topic=="/snapshot/remove"', 'topic=="/gc-test/ready"'])
-                env: event_pb2.Envelope
-                async for env in EventsClient(conn).Subscribe(req, metadata=md):
-                    if env.topic == "/gc-test/ready":
-                        ready.set()
-                        continue
-                    if env.topic == "/snapshot/remove":
-                        deleted.add(snapshot_pb2.SnapshotRemove.FromString(env.event.value).key)
-                    else:
-                        deleted.add(content_pb2.ContentDelete.FromString(env.event.value).digest)
-                    if want <= deleted:
-                        done.set()
-                        return
+        async def all_freed() -> bool:
+            return await held(s.address) == (set(), set())
 
-            task = asyncio.create_task(watch())
-            marker = content_pb2.ContentDelete(digest="sha256:" + "0" * 64)
-            while not ready.is_set():  # the subscription is live once our own event comes back
-                await EventsClient(conn).Publish(events_pb2.PublishRequest(
-                    topic="/gc-test/ready", event={"type_url": type_url(marker), "value": marker.SerializeToString()}),
-                    metadata=md)
-                assert not task.done()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ready.wait(), 0.2)
-            await moor(s, "rmi", a.name)
-            await moor(s, "rmi", b.name)
-            await asyncio.wait_for(done.wait(), 30)
-            task.cancel()
-        finally:
-            await conn.close()
-        assert await held(s.address) == (set(), set())
+        await until(all_freed)
         log = (s.tmp / "proxy.log").read_text()
-        assert log.count("scheduled collection freed") <= 2
+        assert 1 <= log.count("scheduled collection freed") <= 2
 
 
 @pytest.mark.root
 async def test_content_killed_mid_sweep_next_collection_finishes(suite_up: Suite) -> None:
     """kill -9 of the content service during a sweep: the collection reports errors, the
-    store stays readable, and the next collection frees the rest."""
+    store stays readable, and the next collection frees the rest. The kill comes once the
+    first garbage blob is gone from disk (the sweep is under way: 2 000 blobs, 4 batches)."""
     import msgpack
 
-    from moorage.api.containerd.services.events.v1 import events_pb2
-    from moorage.api.containerd.services.events.v1.events_ttrpc import EventsClient
-    from moorage.namespaces import NAMESPACE_KEY
     from moorage.rpc import connect
 
     s = suite_up
     kept = await write_blob(s.address, b"kept by gc.root")
     await moor(s, "content", "label", kept, "containerd.io/gc.root=x")
-    garbage = {await write_blob(s.address, f"garbage {i}".encode()) for i in range(300)}
+    garbage = await write_blobs(s.address, [f"garbage {i}".encode() for i in range(2000)])
+    files = {d: s.root / "content" / "blobs" / "sha256" / d.split(":", 1)[1] for d in garbage}
+    assert all(f.exists() for f in files.values())
     conn = await connect(s.address)
-    md = {NAMESPACE_KEY: "default"}
-    first = asyncio.Event()
     try:
-        async def watch() -> None:
-            req = events_pb2.SubscribeRequest(filters=['topic=="/content/delete"'])
-            async for _ in EventsClient(conn).Subscribe(req, metadata=md):
-                first.set()
-                return
-
-        task = asyncio.create_task(watch())
-        await asyncio.sleep(0)  # the Subscribe goes out first; the sweep starts only after a full walk
         collect = asyncio.create_task(conn.unary_raw("moorage.internal.v1.GC", "Collect", msgpack.packb({})))
-        await asyncio.wait_for(first.wait(), 30)
+
+        async def sweeping() -> bool:
+            return collect.done() or not all(f.exists() for f in files.values())
+
+        await until(sweeping)
         await asyncio.to_thread(s.kill, "content")
         reply = msgpack.unpackb(await collect)
-        task.cancel()
     finally:
         await conn.close()
     freed_first = {b["digest"] for b in reply["namespaces"].get("default", {}).get("content", [])}
@@ -265,3 +246,5 @@ async def test_content_killed_mid_sweep_next_collection_finishes(suite_up: Suite
     assert freed_first | freed | (garbage - blobs) >= garbage
     blobs, _ = await held(s.address)
     assert blobs == {kept}
+    # the disk agrees with the store: no blob file outlives its record
+    assert not any(f.exists() for f in files.values())
