@@ -397,3 +397,23 @@ def test_localhost_seccomp_profile(pods: CriSuite) -> None:
         cri.create(pod_id, cfg, cri.container_config("bad", cri.images.busybox, BUSYBOX, "true",
                                                      linux=api.LinuxContainerConfig(security_context=missing)))
     assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_exec_attach_port_forward_urls(pods: CriSuite) -> None:
+    cri = pods
+    pod_id, cfg = cri.run_pod("stream")
+    c = cri.create(pod_id, cfg, cri.container_config("idle", cri.images.busybox, BUSYBOX, "sleep", "1000"))
+    with pytest.raises(grpc.RpcError) as exc:  # not started yet
+        cri.rt("Exec", api.ExecRequest(container_id=c, cmd=["true"], stdout=True))
+    assert _code(exc) == grpc.StatusCode.FAILED_PRECONDITION
+    cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
+    urls = [
+        cri.rt("Exec", api.ExecRequest(container_id=c, cmd=["sh"], stdin=True, stdout=True, tty=True)).url,
+        cri.rt("Attach", api.AttachRequest(container_id=c, stdout=True, stderr=True)).url,
+        cri.rt("PortForward", api.PortForwardRequest(pod_sandbox_id=pod_id, port=[8080])).url,
+    ]
+    assert [u.split("/")[3] for u in urls] == ["exec", "attach", "portforward"]
+    assert all(u.startswith("http://127.0.0.1:") for u in urls), urls
+    with pytest.raises(grpc.RpcError) as exc:
+        cri.rt("Exec", api.ExecRequest(container_id=c, cmd=["sh"]))  # no stream asked for
+    assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT
