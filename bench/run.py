@@ -2,6 +2,7 @@
 50 containers started concurrently; the suite's memory with 50 running.
 
     .venv/bin/python bench/run.py [--runs 15] [--warmup 2] [--concurrent 50] [--skip-containerd]
+                                  [--cpus 0] [--no-prestart]
 
 - moorage: a suite started here (proxy, content, snapshots, transfer, runtime; uvloop) under
   a tmp root; the busybox image (tests/runtime/ociimage.py, from busybox-static) imported
@@ -9,13 +10,18 @@
   (CLI start included), stdout to /dev/null.
 - containerd: `containerd` 1.6 started here on a temp root/state/socket (CRI disabled), the
   same OCI archive imported with `ctr images import`, stopped (and its dirs removed) after.
-  Both use Debian's containerd-shim-runc-v2 and runc. The two are interleaved run by run.
+  Both use Debian's containerd-shim-runc-v2 and runc. The two are interleaved run by run,
+  alternating which goes first.
+- placement: `--cpus LIST` pins this process before anything starts, so both suites, their
+  shims and runc, and every `moor`/`ctr` inherit the same CPUs (perf-anchors.md: compare
+  only under the same placement); default unpinned. Start-up floors: `python -c pass`,
+  `moor version` and `ctr version` (each a round trip to its daemon) in the same run.
 - concurrency: N `moor run -d busybox sleep 1000` at once; wall time until all returned;
   then RSS of the suite's own processes (shims counted apart); then all removed.
 
-Measured twice: the default runtime config, then with `[runtime] shim_prestart = true` (a
-shim started ahead per namespace; same binary, one task per shim). The concurrent part runs
-with the latter config. Goal (issue 7): ratio moor/ctr <= 1.0 (`ratio`, default config).
+Measured twice: the default runtime config, then (unless --no-prestart) with `[runtime]
+shim_prestart = true` (a shim started ahead per namespace; same binary, one task per shim).
+The concurrent part (skipped with --concurrent 0) runs with the last config. Goal (issue 7): ratio moor/ctr <= 1.0 (`ratio`, default config).
 The last line is one JSON object.
 """
 
@@ -166,13 +172,17 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--concurrent", type=int, default=50)
     p.add_argument("--skip-containerd", action="store_true")
+    p.add_argument("--cpus", default="", help="pin everything to these CPUs, e.g. 0 or 0,1")
+    p.add_argument("--no-prestart", action="store_true")
     args = p.parse_args()
+    if args.cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
 
     tmp = Path(tempfile.mkdtemp(prefix="moorage-benchrun-", dir="/tmp"))
     archive = build_archive(tmp / "busybox.tar")
     suite = Suite(tmp, suite={"event_loop": "uvloop", "log_level": "warning"})
     ctrd: Containerd | None = None
-    result: dict[str, object] = {"bench": "run", "runs": args.runs}
+    result: dict[str, object] = {"bench": "run", "runs": args.runs, "cpus": args.cpus or "unpinned"}
     try:
         for name in ("proxy", "content", "snapshots", "transfer", "runtime"):
             suite.start(name)
@@ -194,9 +204,14 @@ def main() -> int:
             m_times: list[float] = []
             c_times: list[float] = []
             for i in range(args.warmup + args.runs):
+                def ctr_run() -> float:
+                    return timed([*ctrd.ctr, "run", "--rm", NAME, f"benchrun{tag.replace('_', '-')}-{i}",
+                                  "/bin/true"]) if ctrd else 0.0
+
+                dc = ctr_run() if i % 2 else 0.0
                 dm = timed([*moor, "run", "--rm", "busybox", "true"], env)
-                dc = timed([*ctrd.ctr, "run", "--rm", NAME, f"benchrun{tag.replace('_', '-')}-{i}", "/bin/true"]) \
-                    if ctrd else 0.0
+                if not i % 2:
+                    dc = ctr_run()
                 if i >= args.warmup:
                     m_times.append(dm)
                     if ctrd:
@@ -214,17 +229,19 @@ def main() -> int:
         # process floors in the same conditions (the anchors: python 15 ms, ctr version 12 ms)
         floors_py = [timed([sys.executable, "-c", "pass"], env) for _ in range(5)]
         result["python_floor_ms"] = round(median(floors_py) * 1000, 1)
+        result["moor_version_ms"] = round(median([timed([*moor, "version"], env) for _ in range(5)])
+                                          * 1000, 1)
         if ctrd:
             result["ctr_floor_ms"] = round(median([timed([*ctrd.ctr, "version"]) for _ in range(5)])
                                            * 1000, 1)
         result["loadavg_1m"] = float(open("/proc/loadavg").read().split()[0])
         compare("")
-        # the same with a shim started ahead ([runtime] shim_prestart = true)
-        suite.stop("runtime")
-        with open(suite.config_path, "a") as f:
-            f.write("\n[runtime]\nshim_prestart = true\n")
-        suite.start("runtime")
-        compare("_prestart")
+        if not args.no_prestart:  # the same with a shim started ahead
+            suite.stop("runtime")
+            with open(suite.config_path, "a") as f:
+                f.write("\n[runtime]\nshim_prestart = true\n")
+            suite.start("runtime")
+            compare("_prestart")
         if ctrd:
             result["containerd_version"] = ctrd.version
             ctrd.close()
@@ -232,39 +249,40 @@ def main() -> int:
 
         # N containers at once
         n = args.concurrent
-        baseline = sum(rss_kib(p.popen.pid) for p in suite.procs.values())
-        wait_quiet(timeout=10)
-        t = time.perf_counter()
+        if n > 0:
+            baseline = sum(rss_kib(p.popen.pid) for p in suite.procs.values())
+            wait_quiet(timeout=10)
+            t = time.perf_counter()
 
-        def start(i: int) -> int:
-            r = subprocess.run([*moor, "run", "-d", "--name", f"c{i}", "busybox", "sleep", "1000"],
-                               capture_output=True, env=env)
-            return r.returncode
+            def start(i: int) -> int:
+                r = subprocess.run([*moor, "run", "-d", "--name", f"c{i}", "busybox", "sleep", "1000"],
+                                   capture_output=True, env=env)
+                return r.returncode
 
-        with ThreadPoolExecutor(n) as pool:
-            codes = list(pool.map(start, range(n)))
-        result["concurrent"] = n
-        result["concurrent_start_s"] = round(time.perf_counter() - t, 2)
-        result["concurrent_failures"] = sum(1 for c in codes if c != 0)
-        running = subprocess.run([*moor, "ps", "-q"], capture_output=True, text=True, env=env)
-        result["concurrent_running"] = len(running.stdout.split())
-        suite_rss = {name: rss_kib(p.popen.pid) for name, p in suite.procs.items()}
-        result["suite_rss_mib_with_running"] = round(sum(suite_rss.values()) / 1024, 1)
-        result["suite_rss_mib_idle"] = round(baseline / 1024, 1)
-        result["suite_rss_mib_by_process"] = {k: round(v / 1024, 1) for k, v in suite_rss.items()}
-        shims = shims_of(NS)
-        result["shims"] = len(shims)
-        result["shims_rss_mib"] = round(sum(rss_kib(s) for s in shims) / 1024, 1)
-        t = time.perf_counter()
+            with ThreadPoolExecutor(n) as pool:
+                codes = list(pool.map(start, range(n)))
+            result["concurrent"] = n
+            result["concurrent_start_s"] = round(time.perf_counter() - t, 2)
+            result["concurrent_failures"] = sum(1 for c in codes if c != 0)
+            running = subprocess.run([*moor, "ps", "-q"], capture_output=True, text=True, env=env)
+            result["concurrent_running"] = len(running.stdout.split())
+            suite_rss = {name: rss_kib(p.popen.pid) for name, p in suite.procs.items()}
+            result["suite_rss_mib_with_running"] = round(sum(suite_rss.values()) / 1024, 1)
+            result["suite_rss_mib_idle"] = round(baseline / 1024, 1)
+            result["suite_rss_mib_by_process"] = {k: round(v / 1024, 1) for k, v in suite_rss.items()}
+            shims = shims_of(NS)
+            result["shims"] = len(shims)
+            result["shims_rss_mib"] = round(sum(rss_kib(s) for s in shims) / 1024, 1)
+            t = time.perf_counter()
 
-        def remove(i: int) -> int:
-            return subprocess.run([*moor, "rm", "-f", f"c{i}"], capture_output=True, env=env).returncode
+            def remove(i: int) -> int:
+                return subprocess.run([*moor, "rm", "-f", f"c{i}"], capture_output=True, env=env).returncode
 
-        with ThreadPoolExecutor(n) as pool:
-            list(pool.map(remove, range(n)))
-        result["concurrent_remove_s"] = round(time.perf_counter() - t, 2)
-        result["left_after_remove"] = len(subprocess.run([*moor, "ps", "-a", "-q"], capture_output=True,
-                                                         text=True, env=env).stdout.split())
+            with ThreadPoolExecutor(n) as pool:
+                list(pool.map(remove, range(n)))
+            result["concurrent_remove_s"] = round(time.perf_counter() - t, 2)
+            result["left_after_remove"] = len(subprocess.run([*moor, "ps", "-a", "-q"], capture_output=True,
+                                                             text=True, env=env).stdout.split())
     finally:
         if ctrd is not None:
             ctrd.close()
@@ -281,12 +299,14 @@ def main() -> int:
             print(f"  ctr run --rm ({result.get('containerd_version', '')}), interleaved  "
                   f"{result[f'ctr_run_rm{tag}_ms']:7.1f} ms median [{result[f'ctr_run_rm{tag}_min_ms']}-"
                   f"{result[f'ctr_run_rm{tag}_max_ms']}]   ratio {result[f'ratio{tag}']} (goal <= 1.0)")
-    print(f"  floors: python -c pass {result.get('python_floor_ms')} ms, ctr version "
-          f"{result.get('ctr_floor_ms')} ms (load average {result.get('loadavg_1m')}, idle before "
+    print(f"  floors: python -c pass {result.get('python_floor_ms')} ms, moor version "
+          f"{result.get('moor_version_ms')} ms, ctr version {result.get('ctr_floor_ms')} ms "
+          f"(cpus {result['cpus']}, load average {result.get('loadavg_1m')}, idle before "
           f"{result.get('idle_before')})")
-    print(f"  {result['concurrent']} concurrent `moor run -d`: {result['concurrent_start_s']} s, "
-          f"{result['concurrent_running']} running; suite RSS {result['suite_rss_mib_with_running']} MiB "
-          f"(idle {result['suite_rss_mib_idle']}), shims {result['shims_rss_mib']} MiB")
+    if "concurrent" in result:
+        print(f"  {result['concurrent']} concurrent `moor run -d`: {result['concurrent_start_s']} s, "
+              f"{result['concurrent_running']} running; suite RSS {result['suite_rss_mib_with_running']} MiB "
+              f"(idle {result['suite_rss_mib_idle']}), shims {result['shims_rss_mib']} MiB")
     print(json.dumps(result))
     return 0
 

@@ -3,13 +3,12 @@
 Image record (images.v1 Get) → manifest (through an index, for the host's platform) →
 config (content.v1 Read) → the process config and the chain id the rootfs snapshot is
 prepared on. The documents are untrusted: reads are bounded, digests are checked before
-use, types are checked. Light imports only (json, re, hashlib; messages through
+use, types are checked. Light imports only (json, re, sha256; messages through
 moorage.cli.wire, not protobuf): the CLI imports this.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -74,9 +73,20 @@ def read_blob(client: Any, md: dict[str, str], digest: str, timeout: float | Non
         out += r.blob(2)
         if len(out) > MAX_DOC:
             raise InvalidArgument(f"image document {digest} is larger than {MAX_DOC} bytes")
-    if "sha256:" + hashlib.sha256(out).hexdigest() != digest:
+    if "sha256:" + _sha256(bytes(out)) != digest:
         raise InvalidArgument(f"image document {digest}: digest mismatch")
     return bytes(out)
+
+
+def _sha256(data: bytes) -> str:
+    """Hex sha256 without hashlib where CPython has its own module: importing hashlib loads
+    OpenSSL and a module per algorithm (several ms of every `moor run`), for a few small
+    documents."""
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]  # <= 3.11
+    except ImportError:
+        from hashlib import sha256
+    return sha256(data).hexdigest()  # type: ignore[no-any-return,unused-ignore]
 
 
 def _doc(data: bytes, what: str) -> Mapping[str, Any]:
@@ -100,7 +110,7 @@ def chain_id(diff_ids: list[str]) -> str:
     for d in diff_ids:
         if not isinstance(d, str) or not DIGEST.match(d):
             raise InvalidArgument(f"image config: invalid diff id {d!r}")
-        chain = d if not chain else "sha256:" + hashlib.sha256(f"{chain} {d}".encode()).hexdigest()
+        chain = d if not chain else "sha256:" + _sha256(f"{chain} {d}".encode())
     return chain
 
 
