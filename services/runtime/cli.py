@@ -304,8 +304,18 @@ def _runtime(value: str) -> tuple[str, str]:
     return DEFAULT_RUNTIME, value
 
 
+def _help_formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's formatter with the width given: left to find it, argparse imports shutil
+    (with zlib, bz2 and lzma) for every parser built."""
+    try:
+        width = os.get_terminal_size(sys.stderr.fileno()).columns - 2
+    except (OSError, ValueError):
+        width = 78
+    return argparse.HelpFormatter(prog, width=width)
+
+
 def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="moor run", add_help=True)
+    p = argparse.ArgumentParser(prog="moor run", add_help=True, formatter_class=_help_formatter)
     p.add_argument("-d", "--detach", action="store_true")
     p.add_argument("--rm", action="store_true")
     p.add_argument("-i", "--interactive", action="store_true")
