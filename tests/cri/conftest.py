@@ -21,6 +21,7 @@ import random
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +37,43 @@ from moorage.api.k8s.cri.v1 import api_pb2 as api
 from .testimages import TestImages, push_test_images
 
 SYSTEM_CNI = "/usr/lib/cni"
+NRI_RECORDER = """#!{python}
+from moorage.nri.stub import Plugin, run
+
+LOG = {log!r}
+
+
+def note(*words):
+    with open(LOG, "a") as f:
+        f.write(" ".join(words) + "\\n")
+
+
+class Recorder(Plugin):
+    async def run_pod_sandbox(self, pod):
+        note("RunPodSandbox", pod.id)
+
+    async def stop_pod_sandbox(self, pod):
+        note("StopPodSandbox", pod.id)
+
+    async def remove_pod_sandbox(self, pod):
+        note("RemovePodSandbox", pod.id)
+
+    async def create_container(self, pod, container):
+        note("CreateContainer", pod.id, container.id)
+
+    async def start_container(self, pod, container):
+        note("StartContainer", pod.id, container.id)
+
+    async def stop_container(self, pod, container):
+        note("StopContainer", pod.id, container.id)
+        return []
+
+    async def remove_container(self, pod, container):
+        note("RemoveContainer", pod.id, container.id)
+
+
+raise SystemExit(run(Recorder()))
+"""
 RUNTIME = "runtime.v1.RuntimeService"
 IMAGES = "runtime.v1.ImageService"
 
@@ -186,6 +224,11 @@ class CriSuite:
 
         return [pid for i in ids for pid in shims_of("k8s.io", i)]
 
+    def nri_events(self) -> list[str]:
+        """What the recording NRI plugin saw, one ``Event pod-id [container-id]`` a line."""
+        log = self.work / "nri" / "events.log"
+        return log.read_text().splitlines() if log.exists() else []
+
     def mounts(self) -> list[str]:
         with open("/proc/self/mounts") as f:
             points = [line.split()[1] for line in f]
@@ -209,17 +252,24 @@ def cri() -> Iterator[CriSuite]:
         reg = reg_cm.__enter__()
         stack.append(reg_cm)
         images = push_test_images(reg, work / "images")
+        plugins, nri_conf = work / "nri" / "plugins", work / "nri" / "conf.d"
+        plugins.mkdir(parents=True)
+        nri_conf.mkdir(parents=True)
+        recorder = plugins / "50-recorder"
+        recorder.write_text(NRI_RECORDER.format(python=sys.executable, log=str(work / "nri" / "events.log")))
+        recorder.chmod(0o755)
         config = {
+            "nri": {"socket_path": str(work / "nri" / "nri.sock"), "plugin_path": str(plugins),
+                    "plugin_config_path": str(nri_conf)},
             "transfer": {"hosts_dir": hosts_dir_for(reg, work)},
             "sandbox": {"cni_conf_dir": str(net.conf_dir), "cni_bin_dirs": [SYSTEM_CNI, "/opt/cni/bin"],
                         "netns_prefix": net.prefix, "cni_add_timeout": 20.0, "cni_del_timeout": 20.0},
-            "runtime": {"nri": False},
             "cri": {"sandbox_image": images.pause, "cni_conf_dir": str(net.conf_dir),
                     "default_cgroup_parent": cgroup_parent},
         }
         s = Suite(work / "suite", config=config)
         try:
-            for name in ("proxy", "content", "snapshots", "transfer", "sandbox", "runtime", "cri"):
+            for name in ("proxy", "content", "snapshots", "transfer", "nri", "sandbox", "runtime", "cri"):
                 s.start(name)
             channel = grpc.insecure_channel(f"unix:{s.state / 'moorage.sock'}")
             c = CriSuite(s, images, net, work, channel)
