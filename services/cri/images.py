@@ -23,6 +23,7 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 import re
 import time
 from collections import OrderedDict
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from moorage.api.containerd.types.transfer import registry_pb2
     from moorage.registry import BuildContext
     from ttrpc.server import Context
+
+log = logging.getLogger("moorage.cri.images")
 
 K8S_NAMESPACE = "k8s.io"
 MANAGED_LABEL = "io.cri-containerd.image"
@@ -397,6 +400,7 @@ class CriImages:
             except errdefs.Unavailable as exc:
                 if "locked" not in str(exc) or attempt == PULL_LOCK_RETRIES:
                     raise
+                log.info("pull %s met another pull's ingest (%s); retrying in %.2fs", r, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
         raise AssertionError("unreachable")
