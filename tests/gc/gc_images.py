@@ -112,3 +112,15 @@ async def import_image(address: str, built: Built, namespace: str = "default") -
     finally:
         await conn.close()
         current_namespace.reset(token)
+
+
+def blob_bytes(built: Built) -> dict[str, bytes]:
+    """digest -> bytes of every blob of a built image (read back from its archive)."""
+    out: dict[str, bytes] = {}
+    with tarfile.open(built.path) as tf:
+        for member in tf.getmembers():
+            if member.name.startswith("blobs/sha256/"):
+                f = tf.extractfile(member)
+                assert f is not None
+                out["sha256:" + member.name.rsplit("/", 1)[1]] = f.read()
+    return out
