@@ -46,6 +46,7 @@ CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
 SANDBOX_NAME = "io.kubernetes.cri.sandbox-name"
 SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
+SANDBOX_UID = "io.kubernetes.cri.sandbox-uid"
 CONTAINER_NAME = "io.kubernetes.cri.container-name"
 IMAGE_NAME = "io.kubernetes.cri.image-name"
 
@@ -233,7 +234,8 @@ def pause_spec(namespace: str, pod_id: str, pod: PodConfig, image: ImageConfig, 
     if pod.privileged:
         _privileged(spec)
     spec["annotations"] = {**spec.get("annotations", {}), CONTAINER_TYPE: "sandbox", SANDBOX_ID: pod_id,
-                           SANDBOX_NAME: pod.metadata.name, SANDBOX_NAMESPACE: pod.metadata.namespace}
+                           SANDBOX_NAME: pod.metadata.name, SANDBOX_NAMESPACE: pod.metadata.namespace,
+                           SANDBOX_UID: pod.metadata.uid}
     return spec
 
 
@@ -343,6 +345,7 @@ def container_spec(namespace: str, id: str, pod_id: str, pod: PodConfig, config:
     _resources(spec, config.resources, clamp, f"container {id}")
     spec["annotations"] = {**spec.get("annotations", {}), **dict(config.annotations), CONTAINER_TYPE: "container",
                            SANDBOX_ID: pod_id, SANDBOX_NAME: pod.metadata.name,
-                           SANDBOX_NAMESPACE: pod.metadata.namespace, CONTAINER_NAME: config.metadata.name,
+                           SANDBOX_NAMESPACE: pod.metadata.namespace, SANDBOX_UID: pod.metadata.uid,
+                           CONTAINER_NAME: config.metadata.name,
                            IMAGE_NAME: image_name}
     return spec

@@ -41,6 +41,16 @@ SERVICE = "moorage.nri.v1.Hooks"
 ABSENT_RETRY = 2.0
 NRI_ORIGIN_KEY = "moorage-nri-origin"
 NAME_LABEL = "moorage/name"
+# the annotations the cri process puts in the specs of a pod's pause and containers
+CRI_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
+CRI_CONTAINER_NAME = "io.kubernetes.cri.container-name"
+CRI_SANDBOX_NAME = "io.kubernetes.cri.sandbox-name"
+CRI_SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
+CRI_SANDBOX_UID = "io.kubernetes.cri.sandbox-uid"
+
+
+def _is_pause(spec: Any) -> bool:
+    return isinstance(spec, Mapping) and (spec.get("annotations") or {}).get(CRI_CONTAINER_TYPE) == "sandbox"
 
 
 class RuntimeNri:
@@ -89,8 +99,9 @@ class RuntimeNri:
         self._absent_until = asyncio.get_running_loop().time() + self.retry
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call ``method`` of NriHooks; None if the nri process is absent. Errors raise."""
-        if not self.active():
+        """Call ``method`` of NriHooks; None if the nri process is absent or the container is
+        a CRI pod's pause (plugins see pods, not their pause, as with containerd). Errors raise."""
+        if not self.active() or (args and _is_pause(args[0])):
             return None
         try:
             result = await getattr(self.hooks, method)(*args, **kwargs)
@@ -119,7 +130,10 @@ class RuntimeNri:
             return None
         from moorage.api.nri.pkg.api import api_pb2 as api
 
-        pod = api.PodSandbox(id=sandbox, name=sandbox, namespace=current_namespace.get(None) or "")
+        notes = spec.get("annotations") or {}
+        pod = api.PodSandbox(id=sandbox, name=notes.get(CRI_SANDBOX_NAME) or sandbox,
+                             namespace=notes.get(CRI_SANDBOX_NAMESPACE) or current_namespace.get(None) or "",
+                             uid=notes.get(CRI_SANDBOX_UID, ""))
         for ns in (spec.get("linux") or {}).get("namespaces") or []:
             if ns.get("type") == "network" and ns.get("path"):
                 pod.linux.namespaces.add(type="network", path=ns["path"])
@@ -131,7 +145,8 @@ class RuntimeNri:
 
     def _kw(self, container_id: str, spec: Mapping[str, Any], labels: Mapping[str, str],
             sandbox: str) -> dict[str, Any]:
-        return {"container_id": container_id, "name": self.name(container_id, labels),
+        cri_name = (spec.get("annotations") or {}).get(CRI_CONTAINER_NAME, "")
+        return {"container_id": container_id, "name": cri_name or self.name(container_id, labels),
                 "pod": self.pod(sandbox, spec), "labels": dict(labels)}
 
     # ---- the hooks ----------------------------------------------------------------------

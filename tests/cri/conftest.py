@@ -59,7 +59,7 @@ class Recorder(Plugin):
         note("RemovePodSandbox", pod.id)
 
     async def create_container(self, pod, container):
-        note("CreateContainer", pod.id, container.id)
+        note("CreateContainer", pod.id, container.id, pod.namespace + "/" + pod.name + "/" + container.name)
 
     async def start_container(self, pod, container):
         note("StartContainer", pod.id, container.id)

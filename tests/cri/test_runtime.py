@@ -426,9 +426,10 @@ def test_nri_plugins_see_the_pod_and_container_lifecycle(pods: CriSuite) -> None
     cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
     cri.rt("StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=pod_id))
     cri.rt("RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
-    want = [f"RunPodSandbox {pod_id}", f"CreateContainer {pod_id} {c}", f"StartContainer {pod_id} {c}",
+    want = [f"RunPodSandbox {pod_id}", f"CreateContainer {pod_id} {c} default/nri/idle", f"StartContainer {pod_id} {c}",
             f"StopContainer {pod_id} {c}", f"StopPodSandbox {pod_id}", f"RemoveContainer {pod_id} {c}",
             f"RemovePodSandbox {pod_id}"]
     seen = wait_until(lambda: (e := [x for x in cri.nri_events() if x in want]) and len(e) >= len(want) and e,
                       what="every NRI event")
     assert seen == want
+    assert not [e for e in cri.nri_events() if f"{pod_id} {pod_id}" in e]  # the pause is no container to plugins
