@@ -2,7 +2,7 @@
 same run, same client, same images, same CNI plugins, same runc shim.
 
     .venv/bin/python bench/cri.py [--runs 10] [--warmup 2] [--server-cpus 1] [--client-cpus 0]
-                                  [--skip-containerd] [--skip-moorage]
+                                  [--skip-containerd] [--skip-moorage] [--keep]
 
 Measured per side, with a grpcio client on the side's CRI socket (what kubelet does):
 - pod start: RunPodSandbox + CreateContainer (busybox, ``/bin/busybox sleep 3600``) + StartContainer;
@@ -245,6 +245,9 @@ class CriClient:
 class Side:
     """One CRI server under test."""
 
+    def output(self) -> str:
+        return ""
+
     name = ""
     socket: Path
     alive: Callable[[], bool]
@@ -391,6 +394,7 @@ def main() -> int:
     ap.add_argument("--client-cpus", default="0" if (os.cpu_count() or 1) > 1 else "")
     ap.add_argument("--skip-containerd", action="store_true")
     ap.add_argument("--skip-moorage", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs) for a look after")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/cri.py needs root (pods, network namespaces, mounts)", file=sys.stderr)
@@ -426,7 +430,7 @@ def main() -> int:
                 side.once(record=False)  # the side works end to end
                 sides.append(side)
             except Exception as exc:  # noqa: BLE001 - report and measure the other side
-                detail = side.output() if side is not None and hasattr(side, "output") else ""
+                detail = side.output() if side is not None else ""
                 errors[name] = f"{type(exc).__name__}: {exc}"[-500:]
                 print(f"  {name}: not measured: {type(exc).__name__}: {str(exc)[-3000:]}\n{detail[-2000:]}",
                       file=sys.stderr)
@@ -435,13 +439,25 @@ def main() -> int:
         for side in sides:
             result[f"{side.name}_version"] = side.version
 
+        failed: set[str] = set()
         for i in range(args.warmup - 1 + args.runs):
             order = sides if i % 2 == 0 else list(reversed(sides))
             for side in order:
-                side.once(record=i >= args.warmup - 1)
+                if side.name in failed:
+                    continue
+                try:
+                    side.once(record=i >= args.warmup - 1)
+                except Exception as exc:  # noqa: BLE001 - report it, keep measuring the other side
+                    failed.add(side.name)
+                    errors[side.name] = f"run {i}: {type(exc).__name__}: {exc}"[-500:]
+                    print(f"  {side.name}: failed in run {i}: {str(exc)[-2000:]}\n{side.output()[-3000:]}",
+                          file=sys.stderr)
         for side in sides:
             assert side.client is not None
-            result[f"{side.name}_pods_left"] = side.client.pods_left()
+            try:
+                result[f"{side.name}_pods_left"] = side.client.pods_left()
+            except Exception as exc:  # noqa: BLE001 - a side that failed may be gone
+                result[f"{side.name}_pods_left"] = f"unknown: {type(exc).__name__}"
             result[f"{side.name}_pod_start_ms"] = ms(side.start_s)
             result[f"{side.name}_teardown_ms"] = ms(side.teardown_s)
             result[f"{side.name}_calls_ms"] = {m: ms(v) for m, v in side.client.timings.items()}
@@ -454,7 +470,10 @@ def main() -> int:
         if reg is not None:
             reg.stop()
         unmount_under(tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print(f"  kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     if errors:
         result["not_measured"] = errors
