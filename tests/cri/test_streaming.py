@@ -282,6 +282,38 @@ async def test_attach(server: StreamingServer, api: Rt, rootfs: Path, tmp_path: 
     assert await asyncio.to_thread(api.wait, "a1") == 137
 
 
+async def test_attach_to_stdio_the_cri_process_owns(server: StreamingServer, api: Rt,
+                                                     rootfs: Path, tmp_path: Path) -> None:
+    """services/cri's ContainerIO (the CRI containers' fifos, log and subscribers) through
+    the backend's io_of hook; stdin_once closes the container's stdin after the attach."""
+    from moorage.services.cri.cio import ContainerIO
+    from runtime.test_attach import LOOP
+
+    io = ContainerIO.create(tmp_path / "io", str(tmp_path / "c.log"), stdin=True, tty=False)
+    try:
+        stdin, stdout, stderr = io.paths()
+        api.container("h1", ["sh", "-c", LOOP], logged=False)
+        api.create("h1", rootfs, stdin=stdin, stdout=stdout, stderr=stderr)
+        io.attached()
+        api.start("h1")
+        io.stdin_once = True  # type: ignore[attr-defined]
+        backend = server.backend
+        assert isinstance(backend, RuntimeBackend)
+        backend.io_of = lambda id: io if id == "h1" else None  # type: ignore[assignment, return-value]
+        url = server.attach_url("h1", tty=False, stdin=True, stdout=True, stderr=True)
+        c = await Client.start(tmp_path, "attach", url, "-stdin", "-stderr")
+        await c.send(b"x\n" * 20000)  # more than a pipe holds
+        await c.expect(b"got x\n" * 20000)
+        c.close_stdin()
+        st = status(await c.finish())
+        assert st["status"] == "Success"
+        assert c.out.endswith(b"bye\n") and c.err.count(b"err x\n") == 20000
+        assert await asyncio.to_thread(api.wait, "h1") == 7
+        assert "stdout F bye" in (tmp_path / "c.log").read_text()
+    finally:
+        io.close()
+
+
 async def test_attach_to_a_stopped_container_fails(server: StreamingServer, api: Rt,
                                                    rootfs: Path, tmp_path: Path) -> None:
     api.container("s1", ["true"])

@@ -46,7 +46,9 @@ RUNNING, PAUSED = 2, 4
 
 
 class ContainerIO(Protocol):
-    """A container's stdio owned in this process (services/cri/cio.py's ContainerIO)."""
+    """A container's stdio owned in this process (services/cri/cio.py's ContainerIO).
+    Optional attributes read when present: ``stdin_fd`` (to wait while the pipe is full),
+    ``stdin_once`` (CRI's: the first attach closes the container's stdin when it ends)."""
 
     def subscribe(self) -> contextlib.AbstractAsyncContextManager[
             asyncio.Queue[tuple[str, bytes] | None]]: ...
@@ -312,8 +314,9 @@ class RuntimeBackend:
         io = self.io_of(container_id) if self.io_of is not None else None
         try:
             if io is not None:
-                await self._attach_io(io, once, stdin, stdout, None if proc.terminal else stderr,
-                                      side)
+                once = once or bool(getattr(io, "stdin_once", False))
+                await self._attach_io(container_id, io, once, stdin, stdout,
+                                      None if proc.terminal else stderr, side)
             else:
                 await self._attach_fifos(container_id, at.attach_paths(
                     proc.stdin, proc.stdout, proc.stderr, proc.terminal), once, stdin, stdout,
@@ -323,25 +326,78 @@ class RuntimeBackend:
                 t.cancel()
             await asyncio.gather(*side, return_exceptions=True)
 
-    async def _attach_io(self, io: ContainerIO, once: bool, stdin: InStream | None,
-                         stdout: OutStream | None, stderr: OutStream | None,
-                         side: list[asyncio.Task[None]]) -> None:
+    async def _attach_io(self, container_id: str, io: ContainerIO, once: bool,
+                         stdin: InStream | None, stdout: OutStream | None,
+                         stderr: OutStream | None, side: list[asyncio.Task[None]]) -> None:
+        closed = False
+
+        async def close() -> None:
+            nonlocal closed
+            if not closed:
+                closed = True
+                io.close_stdin()  # our hold, then the shim's (it keeps a writer too)
+                await self._close_io(container_id, "")
+
         async def feed(src: InStream) -> None:
             while data := await src.read():
-                io.write_stdin(data)
+                view = memoryview(data)
+                while view:
+                    n = io.write_stdin(bytes(view))
+                    fd = getattr(io, "stdin_fd", -1)
+                    if n == 0 and (not isinstance(fd, int) or fd < 0):
+                        break  # no stdin (any more)
+                    view = view[n:]
+                    if view:  # the pipe is full: wait until it drains
+                        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                        asyncio.get_running_loop().add_writer(fd, _settle, fut)
+                        try:
+                            await fut
+                        finally:
+                            asyncio.get_running_loop().remove_writer(fd)
             if once:
-                io.close_stdin()
+                await close()
 
         if stdin is not None:
             side.append(asyncio.get_running_loop().create_task(feed(stdin)))
-        async with io.subscribe() as q:
-            while (item := await q.get()) is not None:
-                name, data = item
-                out = stdout if name == "stdout" else stderr
-                if out is not None:
-                    await out.write(data)
+        async def exited() -> None:
+            """The init process exited and its output was read (the fifos' EOF)."""
+            from moorage.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
+
+            await self._call(TASKS, "Wait", tpb.WaitRequest(container_id=container_id),
+                             tpb.WaitResponse, timeout=None)
+            readers = [r.done for r in getattr(io, "readers", ()) if hasattr(r, "done")]
+            if readers:
+                await asyncio.wait([asyncio.ensure_future(f) for f in readers],
+                                   timeout=IO_DRAIN_TIMEOUT)
+
+        loop = asyncio.get_running_loop()
+        end = loop.create_task(exited())
+        try:
+            async with io.subscribe() as q:
+                last = False
+                while not last:
+                    items: list[tuple[str, bytes] | None] = []
+                    if q.empty():
+                        get = loop.create_task(q.get())
+                        await asyncio.wait({get, end}, return_when=asyncio.FIRST_COMPLETED)
+                        if get.done():
+                            items.append(get.result())
+                        else:  # exited, output read: what is queued is the rest
+                            get.cancel()
+                            last = True
+                    while not q.empty():
+                        items.append(q.get_nowait())
+                    for item in items:
+                        if item is None:
+                            last = True
+                            break
+                        out = stdout if item[0] == "stdout" else stderr
+                        if out is not None:
+                            await out.write(item[1])
+        finally:
+            end.cancel()
         if once and stdin is not None:
-            io.close_stdin()
+            await asyncio.shield(close())
 
     async def _attach_fifos(self, container_id: str, paths: Any, once: bool,
                             stdin: InStream | None, stdout: OutStream | None,

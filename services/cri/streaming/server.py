@@ -150,6 +150,8 @@ class StreamingServer:
             await self._serve(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:  # stop(): the server is going away
+            pass
         except Exception:
             log.exception("streaming connection")
         finally:
