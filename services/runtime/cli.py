@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 CONTAINERS = "containerd.services.containers.v1.Containers"
 TASKS = "containerd.services.tasks.v1.Tasks"
 SNAPSHOTS = "containerd.services.snapshots.v1.Snapshots"
+LEASES = "containerd.services.leases.v1.Leases"
+LEASE_KEY = "containerd-lease"
 DEFAULT_RUNTIME = "io.containerd.runc.v2"
 DEFAULT_SNAPSHOTTER = "overlayfs"
 RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
@@ -381,6 +383,7 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
                 pass
 
     cio: _ClientIO | None = None
+    lease = _take_lease(api, id)
     try:
         # PrepareSnapshotRequest{snapshotter=1, key=2, parent=3} -> {mounts=1}
         mounts = api.call(SNAPSHOTS, "Prepare", Msg({1: a.snapshotter, 2: id,
@@ -408,6 +411,7 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
         # CreateContainerRequest{container=1} -> CreateContainerResponse{container=1}
         record = api.call(CONTAINERS, "Create", Msg({1: container}), Fields).msg(1)
         created = _Created(id, a.snapshotter, id, record.pairs(2))
+        lease = _drop_lease(api, lease)  # the container holds its snapshot from here
 
         def rm_container() -> None:
             api.call(CONTAINERS, "Delete", Msg({1: id}), Fields)  # DeleteContainerRequest{id=1}
@@ -428,6 +432,7 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
         api.call(TASKS, "Start", Msg({1: id}), Fields)  # StartRequest{container_id=1}
     except BaseException:
         undo()
+        _drop_lease(api, lease)
         if cio is not None:
             cio.close()
         raise
@@ -436,6 +441,30 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
         return 0
     return _attach_and_wait(api, id, created.labels.get(LOG_PATH_LABEL, ""), cio, a.tty,
                             a.interactive, a.rm, created)
+
+
+def _take_lease(api: _Api, id: str) -> str:
+    """A lease for the run's work (as ctr run's), expiring in 24 h if we die: the snapshot
+    prepared on the image's chain is held by it until the container record names it, so a
+    collection meanwhile takes neither. Its id rides on the following calls."""
+    lease = f"moor-run-{id}-{os.urandom(3).hex()}"
+    expire = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 24 * 3600))
+    # CreateRequest{id=1, labels=3}
+    api.call(LEASES, "Create", Msg({1: lease, 3: {"containerd.io/gc.expire": expire}}), Fields)
+    api.md[LEASE_KEY] = lease
+    return lease
+
+
+def _drop_lease(api: _Api, lease: str) -> str:
+    """Delete the run's lease (if any is left); what it held is held by its container now, or
+    was undone. Returns "" (no lease left)."""
+    if lease:
+        api.md.pop(LEASE_KEY, None)
+        try:
+            api.call(LEASES, "Delete", Msg({1: lease}), Fields)  # DeleteRequest{id=1}
+        except Exception:  # noqa: BLE001 - it expires by itself
+            pass
+    return ""
 
 
 def _sandbox_info(api: _Api, sandbox_id: str) -> dict[str, str]:

@@ -71,6 +71,7 @@ def test_run_rm_echo_hi_leaves_nothing(env: Env) -> None:
     r = env.moor("run", "--rm", "busybox", "echo", "hi")
     assert (r.returncode, r.stdout, r.stderr) == (0, "hi\n", "")
     env.nothing_left()
+    assert env.moor("leases", "ls", "-q").stdout == ""  # the run's lease went with it
 
 
 def test_exit_code_and_streams(env: Env) -> None:
