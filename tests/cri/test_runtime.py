@@ -206,11 +206,16 @@ def test_exec_sync_timeout_kills_the_process(pods: CriSuite) -> None:
 def test_run_as_user_capabilities_and_readonly_rootfs(pods: CriSuite) -> None:
     cri = pods
     pod_id, cfg = cri.run_pod("secure")
+    host = cri.work / "shared"
+    host.mkdir(exist_ok=True)
+    (host / "note").write_text("from the host\n")
     sc = api.LinuxContainerSecurityContext(
         run_as_user=api.Int64Value(value=1234), run_as_group=api.Int64Value(value=5678), readonly_rootfs=True,
         capabilities=api.Capability(drop_capabilities=["ALL"], add_capabilities=["NET_BIND_SERVICE"]))
-    c = cri.create(pod_id, cfg, cri.container_config("sec", cri.images.busybox, BUSYBOX, "sleep", "1000",
-                                                     linux=api.LinuxContainerConfig(security_context=sc)))
+    c = cri.create(pod_id, cfg, cri.container_config(
+        "sec", cri.images.busybox, BUSYBOX, "sleep", "1000", working_dir="/data",
+        mounts=[api.Mount(container_path="/data", host_path=str(host), readonly=True)],
+        linux=api.LinuxContainerConfig(security_context=sc)))
     cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
     assert cri.exec_sync(c, BUSYBOX, "id", "-u").stdout == b"1234\n"
     assert cri.exec_sync(c, BUSYBOX, "id", "-g").stdout == b"5678\n"
@@ -218,6 +223,9 @@ def test_run_as_user_capabilities_and_readonly_rootfs(pods: CriSuite) -> None:
     cap_bnd = int(re.search(r"CapBnd:\s+([0-9a-f]+)", status).group(1), 16)  # type: ignore[union-attr]
     assert cap_bnd == 1 << 10  # CAP_NET_BIND_SERVICE only
     assert cri.exec_sync(c, BUSYBOX, "touch", "/newfile").exit_code != 0
+    assert cri.exec_sync(c, BUSYBOX, "cat", "note").stdout == b"from the host\n"  # working dir /data
+    mounts = cri.exec_sync(c, BUSYBOX, "cat", "/proc/mounts").stdout.decode().splitlines()
+    assert [m.split()[3].split(",")[0] for m in mounts if m.split()[1] == "/data"] == ["ro"]
 
 
 def test_oom_killed_reason_and_update_resources(pods: CriSuite) -> None:
@@ -360,6 +368,14 @@ def test_list_filters(pods: CriSuite) -> None:
     with pytest.raises(grpc.RpcError) as exc:
         cri.create(b, cfg_b, cri.container_config("late", cri.images.busybox, BUSYBOX, "true"))
     assert _code(exc) == grpc.StatusCode.FAILED_PRECONDITION
+
+    # a running container is removed by force
+    assert cri.status(ca).state == api.CONTAINER_RUNNING and cri.shims([a])
+    cri.rt("RemoveContainer", api.RemoveContainerRequest(container_id=ca))
+    assert ctrs(pod_sandbox_id=a) == set()
+    with pytest.raises(grpc.RpcError) as exc:
+        cri.status(ca)
+    assert _code(exc) == grpc.StatusCode.NOT_FOUND
 
 
 def test_failed_run_pod_sandbox_is_undone(pods: CriSuite) -> None:
