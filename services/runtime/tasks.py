@@ -912,7 +912,7 @@ class TaskManager:
         while not self._closing:
             try:
                 client = await self._proxy()
-                stream = await client.server_stream(
+                stream = client.server_stream(
                     "containerd.services.events.v1.Events", "Subscribe",
                     evpb.SubscribeRequest(filters=['topic=="/tasks/exit"']),
                     event_pb2.Envelope)
