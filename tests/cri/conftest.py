@@ -148,6 +148,8 @@ class CriSuite:
     net: Net
     work: Path
     channel: grpc.Channel
+    cgroup_parent: str = ""
+    """The suite's ``[cri] default_cgroup_parent`` (removed at the end with what is under it)."""
     pods: list[str] = field(default_factory=list)
 
     def _call(self, service: str, method: str, request: Any, timeout: float | None) -> Any:
@@ -272,7 +274,7 @@ def cri() -> Iterator[CriSuite]:
             for name in ("proxy", "content", "snapshots", "transfer", "nri", "sandbox", "runtime", "cri"):
                 s.start(name)
             channel = grpc.insecure_channel(f"unix:{s.state / 'moorage.sock'}")
-            c = CriSuite(s, images, net, work, channel)
+            c = CriSuite(s, images, net, work, channel, cgroup_parent=cgroup_parent)
             try:
                 c.pull(images.busybox)
                 yield c
@@ -292,9 +294,12 @@ def cri() -> Iterator[CriSuite]:
         for cm in reversed(stack):
             cm.__exit__(None, None, None)
         remove_net(net)
-        for d in Path("/sys/fs/cgroup").glob(f"*{cgroup_parent}"):
+        for top in Path("/sys/fs/cgroup").glob(f"*{cgroup_parent}"):
+            for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
             with contextlib.suppress(OSError):
-                d.rmdir()
+                top.rmdir()
         shutil.rmtree(work, ignore_errors=True)
 
 

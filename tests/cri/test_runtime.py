@@ -449,3 +449,19 @@ def test_nri_plugins_see_the_pod_and_container_lifecycle(pods: CriSuite) -> None
                       what="every NRI event")
     assert seen == want
     assert not [e for e in cri.nri_events() if f"{pod_id} {pod_id}" in e]  # the pause is no container to plugins
+
+
+def test_pod_cgroup_parent_and_its_stats(pods: CriSuite) -> None:
+    cri = pods
+    parent = f"{cri.cgroup_parent}/pod-burstable"
+    pod_id, cfg = cri.run_pod("cg", cri.pod_config("cg", linux=api.LinuxPodSandboxConfig(cgroup_parent=parent)))
+    c = cri.create(pod_id, cfg, cri.container_config("idle", cri.images.busybox, BUSYBOX, "sleep", "1000"))
+    cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
+    info = json.loads(cri.rt("ContainerStatus", api.ContainerStatusRequest(container_id=c, verbose=True)).info["info"])
+    assert info["cgroup"] == f"{parent}/{c}"
+    got = cri.exec_sync(c, BUSYBOX, "cat", "/proc/self/cgroup").stdout.decode()
+    assert f"{parent}/{c}" in got, got
+    st = cri.rt("PodSandboxStats", api.PodSandboxStatsRequest(pod_sandbox_id=pod_id)).stats
+    ctr = cri.rt("ContainerStats", api.ContainerStatsRequest(container_id=c)).stats
+    assert st.linux.memory.usage_bytes.value >= ctr.memory.usage_bytes.value > 0
+    assert st.linux.cpu.usage_core_nano_seconds.value >= ctr.cpu.usage_core_nano_seconds.value > 0
