@@ -429,3 +429,25 @@ def test_auth_config_decoding() -> None:
     assert RegistryAuth(server_address="127.0.0.1:5000").applies_to("127.0.0.1:5000")
     assert not RegistryAuth(server_address="127.0.0.1:5001").applies_to("127.0.0.1:5000")
     assert "secret" not in repr(RegistryAuth(password="secret"))
+
+
+def test_references_users_and_record_names() -> None:
+    from moorage import errdefs
+    from moorage.services.cri.images import _tag_or_digest, normalise, user_of
+
+    assert str(normalise("busybox")) == "docker.io/library/busybox:latest"
+    assert str(normalise("127.0.0.1:5000/a/b")) == "127.0.0.1:5000/a/b:latest"
+    pinned = "busybox:1.36@sha256:" + "a" * 64
+    assert str(normalise(pinned)) == "docker.io/library/busybox@sha256:" + "a" * 64
+    with pytest.raises(errdefs.InvalidArgument):
+        normalise("UPPER")
+    assert user_of({"config": {"User": "1000:50"}}) == (1000, "")
+    assert user_of({"config": {"User": "www-data:www-data"}}) == (None, "www-data")
+    assert user_of({"config": {"User": ""}}) == (None, "")
+    assert user_of({"config": {}}) == (None, "")
+    assert user_of({"config": {"User": 5}}) == (None, "")
+    assert _tag_or_digest("sha256:" + "b" * 64) == ("", "")
+    assert _tag_or_digest("docker.io/library/busybox:latest") == ("tag", "docker.io/library/busybox:latest")
+    digest_ref = "docker.io/library/busybox@sha256:" + "c" * 64
+    assert _tag_or_digest(digest_ref) == ("digest", digest_ref)
+    assert _tag_or_digest("not a reference") == ("", "")
