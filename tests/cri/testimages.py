@@ -31,7 +31,7 @@ def _run(*args: object) -> None:
 def _host_arch() -> str:
     from moorage.services.transfer.oci import host_platform
 
-    return host_platform().architecture
+    return str(host_platform().architecture)
 
 
 def compile_pause(out: Path) -> Path:
