@@ -178,14 +178,17 @@ def linux_resources(r: Resources) -> dict[str, Any]:
     return dict(spec["linux"].get("resources") or {})
 
 
-def seccomp_profile(name: str, *, privileged: bool = False) -> dict[str, Any] | None:
+def seccomp_profile(name: str, *, privileged: bool = False, capabilities: Sequence[str] = ()) -> dict[str, Any] | None:
     """The OCI seccomp section for a CRI profile name: ``localhost/<path>`` reads the host
-    file (InvalidArgument when it is not an absolute path or not a JSON object); unconfined
-    and (for now) ``runtime/default`` give none (logged); privileged containers get none."""
-    if privileged or not name or name in ("unconfined", "runtime/default", "docker/default"):
-        if name in ("runtime/default", "docker/default") and not privileged:
-            log.warning("seccomp %s: no default profile built in; the container runs unconfined", name)
+    file (InvalidArgument when it is not an absolute path or not a JSON object);
+    ``runtime/default`` is :func:`.seccomp.default_profile` for the container's
+    ``capabilities``; unconfined (or no name) gives none; privileged containers get none."""
+    if privileged or not name or name == "unconfined":
         return None
+    if name in ("runtime/default", "docker/default"):
+        from .seccomp import default_profile
+
+        return default_profile(capabilities)
     if not name.startswith("localhost/"):
         raise InvalidArgument(f"unsupported seccomp profile {name!r}")
     path = name[len("localhost/"):]
@@ -339,7 +342,8 @@ def container_spec(namespace: str, id: str, pod_id: str, pod: PodConfig, config:
         if sc.readonly_paths is not None:
             spec["linux"]["readonlyPaths"] = list(sc.readonly_paths)
     spec["linux"]["cgroupsPath"] = cgroup
-    seccomp = seccomp_profile(sc.seccomp, privileged=sc.privileged)
+    seccomp = seccomp_profile(sc.seccomp, privileged=sc.privileged,
+                              capabilities=proc["capabilities"]["bounding"])
     if seccomp is not None:
         spec["linux"]["seccomp"] = seccomp
     _resources(spec, config.resources, clamp, f"container {id}")

@@ -116,3 +116,19 @@ def test_pause_spec_clamps_oom_and_keeps_sysctls() -> None:
     with pytest.raises(PermissionDenied):
         ocispec.pause_spec("k8s.io", "p1", PodConfig(PodMetadata("p", "u", "n"), privileged=True), ImageConfig(),
                            INFO, cgroup="/k/p1", clamp=ocispec.OomClamp(True, 0), allow_privileged=False)
+
+
+def test_runtime_default_seccomp_follows_capabilities() -> None:
+    from moorage.services.cri.seccomp import default_profile
+
+    spec = _spec(_cfg(security=SecurityContext(seccomp="runtime/default")))
+    sec = spec["linux"]["seccomp"]
+    assert sec["defaultAction"] == "SCMP_ACT_ALLOW"
+    denied = sec["syscalls"][0]["names"]
+    assert {"mount", "unshare", "setns", "keyctl", "ptrace", "reboot", "init_module", "bpf"} <= set(denied)
+    assert any(r["names"] == ["clone"] for r in sec["syscalls"])
+    admin = default_profile(["CAP_SYS_ADMIN", "CAP_SYS_PTRACE"])
+    assert "mount" not in admin["syscalls"][0]["names"] and "ptrace" not in admin["syscalls"][0]["names"]
+    assert "keyctl" in admin["syscalls"][0]["names"]
+    assert not any(r["names"] == ["clone"] for r in admin["syscalls"])
+    assert "seccomp" not in _spec(_cfg(security=SecurityContext(seccomp="unconfined")))["linux"]

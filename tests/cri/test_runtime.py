@@ -465,3 +465,22 @@ def test_pod_cgroup_parent_and_its_stats(pods: CriSuite) -> None:
     ctr = cri.rt("ContainerStats", api.ContainerStatsRequest(container_id=c)).stats
     assert st.linux.memory.usage_bytes.value >= ctr.memory.usage_bytes.value > 0
     assert st.linux.cpu.usage_core_nano_seconds.value >= ctr.cpu.usage_core_nano_seconds.value > 0
+
+
+def test_runtime_default_seccomp(pods: CriSuite) -> None:
+    cri = pods
+    pod_id, cfg = cri.run_pod("rtdefault")
+
+    def container(name: str, profile: int) -> str:
+        sc = api.LinuxContainerSecurityContext(seccomp=api.SecurityProfile(profile_type=profile))  # type: ignore[arg-type]
+        c = cri.create(pod_id, cfg, cri.container_config(name, cri.images.busybox, BUSYBOX, "sleep", "1000",
+                                                         linux=api.LinuxContainerConfig(security_context=sc)))
+        cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
+        return c
+
+    def seccomp_mode(c: str) -> str:
+        status = cri.exec_sync(c, BUSYBOX, "cat", "/proc/self/status").stdout.decode()
+        return re.search(r"Seccomp:\s+(\d)", status).group(1)  # type: ignore[union-attr]
+
+    assert seccomp_mode(container("confined", api.SecurityProfile.RuntimeDefault)) == "2"  # a filter
+    assert seccomp_mode(container("free", api.SecurityProfile.Unconfined)) == "0"
