@@ -136,21 +136,25 @@ class _Api:
                 except NotFound:
                     pass
             return
+        deleted, removed = self.pipelined((CONTAINERS, "Delete", delete),
+                                          (SNAPSHOTS, "Remove", remove))
+        for r in (deleted, removed):
+            if isinstance(r, Exception) and not (r is removed and isinstance(r, NotFound)):
+                raise r
+
+    def pipelined(self, *calls: tuple[str, str, Msg]) -> list[Fields | Exception]:
+        """Unary calls sent together, each answer read after: one round trip for calls that
+        do not depend on one another. Each result is the reply or the error it got."""
         nanos = int(self.timeout * 1e9) if self.timeout else 0
-        calls = [self.c.open_stream(svc, method, m.SerializeToString(), 0, nanos, self.md)
-                 for svc, method, m in ((CONTAINERS, "Delete", delete),
-                                        (SNAPSHOTS, "Remove", remove))]
-        errors: list[Exception] = []
-        for call in calls:
+        streams = [self.c.open_stream(svc, method, m.SerializeToString(), 0, nanos, self.md)
+                   for svc, method, m in calls]
+        out: list[Fields | Exception] = []
+        for stream in streams:
             try:
-                call.recv()
-            except NotFound as exc:
-                if call is calls[0]:
-                    errors.append(exc)
+                out.append(Fields.FromString(stream.recv() or b""))
             except Exception as exc:
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+                out.append(exc)
+        return out
 
     def resize(self, id: str, exec_id: str, fd: int) -> None:
         from google.protobuf import empty_pb2
@@ -386,37 +390,58 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
     lease = _take_lease(api, id)
     try:
         # PrepareSnapshotRequest{snapshotter=1, key=2, parent=3} -> {mounts=1}
-        mounts = api.call(SNAPSHOTS, "Prepare", Msg({1: a.snapshotter, 2: id,
-                                                     3: resolved.chain_id}), Fields).msgs(1)
+        prepare = Msg({1: a.snapshotter, 2: id, 3: resolved.chain_id})
 
         def rm_snapshot() -> None:
             # RemoveSnapshotRequest{snapshotter=1, key=2}
             api.call(SNAPSHOTS, "Remove", Msg({1: a.snapshotter, 2: id}), Fields)
 
-        cleanup.append(rm_snapshot)
-        # Mount{type=1, source=2, target=3, options=4}
-        spec = sp.build_spec(ctx.namespace, id, resolved.config, overrides, read_rootfs=rfs.reader(
-            [_Mount(m.text(1), m.text(2), m.texts(4)) for m in mounts]))
-        if join is not None:
-            sp.join_sandbox(spec, a.sandbox, join,
-                            group=runtime.startswith("io.containerd.runc."))
-        # Container{id=1, labels=2, image=3, runtime=4 {name=1, options=2 Any}, spec=5 Any,
-        # snapshotter=6, snapshot_key=7, sandbox=11}; Any{type_url=1, value=2}
-        runtime_info: dict[int, Any] = {1: runtime}
-        if oci_binary:  # containerd.runc.v1.Options{binary_name=6}
-            runtime_info[2] = Msg({1: RUNC_OPTIONS_URL, 2: Msg({6: oci_binary}).SerializeToString()})
-        container = Msg({1: id, 2: labels, 3: resolved.name, 4: Msg(runtime_info),
-                         5: Msg({1: sp.SPEC_TYPE_URL, 2: sp.dumps(spec)}), 6: a.snapshotter,
-                         7: id, 11: a.sandbox})
-        # CreateContainerRequest{container=1} -> CreateContainerResponse{container=1}
-        record = api.call(CONTAINERS, "Create", Msg({1: container}), Fields).msg(1)
-        created = _Created(id, a.snapshotter, id, record.pairs(2))
-        lease = _drop_lease(api, lease)  # the container holds its snapshot from here
+        def container_for(mounts: list[Fields] | None) -> Msg:
+            """The Container record; with ``mounts`` the spec may read the rootfs (a user
+            name to resolve), without them it must not need to."""
+            # Mount{type=1, source=2, target=3, options=4}
+            read = None if mounts is None else rfs.reader(
+                [_Mount(m.text(1), m.text(2), m.texts(4)) for m in mounts])
+            spec = sp.build_spec(ctx.namespace, id, resolved.config, overrides, read_rootfs=read)
+            if join is not None:
+                sp.join_sandbox(spec, a.sandbox, join,
+                                group=runtime.startswith("io.containerd.runc."))
+            # Container{id=1, labels=2, image=3, runtime=4 {name=1, options=2 Any}, spec=5
+            # Any, snapshotter=6, snapshot_key=7, sandbox=11}; Any{type_url=1, value=2}
+            runtime_info: dict[int, Any] = {1: runtime}
+            if oci_binary:  # containerd.runc.v1.Options{binary_name=6}
+                runtime_info[2] = Msg({1: RUNC_OPTIONS_URL,
+                                       2: Msg({6: oci_binary}).SerializeToString()})
+            return Msg({1: id, 2: labels, 3: resolved.name, 4: Msg(runtime_info),
+                        5: Msg({1: sp.SPEC_TYPE_URL, 2: sp.dumps(spec)}), 6: a.snapshotter,
+                        7: id, 11: a.sandbox})
 
         def rm_container() -> None:
             api.call(CONTAINERS, "Delete", Msg({1: id}), Fields)  # DeleteContainerRequest{id=1}
 
-        cleanup.append(rm_container)
+        # CreateContainerRequest{container=1} -> CreateContainerResponse{container=1}
+        if overrides.user or resolved.config.user:  # the spec reads the prepared rootfs
+            mounts = api.call(SNAPSHOTS, "Prepare", prepare, Fields).msgs(1)
+            cleanup.append(rm_snapshot)
+            record = api.call(CONTAINERS, "Create", Msg({1: container_for(mounts)}),
+                              Fields).msg(1)
+        else:  # independent: one round trip for both
+            prepared, made = api.pipelined((SNAPSHOTS, "Prepare", prepare),
+                                           (CONTAINERS, "Create", Msg({1: container_for(None)})))
+            if not isinstance(prepared, Exception):
+                cleanup.append(rm_snapshot)
+            if not isinstance(made, Exception):
+                cleanup.append(rm_container)
+            for r in (prepared, made):
+                if isinstance(r, Exception):
+                    raise r
+            assert isinstance(prepared, Fields) and isinstance(made, Fields)
+            mounts, record = prepared.msgs(1), made.msg(1)
+        created = _Created(id, a.snapshotter, id, record.pairs(2))
+        lease = _drop_lease(api, lease)  # the container holds its snapshot from here
+
+        if rm_container not in cleanup:
+            cleanup.append(rm_container)
         if (a.tty or a.interactive) and not a.detach:
             cio = _ClientIO(stdin=a.interactive, stdout=a.tty, stderr=False)
         # CreateTaskRequest{container_id=1, rootfs=3, stdin=4, stdout=5, terminal=7}
