@@ -24,6 +24,7 @@ from .contract import (
     ContainerMetadata,
     ContainerState,
     ContainerStats,
+    Device,
     DNSConfig,
     Mount,
     MountPropagation,
@@ -145,6 +146,7 @@ def container_config(m: cri.ContainerConfig) -> ContainerConfig:
         envs=tuple(envs),
         mounts=tuple(Mount(x.container_path, x.host_path, x.readonly, MountPropagation(x.propagation))
                      for x in m.mounts),
+        devices=tuple(Device(d.container_path, d.host_path, d.permissions or "rwm") for d in m.devices),
         labels=dict(m.labels),
         annotations=dict(m.annotations),
         log_path=m.log_path,

@@ -160,6 +160,15 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class Device:
+    """A host device node made available in the container (``permissions``: of ``rwm``)."""
+
+    container_path: str
+    host_path: str
+    permissions: str = "rwm"
+
+
+@dataclass(frozen=True)
 class ContainerMetadata:
     name: str
     attempt: int = 0
@@ -174,6 +183,7 @@ class ContainerConfig:
     working_dir: str = ""
     envs: tuple[tuple[str, str], ...] = ()
     mounts: tuple[Mount, ...] = ()
+    devices: tuple[Device, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     log_path: str = ""

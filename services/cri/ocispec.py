@@ -23,6 +23,7 @@ from moorage.services.runtime.spec import ImageConfig, Spec
 
 from .contract import (
     ContainerConfig,
+    Device,
     MountPropagation,
     NamespaceMode,
     PodConfig,
@@ -143,6 +144,45 @@ def _privileged(spec: Spec) -> None:
         if m["destination"] == "/sys":
             m["options"] = [o for o in m["options"] if o != "ro"] + ["rw"]
     spec["process"]["noNewPrivileges"] = False
+
+
+def _add_device(spec: Spec, d: Device) -> None:
+    """containerd's WithDevices: the host node (or every node under a host directory)."""
+    import stat
+
+    if not os.path.isabs(d.host_path):
+        raise InvalidArgument(f"device {d.host_path!r} must be an absolute host path")
+    perms = d.permissions or "rwm"
+    if any(c not in "rwm" for c in perms):
+        raise InvalidArgument(f"device {d.host_path}: permissions {perms!r}, want of rwm")
+    host = os.path.realpath(d.host_path)
+    nodes: list[tuple[str, str]] = []
+    if os.path.isdir(host):
+        for root, _, files in os.walk(host):
+            for f in sorted(files):
+                nodes.append((os.path.join(root, f), posixpath.join(d.container_path, os.path.relpath(os.path.join(root, f), host))))
+    else:
+        nodes.append((host, d.container_path))
+    linux = spec["linux"]
+    for src, dest in nodes:
+        try:
+            st = os.stat(src)
+        except OSError as exc:
+            raise InvalidArgument(f"device {src}: {exc.strerror or exc}") from None
+        if stat.S_ISCHR(st.st_mode):
+            kind = "c"
+        elif stat.S_ISBLK(st.st_mode):
+            kind = "b"
+        elif os.path.isdir(host):
+            continue
+        else:
+            raise InvalidArgument(f"{src} is not a device node")
+        major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        linux.setdefault("devices", []).append({
+            "path": sp.clean_container_path(dest, "device container path"), "type": kind, "major": major,
+            "minor": minor, "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid})
+        linux.setdefault("resources", {}).setdefault("devices", []).append(
+            {"allow": True, "type": kind, "major": major, "minor": minor, "access": perms})
 
 
 def _resources(spec: Spec, r: Resources | None, clamp: OomClamp, what: str) -> None:
@@ -341,6 +381,9 @@ def container_spec(namespace: str, id: str, pod_id: str, pod: PodConfig, config:
             spec["linux"]["maskedPaths"] = list(sc.masked_paths)
         if sc.readonly_paths is not None:
             spec["linux"]["readonlyPaths"] = list(sc.readonly_paths)
+    if not sc.privileged:
+        for d in config.devices:
+            _add_device(spec, d)
     spec["linux"]["cgroupsPath"] = cgroup
     seccomp = seccomp_profile(sc.seccomp, privileged=sc.privileged,
                               capabilities=proc["capabilities"]["bounding"])

@@ -132,3 +132,17 @@ def test_runtime_default_seccomp_follows_capabilities() -> None:
     assert "keyctl" in admin["syscalls"][0]["names"]
     assert not any(r["names"] == ["clone"] for r in admin["syscalls"])
     assert "seccomp" not in _spec(_cfg(security=SecurityContext(seccomp="unconfined")))["linux"]
+
+
+def test_devices_from_the_host() -> None:
+    from moorage.services.cri.contract import Device
+
+    spec = _spec(_cfg(devices=(Device("/dev/xnull", "/dev/null", "rw"),)))
+    (dev,) = spec["linux"]["devices"]
+    assert (dev["path"], dev["type"], dev["major"], dev["minor"]) == ("/dev/xnull", "c", 1, 3)
+    assert spec["linux"]["resources"]["devices"][-1] == {"allow": True, "type": "c", "major": 1, "minor": 3,
+                                                         "access": "rw"}
+    with pytest.raises(InvalidArgument, match="not a device"):
+        _spec(_cfg(devices=(Device("/dev/x", "/etc/hostname"),)))
+    with pytest.raises(InvalidArgument, match="permissions"):
+        _spec(_cfg(devices=(Device("/dev/x", "/dev/null", "rwx"),)))

@@ -215,6 +215,7 @@ def test_run_as_user_capabilities_and_readonly_rootfs(pods: CriSuite) -> None:
     c = cri.create(pod_id, cfg, cri.container_config(
         "sec", cri.images.busybox, BUSYBOX, "sleep", "1000", working_dir="/data",
         mounts=[api.Mount(container_path="/data", host_path=str(host), readonly=True)],
+        devices=[api.Device(container_path="/dev/xnull", host_path="/dev/null", permissions="rw")],
         linux=api.LinuxContainerConfig(security_context=sc)))
     cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
     assert cri.exec_sync(c, BUSYBOX, "id", "-u").stdout == b"1234\n"
@@ -224,6 +225,7 @@ def test_run_as_user_capabilities_and_readonly_rootfs(pods: CriSuite) -> None:
     assert cap_bnd == 1 << 10  # CAP_NET_BIND_SERVICE only
     assert cri.exec_sync(c, BUSYBOX, "touch", "/newfile").exit_code != 0
     assert cri.exec_sync(c, BUSYBOX, "cat", "note").stdout == b"from the host\n"  # working dir /data
+    assert cri.exec_sync(c, BUSYBOX, "sh", "-c", "echo x > /dev/xnull").exit_code == 0  # a host device
     mounts = cri.exec_sync(c, BUSYBOX, "cat", "/proc/mounts").stdout.decode().splitlines()
     assert [m.split()[3].split(",")[0] for m in mounts if m.split()[1] == "/data"] == ["ro"]
 
