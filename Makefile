@@ -8,6 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := .build
 APT_PACKAGES := python3-venv python3-dev gcc make git runc crun containerd golang-go \
 	golang-github-containerd-ttrpc-dev golang-github-docker-spdystream-dev \
+	golang-github-gorilla-websocket-dev \
 	containernetworking-plugins docker-registry skopeo \
 	umoci busybox-static iproute2 iptables apache2-utils openssl zstd procps util-linux systemd
 GOPEER := $(STAMP)/ttrpc-gopeer
@@ -64,7 +65,7 @@ $(GOPEER): $(wildcard tests/interop/gopeer/*.go) | deps
 	  GOCACHE=$(CURDIR)/$(STAMP)/gocache go build -o $(CURDIR)/$(GOPEER) .
 
 spdyclient: $(SPDYCLIENT)
-# The CRI streaming tests' SPDY client, against Debian's golang-github-docker-spdystream-dev.
+# The CRI streaming tests' client, against Debian's spdystream and gorilla/websocket.
 $(SPDYCLIENT): $(wildcard tests/cri/spdyclient/*.go) | deps
 	@mkdir -p $(STAMP)/gocache
 	cd tests/cri/spdyclient && GOPATH=/usr/share/gocode GO111MODULE=off GOFLAGS= GOPROXY=off \

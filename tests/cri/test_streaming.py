@@ -386,6 +386,95 @@ async def test_port_forward_host_network(server: StreamingServer, tmp_path: Path
         srv.close()
 
 
+# ---- WebSocket (the same streams as channels) ------------------------------------------
+
+def ws_status(doc: dict[str, Any], protocol: str = "v5.channel.k8s.io") -> dict[str, Any]:
+    assert doc["http"] == 101 and doc["protocol"] == protocol, doc
+    st: dict[str, Any] = json.loads(doc["error"])
+    return st
+
+
+async def test_websocket_exec(server: StreamingServer, api: Rt, rootfs: Path,
+                              tmp_path: Path) -> None:
+    sleeper(api, rootfs)
+    url = server.exec_url("c1", ["sh", "-c", "cat; echo oops >&2; exit 3"], tty=False,
+                          stdin=True, stdout=True, stderr=True)
+    c = await Client.start(tmp_path, "wsexec", url, "-stdin", "-stderr")
+    await c.send(b"over websocket\n")
+    c.close_stdin()  # v5: the close signal for channel 0
+    st = ws_status(await c.finish())
+    assert c.out == b"over websocket\n" and c.err == b"oops\n" and exit_code(st) == 3
+    url = server.exec_url("c1", ["sh", "-c", "echo v4"], tty=False, stdin=False, stdout=True,
+                          stderr=False)
+    c = await Client.start(tmp_path, "wsexec", url, "-protocols", "v4.channel.k8s.io")
+    st = ws_status(await c.finish(), "v4.channel.k8s.io")
+    assert st["status"] == "Success" and c.out == b"v4\n"
+    url = server.exec_url("c1", ["true"], tty=False, stdin=False, stdout=True, stderr=False)
+    c = await Client.start(tmp_path, "wsexec", url, "-protocols", "base64.channel.k8s.io")
+    assert (await c.finish())["http"] == 403
+
+
+async def test_websocket_exec_tty_and_attach(server: StreamingServer, api: Rt, rootfs: Path,
+                                             tmp_path: Path) -> None:
+    from runtime.test_attach import LOOP, _container
+
+    sleeper(api, rootfs)
+    url = server.exec_url("c1", ["sh"], tty=True, stdin=True, stdout=True, stderr=False)
+    c = await Client.start(tmp_path, "wsexec", url, "-stdin", "-tty", "-resize", "91x17")
+    for _ in range(100):  # the resize races the first commands (as in kubelet); it lands
+        c.out = b""
+        await c.send(b"stty size\n")
+        if await c.expect_re(rb"(\d+ \d+)\r\n") == b"17 91":
+            break
+    else:
+        raise AssertionError("the terminal was never resized")
+    await c.send(b"exit 6\n")
+    assert exit_code(ws_status(await c.finish(close_stdin=False))) == 6
+
+    _container(api, "a1", ["sh", "-c", LOOP])
+    api.create("a1", rootfs)
+    api.start("a1")
+    url = server.attach_url("a1", tty=False, stdin=True, stdout=True, stderr=True)
+    c = await Client.start(tmp_path, "wsattach", url, "-stdin", "-stderr")
+    await c.send(b"ws\n")
+    await c.expect(b"got ws\n")
+    await asyncio.to_thread(api.kill, "a1", 9)
+    st = ws_status(await c.finish(close_stdin=False))
+    assert st["status"] == "Success" and c.err == b"err ws\n"
+
+
+async def test_websocket_port_forward(server: StreamingServer, netns: Netns,
+                                      tmp_path: Path) -> None:
+    port = 20000 + secrets.randbelow(2000)
+    echo = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", netns.name, sys.executable, "-c", ECHO_ONCE, str(port),
+        stdout=subprocess.PIPE)
+    try:
+        assert echo.stdout is not None
+        assert await asyncio.wait_for(echo.stdout.readline(), 20) == b"ready\n"
+        url = server.port_forward_url("pod-in-netns", [port])
+        c = await Client.start(tmp_path, "wsportforward", url, "-port", str(port))
+        await c.send(b"ping\n")
+        await c.expect(b"echo:ping\n")
+        doc = await c.finish(close_stdin=False)
+        assert doc["http"] == 101 and doc["protocol"] == "v4.channel.k8s.io" and doc["error"] == ""
+    finally:
+        echo.kill()
+        await echo.wait()
+
+
+ECHO_ONCE = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept()
+line = c.makefile("rb").readline()
+c.sendall(b"echo:" + line)
+c.close()
+"""
+
+
 # ---- tokens and HTTP -------------------------------------------------------------------
 
 async def _http(server: StreamingServer, path: str, headers: str = "") -> str:

@@ -475,10 +475,11 @@ class RuntimeBackend:
                 await stream.write(data)
             await stream.close()
 
+        # done when the remote side is: the client's EOF only half-closes toward it (and
+        # a WebSocket client cannot half-close at all)
         up = asyncio.get_running_loop().create_task(upstream())
         try:
             await downstream()
-            await up
         finally:
             up.cancel()
             writer.close()

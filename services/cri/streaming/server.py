@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,9 @@ from urllib.parse import quote
 from moorage.errdefs import Error, InvalidArgument
 
 from . import remotecommand as rc
-from .contract import Backend, TermSize
+from . import websocket as ws
+from .channels import ChannelSession
+from .contract import Backend, Duplex, InStream, OutStream, TermSize
 from .session import Session, Stream
 from .tokens import TokenCache
 
@@ -196,6 +199,9 @@ class StreamingServer:
             return
         upgrade = ",".join(headers.get("upgrade", [])).lower()
         connection = ",".join(headers.get("connection", [])).lower()
+        if "upgrade" in connection and "websocket" in upgrade:
+            await self._websocket(reader, writer, headers, req)
+            return
         if "upgrade" not in connection or "spdy/3.1" not in upgrade:
             await self._reply(writer, "400 Bad Request",
                               "unable to upgrade: missing upgrade headers in request")
@@ -249,21 +255,33 @@ class StreamingServer:
                 continue
             streams[kind] = s
 
-        async def sizes(stream: Stream) -> AsyncIterator[TermSize]:
+        await self._execute(req, protocol == rc.V4, streams.get(rc.STDIN),
+                            streams.get(rc.STDOUT), streams.get(rc.STDERR), streams[rc.ERROR],
+                            streams.get(rc.RESIZE), session.closed)
+
+    async def _execute(self, req: ExecRequest | AttachRequest, json_status: bool,
+                       stdin: InStream | None, stdout: OutStream | None,
+                       stderr: OutStream | None, err: OutStream, resize_in: InStream | None,
+                       closed: asyncio.Event) -> None:
+        """Run the request in the backend (cancelled if `closed` is set first) and write its
+        outcome on `err`: a JSON status (v4, v5), or only a failure's message (v1-v3)."""
+        loop = asyncio.get_running_loop()
+
+        async def sizes(stream: InStream) -> AsyncIterator[TermSize]:
             decoder = rc.ResizeDecoder()
             while data := await stream.read():
                 for size in decoder.feed(data):
                     yield size
 
-        resize = sizes(streams[rc.RESIZE]) if rc.RESIZE in streams else None
-        args = (streams.get(rc.STDIN), streams.get(rc.STDOUT), streams.get(rc.STDERR), resize)
+        resize = sizes(resize_in) if resize_in is not None else None
         work: Coroutine[Any, Any, int | None]
         if isinstance(req, ExecRequest):
-            work = self.backend.exec(req.container_id, req.cmd, req.tty, *args)
+            work = self.backend.exec(req.container_id, req.cmd, req.tty, stdin, stdout, stderr,
+                                     resize)
         else:
-            work = self.backend.attach(req.container_id, req.tty, *args)
+            work = self.backend.attach(req.container_id, req.tty, stdin, stdout, stderr, resize)
         job = loop.create_task(work)
-        gone = loop.create_task(session.closed.wait())
+        gone = loop.create_task(closed.wait())
         try:
             await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -284,12 +302,11 @@ class StreamingServer:
             code = result if isinstance(result, int) else 0
             status = rc.success() if code == 0 else rc.exit_failure(
                 req.cmd if isinstance(req, ExecRequest) else (), code)
-        for kind in (rc.STDOUT, rc.STDERR):
-            if kind in streams:
-                await streams[kind].close()
-        err = streams[rc.ERROR]
+        for out in (stdout, stderr):
+            if out is not None:
+                await out.close()
         with contextlib.suppress(ConnectionError):
-            await err.write(status if protocol == rc.V4 else rc.v1_message(status))
+            await err.write(status if json_status else rc.v1_message(status))
         await err.close()
 
     # ---- port forwarding -----------------------------------------------------------------
@@ -323,7 +340,7 @@ class StreamingServer:
                 j.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)
 
-    async def _forward(self, pod: str, port: int, data: Stream, error: Stream) -> None:
+    async def _forward(self, pod: str, port: int, data: Duplex, error: OutStream) -> None:
         try:
             await self.backend.port_forward(pod, port, data)
         except asyncio.CancelledError:
@@ -336,3 +353,84 @@ class StreamingServer:
             with contextlib.suppress(ConnectionError):
                 await data.close()
                 await error.close()
+
+    # ---- WebSocket -----------------------------------------------------------------------
+
+    async def _websocket(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         headers: dict[str, list[str]], req: Request) -> None:
+        key = ",".join(headers.get("sec-websocket-key", [])).strip()
+        if not key or ",".join(headers.get("sec-websocket-version", [])).strip() != "13":
+            await self._reply(writer, "400 Bad Request", "websocket: version 13 and a key needed")
+            return
+        offered = [p.strip() for h in headers.get("sec-websocket-protocol", [])
+                   for p in h.split(",") if p.strip()]
+        supported = ws.PORTFORWARD if isinstance(req, PortForwardRequest) else ws.REMOTECOMMAND
+        protocol = next((p for p in offered if p in supported), "")
+        if offered and not protocol:
+            await self._reply(writer, "403 Forbidden",
+                              f"unable to upgrade: no common websocket protocol in {offered}, "
+                              f"server supports {list(supported)}")
+            return
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\n"
+                     + f"Sec-WebSocket-Accept: {ws.accept_key(key)}\r\n".encode()
+                     + (f"Sec-WebSocket-Protocol: {protocol}\r\n".encode() if protocol else b"")
+                     + b"\r\n")
+        await writer.drain()
+        session = ChannelSession(reader, writer, v5=protocol == ws.V5)
+        try:
+            if isinstance(req, PortForwardRequest):
+                await self._ws_port_forward(session, req)
+            else:
+                await self._ws_remotecommand(session, req)
+        finally:
+            await session.shutdown()
+
+    async def _ws_remotecommand(self, session: ChannelSession,
+                                req: ExecRequest | AttachRequest) -> None:
+        stdin = session.channel(ws.STDIN) if req.stdin else None
+        stdout = session.channel(ws.STDOUT) if req.stdout else None
+        stderr = session.channel(ws.STDERR) if req.stderr and not req.tty else None
+        err = session.channel(ws.ERROR)
+        resize = session.channel(ws.RESIZE) if req.tty else None
+        runner = asyncio.get_running_loop().create_task(session.run())
+        try:
+            # as kubelet: an empty message on the first channel we write tells the client
+            # the streams are ready
+            await (stdout or stderr or err).write(b"")
+            await self._execute(req, True, stdin, stdout, stderr, err, resize, session.closed)
+        finally:
+            if not session.closed.is_set():
+                await session.shutdown()
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+
+    async def _ws_port_forward(self, session: ChannelSession, req: PortForwardRequest) -> None:
+        if not req.ports:
+            return
+        loop = asyncio.get_running_loop()
+        pairs = [(port, session.channel(2 * i), session.channel(2 * i + 1))
+                 for i, port in enumerate(req.ports)]
+        runner = loop.create_task(session.run())
+        try:
+            for port, data, error in pairs:
+                await data.write(struct.pack("<H", port))
+                await error.write(struct.pack("<H", port))
+            jobs = [loop.create_task(self._forward(req.pod_sandbox_id, port, data, error))
+                    for port, data, error in pairs]
+            gone = loop.create_task(session.closed.wait())
+            try:
+                await asyncio.wait([gone, loop.create_task(asyncio.wait(jobs))],
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+                for j in jobs:
+                    j.cancel()
+                await asyncio.gather(*jobs, return_exceptions=True)
+        finally:
+            if not session.closed.is_set():
+                await session.shutdown()
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner

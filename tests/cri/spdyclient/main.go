@@ -1,10 +1,12 @@
 // spdyclient: a test client of the CRI streaming server that speaks SPDY/3.1 through
 // github.com/moby/spdystream (Debian's golang-github-docker-spdystream-dev), the library
-// kubectl, crictl and critest use, with Kubernetes' stream conventions written out here.
+// kubectl, crictl and critest use, with Kubernetes' stream conventions written out here;
+// and WebSocket through github.com/gorilla/websocket (golang-github-gorilla-websocket-dev)
+// with Kubernetes' channel protocol (ws* modes).
 //
-//	spdyclient exec|attach [-stdin] [-stdout] [-stderr] [-tty] [-resize WxH,...]
-//	                       [-protocols p1,p2] [-status FILE] URL
-//	spdyclient portforward -port P [-status FILE] URL
+//	spdyclient exec|attach|wsexec|wsattach [-stdin] [-stdout] [-stderr] [-tty]
+//	                       [-resize WxH,...] [-protocols p1,p2] [-status FILE] URL
+//	spdyclient portforward|wsportforward -port P [-status FILE] URL
 //
 // stdin is copied to the stdin (or data) stream and half-closed at EOF; the output streams
 // go to stdout/stderr. The status file gets JSON: the HTTP status, the negotiated
@@ -27,6 +29,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/moby/spdystream"
 )
 
@@ -122,6 +125,11 @@ func main() {
 	statusFile := fs.String("status", "", "where to write the outcome (JSON)")
 	port := fs.Int("port", 0, "port to forward")
 	fs.Parse(os.Args[2:])
+	if strings.HasPrefix(mode, "ws") {
+		wsMain(mode, fs.Arg(0), *stdin, *tty, *resize, *protos, *statusFile, *port,
+			fs.Lookup("protocols").Value.String() != fs.Lookup("protocols").DefValue)
+		return
+	}
 	if mode == "portforward" {
 		*protos = "portforward.k8s.io"
 	}
@@ -186,5 +194,103 @@ func main() {
 	wg.Wait()
 	res.Error = string(msg)
 	writeStatus(*statusFile, res)
+	conn.Close()
+}
+
+// wsMain: the same over WebSocket channels (k8s.io/apimachinery wsstream): each binary
+// message is a channel byte and data; v5 closes stdin with [255, 0].
+func wsMain(mode, raw string, stdin, tty bool, resize, protos, statusFile string, port int, protosSet bool) {
+	offered := []string{"v5.channel.k8s.io", "v4.channel.k8s.io"}
+	if mode == "wsportforward" {
+		offered = []string{"v4.channel.k8s.io"}
+	}
+	if protosSet {
+		offered = strings.Split(protos, ",")
+	}
+	dialer := websocket.Dialer{Subprotocols: offered, HandshakeTimeout: 10 * time.Second}
+	conn, resp, err := dialer.Dial(strings.Replace(raw, "http://", "ws://", 1), nil)
+	res := result{}
+	if resp != nil {
+		res.HTTP = resp.StatusCode
+	}
+	if err != nil {
+		if resp == nil {
+			fail("websocket: %v", err)
+		}
+		body, _ := ioutil.ReadAll(resp.Body)
+		res.Body = string(body)
+		writeStatus(statusFile, res)
+		os.Exit(3)
+	}
+	res.Protocol = conn.Subprotocol()
+	var mu sync.Mutex
+	send := func(ch byte, data []byte) {
+		mu.Lock()
+		defer mu.Unlock()
+		conn.WriteMessage(websocket.BinaryMessage, append([]byte{ch}, data...))
+	}
+	if stdin || mode == "wsportforward" {
+		go func() {
+			buf := make([]byte, 32*1024)
+			for {
+				n, err := os.Stdin.Read(buf)
+				if n > 0 {
+					send(0, buf[:n])
+				}
+				if err != nil {
+					break
+				}
+			}
+			if res.Protocol == "v5.channel.k8s.io" {
+				send(255, []byte{0})
+			}
+		}()
+	}
+	if tty && resize != "" && mode != "wsportforward" {
+		for _, size := range strings.Split(resize, ",") {
+			var w, h uint16
+			fmt.Sscanf(size, "%dx%d", &w, &h)
+			data, _ := json.Marshal(map[string]uint16{"Width": w, "Height": h})
+			send(4, data)
+		}
+	}
+	seen := map[byte]bool{}
+	var errMsg []byte
+	for {
+		kind, msg, err := conn.ReadMessage()
+		if err != nil {
+			break
+		}
+		if kind != websocket.BinaryMessage || len(msg) == 0 {
+			continue
+		}
+		ch, data := msg[0], msg[1:]
+		if mode == "wsportforward" {
+			if !seen[ch] { // the first message of each channel is its port
+				seen[ch] = true
+				if len(data) != 2 || int(data[0])|int(data[1])<<8 != port {
+					fail("channel %d: port %v", ch, data)
+				}
+				continue
+			}
+			switch ch {
+			case 0:
+				os.Stdout.Write(data)
+			case 1:
+				errMsg = append(errMsg, data...)
+			}
+			continue
+		}
+		switch ch {
+		case 1:
+			os.Stdout.Write(data)
+		case 2:
+			os.Stderr.Write(data)
+		case 3:
+			errMsg = append(errMsg, data...)
+		}
+	}
+	res.Error = string(errMsg)
+	writeStatus(statusFile, res)
 	conn.Close()
 }
