@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from moorage.services.cri.streaming import remotecommand as rc
 from moorage.services.cri.streaming import spdy
+from moorage.services.cri.streaming import websocket as ws
 from moorage.services.cri.streaming.contract import TermSize
 from moorage.services.cri.streaming.tokens import TokenCache
 
@@ -144,3 +145,59 @@ def test_tokens_single_use_expiry_and_bound() -> None:
     x, y, z = c.put("x"), c.put("y"), c.put("z")
     assert c.take(x) is None and c.take(y) == "y" and c.take(z) == "z"
     assert c.take("nope") is None
+
+
+# ---- WebSocket framing -----------------------------------------------------------------
+
+def _client_frame(opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 1 << 16:
+        head += bytes([0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack(">Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_websocket_accept_key_is_rfc6455s() -> None:
+    assert ws.accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_websocket_messages_whole_fragmented_and_byte_by_byte() -> None:
+    wire = (_client_frame(ws.BINARY, b"\x00hello") + _client_frame(ws.TEXT, b"ab", fin=False)
+            + _client_frame(ws.PING, b"p") + _client_frame(ws.CONT, b"cd")
+            + _client_frame(ws.BINARY, b"x" * 70000) + _client_frame(ws.CLOSE, b"\x03\xe8"))
+    want = [(ws.BINARY, b"\x00hello"), (ws.PING, b"p"), (ws.TEXT, b"abcd"),
+            (ws.BINARY, b"x" * 70000), (ws.CLOSE, b"\x03\xe8")]
+    assert ws.Decoder().feed(wire) == want
+    d = ws.Decoder()
+    got: list[tuple[int, bytes]] = []
+    for i in range(0, len(wire), 3):
+        got += d.feed(wire[i:i + 3])
+    assert got == want
+    assert ws.frame(ws.BINARY, b"ab") == b"\x82\x02ab"
+    assert ws.frame(ws.BINARY, b"y" * 300)[:4] == b"\x82\x7e\x01\x2c"
+
+
+@pytest.mark.parametrize("wire", [
+    b"\x82\x02ab",  # unmasked client frame
+    b"\xc2\x80\0\0\0\0",  # reserved bit
+    _client_frame(ws.CONT, b"x"),  # continuation of nothing
+    _client_frame(ws.PING, b"x", fin=False),  # fragmented control frame
+    _client_frame(0x3, b"x"),  # unknown opcode
+    b"\x82\xff" + struct.pack(">Q", 1 << 40),  # too large
+])
+def test_websocket_bad_input_is_a_protocol_error(wire: bytes) -> None:
+    with pytest.raises(ws.WsProtocolError):
+        ws.Decoder().feed(wire)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_websocket_any_bytes_give_messages_or_a_protocol_error(data: bytes) -> None:
+    try:
+        ws.Decoder().feed(data)
+    except ws.WsProtocolError:
+        pass

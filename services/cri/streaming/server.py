@@ -1,5 +1,5 @@
 """The CRI streaming server: kubelet's `/exec/{token}`, `/attach/{token}`,
-`/portforward/{token}` over HTTP/1.1 on loopback, upgraded to SPDY/3.1.
+`/portforward/{token}` over HTTP/1.1 on loopback, upgraded to SPDY/3.1 or WebSocket.
 
 Lifecycle: ``StreamingServer(backend, host, port)``; ``await start()`` binds (port 0 = any
 free port); ``exec_url``/``attach_url``/``port_forward_url`` store the request under a
@@ -13,6 +13,8 @@ After the 101 the session (session.py) accepts the client's streams (remotecomma
 says which); exec and attach then run in the backend while a closed connection cancels
 them; the outcome goes on the error stream, the output streams get their FIN, and the
 session shuts down. Port forwarding serves stream pairs until the client closes.
+With ``Upgrade: websocket`` the same requests run over channels.py (subprotocols
+``v5``/``v4.channel.k8s.io``; port forwarding opens a channel pair per requested port).
 """
 
 from __future__ import annotations
