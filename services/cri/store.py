@@ -80,6 +80,7 @@ POD_EXTENSION = "io.moorage.cri.pod"
 POD_TYPE = "moorage.cri.v1.PodSandboxConfig"
 IO_DRAIN = 2.0
 KILL_WAIT = 30.0
+CLOSE_WAIT = 10.0
 
 def _ignore_missing(exc: BaseException) -> bool:
     return isinstance(exc, NotFound)
@@ -623,6 +624,12 @@ class CriRuntime:
     async def close(self) -> None:
         """Stop watching (containers keep running; a restart picks them up again)."""
         self._closing = True
+        watchers = set(self.watchers.values())
+        for t in watchers:
+            t.cancel()
+        undoing = [t for t in self._background if t not in watchers]
+        if undoing:  # a rollback in progress finishes (bounded), the rest is cancelled
+            await asyncio.wait(undoing, timeout=CLOSE_WAIT)
         for t in list(self._background):
             t.cancel()
         for cio in self.io.values():
