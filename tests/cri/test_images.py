@@ -63,6 +63,8 @@ def suite(workdir: Path, images: TestImages) -> Iterator[Any]:
     suite_mod = pytest.importorskip("suite")
     s = suite_mod.Suite(workdir / "suite", config={"transfer": {"hosts_dir": str(workdir / "certs.d")},
                                                    "cri": {"enabled": False},  # its ImageService is ours alone
+                                                   # not configured: they hold nothing, so the GC runs
+                                                   **{n: {"enabled": False} for n in ("sandbox", "runtime", "nri")},
                                                    "cri-images": {"sandbox_image": images.pause}},
                         plugins=["cri.imageproc:PROCESS"])
     try:
@@ -379,6 +381,25 @@ async def test_image_fs_info(client: Cri, images: TestImages, suite: Any) -> Non
     assert fs.timestamp > 0
     together = await asyncio.gather(*(client.fs() for _ in range(8)))
     assert all(t.image_filesystems[0].used_bytes.value > 0 for t in together)
+
+
+@pytest.mark.root
+async def test_removed_image_frees_its_layers(client: Cri, plain: regfix.Registry, workdir: Path) -> None:
+    """kubelet's image GC: RemoveImage, then the collector frees the unpacked layers (the
+    proxy's scheduler collects after deletions; waited on as a condition)."""
+    layout = regfix.build_image(workdir / "unique", [{"var/unique": os.urandom(1 << 20)}])
+    ref = regfix.push(layout, plain, "gc/unique")
+    await client.pull(ref)
+    before = (await client.fs()).image_filesystems[0].used_bytes.value
+    await client.remove(ref)
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        # a new measurement each time: calls in flight share one, so none is in flight here
+        now = (await client.fs()).image_filesystems[0].used_bytes.value
+        if now <= before - (1 << 20):
+            break
+        assert asyncio.get_running_loop().time() < deadline, f"still {now} bytes used (was {before})"
+        await asyncio.sleep(0.2)
 
 
 # ---- through the cri process ----------------------------------------------------------------
