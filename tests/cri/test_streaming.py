@@ -212,6 +212,13 @@ async def test_exec_stdin_stdout_stderr_and_exit_code(server: StreamingServer, a
     assert c.out == b"hello\nworld\n" and c.err == b"oops\n"
     assert st["status"] == "Failure" and exit_code(st) == 3
     assert "non-zero exit code" in st["message"]
+    big = 8 << 20  # far more than the server holds unread: back-pressure, nothing lost
+    url = server.exec_url("c1", ["sh", "-c", "wc -c"], tty=False, stdin=True, stdout=True,
+                          stderr=False)
+    c = await Client.start(tmp_path, "exec", url, "-stdin")
+    await c.send(b"z" * big)
+    c.close_stdin()
+    assert exit_code(status(await c.finish())) == 0 and int(c.out) == big
     url = server.exec_url("c1", ["echo", "hi"], tty=False, stdin=False, stdout=True,
                           stderr=False)
     c = await Client.start(tmp_path, "exec", url)

@@ -17,16 +17,21 @@ from . import websocket as ws
 
 log = logging.getLogger(__name__)
 
+MAX_QUEUED = 1 << 20
+"""Bytes a channel may hold unread before the connection stops reading."""
+
 
 class Channel:
     def __init__(self, session: ChannelSession, number: int) -> None:
         self.session = session
         self.number = number
         self._data: asyncio.Queue[bytes] = asyncio.Queue()
+        self.queued = 0
         self.eof = False
 
     def _feed(self, data: bytes) -> None:
         if not self.eof and data:
+            self.queued += len(data)
             self._data.put_nowait(data)
 
     def _end(self) -> None:
@@ -38,6 +43,9 @@ class Channel:
         data = await self._data.get()
         if not data:
             self._data.put_nowait(b"")
+        self.queued -= len(data)
+        if self.queued <= MAX_QUEUED:
+            self.session._drained.set()
         return data
 
     async def write(self, data: bytes) -> None:
@@ -55,6 +63,7 @@ class ChannelSession:
         self.v5 = v5
         self.channels: dict[int, Channel] = {}
         self.closed = asyncio.Event()
+        self._drained = asyncio.Event()
         self._decoder = ws.Decoder()
         self._close_sent = False
 
@@ -86,6 +95,10 @@ class ChannelSession:
                             with contextlib.suppress(ConnectionError):
                                 self.writer.write(ws.close_frame())
                         return
+                # back-pressure: a channel whose reader is behind stops the reading
+                while any(c.queued > MAX_QUEUED and not c.eof for c in self.channels.values()):
+                    self._drained.clear()
+                    await self._drained.wait()
         except (ws.WsProtocolError, ConnectionError) as exc:
             log.debug("websocket connection: %s", exc)
         finally:

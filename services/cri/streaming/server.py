@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 STREAM_CREATION_TIMEOUT = 30.0
 MAX_HEAD = 64 * 1024
+HEAD_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,10 @@ class StreamingServer:
             await writer.drain()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+        except asyncio.TimeoutError:
+            return
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):

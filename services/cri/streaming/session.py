@@ -19,6 +19,9 @@ from . import spdy
 
 log = logging.getLogger(__name__)
 
+MAX_QUEUED = 1 << 20
+"""Bytes a stream may hold unread before the connection stops reading."""
+
 
 class Stream:
     """One peer-initiated SPDY stream (contract.InStream and OutStream)."""
@@ -28,6 +31,7 @@ class Stream:
         self.id = id
         self.headers = headers
         self._data: asyncio.Queue[bytes] = asyncio.Queue()
+        self.queued = 0
         self.remote_closed = False
         self.local_closed = False
 
@@ -38,6 +42,7 @@ class Stream:
         if self.remote_closed:
             return
         if data:
+            self.queued += len(data)
             self._data.put_nowait(data)
         if fin:
             self.remote_closed = True
@@ -47,6 +52,9 @@ class Stream:
         data = await self._data.get()
         if not data:
             self._data.put_nowait(b"")  # EOF stays EOF
+        self.queued -= len(data)
+        if self.queued <= MAX_QUEUED:
+            self.session._drained.set()
         return data
 
     async def write(self, data: bytes) -> None:
@@ -78,6 +86,7 @@ class Session:
         self.streams: dict[int, Stream] = {}
         self._incoming: asyncio.Queue[Stream | None] = asyncio.Queue()
         self.closed = asyncio.Event()
+        self._drained = asyncio.Event()
         self._last_id = 0
 
     async def send(self, frame: spdy.Frame) -> None:
@@ -99,6 +108,12 @@ class Session:
                 if data:
                     for frame in self._decoder.feed(data):
                         await self._handle(frame)
+                # back-pressure (spdystream blocks the same way): a stream whose reader is
+                # behind stops the connection's reading until it catches up
+                while any(s.queued > MAX_QUEUED and not s.remote_closed
+                          for s in self.streams.values()):
+                    self._drained.clear()
+                    await self._drained.wait()
                 data = await self.reader.read(65536)
                 if not data:
                     break
