@@ -15,11 +15,14 @@ folder -> record the blob in the namespace -> drop the ingest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import functools
+import logging
 import os
 import shutil
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -42,6 +45,9 @@ from .locks import FileLock
 from .metadata import Metadata
 
 T = TypeVar("T")
+log = logging.getLogger("moorage.services.content")
+UNLINK_BATCH = 100
+"""Blob files a sweep unlinks per hold of the sweep lock (commits wait at most that long)."""
 
 def validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
     """containerd's label rule; an empty value means "no such label" (dropped)."""
@@ -95,6 +101,7 @@ class LocalStore:
         self.layout = Layout(root)
         self.layout.make()
         self.meta = Metadata(os.path.join(root, "meta.db"))
+        self._sweep_lock = os.path.join(root, "sweep.lock")
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="content")
         self.sweep()
 
@@ -225,11 +232,17 @@ class LocalStore:
 
     async def delete_many(self, digests: Sequence[str]) -> tuple[list[str], dict[str, str]]:
         """Delete many blobs of the namespace at once (the collector's sweep): one metadata
-        transaction, then the files no namespace references. Returns (deleted, {digest: why
-        not}); a digest the namespace does not have is neither (already gone)."""
-        return await self._run(self._delete_many, namespace(), list(digests))
+        transaction, after which they are gone for every reader; the files no namespace
+        references are unlinked afterwards in the background (as containerd's collector
+        removes backend content after its commit; a crash in between leaves orphan files,
+        which the next start removes). Returns (deleted, {digest: why not}); a digest the
+        namespace does not have is neither (already gone)."""
+        gone, refused, files = await self._run(self._delete_rows, namespace(), list(digests))
+        if files:
+            self._pool.submit(self._unlink_orphans, files)
+        return gone, refused
 
-    def _delete_many(self, ns: str, wanted: list[str]) -> tuple[list[str], dict[str, str]]:
+    def _delete_rows(self, ns: str, wanted: list[str]) -> tuple[list[str], dict[str, str], list[tuple[str, str]]]:
         valid: list[tuple[str, tuple[str, str]]] = []
         refused: dict[str, str] = {}
         for d in wanted:
@@ -240,10 +253,34 @@ class LocalStore:
                 continue
             valid.append((d, parsed))
         gone, orphans = self.meta.delete_many(ns, tuple(d for d, _ in valid))
-        for d, (alg, hexd) in valid:
-            if d in orphans:
-                self._unlink_unreferenced(alg, hexd)
-        return list(gone), refused
+        files = [(d, self.layout.blob(*parsed)) for d, parsed in valid if d in orphans]
+        return list(gone), refused, files
+
+    def _unlink_orphans(self, files: list[tuple[str, str]]) -> None:
+        for at in range(0, len(files), UNLINK_BATCH):
+            # no blob lock each (creating a lock file costs more than the unlink): the sweep
+            # lock keeps every commit's check-rename-record out while a batch goes
+            with self._sweeping(True):
+                for d, path in files[at : at + UNLINK_BATCH]:
+                    if not self.meta.referenced(d):
+                        try:
+                            os.unlink(path)
+                        except FileNotFoundError:
+                            pass
+                        except OSError as exc:  # left for the next start's orphan sweep
+                            log.warning("blob file %s not removed: %s", path, exc)
+
+    @contextlib.contextmanager
+    def _sweeping(self, exclusive: bool) -> Iterator[None]:
+        """The sweep's unlinks (exclusive) against commits placing a blob (shared), across
+        every process on the root: flock on ``<root>/sweep.lock``, a file that stays (taken
+        before any blob lock)."""
+        fd = os.open(self._sweep_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
 
     # -- Provider ------------------------------------------------------------
 
@@ -379,7 +416,7 @@ class LocalStore:
             raise
         alg, hexd = dgst.split(":", 1)
         try:
-            with FileLock.acquire(self.layout.blob_lock(alg, hexd), blocking=True):
+            with self._sweeping(False), FileLock.acquire(self.layout.blob_lock(alg, hexd), blocking=True):
                 if self.meta.get(ns, dgst) is not None:
                     raise AlreadyExists(f"content {dgst}: already exists")
                 target = self.layout.blob(alg, hexd)
@@ -419,7 +456,7 @@ class LocalStore:
             if expected and expected != dgst:
                 raise FailedPrecondition(f"unexpected commit digest {dgst}, expected {expected}")
             alg, hexd = dgst.split(":", 1)
-            with FileLock.acquire(self.layout.blob_lock(alg, hexd), blocking=True):
+            with self._sweeping(False), FileLock.acquire(self.layout.blob_lock(alg, hexd), blocking=True):
                 if self.meta.get(ns, dgst) is not None:
                     raise AlreadyExists(f"content {dgst}: already exists")
                 if not os.path.exists(self.layout.blob(alg, hexd)):
