@@ -49,9 +49,10 @@ def output_path(path: str) -> str:
 
 
 def attach_paths(stdin: str, stdout: str, stderr: str, terminal: bool) -> AttachPaths:
-    """From a task's stdio (Tasks.Get's process fields) to what an attacher opens."""
-    return AttachPaths(stdin, output_path(stdout), "" if terminal else output_path(stderr),
-                       terminal)
+    """From a task's stdio (Tasks.Get's process fields) to what an attacher opens (a
+    stdin whose fifo is gone was closed: none)."""
+    return AttachPaths(stdin if stdin and os.path.exists(stdin) else "", output_path(stdout),
+                       "" if terminal else output_path(stderr), terminal)
 
 
 def open_output(path: str) -> int:

@@ -216,10 +216,13 @@ class LoggedIO:
         return lio
 
     def close_stdin(self) -> None:
-        """Stop holding stdin open (CloseIO: the process sees EOF once writers are gone)."""
+        """Stop holding stdin open (CloseIO: the process sees EOF once writers are gone).
+        The fifo's name goes too: no later attacher (or restart) opens a closed stdin."""
         if self.stdin_holder >= 0:
             os.close(self.stdin_holder)
             self.stdin_holder = -1
+            with contextlib.suppress(OSError):
+                os.unlink(self.io_dir / "stdin")
 
     def attached(self) -> None:
         """The shim has opened its ends: EOF from now on means the output is complete."""

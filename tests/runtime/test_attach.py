@@ -3,7 +3,9 @@ tee, stdin held open by the runtime), through the proxy (root: runc)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import secrets
 import select
 import subprocess
@@ -122,6 +124,52 @@ def test_attach_terminal(rt: Suite, api: Rt, rootfs: Path) -> None:
     assert a.finish() == 3
     assert a.buf["err"] == b""
     assert "stdout F 42" in api.log(c)
+
+
+def test_attach_terminal_from_a_terminal_is_resized(rt: Suite, api: Rt, rootfs: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    _container(api, "t2", ["sh"], terminal=True)
+    api.create("t2", rootfs, terminal=True)
+    api.start("t2")
+    pid, fd = pty.fork()
+    if pid == 0:
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 29, 97, 0, 0))
+        os.environ.update(rt.env())
+        os.execv(sys.executable, [sys.executable, "-m", "moorage.cli.main", "--address",
+                                  rt.address, "--namespace", api.ns, "attach", "t2"])
+    out = b""
+    try:
+        for _ in range(20):  # the first resize races the first command, and ash may take
+            os.write(fd, b"stty size\n")  # a line as its cursor report: ask again
+            deadline = time.monotonic() + 3
+            while not re.search(rb"\r\n(\d+ \d+)\r\n", out) and time.monotonic() < deadline:
+                if select.select([fd], [], [], 0.5)[0]:
+                    out += os.read(fd, 4096)
+            if re.search(rb"\r\n29 97\r\n", out):
+                break
+            out = b""
+        else:
+            raise AssertionError(out)
+        os.write(fd, b"exit 4\n")
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 4, out
+    finally:
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            if os.waitpid(pid, os.WNOHANG) == (0, 0):
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
 
 
 def test_attach_refuses_a_stopped_task(rt: Suite, api: Rt, rootfs: Path) -> None:
