@@ -27,7 +27,7 @@ from runtime.conftest import make_rootfs
 from runtime.helpers import Rt
 from suite import Suite
 
-pytestmark = [pytest.mark.root]
+pytestmark = [pytest.mark.root, pytest.mark.interop]
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / ".build" / "spdy-client"

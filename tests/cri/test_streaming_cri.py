@@ -17,7 +17,7 @@ from moorage.api.k8s.cri.v1 import api_pb2 as api
 from .conftest import CriSuite, wait_until
 from .test_streaming import client_binary
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.interop, pytest.mark.slow]
 
 BB = "/bin/busybox"
 
