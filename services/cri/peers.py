@@ -2,6 +2,7 @@
 
 One lazily reconnecting connection (:class:`moorage.rpc.Peer`) to the proxy carries every
 call; each call carries the running call's namespace (the contextvar the API adapter sets).
+Snapshot calls also carry the context's lease (:mod:`moorage.leasing`).
 The sandbox and runtime services' own clients are used as they are; the few task and
 snapshot calls they do not wrap are here. Images are resolved by the ImageService's
 ``CriImages`` (services/cri/images.py), not here.
@@ -14,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from moorage.leasing import Leases, call_metadata
 from moorage.namespaces import metadata, namespace
 from moorage.rpc import Peer
 from moorage.services.runtime.contract import Mount, StdIO
@@ -36,11 +38,15 @@ class Peers:
 
     def __init__(self, address: Path | str) -> None:
         self.peer = Peer(address)
+        self.leases = Leases(address)
+        """Leases (the proxy's): snapshots made for a new pod or container are held by one
+        until the container record names them, so a garbage collection meanwhile keeps them."""
 
     async def client(self) -> Client:
         return await self.peer.client()
 
     async def close(self) -> None:
+        await self.leases.close()
         await self.peer.close()
 
     async def sandbox_store(self) -> StoreClient:
@@ -65,7 +71,8 @@ class Peers:
 
     async def _call(self, service: str, method: str, req: Any, resp: type[Any], timeout: float | None = TIMEOUT) -> Any:
         client = await self.client()
-        return await client.unary(service, method, req, resp, timeout=timeout, metadata=metadata(namespace()))
+        md = {**metadata(namespace()), **(call_metadata() or {})}
+        return await client.unary(service, method, req, resp, timeout=timeout, metadata=md)
 
     # snapshots ---------------------------------------------------------------------------
 

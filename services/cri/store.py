@@ -36,6 +36,7 @@ from moorage.errdefs import (
     NotFound,
     Unavailable,
 )
+from moorage.leasing import hold
 from moorage.namespaces import current_namespace
 from moorage.services.runtime.contract import AnyValue as RAny
 from moorage.services.runtime.contract import Container as RContainer
@@ -183,37 +184,8 @@ class CriRuntime:
         try:
             self.pods.put(pod)
             undo.append(("record", self._forget_pod(id)))
-            rootfs = asyncio.ensure_future(self._pause_rootfs(id, undo))
-            try:
-                store = await self.peers.sandbox_store()
-                labels = {**dict(config.labels), KIND_LABEL: "sandbox"}
-                await store.create(Sandbox(
-                    id, SRuntime(self.cfg.runtime), sandboxer=self.cfg.sandboxer, labels=labels,
-                    extensions={POD_EXTENSION: SAny(POD_TYPE, json.dumps(encode(config)).encode())}))
-                undo.append(("sandbox record", lambda: store.delete(id)))
-                ctrl = await self.peers.controller(self.cfg.sandboxer)
-                await ctrl.create(id, CreateOptions(options=SAny(POD_CONFIG_TYPE, _sandbox_options(id, config).to_json())))
-                undo.append(("sandbox", lambda: ctrl.shutdown(id)))
-                await ctrl.start(id)
-                info = dict((await ctrl.status(id)).info)
-                image, mounts = await rootfs
-            finally:
-                # never cancelled half-way: once done, its snapshot's undo step is armed
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(rootfs)
-            ips = [ip for ip in info.get("ips", "").split(",") if ip]
-            spec = ocispec.pause_spec(ns, id, config, ImageConfig.from_json(image.config), info, cgroup=cgroup,
-                                      clamp=self.clamp, allow_privileged=self.cfg.allow_privileged)
-            containers = await self.peers.containers()
-            await containers.create(RContainer(
-                id, RuntimeInfo(self.cfg.runtime), spec=RAny(SPEC_TYPE_URL, dumps(spec)), image=image.name,
-                labels={**dict(config.labels), KIND_LABEL: "sandbox"}, snapshotter=self.cfg.snapshotter,
-                snapshot_key=id, sandbox=id))
-            undo.append(("pause container", lambda: containers.delete(id)))
-            tasks = await self.peers.tasks()
-            await tasks.create(CreateTask(id, rootfs=tuple(mounts)))
-            undo.append(("pause task", lambda: self._kill_and_delete(id)))
-            pid = await tasks.start(id)
+            async with hold(self.peers.leases):
+                pid, info, ips = await self._start_pod(id, ns, config, cgroup, undo)
             pod.state, pod.pause_pid, pod.info = PodState.READY, pid, info
             pod.netns_path = info.get("netns_path", "")
             pod.ip, pod.additional_ips = (ips[0] if ips else ""), tuple(ips[1:])
@@ -224,6 +196,43 @@ class CriRuntime:
         self.exited[id] = asyncio.Event()
         self.watchers[id] = self._spawn(self._watch(id, ns))
         return id
+
+    async def _start_pod(self, id: str, ns: str, config: PodConfig, cgroup: str,
+                         undo: list[tuple[str, Callable[[], Awaitable[Any]]]]) -> tuple[int, dict[str, str], list[str]]:
+        """The sandbox (network) and, concurrently, the pause's rootfs; then the pause started:
+        its pid, the sandbox's status info, the pod's IPs."""
+        rootfs = asyncio.ensure_future(self._pause_rootfs(id, undo))
+        try:
+            store = await self.peers.sandbox_store()
+            labels = {**dict(config.labels), KIND_LABEL: "sandbox"}
+            await store.create(Sandbox(
+                id, SRuntime(self.cfg.runtime), sandboxer=self.cfg.sandboxer, labels=labels,
+                extensions={POD_EXTENSION: SAny(POD_TYPE, json.dumps(encode(config)).encode())}))
+            undo.append(("sandbox record", lambda: store.delete(id)))
+            ctrl = await self.peers.controller(self.cfg.sandboxer)
+            await ctrl.create(id, CreateOptions(options=SAny(POD_CONFIG_TYPE, _sandbox_options(id, config).to_json())))
+            undo.append(("sandbox", lambda: ctrl.shutdown(id)))
+            await ctrl.start(id)
+            info = dict((await ctrl.status(id)).info)
+            image, mounts = await rootfs
+        finally:
+            # never cancelled half-way: once done, its snapshot's undo step is armed
+            with contextlib.suppress(Exception):
+                await asyncio.shield(rootfs)
+        ips = [ip for ip in info.get("ips", "").split(",") if ip]
+        spec = ocispec.pause_spec(ns, id, config, ImageConfig.from_json(image.config), info, cgroup=cgroup,
+                                  clamp=self.clamp, allow_privileged=self.cfg.allow_privileged)
+        containers = await self.peers.containers()
+        await containers.create(RContainer(
+            id, RuntimeInfo(self.cfg.runtime), spec=RAny(SPEC_TYPE_URL, dumps(spec)), image=image.name,
+            labels={**dict(config.labels), KIND_LABEL: "sandbox"}, snapshotter=self.cfg.snapshotter,
+            snapshot_key=id, sandbox=id))
+        undo.append(("pause container", lambda: containers.delete(id)))
+        tasks = await self.peers.tasks()
+        await tasks.create(CreateTask(id, rootfs=tuple(mounts)))
+        undo.append(("pause task", lambda: self._kill_and_delete(id)))
+        pid = await tasks.start(id)
+        return pid, info, ips
 
     async def _pause_rootfs(self, id: str, undo: list[tuple[str, Callable[[], Awaitable[Any]]]]
                             ) -> tuple[Image, list[RMount]]:
@@ -335,37 +344,43 @@ class CriRuntime:
         undo: list[tuple[str, Callable[[], Awaitable[Any]]]] = [("name", self._release_name(name))]
         try:
             image = await self.images.resolve(config.image)
-            image_config = ImageConfig.from_json(image.config)
-            target_pid = 0
-            if config.security.namespaces.pid == NamespaceMode.TARGET:
-                target = self.ctrs.get(config.security.namespaces.target_id)
-                target_pid = target.pid if target is not None and target.state == ContainerState.RUNNING else 0
-            from moorage.services.runtime import rootfs as rfs
-
-            mounts = await self.peers.prepare_snapshot(self.cfg.snapshotter, id, image.chain_id)
-            undo.append(("snapshot", lambda: self.peers.remove_snapshot(self.cfg.snapshotter, id)))
-            cgroup = ocispec.cgroup_path(pod.config.cgroup_parent, self.cfg.default_cgroup_parent, id)
-            spec = ocispec.container_spec(ns, id, pod.id, pod.config, config, image_config, image.name, pod.info,
-                                          pod.pause_pid, cgroup=cgroup, clamp=self.clamp,
-                                          allow_privileged=self.cfg.allow_privileged,
-                                          read_rootfs=rfs.reader(mounts), target_pid=target_pid)
-            log_path = ""
-            if config.log_path:
-                log_path = os.path.join(pod.config.log_directory, config.log_path) if pod.config.log_directory \
-                    else config.log_path
-            containers = await self.peers.containers()
-            await containers.create(RContainer(
-                id, RuntimeInfo(self.cfg.runtime), spec=RAny(SPEC_TYPE_URL, dumps(spec)), image=image.name,
-                labels={**dict(config.labels), KIND_LABEL: "container"}, snapshotter=self.cfg.snapshotter,
-                snapshot_key=id, sandbox=pod.id))
-            undo.append(("container", lambda: containers.delete(id)))
-            self.ctrs.put(Container(id, pod.id, config, image.name, image.id, ContainerState.CREATED, time.time_ns(),
-                                    log_path=log_path, cgroup_path=cgroup, reserved_name=name,
-                                    stop_signal=_stop_signal(image.config)))
+            async with hold(self.peers.leases):
+                await self._create_container(id, ns, pod, config, name, image, undo)
         except BaseException:
             await self._rollback(undo)
             raise
         return id
+
+    async def _create_container(self, id: str, ns: str, pod: Pod, config: ContainerConfig, name: str, image: Image,
+                                undo: list[tuple[str, Callable[[], Awaitable[Any]]]]) -> None:
+        """The rootfs snapshot, the spec and the runtime container (under the caller's lease)."""
+        image_config = ImageConfig.from_json(image.config)
+        target_pid = 0
+        if config.security.namespaces.pid == NamespaceMode.TARGET:
+            target = self.ctrs.get(config.security.namespaces.target_id)
+            target_pid = target.pid if target is not None and target.state == ContainerState.RUNNING else 0
+        from moorage.services.runtime import rootfs as rfs
+
+        mounts = await self.peers.prepare_snapshot(self.cfg.snapshotter, id, image.chain_id)
+        undo.append(("snapshot", lambda: self.peers.remove_snapshot(self.cfg.snapshotter, id)))
+        cgroup = ocispec.cgroup_path(pod.config.cgroup_parent, self.cfg.default_cgroup_parent, id)
+        spec = ocispec.container_spec(ns, id, pod.id, pod.config, config, image_config, image.name, pod.info,
+                                      pod.pause_pid, cgroup=cgroup, clamp=self.clamp,
+                                      allow_privileged=self.cfg.allow_privileged,
+                                      read_rootfs=rfs.reader(mounts), target_pid=target_pid)
+        log_path = ""
+        if config.log_path:
+            log_path = os.path.join(pod.config.log_directory, config.log_path) if pod.config.log_directory \
+                else config.log_path
+        containers = await self.peers.containers()
+        await containers.create(RContainer(
+            id, RuntimeInfo(self.cfg.runtime), spec=RAny(SPEC_TYPE_URL, dumps(spec)), image=image.name,
+            labels={**dict(config.labels), KIND_LABEL: "container"}, snapshotter=self.cfg.snapshotter,
+            snapshot_key=id, sandbox=pod.id))
+        undo.append(("container", lambda: containers.delete(id)))
+        self.ctrs.put(Container(id, pod.id, config, image.name, image.id, ContainerState.CREATED, time.time_ns(),
+                                log_path=log_path, cgroup_path=cgroup, reserved_name=name,
+                                stop_signal=_stop_signal(image.config)))
 
     async def start_container(self, container_id: str) -> None:
         id = self._resolve(self.ctrs.items, container_id, "container")
