@@ -200,7 +200,7 @@ def container_status_pb(c: Container) -> cri.ContainerStatus:
     st = cri.ContainerStatus(
         id=c.id, metadata=cri.ContainerMetadata(name=c.config.metadata.name, attempt=c.config.metadata.attempt),
         state=int(c.state), created_at=c.created_at, started_at=c.started_at,  # type: ignore[arg-type]
-        finished_at=c.finished_at, exit_code=c.exit_code, image=_image_spec(c), image_ref=c.image_id,
+        finished_at=c.finished_at, exit_code=c.exit_code, image=_image_spec(c), image_ref=c.image_digest or c.image_id,
         reason=c.reason, message=c.message, labels=dict(c.config.labels),
         annotations=dict(c.config.annotations), log_path=c.log_path, image_id=c.image_id)
     for m in c.config.mounts:

@@ -236,6 +236,9 @@ class Container:
     reserved_name: str = ""
     stop_signal: str = ""
     """The image's StopSignal ("" = SIGTERM)."""
+    image_digest: str = ""
+    """The image's first repo digest (``repo@sha256:...``): ContainerStatus.image_ref, as
+    containerd reports it (the image id when there is none)."""
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,8 @@ class Image(Protocol):
     def config(self) -> Mapping[str, Any]: ...
     @property
     def chain_id(self) -> str: ...
+    @property
+    def repo_digests(self) -> tuple[str, ...]: ...
 
 
 class Images(Protocol):

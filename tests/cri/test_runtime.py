@@ -65,6 +65,8 @@ def test_pod_lifecycle_end_to_end(pods: CriSuite) -> None:
         cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
     st_web = cri.status(web)
     assert st_web.state == api.CONTAINER_RUNNING and st_web.image_id == image_id and st_web.started_at > 0
+    repo = cri.images.busybox.rsplit(":", 1)[0]
+    assert st_web.image.image == cri.images.busybox and st_web.image_ref.startswith(repo + "@sha256:")
     assert st_web.log_path == str(Path(cfg.log_directory) / "httpd/0.log")
 
     # ExecSync: output, exit code, the pod's hostname, DNS config and environment
