@@ -119,6 +119,9 @@ class FifoReader:
         lines = self.pending.split(b"\n")
         self.pending = lines.pop()
         for line in lines:
+            while len(line) > MAX_LINE:
+                self.sink.write(self.name, line[:MAX_LINE], False)
+                line = line[MAX_LINE:]
             self.sink.write(self.name, line, True)
         while len(self.pending) >= MAX_LINE:
             self.sink.write(self.name, self.pending[:MAX_LINE], False)
