@@ -78,7 +78,9 @@ INGEST_EXPIRY = 24 * 3600.0
 """Seconds an ingest not held by a lease may sit unwritten before it is aborted (containerd's)."""
 CONTENT_SWEEP = "moorage.internal.v1.ContentSweep"
 SNAPSHOTS_SWEEP = "moorage.internal.v1.SnapshotsSweep"
-SWEEP_BATCH = 500
+SWEEP_BATCH = 2500
+LIST_PAGE = 5000
+"""Blobs per ContentSweep/List call."""
 """Objects per sweep call: one metadata transaction each, short enough that a concurrent
 writer of the same store never waits long for the database."""
 SWEEP_CONCURRENCY = 32
@@ -212,6 +214,13 @@ class Freed:
     ingests: dict[str, list[str]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds spent reading (roots, blobs, snapshots), planning and sweeping."""
+
+    def timed(self, phase: str, since: float) -> float:
+        now = time.monotonic()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - since
+        return now
 
     def to_wire(self) -> dict[str, Any]:
         names = sorted(set(self.content) | set(self.snapshots) | set(self.ingests))
@@ -226,6 +235,7 @@ class Freed:
             },
             "errors": self.errors,
             "seconds": self.seconds,
+            "phases": {k: round(v, 4) for k, v in self.phases.items()},
         }
 
 
@@ -286,7 +296,18 @@ class RemoteServices:
         return [s.labels for s in await self.sandbox_client.list()]
 
     async def blobs(self) -> list[tuple[str, int, datetime, Mapping[str, str]]]:
-        return [(i.digest, i.size, i.created_at, i.labels) async for i in self.content.walk()]
+        out: list[tuple[str, int, datetime, Mapping[str, str]]] = []
+        after = ""
+        while True:
+            reply = await self._sweep(CONTENT_SWEEP, "List", {"after": after, "limit": LIST_PAGE})
+            if reply is None:  # a content service without the sweep methods
+                return [(i.digest, i.size, i.created_at, i.labels) async for i in self.content.walk()]
+            rows = reply["blobs"]
+            out += [(d, size, _from_ns(created), msgpack.unpackb(labels) if labels else {})
+                    for d, size, created, labels in rows]
+            if len(rows) < LIST_PAGE:
+                return out
+            after = rows[-1][0]
 
     def snapshotters(self) -> Sequence[str]:
         return self.snapshotters_client.names()
@@ -483,10 +504,15 @@ class Collector:
             try:
                 view = View()
                 held_ingests: set[str] = set()
+                # the roots as they were at the start (read alongside the walk) and after it
+                t = time.monotonic()
+                first, _ = await asyncio.gather(self._roots(services, ns, held_ingests),
+                                                self._read(services, view, start_ns, start_dt, freed, ns))
+                view.roots += first
                 view.roots += await self._roots(services, ns, held_ingests)
-                await self._read(services, view, start_ns, start_dt, freed, ns)
-                view.roots += await self._roots(services, ns, held_ingests)
+                t = freed.timed("read", t)
                 dead_blobs, dead_snaps = plan(view)
+                t = freed.timed("plan", t)
                 if dead_blobs or dead_snaps:
                     # publish the doomed set, then read the leases once more: from here an
                     # AddResource naming a doomed object waits for the sweep
@@ -503,6 +529,7 @@ class Collector:
                     finally:
                         self.doomed.pop(ns, None)
                         self.swept.set()
+                        freed.timed("sweep", t)
                 await self._stale_ingests(services, ns, held_ingests, start_ns, freed)
             finally:
                 current_namespace.reset(token)
@@ -631,6 +658,10 @@ def _node(rtype: str, rid: str) -> Node:
     if rtype.startswith("snapshots/"):
         return ("snapshot", rtype.split("/", 1)[1], rid)
     return ("content", "", rid)
+
+
+def _from_ns(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns // 1_000_000_000, timezone.utc).replace(microsecond=(ns % 1_000_000_000) // 1000)
 
 
 def _aware(when: datetime) -> datetime:

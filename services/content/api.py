@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 LIST_BATCH = 100
 SWEEP_SERVICE = wire.SWEEP_SERVICE
+LIST_PAGE = 5000
+"""Most blobs one ContentSweep/List reply carries (well under the 4 MiB message limit)."""
 _SPEC: ServiceSpec = ContentServicer.__ttrpc_service__
 
 
@@ -79,7 +81,7 @@ def servicers(
     return [
         svc,
         RawService(wire.SERVICE, {"Write": svc.write_raw}),
-        RawService(SWEEP_SERVICE, {"Delete": svc.sweep_raw}),
+        RawService(SWEEP_SERVICE, {"Delete": svc.sweep_raw, "List": svc.page_raw}),
     ]
 
 
@@ -164,6 +166,22 @@ class ContentService(ContentServicer):  # type: ignore[misc, unused-ignore]
         await self.store.abort(request.ref)
         return empty_pb2.Empty()
 
+    def _sweeper(self) -> Sweeper:
+        if not hasattr(self.store, "delete_many"):
+            raise errdefs.NotImplemented("sweep: this content store works one blob at a time")
+        return cast("Sweeper", self.store)
+
+    async def page_raw(self, ctx: Context, call: RawCall) -> None:
+        import msgpack
+
+        req = msgpack.unpackb(call.payload) if call.payload else {}
+        after = req.get("after", "") if isinstance(req, dict) else None
+        limit = req.get("limit", LIST_PAGE) if isinstance(req, dict) else None
+        if not isinstance(after, str) or not isinstance(limit, int) or not 0 < limit <= LIST_PAGE:
+            raise InvalidArgument(f"sweep list: after must be a string, limit 1..{LIST_PAGE}")
+        rows = await self._sweeper().page(after, limit)
+        await call.respond(msgpack.packb({"blobs": rows}))
+
     async def sweep_raw(self, ctx: Context, call: RawCall) -> None:
         import msgpack
 
@@ -171,9 +189,7 @@ class ContentService(ContentServicer):  # type: ignore[misc, unused-ignore]
         wanted = req.get("digests") if isinstance(req, dict) else None
         if not isinstance(wanted, list) or not all(isinstance(d, str) for d in wanted):
             raise InvalidArgument("sweep: digests must be a list of strings")
-        if not hasattr(self.store, "delete_many"):
-            raise errdefs.NotImplemented("sweep: this content store deletes one blob at a time")
-        deleted, errors = await cast("Sweeper", self.store).delete_many(wanted)
+        deleted, errors = await self._sweeper().delete_many(wanted)
         await call.respond(msgpack.packb({"deleted": deleted, "errors": errors}))
 
     async def write_raw(self, ctx: Context, call: RawCall) -> None:

@@ -144,7 +144,12 @@ class Store(Provider, Manager, IngestManager, Ingester, Protocol):
 
 
 class Sweeper(Protocol):
-    """A store that deletes many blobs at once (the garbage collector's sweep); optional."""
+    """A store that lists and deletes many blobs at once (the garbage collector); optional."""
+
+    async def page(self, after: str, limit: int) -> list[tuple[str, int, int, bytes]]:
+        """(digest, size, created_at ns, msgpack labels) of up to ``limit`` blobs whose digest
+        sorts after ``after``, in digest order."""
+        ...
 
     async def delete_many(self, digests: Sequence[str]) -> tuple[list[str], dict[str, str]]:
         """Delete the namespace's ``digests``: (deleted, {digest: why not}); a digest the

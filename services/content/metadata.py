@@ -36,6 +36,10 @@ CREATE INDEX IF NOT EXISTS blobs_by_digest ON blobs (digest);
 """
 
 
+_VARIABLES = 500
+"""Digests per statement of a batch delete (SQLite caps the variables of one statement)."""
+
+
 def to_ns(t: datetime) -> int:
     return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
 
@@ -170,21 +174,45 @@ class Metadata:
     def delete_many(self, namespace: str, digests: tuple[str, ...]) -> tuple[tuple[str, ...], set[str]]:
         """Remove many blobs from a namespace in one transaction: (the digests that were
         there, those of them no namespace references any more)."""
+        gone: list[str] = []
+        orphans: set[str] = set()
         with self._tx() as c:
-            gone = tuple(
-                d
-                for d in digests
-                if c.execute(
-                    "DELETE FROM blobs WHERE namespace=? AND digest=?", (namespace, d)
-                ).rowcount
-                == 1
+            for at in range(0, len(digests), _VARIABLES):
+                chunk = digests[at : at + _VARIABLES]
+                marks = ",".join("?" * len(chunk))
+                here = [
+                    d
+                    for (d,) in c.execute(
+                        f"SELECT digest FROM blobs WHERE namespace=? AND digest IN ({marks})",
+                        (namespace, *chunk),
+                    )
+                ]
+                if not here:
+                    continue
+                marks = ",".join("?" * len(here))
+                c.execute(
+                    f"DELETE FROM blobs WHERE namespace=? AND digest IN ({marks})", (namespace, *here)
+                )
+                left = {
+                    d
+                    for (d,) in c.execute(
+                        f"SELECT DISTINCT digest FROM blobs WHERE digest IN ({marks})", here
+                    )
+                }
+                gone += here
+                orphans.update(d for d in here if d not in left)
+        return tuple(gone), orphans
+
+    def page(self, namespace: str, after: str, limit: int) -> tuple[tuple[str, int, int, bytes], ...]:
+        """(digest, size, created_at ns, packed labels) of up to ``limit`` blobs whose digest
+        sorts after ``after``, in digest order: the collector's listing, labels left packed."""
+        return tuple(
+            self._conn().execute(
+                "SELECT digest, size, created_at, labels FROM blobs WHERE namespace=? AND digest>?"
+                " ORDER BY digest LIMIT ?",
+                (namespace, after, limit),
             )
-            orphans = {
-                d
-                for d in gone
-                if c.execute("SELECT 1 FROM blobs WHERE digest=? LIMIT 1", (d,)).fetchone() is None
-            }
-            return gone, orphans
+        )
 
     def referenced(self, digest: str) -> bool:
         """Whether any namespace still has the blob."""

@@ -46,7 +46,7 @@ from .metadata import Metadata
 
 T = TypeVar("T")
 log = logging.getLogger("moorage.services.content")
-UNLINK_BATCH = 100
+UNLINK_BATCH = 20
 """Blob files a sweep unlinks per hold of the sweep lock (commits wait at most that long)."""
 
 def validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
@@ -229,6 +229,11 @@ class LocalStore:
                     os.unlink(self.layout.blob(alg, hexd))
                 except FileNotFoundError:
                     pass
+
+    async def page(self, after: str, limit: int) -> list[tuple[str, int, int, bytes]]:
+        """Up to ``limit`` blobs of the namespace after digest ``after``, raw (see
+        ``Metadata.page``): the collector's listing, without building an Info per blob."""
+        return list(await self._run(self.meta.page, namespace(), after, limit))
 
     async def delete_many(self, digests: Sequence[str]) -> tuple[list[str], dict[str, str]]:
         """Delete many blobs of the namespace at once (the collector's sweep): one metadata

@@ -23,10 +23,12 @@ from .contract import Info, Status
 
 SERVICE = "containerd.services.content.v1.Content"
 SWEEP_SERVICE = "moorage.internal.v1.ContentSweep"
-"""moorage's own (not containerd's): ``Delete`` removes many blobs of the call's namespace at
-once for the garbage collector. msgpack in ``{"digests": [...]}``, out ``{"deleted": [...],
-"errors": {digest: message}}``; a digest the namespace lacks is in neither. No events (as
-containerd's collector, which publishes none for what it sweeps)."""
+"""moorage's own (not containerd's), for the garbage collector, on the call's namespace:
+``Delete`` removes many blobs at once, msgpack in ``{"digests": [...]}``, out ``{"deleted":
+[...], "errors": {digest: message}}`` (a digest the namespace lacks is in neither; no events,
+as containerd's collector publishes none for what it sweeps); ``List`` pages through the
+blobs, in ``{"after": digest, "limit": n}``, out ``{"blobs": [[digest, size, created_at ns,
+msgpack labels], ...]}`` in digest order (fewer than ``limit``: the end)."""
 EPOCH = datetime.fromtimestamp(0, UTC)
 
 

@@ -214,7 +214,8 @@ async def test_rmi_schedules_one_collection(tmp_path: Path) -> None:
 async def test_content_killed_mid_sweep_next_collection_finishes(suite_up: Suite) -> None:
     """kill -9 of the content service during a sweep: the collection reports errors, the
     store stays readable, and the next collection frees the rest. The kill comes once the
-    first garbage blob is gone from disk (the sweep is under way: 2 000 blobs, 4 batches)."""
+    first garbage blob file is gone (records deleted, files being unlinked: what is left is
+    removed when content starts again)."""
     import msgpack
 
     from moorage.rpc import connect
