@@ -156,6 +156,9 @@ class ContainerIO:
         self.io_dir = io_dir
         self.tty = tty
         self.has_stdin = stdin
+        self.stdin_once = False
+        """The CRI's stdin_once: the first attach that closes stdin closes it for good (the
+        streaming server's Attach reads this)."""
         self.sink = LogSink(log_path)
         self.readers = [FifoReader(n, io_dir / n, self.sink) for n in (STREAMS[:1] if tty else STREAMS)]
         self.stdin_fd = -1

@@ -397,6 +397,7 @@ class CriRuntime:
             tasks = await self.peers.tasks()
             try:
                 cio = ContainerIO.create(self.io_root / id, c.log_path, stdin=c.config.stdin, tty=c.config.tty)
+                cio.stdin_once = c.config.stdin_once
                 stdin, stdout, stderr = cio.paths()
                 await tasks.create(CreateTask(id, stdio=StdIO(stdin, stdout, stderr, c.config.tty)))
                 cio.attached()
@@ -631,6 +632,7 @@ class CriRuntime:
                 c = self._ctr(id)
                 cio = ContainerIO.reopen(self.io_root / id, c.log_path, c.config.stdin, c.config.tty)
                 if cio is not None:
+                    cio.stdin_once = c.config.stdin_once
                     self.io[id] = cio
             if st is not None and st.status in (Status.RUNNING, Status.PAUSED, Status.PAUSING, Status.CREATED):
                 self.watchers[id] = self._spawn(self._watch(id, ns))
