@@ -362,7 +362,19 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
         raise InvalidArgument("--hostname cannot be used with --sandbox: the container has "
                               "the sandbox's hostname")
     join = _sandbox_info(api, a.sandbox) if a.sandbox else None
-    resolved = img.resolve(api.c, api.md, a.image, api.timeout)
+    lease, leasing = _take_lease(api, id)  # its reply is read once the image is resolved
+    try:
+        resolved = img.resolve(api.c, ctx.metadata(), a.image, api.timeout)
+    except BaseException:
+        try:
+            leasing.recv()
+        except Exception:  # noqa: BLE001 - no lease was made: nothing to drop
+            pass
+        else:
+            _drop_lease(api, lease)
+        raise
+    leasing.recv()
+    api.md[LEASE_KEY] = lease
     overrides = sp.Overrides(
         args=tuple(a.command), env=tuple(a.env), user=a.user, workdir=a.workdir,
         hostname=a.hostname, terminal=a.tty,
@@ -387,7 +399,7 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
                 pass
 
     cio: _ClientIO | None = None
-    lease = _take_lease(api, id)
+    waiting: Any = None
     try:
         # PrepareSnapshotRequest{snapshotter=1, key=2, parent=3} -> {mounts=1}
         prepare = Msg({1: a.snapshotter, 2: id, 3: resolved.chain_id})
@@ -438,15 +450,22 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
             assert isinstance(prepared, Fields) and isinstance(made, Fields)
             mounts, record = prepared.msgs(1), made.msg(1)
         created = _Created(id, a.snapshotter, id, record.pairs(2))
-        lease = _drop_lease(api, lease)  # the container holds its snapshot from here
 
         if rm_container not in cleanup:
             cleanup.append(rm_container)
         if (a.tty or a.interactive) and not a.detach:
             cio = _ClientIO(stdin=a.interactive, stdout=a.tty, stderr=False)
-        # CreateTaskRequest{container_id=1, rootfs=3, stdin=4, stdout=5, terminal=7}
-        api.call(TASKS, "Create", Msg({1: id, 3: list(mounts), 4: cio.path("stdin") if cio else "",
-                                       5: cio.path("stdout") if cio else "", 7: a.tty}), Fields)
+        # the container holds its snapshot from here: the lease's Delete (DeleteRequest{id=1})
+        # goes out with CreateTaskRequest{container_id=1, rootfs=3, stdin=4, stdout=5,
+        # terminal=7}, one round trip
+        api.md.pop(LEASE_KEY, None)
+        _, task = api.pipelined(
+            (LEASES, "Delete", Msg({1: lease})),
+            (TASKS, "Create", Msg({1: id, 3: list(mounts), 4: cio.path("stdin") if cio else "",
+                                   5: cio.path("stdout") if cio else "", 7: a.tty})))
+        lease = ""  # a failed Delete: it expires by itself
+        if isinstance(task, Exception):
+            raise task
 
         def rm_task() -> None:
             api.delete_task(id)
@@ -454,8 +473,14 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
         cleanup.append(rm_task)
         if a.tty and sys.stdin.isatty():
             api.resize(id, "", sys.stdin.fileno())  # before start: the first read sees it
+        if not a.detach and cio is None and not a.tty and created.labels.get(LOG_PATH_LABEL):
+            # WaitRequest{container_id=1} sent with the Start (as ctr waits before starting)
+            waiting = api.c.open_stream(TASKS, "Wait", Msg({1: id}).SerializeToString(), 0, 0,
+                                        api.md)
         api.call(TASKS, "Start", Msg({1: id}), Fields)  # StartRequest{container_id=1}
     except BaseException:
+        if waiting is not None:
+            waiting.close()
         undo()
         _drop_lease(api, lease)
         if cio is not None:
@@ -464,20 +489,23 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
     if a.detach:
         print(id)
         return 0
+    if waiting is not None:
+        return _wait_logged(api, id, created.labels[LOG_PATH_LABEL], a.rm, created, waiting)
     return _attach_and_wait(api, id, created.labels.get(LOG_PATH_LABEL, ""), cio, a.tty,
                             a.interactive, a.rm, created)
 
 
-def _take_lease(api: _Api, id: str) -> str:
+def _take_lease(api: _Api, id: str) -> tuple[str, Any]:
     """A lease for the run's work (as ctr run's), expiring in 24 h if we die: the snapshot
     prepared on the image's chain is held by it until the container record names it, so a
-    collection meanwhile takes neither. Its id rides on the following calls."""
+    collection meanwhile takes neither. Its id rides on the following calls once the caller
+    read the Create's reply from the returned stream (the request is only sent here)."""
     lease = f"moor-run-{id}-{os.urandom(3).hex()}"
     expire = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 24 * 3600))
     # CreateRequest{id=1, labels=3}
-    api.call(LEASES, "Create", Msg({1: lease, 3: {"containerd.io/gc.expire": expire}}), Fields)
-    api.md[LEASE_KEY] = lease
-    return lease
+    create = Msg({1: lease, 3: {"containerd.io/gc.expire": expire}})
+    nanos = int(api.timeout * 1e9) if api.timeout else 0
+    return lease, api.c.open_stream(LEASES, "Create", create.SerializeToString(), 0, nanos, api.md)
 
 
 def _drop_lease(api: _Api, lease: str) -> str:
@@ -529,9 +557,11 @@ def _forward_signals(api: _Api, id: str, exec_id: str) -> None:
         signal.signal(sig, forward)
 
 
-def _wait_logged(api: _Api, id: str, log_path: str, rm: bool, container: Any) -> int:
+def _wait_logged(api: _Api, id: str, log_path: str, rm: bool, container: Any,
+                 waiting: Any = None) -> int:
     """The plain foreground case: Wait on the main connection while a thread follows the
-    log; then delete the task, print the rest of the log, and with --rm remove it all."""
+    log; then delete the task, print the rest of the log, and with --rm remove it all.
+    ``waiting``: a Wait call already sent (its stream)."""
     stop = threading.Event()
     offset = [0]
 
@@ -543,7 +573,10 @@ def _wait_logged(api: _Api, id: str, log_path: str, rm: bool, container: Any) ->
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
     try:
-        api.wait(id, timeout=None)
+        if waiting is not None:
+            waiting.recv()
+        else:
+            api.wait(id, timeout=None)
         code = api.delete_task(id)
     finally:
         stop.set()
