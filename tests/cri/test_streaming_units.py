@@ -3,10 +3,14 @@ the remotecommand conventions, the token cache."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
+import socket
 import struct
 import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,8 @@ from moorage.services.cri.streaming import remotecommand as rc
 from moorage.services.cri.streaming import spdy
 from moorage.services.cri.streaming import websocket as ws
 from moorage.services.cri.streaming.contract import TermSize
+from moorage.services.cri.streaming.server import StreamingServer
+from moorage.services.cri.streaming.session import Session
 from moorage.services.cri.streaming.tokens import TokenCache
 
 GO_DICTIONARY = Path("/usr/share/gocode/src/github.com/moby/spdystream/spdy/dictionary.go")
@@ -201,3 +207,100 @@ def test_websocket_any_bytes_give_messages_or_a_protocol_error(data: bytes) -> N
         ws.Decoder().feed(data)
     except ws.WsProtocolError:
         pass
+
+
+# ---- one SPDY session over a socket pair, driven frame by frame ---------------------------
+
+class _Peer:
+    """The client side of a socket pair, speaking frames through our own codec."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.enc, self.dec = spdy.Encoder(), spdy.Decoder()
+        self.frames: list[spdy.Frame] = []
+
+    def send(self, *frames: spdy.Frame) -> None:
+        for f in frames:
+            self.writer.write(self.enc.encode(f))
+
+    async def next(self) -> spdy.Frame:
+        while not self.frames:
+            data = await asyncio.wait_for(self.reader.read(65536), 10)
+            assert data, "connection closed"
+            self.frames += self.dec.feed(data)
+        return self.frames.pop(0)
+
+
+@pytest.fixture
+async def spdy_pair() -> AsyncIterator[tuple[Session, _Peer]]:
+    a, b = socket.socketpair()
+    sr, sw = await asyncio.open_connection(sock=a)
+    cr, cw = await asyncio.open_connection(sock=b)
+    session = Session(sr, sw)
+    runner = asyncio.get_running_loop().create_task(session.run())
+    yield session, _Peer(cr, cw)
+    runner.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await runner
+    sw.close()
+    cw.close()
+
+
+async def test_session_streams_ping_and_bad_frames(spdy_pair: tuple[Session, _Peer]) -> None:
+    session, peer = spdy_pair
+    peer.send(spdy.SynStream(1, {"streamtype": ["stdin"]}), spdy.DataFrame(1, b"abc"),
+              spdy.DataFrame(1, b"", spdy.FLAG_FIN), spdy.Ping(7))
+    assert await peer.next() == spdy.SynReply(1, {})
+    s = await session.accept()
+    assert s is not None and s.header("streamType") == "stdin"
+    assert await s.read() == b"abc" and await s.read() == b"" and await s.read() == b""
+    assert await peer.next() == spdy.Ping(7)
+    await s.write(b"out")
+    await s.close()
+    assert await peer.next() == spdy.DataFrame(1, b"out")
+    assert await peer.next() == spdy.DataFrame(1, b"", spdy.FLAG_FIN)
+    peer.send(spdy.SynStream(4, {}), spdy.DataFrame(9, b"x"), spdy.SynStream(1, {}))
+    assert await peer.next() == spdy.RstStream(4, spdy.PROTOCOL_ERROR)  # even: ours to open
+    assert await peer.next() == spdy.RstStream(9, spdy.INVALID_STREAM)
+    assert await peer.next() == spdy.RstStream(1, spdy.PROTOCOL_ERROR)  # ids only go up
+    peer.send(spdy.SynStream(3, {}), spdy.RstStream(3, spdy.CANCEL))
+    assert await peer.next() == spdy.SynReply(3, {})
+    s3 = await session.accept()
+    assert s3 is not None and await s3.read() == b""
+    peer.send(spdy.GoAway(3))
+    assert await session.accept() is None
+
+
+async def test_session_ends_on_garbage(spdy_pair: tuple[Session, _Peer]) -> None:
+    session, peer = spdy_pair
+    peer.send(spdy.SynStream(1, {}))
+    assert await peer.next() == spdy.SynReply(1, {})
+    s = await session.accept()
+    assert s is not None
+    peer.writer.write(b"\x80\x02\x00\x01" + b"\0" * 12)  # SPDY/2
+    assert await s.read() == b""
+    assert await session.accept() is None
+    await asyncio.wait_for(session.closed.wait(), 10)
+
+
+async def test_server_stop_ends_live_sessions() -> None:
+    class Hanging:
+        async def exec(self, *args: object) -> int:
+            await asyncio.Event().wait()
+            return 0
+
+    srv = StreamingServer(Hanging())  # type: ignore[arg-type]
+    await srv.start()
+    url = srv.exec_url("c", ["x"], tty=False, stdin=False, stdout=True, stderr=False)
+    r, w = await asyncio.open_connection("127.0.0.1", srv.port)
+    w.write(f"POST {url.removeprefix(srv.base_url)} HTTP/1.1\r\nConnection: Upgrade\r\n"
+            "Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n".encode())
+    assert (await r.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101 ")
+    peer = _Peer(r, w)
+    peer.send(spdy.SynStream(1, {"streamtype": ["error"]}), spdy.SynStream(3, {"streamtype": ["stdout"]}))
+    assert await peer.next() == spdy.SynReply(1, {})
+    assert await peer.next() == spdy.SynReply(3, {})
+    await asyncio.wait_for(srv.stop(), 20)
+    rest = await asyncio.wait_for(r.read(), 20)  # the connection is closed
+    assert isinstance(rest, bytes)
+    w.close()

@@ -112,8 +112,9 @@ class ChannelSession:
             with contextlib.suppress(ConnectionError, OSError):
                 self.writer.write(ws.close_frame())
                 await self.writer.drain()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.closed.wait(), grace)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):  # (3.11's wait_for can swallow a cancel)
+                await self.closed.wait()
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()

@@ -92,6 +92,7 @@ class StreamingServer:
         self.tokens: TokenCache[Request] = TokenCache(token_ttl)
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -101,6 +102,7 @@ class StreamingServer:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._server is not None:
             self._server.close()
         for t in list(self._conns):
@@ -110,6 +112,11 @@ class StreamingServer:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
             self._server = None
+
+    @property
+    def _grace(self) -> float:
+        """How long a session's end waits for the client to close: none when stopping."""
+        return 0.0 if self._stopping else 5.0
 
     @property
     def base_url(self) -> str:
@@ -174,8 +181,9 @@ class StreamingServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(HEAD_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+        except TimeoutError:
             return
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
@@ -233,7 +241,7 @@ class StreamingServer:
             else:
                 await self._remotecommand(session, protocol or rc.V1, req)
         finally:
-            await session.shutdown()
+            await session.shutdown(self._grace)
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
@@ -244,22 +252,23 @@ class StreamingServer:
                              req: ExecRequest | AttachRequest) -> None:
         want = rc.expected_streams(protocol, req.stdin, req.stdout, req.stderr, req.tty)
         streams: dict[str, Stream] = {}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.stream_timeout
-        while not want <= streams.keys():
-            try:
-                s = await asyncio.wait_for(session.accept(), max(0.0, deadline - loop.time()))
-            except asyncio.TimeoutError:
-                log.warning("streaming: timed out waiting for client streams %s",
-                            sorted(want - streams.keys()))
-                return
-            if s is None:
-                return
-            kind = s.header(rc.STREAM_TYPE)
-            if kind not in want or kind in streams:
-                await s.reset()
-                continue
-            streams[kind] = s
+        try:
+            # asyncio.timeout, not wait_for: 3.11's wait_for loses a cancellation that
+            # arrives as the accept completes (stop() would then wait on this session)
+            async with asyncio.timeout(self.stream_timeout):
+                while not want <= streams.keys():
+                    s = await session.accept()
+                    if s is None:
+                        return
+                    kind = s.header(rc.STREAM_TYPE)
+                    if kind not in want or kind in streams:
+                        await s.reset()
+                        continue
+                    streams[kind] = s
+        except TimeoutError:
+            log.warning("streaming: timed out waiting for client streams %s",
+                        sorted(want - streams.keys()))
+            return
 
         await self._execute(req, protocol == rc.V4, streams.get(rc.STDIN),
                             streams.get(rc.STDOUT), streams.get(rc.STDERR), streams[rc.ERROR],
@@ -390,7 +399,7 @@ class StreamingServer:
             else:
                 await self._ws_remotecommand(session, req)
         finally:
-            await session.shutdown()
+            await session.shutdown(self._grace)
 
     async def _ws_remotecommand(self, session: ChannelSession,
                                 req: ExecRequest | AttachRequest) -> None:
@@ -407,7 +416,7 @@ class StreamingServer:
             await self._execute(req, True, stdin, stdout, stderr, err, resize, session.closed)
         finally:
             if not session.closed.is_set():
-                await session.shutdown()
+                await session.shutdown(self._grace)
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
@@ -436,7 +445,7 @@ class StreamingServer:
                 await asyncio.gather(*jobs, return_exceptions=True)
         finally:
             if not session.closed.is_set():
-                await session.shutdown()
+                await session.shutdown(self._grace)
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner

@@ -157,8 +157,9 @@ class Session:
     async def shutdown(self, grace: float = 5.0) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             await self.send(spdy.GoAway(self._last_id))
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.closed.wait(), grace)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):  # (3.11's wait_for can swallow a cancel)
+                await self.closed.wait()
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
