@@ -488,3 +488,22 @@ def test_runtime_default_seccomp(pods: CriSuite) -> None:
 
     assert seccomp_mode(container("confined", api.SecurityProfile.RuntimeDefault)) == "2"  # a filter
     assert seccomp_mode(container("free", api.SecurityProfile.Unconfined)) == "0"
+
+
+def test_a_restart_of_the_runtime_service_keeps_cri_containers(pods: CriSuite) -> None:
+    cri = pods
+    pod_id, cfg = cri.run_pod("rtrestart")
+    c = cri.create(pod_id, cfg, cri.container_config(
+        "waiter", cri.images.busybox, BUSYBOX, "sh", "-c",
+        f"while [ ! -f /go ]; do {BUSYBOX} sleep 0.05; done; echo done; exit 4"))
+    cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
+    cri.suite.stop("runtime")
+    cri.suite.start("runtime")
+    assert cri.status(c).state == api.CONTAINER_RUNNING
+    cri.exec_sync(c, BUSYBOX, "touch", "/go")
+    st = wait_until(lambda: (s := cri.status(c)).state == api.CONTAINER_EXITED and s, what="the exit")
+    assert st.exit_code == 4
+    assert b"stdout F done" in Path(st.log_path).read_bytes()
+    cri.rt("StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    cri.rt("RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    assert cri.shims([pod_id, c]) == []
