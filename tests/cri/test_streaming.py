@@ -248,6 +248,27 @@ async def test_exec_tty_with_resize(server: StreamingServer, api: Rt, rootfs: Pa
     assert c.err == b""
 
 
+async def test_exec_ends_when_the_client_leaves(server: StreamingServer, api: Rt,
+                                                rootfs: Path, tmp_path: Path) -> None:
+    from moorage.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
+    from runtime.helpers import TASKS, wait_until
+
+    def pids() -> int:
+        return len(api.call(TASKS, "ListPids", tpb.ListPidsRequest(container_id="c1"),
+                            tpb.ListPidsResponse).processes)
+
+    sleeper(api, rootfs)
+    assert await asyncio.to_thread(pids) == 1
+    url = server.exec_url("c1", ["sh", "-c", "echo started; exec sleep 1000"], tty=False,
+                          stdin=False, stdout=True, stderr=False)
+    c = await Client.start(tmp_path, "exec", url)
+    await c.expect(b"started\n")
+    assert await asyncio.to_thread(pids) == 2
+    c.proc.kill()
+    await c.proc.wait()
+    await asyncio.to_thread(wait_until, lambda: pids() == 1, 20, "the exec'd process killed")
+
+
 async def test_exec_in_a_missing_container(server: StreamingServer, api: Rt,
                                            tmp_path: Path) -> None:
     url = server.exec_url("nosuch", ["true"], tty=False, stdin=False, stdout=True,

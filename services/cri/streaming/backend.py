@@ -249,6 +249,9 @@ class RuntimeBackend:
             try:
                 return await self._run_exec(container_id, exec_id, fds, stdin, stdout, stderr,
                                             resize)
+            except asyncio.CancelledError:  # the client left: the process goes (containerd)
+                await asyncio.shield(self._kill_exec(container_id, exec_id))
+                raise
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._call(TASKS, "DeleteProcess", tpb.DeleteProcessRequest(
@@ -258,6 +261,18 @@ class RuntimeBackend:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             shutil.rmtree(d, ignore_errors=True)
+
+    async def _kill_exec(self, container_id: str, exec_id: str) -> None:
+        from google.protobuf import empty_pb2
+
+        from moorage.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
+
+        with contextlib.suppress(Exception):
+            await self._call(TASKS, "Kill", tpb.KillRequest(
+                container_id=container_id, exec_id=exec_id, signal=9), empty_pb2.Empty)
+            await self._call(TASKS, "Wait", tpb.WaitRequest(
+                container_id=container_id, exec_id=exec_id), tpb.WaitResponse,
+                timeout=IO_DRAIN_TIMEOUT)
 
     async def _run_exec(self, container_id: str, exec_id: str, fds: dict[str, int],
                         stdin: InStream | None, stdout: OutStream | None,

@@ -299,6 +299,9 @@ class StreamingServer:
         gone = loop.create_task(closed.wait())
         try:
             await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled (stop): the backend's work goes too
+            job.cancel()
+            raise
         finally:
             gone.cancel()
         if not job.done():  # the client left
