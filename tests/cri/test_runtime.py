@@ -203,6 +203,10 @@ def test_exec_sync_timeout_kills_the_process(pods: CriSuite) -> None:
     assert cri.exec_sync(c, BUSYBOX, "cat", "/mark").stdout == b"started\n"
     ps = cri.exec_sync(c, BUSYBOX, "ps", "-o", "args").stdout.decode()
     assert "sleep 300" not in ps, ps
+    with pytest.raises(grpc.RpcError) as exc:  # no such program: the runtime's error, nothing left
+        cri.exec_sync(c, "/no/such/program")
+    assert "no/such/program" in _details(exc)
+    assert list((cri.suite.state / "cri" / "exec").iterdir()) == []
 
 
 def test_run_as_user_capabilities_and_readonly_rootfs(pods: CriSuite) -> None:
