@@ -21,6 +21,8 @@ from moorage import errdefs
 from moorage.namespaces import NAMESPACE_KEY, namespace as current, validate_namespace
 
 if TYPE_CHECKING:
+    import asyncio
+
     from google.protobuf.message import Message
 
 SERVICE = "containerd.services.events.v1.Events"
@@ -83,6 +85,61 @@ class Publisher:
 
     async def close(self) -> None:
         await self._peer.close()
+
+
+class QueuedPublisher:
+    """An EventPublisher whose ``publish`` returns at once; one background task sends the
+    events to ``publisher`` in the order they were queued.
+
+    So a call's reply does not wait for the round trip through the proxy to the events
+    service (containerd's in-process exchange does not make a call wait either): it saves
+    every call that publishes one round trip. Topic and namespace are checked, and the
+    namespace taken, when the event is queued; failures to send are logged by ``publisher``
+    (events are best effort, not durable). Past ``limit`` queued events new ones are dropped
+    and logged. ``close`` sends what is queued (at most ``timeout`` seconds), then stops.
+    """
+
+    def __init__(self, publisher: EventPublisher, limit: int = 4096, logger: logging.Logger | None = None) -> None:
+        from collections import deque
+
+        self.publisher = publisher
+        self.limit = limit
+        self.log = logger or logging.getLogger("moorage.events")
+        self._queue: deque[tuple[str, Message, str]] = deque()
+        self._sender: asyncio.Task[None] | None = None
+
+    async def publish(self, topic: str, event: Message, namespace: str | None = None) -> None:
+        import asyncio
+
+        ns = validate_namespace(namespace or current())
+        validate_topic(topic)
+        if len(self._queue) >= self.limit:
+            self.log.warning("event dropped: queue full", extra={"topic": topic, "namespace": ns})
+            return
+        self._queue.append((topic, event, ns))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.ensure_future(self._send())
+
+    async def _send(self) -> None:
+        while self._queue:
+            topic, event, ns = self._queue.popleft()
+            try:
+                await self.publisher.publish(topic, event, namespace=ns)
+            except Exception as exc:  # noqa: BLE001 - events are best effort
+                self.log.warning("event dropped", extra={"topic": topic, "namespace": ns, "error": str(exc)})
+
+    async def close(self, timeout: float = 5.0) -> None:
+        import asyncio
+
+        sender = self._sender
+        if sender is None or sender.done():
+            return
+        done, _ = await asyncio.wait({sender}, timeout=timeout)
+        if not done:
+            sender.cancel()
+            await asyncio.wait({sender})
+            self.log.warning("dropped %d queued events at close", len(self._queue))
+            self._queue.clear()
 
 
 class NullPublisher:

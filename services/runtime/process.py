@@ -19,6 +19,7 @@ SERVICES = (
 
 async def build(ctx: BuildContext) -> Sequence[object]:
     from moorage import rpc
+    from moorage.events import QueuedPublisher
 
     from .api import ContainersService, TasksService
     from .bundle import Bundles
@@ -42,10 +43,12 @@ async def build(ctx: BuildContext) -> Sequence[object]:
             proxy_client[:] = [await rpc.connect(ctx.proxy_address)]
         return proxy_client[0]
 
+    # calls do not wait for their events' round trip through the proxy (order kept)
+    publisher = QueuedPublisher(ctx.publisher, logger=ctx.logger)
     nri = RuntimeNri(ctx.proxy_address, ctx.logger.getChild("nri"), enabled=settings.nri)
     search = os.pathsep.join(p for p in (settings.shim_path, os.environ.get("PATH", "")) if p)
     tasks = TaskManager(
-        store, Bundles(ctx.state, ctx.root), records, flags, ctx.publisher, ctx.logger,
+        store, Bundles(ctx.state, ctx.root), records, flags, publisher, ctx.logger,
         runc_root=Path(settings.runc_root) if settings.runc_root else ctx.state / "runc",
         log_dir=ctx.root / "logs", connect=rpc.connect, proxy=proxy, shim_search_path=search,
         prestart=settings.shim_prestart, nri=nri)
@@ -57,6 +60,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
     async def close() -> None:
         follower.cancel()
         await tasks.close()
+        await publisher.close()
         await nri.close()
         for c in proxy_client:
             await c.close()
@@ -68,7 +72,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
 
     ctx.on_close(close)
     ctx.namespace_usage(usage)
-    return [ContainersService(store, tasks, ctx.publisher), TasksService(tasks)]
+    return [ContainersService(store, tasks, publisher), TasksService(tasks)]
 
 
 PROCESS = Process(
