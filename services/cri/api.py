@@ -74,7 +74,7 @@ def _version() -> str:
 # decode -------------------------------------------------------------------------------------
 
 
-def _ns_options(m: cri.NamespaceOption, default_pid: NamespaceMode = NamespaceMode.CONTAINER) -> NamespaceOptions:
+def _ns_options(m: cri.NamespaceOption) -> NamespaceOptions:
     return NamespaceOptions(NamespaceMode(m.network), NamespaceMode(m.pid), NamespaceMode(m.ipc), m.target_id)
 
 

@@ -31,7 +31,6 @@ from typing import Any
 
 import grpc
 import pytest
-
 from moorage.api.k8s.cri.v1 import api_pb2 as api
 
 from .testimages import TestImages, push_test_images
@@ -114,7 +113,7 @@ class Net:
             return []
 
     def bridge_ports(self) -> list[str]:
-        out = subprocess.run(["ip", "-o", "link", "show", "master", self.bridge], capture_output=True, text=True)
+        out = subprocess.run(["ip", "-o", "link", "show", "master", self.bridge], capture_output=True, text=True, check=False)
         return [ln.split(":")[1].strip() for ln in out.stdout.splitlines() if ln.strip()]
 
 
@@ -135,9 +134,9 @@ def make_net(base: Path) -> Net:
 
 def remove_net(net: Net) -> None:
     for n in net.namespaces():
-        subprocess.run(["umount", f"/var/run/netns/{n}"], capture_output=True)
+        subprocess.run(["umount", f"/var/run/netns/{n}"], capture_output=True, check=False)
         Path(f"/var/run/netns/{n}").unlink(missing_ok=True)
-    subprocess.run(["ip", "link", "del", net.bridge], capture_output=True)
+    subprocess.run(["ip", "link", "del", net.bridge], capture_output=True, check=False)
     shutil.rmtree(net.ipam_dir, ignore_errors=True)
 
 
@@ -288,8 +287,8 @@ def cri() -> Iterator[CriSuite]:
             with open("/proc/self/mounts") as f:
                 leftover = [line.split()[1] for line in f]
             for m in reversed(leftover):
-                if m.startswith(str(work)) or m.startswith(str(s.state)):
-                    subprocess.run(["umount", "-l", m], capture_output=True)
+                if m.startswith((str(work), str(s.state))):
+                    subprocess.run(["umount", "-l", m], capture_output=True, check=False)
     finally:
         for cm in reversed(stack):
             cm.__exit__(None, None, None)

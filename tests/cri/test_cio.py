@@ -13,8 +13,16 @@ import pytest
 
 from moorage.errdefs import AlreadyExists
 from moorage.services.cri.cio import ContainerIO
-from moorage.services.cri.contract import Container, ContainerConfig, ContainerMetadata, ContainerState, Pod, \
-    PodConfig, PodMetadata, PodState
+from moorage.services.cri.contract import (
+    Container,
+    ContainerConfig,
+    ContainerMetadata,
+    ContainerState,
+    Pod,
+    PodConfig,
+    PodMetadata,
+    PodState,
+)
 from moorage.services.cri.names import NameIndex
 from moorage.services.cri.records import Records
 from moorage.services.runtime.logs import MAX_LINE

@@ -84,7 +84,7 @@ def test_users_env_mounts_and_resources() -> None:
     assert "A=1" in proc["env"] and "B=2" in proc["env"]
     assert proc["oomScoreAdj"] == 0  # clamped to ours
     assert proc["noNewPrivileges"] is True and spec["root"]["readonly"] is True
-    data = [m for m in spec["mounts"] if m["destination"] == "/data"][0]
+    data = next(m for m in spec["mounts"] if m["destination"] == "/data")
     assert data["type"] == "bind" and "rslave" in data["options"] and "ro" in data["options"]
     res = spec["linux"]["resources"]
     assert res["memory"] == {"limit": 1 << 20} and res["cpu"] == {"quota": 5000, "period": 10000}
