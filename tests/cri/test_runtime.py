@@ -198,7 +198,7 @@ def test_exec_sync_timeout_kills_the_process(pods: CriSuite) -> None:
     c = cri.create(pod_id, cfg, cri.container_config("idle", cri.images.busybox, BUSYBOX, "sleep", "1000"))
     cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
     with pytest.raises(grpc.RpcError) as exc:
-        cri.exec_sync(c, BUSYBOX, "sh", "-c", f"echo started > /mark; exec {BUSYBOX} sleep 300", timeout=1)
+        cri.exec_sync(c, BUSYBOX, "sh", "-c", f"echo started > /mark; exec {BUSYBOX} sleep 300", timeout=3)
     assert _code(exc) == grpc.StatusCode.DEADLINE_EXCEEDED
     assert cri.exec_sync(c, BUSYBOX, "cat", "/mark").stdout == b"started\n"
     ps = cri.exec_sync(c, BUSYBOX, "ps", "-o", "args").stdout.decode()
