@@ -38,6 +38,7 @@ RESOURCES_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResource
 LOG_LABEL = "moorage/logging"
 LOG_PATH_LABEL = "moorage/log-path"
 NAME_LABEL = "moorage/name"
+DETACH_KEYS = b"\x10\x11"  # Ctrl-P Ctrl-Q, as docker attach
 STATUS = {0: "unknown", 1: "created", 2: "running", 3: "stopped", 4: "paused", 5: "pausing"}
 
 
@@ -722,7 +723,8 @@ def cmd_exec(argv: list[str], ctx: CliContext) -> int:
 
 def cmd_attach(argv: list[str], ctx: CliContext) -> int:
     """`moor attach [--no-stdin] ID`: the container's init process stdio here (see
-    runtime/attach.py) until its output ends; the exit code is the container's."""
+    runtime/attach.py) until its output ends; the exit code is the container's. From a
+    terminal, Ctrl-P Ctrl-Q detaches (the container goes on; exit 0)."""
     import select
 
     from google.protobuf import empty_pb2
@@ -748,6 +750,7 @@ def cmd_attach(argv: list[str], ctx: CliContext) -> int:
     tty = paths.terminal and sys.stdin.isatty()
     term = _RawTerminal(sys.stdin.fileno()) if tty and paths.stdin and not a.no_stdin else None
     winch = threading.Event()
+    detached = threading.Event()
     if tty:
         signal.signal(signal.SIGWINCH, lambda *_: winch.set())
         winch.set()
@@ -763,11 +766,19 @@ def cmd_attach(argv: list[str], ctx: CliContext) -> int:
                     empty_pb2.Empty, metadata=api.md)
 
     def copy_in(w: int) -> None:
+        last = b""
         try:
             while True:
                 data = os.read(sys.stdin.fileno(), 65536)
                 if not data:
                     break
+                if term is not None and DETACH_KEYS in last[-1:] + data:  # Ctrl-P Ctrl-Q
+                    cut = (last[-1:] + data).index(DETACH_KEYS) - len(last[-1:])
+                    if cut > 0:
+                        os.write(w, data[:cut])
+                    detached.set()
+                    return
+                last = data
                 view = memoryview(data)
                 while view:
                     view = view[os.write(w, view):]
@@ -775,7 +786,7 @@ def cmd_attach(argv: list[str], ctx: CliContext) -> int:
             pass
         finally:
             os.close(w)
-        if once:
+        if once and not detached.is_set():
             try:
                 close_stdin()
             except Exception:
@@ -788,7 +799,7 @@ def cmd_attach(argv: list[str], ctx: CliContext) -> int:
         poller = select.poll()
         for fd in outs:
             poller.register(fd, select.POLLIN)
-        while outs:
+        while outs and not detached.is_set():
             if winch.is_set():
                 winch.clear()
                 try:
@@ -813,6 +824,8 @@ def cmd_attach(argv: list[str], ctx: CliContext) -> int:
             term.restore()
         for fd in outs:
             os.close(fd)
+    if detached.is_set():
+        return 0
     return api.wait(a.container, timeout=None)
 
 

@@ -172,6 +172,40 @@ def test_attach_terminal_from_a_terminal_is_resized(rt: Suite, api: Rt, rootfs: 
                 os.waitpid(pid, 0)
 
 
+def test_detach_keys_leave_the_container_running(rt: Suite, api: Rt, rootfs: Path) -> None:
+    import pty
+
+    _container(api, "t3", ["sh"], terminal=True)
+    api.create("t3", rootfs, terminal=True)
+    api.start("t3")
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ.update(rt.env())
+        os.execv(sys.executable, [sys.executable, "-m", "moorage.cli.main", "--address",
+                                  rt.address, "--namespace", api.ns, "attach", "t3"])
+    try:
+        out = b""
+        for _ in range(20):  # once it answers, our terminal is raw (ash may take the first
+            os.write(fd, b"echo $((7*6))\n")  # line as its cursor report: ask again)
+            deadline = time.monotonic() + 3
+            while b"42\r\n" not in out and time.monotonic() < deadline:
+                if select.select([fd], [], [], 0.5)[0]:
+                    out += os.read(fd, 4096)
+            if b"42\r\n" in out:
+                break
+        else:
+            raise AssertionError(out)
+        os.write(fd, b"\x10\x11")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert api.get("t3").status == 2  # still running
+    finally:
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            if os.waitpid(pid, os.WNOHANG) == (0, 0):
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+
+
 def test_attach_refuses_a_stopped_task(rt: Suite, api: Rt, rootfs: Path) -> None:
     _container(api, "s1", ["true"])
     api.create("s1", rootfs)
