@@ -78,8 +78,8 @@ INGEST_EXPIRY = 24 * 3600.0
 """Seconds an ingest not held by a lease may sit unwritten before it is aborted (containerd's)."""
 CONTENT_SWEEP = "moorage.internal.v1.ContentSweep"
 SNAPSHOTS_SWEEP = "moorage.internal.v1.SnapshotsSweep"
-SWEEP_BATCH = 2500
-LIST_PAGE = 5000
+SWEEP_BATCH = 1000
+LIST_PAGE = 1000
 """Blobs per ContentSweep/List call."""
 """Objects per sweep call: one metadata transaction each, short enough that a concurrent
 writer of the same store never waits long for the database."""
@@ -90,8 +90,10 @@ DIRTY_TOPICS = frozenset({"/images/delete", "/containers/delete", "/sandboxes/de
 """Events after which something may have become garbage (containerd's dirty mutations)."""
 MUTATION_FILTER = 'topic~="^/(images|containers|sandboxes|content|snapshot)/"'
 
+BREF = "containerd.io/gc.bref."
 Node = tuple[str, str, str]
-"""("content", "", digest) or ("snapshot", snapshotter, key)."""
+"""("content", "", digest), ("snapshot", snapshotter, key), ("image", "", name) or
+("container", "", id) (the last two only as roots and as back-reference targets)."""
 
 
 def label_refs(labels: Mapping[str, str]) -> list[Node]:
@@ -104,6 +106,25 @@ def label_refs(labels: Mapping[str, str]) -> list[Node]:
             out.append(("content", "", value))
         elif key.startswith(SNAPSHOT_REF):
             snapshotter = key[len(SNAPSHOT_REF):].split("/", 1)[0]
+            if snapshotter:
+                out.append(("snapshot", snapshotter, value))
+    return out
+
+
+def back_refs(labels: Mapping[str, str]) -> list[Node]:
+    """What a set of ``containerd.io/gc.bref.*`` labels says its owner lives with: ``content``,
+    ``snapshot.<snapshotter>``, ``image``, ``container`` (each may end ``.<suffix>``;
+    ``snapshot.<snapshotter>/<suffix>``)."""
+    out: list[Node] = []
+    for key, value in labels.items():
+        if not value or not key.startswith(BREF):
+            continue
+        rest = key[len(BREF):]
+        kind = rest.split(".", 1)[0]
+        if kind in ("content", "image", "container"):
+            out.append((kind, "", value))
+        elif kind == "snapshot" and "." in rest:
+            snapshotter = rest.split(".", 1)[1].split("/", 1)[0]
             if snapshotter:
                 out.append(("snapshot", snapshotter, value))
     return out
@@ -150,13 +171,27 @@ def plan(view: View) -> tuple[list[Blob], list[Snap]]:
     """Marked with its label references followed (flat roots are marked only)."""
     stack: list[tuple[Node, bool]] = []
 
+    # back references: an object labelled gc.bref.<kind>=<x> lives while x does
+    dependents: dict[Node, list[Node]] = {}
+    for blob in blobs.values():
+        for target in back_refs(blob.labels):
+            dependents.setdefault(target, []).append(("content", "", blob.digest))
+    for sn, snaps in view.snapshots.items():
+        for snap in snaps.values():
+            for target in back_refs(snap.labels):
+                dependents.setdefault(target, []).append(("snapshot", sn, snap.key))
+
     def reach(node: Node, labels: bool = True) -> None:
         if node in expanded or (node in seen and not labels):
             return
+        first = node not in seen
         seen.add(node)
         if labels:
             expanded.add(node)
         stack.append((node, labels))
+        if first:
+            for dependent in dependents.get(node, ()):
+                reach(dependent)
 
     for node, flat in view.roots:
         reach(node, not flat)
@@ -169,6 +204,8 @@ def plan(view: View) -> tuple[list[Blob], list[Snap]]:
                 reach(("snapshot", sn, snap.key))
     while stack:
         (kind, sn, ident), labels = stack.pop()
+        if kind in ("image", "container"):
+            continue
         if kind == "content":
             found = blobs.get(ident)
             if found is not None and labels:
@@ -242,11 +279,11 @@ class Freed:
 class Services(Protocol):
     """What the collector reads and deletes through; the namespace is the contextvar's."""
 
-    async def images(self) -> list[tuple[str, Mapping[str, str]]]: ...
-    """(target digest, labels) of every image."""
+    async def images(self) -> list[tuple[str, str, Mapping[str, str]]]: ...
+    """(name, target digest, labels) of every image."""
 
-    async def containers(self) -> list[tuple[str, str, Mapping[str, str]]]: ...
-    """(snapshotter, snapshot key, labels) of every container."""
+    async def containers(self) -> list[tuple[str, str, str, Mapping[str, str]]]: ...
+    """(id, snapshotter, snapshot key, labels) of every container."""
 
     async def sandboxes(self) -> list[Mapping[str, str]]: ...
 
@@ -286,11 +323,11 @@ class RemoteServices:
         self.sandbox_client = StoreClient(client)
         self.snapshotters_client = RemoteSnapshotters(client)
 
-    async def images(self) -> list[tuple[str, Mapping[str, str]]]:
-        return [(i.target.digest, i.labels) for i in await self.images_client.list()]
+    async def images(self) -> list[tuple[str, str, Mapping[str, str]]]:
+        return [(i.name, i.target.digest, i.labels) for i in await self.images_client.list()]
 
-    async def containers(self) -> list[tuple[str, str, Mapping[str, str]]]:
-        return [(c.snapshotter, c.snapshot_key, c.labels) for c in await self.containers_client.list()]
+    async def containers(self) -> list[tuple[str, str, str, Mapping[str, str]]]:
+        return [(c.id, c.snapshotter, c.snapshot_key, c.labels) for c in await self.containers_client.list()]
 
     async def sandboxes(self) -> list[Mapping[str, str]]:
         return [s.labels for s in await self.sandbox_client.list()]
@@ -565,10 +602,12 @@ class Collector:
 
     async def _roots(self, services: Services, ns: str, ingests: set[str]) -> list[tuple[Node, bool]]:
         roots: list[tuple[Node, bool]] = []
-        for target, labels in await self._listed(IMAGES, "images", services.images):
+        for name, target, labels in await self._listed(IMAGES, "images", services.images):
+            roots.append((("image", "", name), False))
             roots.append((("content", "", target), False))
             roots += [(n, False) for n in label_refs(labels)]
-        for snapshotter, key, labels in await self._listed(CONTAINERS, "containers", services.containers):
+        for cid, snapshotter, key, labels in await self._listed(CONTAINERS, "containers", services.containers):
+            roots.append((("container", "", cid), False))
             if snapshotter and key:
                 roots.append((("snapshot", snapshotter, key), False))
             roots += [(n, False) for n in label_refs(labels)]

@@ -33,22 +33,22 @@ class Fake:
         self.on_list_blobs: Any = None
         self.on_sweep: Any = None
 
-    async def images_(self) -> list[tuple[str, Mapping[str, str]]]:
+    async def images_(self) -> list[tuple[str, str, Mapping[str, str]]]:
         if self.fail_images:
             raise errdefs.Unavailable("images down")
-        return [(t, labels) for t, labels in self.images.values()]
+        return [(n, t, labels) for n, (t, labels) in self.images.items()]
 
 
 class Services:
     def __init__(self, fake: Fake) -> None:
         self.f = fake
 
-    async def images(self) -> list[tuple[str, Mapping[str, str]]]:
+    async def images(self) -> list[tuple[str, str, Mapping[str, str]]]:
         assert namespace() == "default"
         return await self.f.images_()
 
-    async def containers(self) -> list[tuple[str, str, Mapping[str, str]]]:
-        return list(self.f.containers)
+    async def containers(self) -> list[tuple[str, str, str, Mapping[str, str]]]:
+        return [(f"c{i}", sn, key, labels) for i, (sn, key, labels) in enumerate(self.f.containers)]
 
     async def sandboxes(self) -> list[Mapping[str, str]]:
         return []
@@ -330,3 +330,28 @@ async def test_stale_ingests_not_held_by_a_lease_are_aborted(tmp_path: Path) -> 
     assert freed.ingests == {"default": ["stale"]}
     assert set(fake.ingests) == {"leased", "fresh"}
     assert freed.to_wire()["namespaces"]["default"]["ingests"] == ["stale"]
+
+
+async def test_back_references_keep_their_owner_while_the_target_lives(tmp_path: Path) -> None:
+    """containerd.io/gc.bref.*: a blob or snapshot lives while what it names does."""
+    fake = Fake()
+    bref = "containerd.io/gc.bref"
+    fake.blobs[d(1)] = (1, OLD, {})
+    fake.blobs[d(2)] = (1, OLD, {f"{bref}.content": d(1)})  # lives with d(1)
+    fake.blobs[d(3)] = (1, OLD, {f"{bref}.image.sig": "x", f"{CONTENT_REF}.l": d(4)})
+    fake.blobs[d(4)] = (1, OLD, {})  # referenced by d(3)
+    fake.blobs[d(5)] = (1, OLD, {f"{bref}.container": "c0"})
+    fake.blobs[d(6)] = (1, OLD, {f"{bref}.snapshot.overlayfs/x": "s"})
+    fake.snaps["s"] = ("", 1, {f"{bref}.content": d(9)})  # d(9) does not exist
+    fake.images["x"] = (d(1), {})
+    c = collector(fake, tmp_path)
+    freed = await c.collect()
+    # d(1) lives (image), so d(2); image x lives, so d(3) and what it references
+    assert {x for x, _ in freed.content["default"]} == {d(5), d(6)}
+    assert fake.removed == ["s"]
+    fake.containers.append(("overlayfs", "", {}))
+    fake.blobs[d(5)] = (1, OLD, {f"{bref}.container": "c0"})
+    del fake.images["x"]
+    freed = await c.collect()
+    assert {x for x, _ in freed.content["default"]} == {d(1), d(2), d(3), d(4)}
+    assert d(5) in fake.blobs  # its container lives
