@@ -28,10 +28,13 @@ import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from moorage.errdefs import FailedPrecondition, NotFound
 from moorage.namespaces import metadata as ns_metadata
+
+if TYPE_CHECKING:
+    from moorage.services.runtime.attach import AttachPaths
 
 from .contract import NAMESPACE, Duplex, InStream, OutStream, TermSize
 
@@ -414,11 +417,9 @@ class RuntimeBackend:
         if once and stdin is not None:
             await asyncio.shield(close())
 
-    async def _attach_fifos(self, container_id: str, paths: Any, once: bool,
+    async def _attach_fifos(self, container_id: str, paths: AttachPaths, once: bool,
                             stdin: InStream | None, stdout: OutStream | None,
                             stderr: OutStream | None, side: list[asyncio.Task[None]]) -> None:
-        from google.protobuf import empty_pb2  # noqa: F401  (loaded before the loop runs)
-
         from moorage.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
         from moorage.services.runtime import attach as at
 
