@@ -590,29 +590,35 @@ class CriRuntime:
         await self._exited(id, code, exited_at)
 
     async def _exited(self, id: str, code: int, exited_at: int) -> None:
-        c = self.ctrs.get(id)
-        oom = stats.oom_killed(c.cgroup_path) if c is not None else False
+        """Record the exit of ``id``'s task and delete the task; whatever fails on the way,
+        the exit is signalled (a StopContainer waiting on it returns)."""
         try:
-            tasks = await self.peers.tasks()
-            info = await tasks.delete(id)
-            code, exited_at = info.exit_status, info.exited_at or exited_at
-        except NotFound:
-            pass
-        except Error as exc:
-            self.log.warning("delete task %s: %s", id, exc)
-        cio = self.io.get(id)
-        if cio is not None:
-            await cio.wait(IO_DRAIN)
-        if c is not None:
-            c.state, c.exit_code, c.finished_at = ContainerState.EXITED, code, exited_at or time.time_ns()
-            c.reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
-            self.ctrs.put(c)
-        pod = self.pods.get(id)
-        if pod is not None and pod.state == PodState.READY:
-            pod.state = PodState.NOTREADY
-            self.pods.put(pod)
-        self.watchers.pop(id, None)
-        self.exited.setdefault(id, asyncio.Event()).set()
+            c = self.ctrs.get(id)
+            oom = stats.oom_killed(c.cgroup_path) if c is not None else False
+            try:
+                tasks = await self.peers.tasks()
+                info = await tasks.delete(id)
+                code, exited_at = info.exit_status, info.exited_at or exited_at
+            except NotFound:
+                pass
+            except Error as exc:
+                self.log.warning("delete task %s: %s", id, exc)
+            cio = self.io.pop(id, None)
+            if cio is not None:
+                await cio.wait(IO_DRAIN)
+            if c is not None:
+                c.state, c.exit_code, c.finished_at = ContainerState.EXITED, code, exited_at or time.time_ns()
+                c.reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
+                self.ctrs.put(c)
+            pod = self.pods.get(id)
+            if pod is not None and pod.state == PodState.READY:
+                pod.state = PodState.NOTREADY
+                self.pods.put(pod)
+        except Exception:
+            self.log.exception("recording the exit of %s", id)
+        finally:
+            self.watchers.pop(id, None)
+            self.exited.setdefault(id, asyncio.Event()).set()
 
     # start and stop --------------------------------------------------------------------------
 
