@@ -19,6 +19,7 @@ import pytest
 from suite import Suite
 
 from .helpers import Rt
+from .test_cli import Env, env  # noqa: F401  (the module-scoped suite with a busybox image)
 
 pytestmark = [pytest.mark.root]
 
@@ -232,3 +233,26 @@ def _container(api: Rt, id: str, args: list[str], stdin: str = "open", **kw: obj
     c.spec.CopyFrom(any_pb2.Any(type_url=sp.SPEC_TYPE_URL, value=sp.dumps(spec)))
     return api.call(CONTAINERS, "Create", cpb.CreateContainerRequest(container=c),
                     cpb.CreateContainerResponse).container
+
+
+def test_moor_run_detached_interactive_then_attach(env: Env) -> None:
+    """`moor run -d -i` gives the runtime the container's stdio; `moor attach` joins it
+    later, leaves, and joins again."""
+    r = env.moor("run", "-d", "-i", "--name", "talker", "busybox", "sh", "-c", LOOP)
+    assert r.returncode == 0, r.stderr
+    try:
+        for word in (b"first", b"second"):
+            a = subprocess.Popen(
+                [sys.executable, "-m", "moorage.cli.main", "--address", env.suite.address,
+                 "--namespace", env.ns, "attach", "talker"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env.suite.env())
+            assert a.stdin is not None and a.stdout is not None
+            a.stdin.write(word + b"\n")
+            a.stdin.flush()
+            assert a.stdout.readline() == b"got " + word + b"\n"
+            a.kill()
+            a.wait()
+        logs = env.moor("logs", "talker")
+        assert "got first\n" in logs.stdout and "got second\n" in logs.stdout
+    finally:
+        env.moor("rm", "-f", "talker")
