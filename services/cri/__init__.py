@@ -11,4 +11,11 @@ its root), name reservations, the containers' stdio (fifos copied into the CRI l
 kubelet names), and the streaming server for Exec/Attach/PortForward. Every peer record
 lives in containerd namespace ``k8s.io``; CRI ids are the peers' ids. Not replica-safe:
 the stdio copiers and exit watchers live in memory.
+
+Modules: config (``[cri]``), contract (the RuntimeService's types and promises), store (the
+runtime: pods and containers on the peers), ocispec (pause and container specs), seccomp
+(the RuntimeDefault profile), cio (container stdio -> CRI log), execsync, stats (cgroupfs),
+names (name reservation), records (the JSON records), peers (clients of the sandbox,
+runtime and snapshots services), api (the RuntimeService servicer), images (the
+ImageService), streaming (Exec/Attach/PortForward server), process (``moorage serve cri``).
 """
