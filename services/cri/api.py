@@ -231,7 +231,9 @@ def container_stats_pb(s: ContainerStats) -> cri.ContainerStats:
     return cri.ContainerStats(
         attributes=cri.ContainerAttributes(id=s.id, metadata=cri.ContainerMetadata(name=s.name, attempt=s.attempt),
                                            labels=dict(s.labels), annotations=dict(s.annotations)),
-        cpu=_cpu(s.usage), memory=_memory(s.usage))
+        cpu=_cpu(s.usage), memory=_memory(s.usage),
+        writable_layer=cri.FilesystemUsage(timestamp=s.usage.timestamp, used_bytes=cri.UInt64Value(value=s.writable_bytes),
+                                           inodes_used=cri.UInt64Value(value=s.writable_inodes)))
 
 
 def pod_stats_pb(s: PodStats) -> cri.PodSandboxStats:
@@ -420,7 +422,7 @@ class RuntimeService(RuntimeServiceServicer):  # type: ignore[misc, unused-ignor
     # stats
 
     async def ContainerStats(self, request: cri.ContainerStatsRequest, ctx: Context) -> cri.ContainerStatsResponse:
-        return cri.ContainerStatsResponse(stats=container_stats_pb(await self.rt.container_stats(request.container_id)))
+        return cri.ContainerStatsResponse(stats=container_stats_pb(await self._in_ns(lambda: self.rt.container_stats(request.container_id))))
 
     async def ListContainerStats(self, request: cri.ListContainerStatsRequest,
                                  ctx: Context) -> cri.ListContainerStatsResponse:
@@ -429,11 +431,11 @@ class RuntimeService(RuntimeServiceServicer):  # type: ignore[misc, unused-ignor
             f = request.filter
             flt = ContainerFilter(f.id, None, f.pod_sandbox_id, _labels(f.label_selector))
         return cri.ListContainerStatsResponse(
-            stats=[container_stats_pb(s) for s in await self.rt.list_container_stats(flt)])
+            stats=[container_stats_pb(s) for s in await self._in_ns(lambda: self.rt.list_container_stats(flt))])
 
     async def PodSandboxStats(self, request: cri.PodSandboxStatsRequest,
                               ctx: Context) -> cri.PodSandboxStatsResponse:
-        return cri.PodSandboxStatsResponse(stats=pod_stats_pb(await self.rt.pod_stats(request.pod_sandbox_id)))
+        return cri.PodSandboxStatsResponse(stats=pod_stats_pb(await self._in_ns(lambda: self.rt.pod_stats(request.pod_sandbox_id))))
 
     async def ListPodSandboxStats(self, request: cri.ListPodSandboxStatsRequest,
                                   ctx: Context) -> cri.ListPodSandboxStatsResponse:
@@ -441,7 +443,7 @@ class RuntimeService(RuntimeServiceServicer):  # type: ignore[misc, unused-ignor
         if request.HasField("filter"):
             f = request.filter
             flt = PodFilter(f.id, None, _labels(f.label_selector))
-        return cri.ListPodSandboxStatsResponse(stats=[pod_stats_pb(s) for s in await self.rt.list_pod_stats(flt)])
+        return cri.ListPodSandboxStatsResponse(stats=[pod_stats_pb(s) for s in await self._in_ns(lambda: self.rt.list_pod_stats(flt))])
 
 
 def cni_ready(conf_dir: str) -> tuple[bool, str]:

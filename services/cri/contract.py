@@ -285,6 +285,9 @@ class ContainerStats:
     labels: Mapping[str, str]
     annotations: Mapping[str, str]
     usage: Usage
+    writable_bytes: int = 0
+    """Bytes and inodes of the container's writable layer (its rootfs snapshot)."""
+    writable_inodes: int = 0
 
 
 @dataclass(frozen=True)

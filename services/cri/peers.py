@@ -91,6 +91,14 @@ class Peers:
                              spb.MountsResponse)
         return [Mount(m.type, m.source, m.target, tuple(m.options)) for m in r.mounts]
 
+    async def snapshot_usage(self, snapshotter: str, key: str) -> tuple[int, int]:
+        """(bytes, inodes) the snapshot ``key`` uses."""
+        from moorage.api.containerd.services.snapshots.v1 import snapshots_pb2 as spb
+
+        r = await self._call(SNAPSHOTS, "Usage", spb.UsageRequest(snapshotter=snapshotter, key=key),
+                             spb.UsageResponse, timeout=10.0)
+        return int(r.size), int(r.inodes)
+
     async def remove_snapshot(self, snapshotter: str, key: str) -> None:
         from google.protobuf import empty_pb2
 

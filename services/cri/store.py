@@ -537,21 +537,28 @@ class CriRuntime:
 
     # stats ---------------------------------------------------------------------------------
 
-    def _stats(self, c: Container) -> ContainerStats:
-        usage = stats.usage(c.cgroup_path) if c.state in (ContainerState.CREATED, ContainerState.RUNNING) else \
-            Usage(time.time_ns())
+    async def _stats(self, c: Container) -> ContainerStats:
+        live = c.state in (ContainerState.CREATED, ContainerState.RUNNING)
+        usage = stats.usage(c.cgroup_path) if live else Usage(time.time_ns())
+        size = inodes = 0
+        if live:
+            try:
+                size, inodes = await self.peers.snapshot_usage(self.cfg.snapshotter, c.id)
+            except Error as exc:
+                self.log.debug("writable layer of %s: %s", c.id, exc)
         return ContainerStats(c.id, c.pod_id, c.config.metadata.name, c.config.metadata.attempt,
-                              dict(c.config.labels), dict(c.config.annotations), usage)
+                              dict(c.config.labels), dict(c.config.annotations), usage, size, inodes)
 
     async def container_stats(self, container_id: str) -> ContainerStats:
-        return self._stats(await self.container(container_id))
+        return await self._stats(await self.container(container_id))
 
     async def list_container_stats(self, flt: ContainerFilter | None = None) -> list[ContainerStats]:
-        return [self._stats(c) for c in await self.list_containers(flt)
-                if c.state in (ContainerState.CREATED, ContainerState.RUNNING)]
+        live = [c for c in await self.list_containers(flt) if c.state in (ContainerState.CREATED, ContainerState.RUNNING)]
+        return list(await asyncio.gather(*(self._stats(c) for c in live)))
 
-    def _pod_stats(self, pod: Pod) -> PodStats:
-        ctrs = tuple(self._stats(c) for c in self._containers_of(pod.id) if c.state == ContainerState.RUNNING)
+    async def _pod_stats(self, pod: Pod) -> PodStats:
+        running = [c for c in self._containers_of(pod.id) if c.state == ContainerState.RUNNING]
+        ctrs = tuple(await asyncio.gather(*(self._stats(c) for c in running)))
         if pod.config.cgroup_parent:
             usage = stats.usage(pod.config.cgroup_parent)
         else:
@@ -561,10 +568,10 @@ class CriRuntime:
         return PodStats(pod, usage, ctrs)
 
     async def pod_stats(self, pod_id: str) -> PodStats:
-        return self._pod_stats(await self.pod(pod_id))
+        return await self._pod_stats(await self.pod(pod_id))
 
     async def list_pod_stats(self, flt: PodFilter | None = None) -> list[PodStats]:
-        return [self._pod_stats(p) for p in await self.list_pods(flt)]
+        return list(await asyncio.gather(*(self._pod_stats(p) for p in await self.list_pods(flt))))
 
     # exits ---------------------------------------------------------------------------------
 

@@ -98,6 +98,9 @@ def test_pod_lifecycle_end_to_end(pods: CriSuite) -> None:
     assert {s.attributes.id for s in stats} == {web, idle}
     assert all(s.cpu.timestamp > 0 and s.memory.timestamp > 0 and s.memory.working_set_bytes.value > 0
                for s in stats)
+    cri.exec_sync(idle, BUSYBOX, "dd", "if=/dev/zero", "of=/blob", "bs=1024", "count=512")
+    one = cri.rt("ContainerStats", api.ContainerStatsRequest(container_id=idle)).stats
+    assert one.writable_layer.used_bytes.value >= 512 * 1024 and one.writable_layer.inodes_used.value >= 1
 
     # stop the container (SIGTERM: httpd shares the pod's PID namespace, so it is not pid 1) and the pod
     cri.rt("StopContainer", api.StopContainerRequest(container_id=web, timeout=30))
