@@ -82,3 +82,31 @@ def test_exec_attach_and_port_forward_through_the_cri(
     finally:
         exec_server.kill()
         exec_server.wait()
+
+
+def test_port_forward_to_a_host_network_pod(pods: CriSuite, tmp_path: Path) -> None:
+    """A NODE-network pod has no namespace of its own: the forward reaches the host's
+    127.0.0.1 (here a listener of this test)."""
+    import socket
+    import threading
+
+    opts = api.LinuxPodSandboxConfig(security_context=api.LinuxSandboxSecurityContext(
+        namespace_options=api.NamespaceOption(network=api.NODE)))
+    pod_id, _ = pods.run_pod("hostnet-pf", pods.pod_config("hostnet-pf", linux=opts))
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def serve() -> None:
+        c, _ = srv.accept()
+        c.sendall(b"from the host\n")
+        c.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        url = pods.rt("PortForward", api.PortForwardRequest(pod_sandbox_id=pod_id,
+                                                            port=[port])).url
+        doc, out, _ = run_client(tmp_path, "portforward", url, "-port", str(port))
+        assert doc["error"] == "" and out == b"from the host\n"
+    finally:
+        srv.close()
