@@ -4,9 +4,18 @@ proxy, in one run, on real processes (``moorage serve proxy`` + the test echo ba
 Latency: sequential calls, p50/p99 of each path, and the p50 the proxy adds (goal <= 30 µs).
 Throughput: 64 callers multiplexed on one connection for a few seconds per path, req/s of
 each and the ratio (goal >= 0.8x direct). Paths alternate over several rounds; medians are
-reported. The last line is one JSON object.
+reported, with the load average before and after (the machine is shared).
 
-    .venv/bin/python bench/proxy.py [--calls N] [--seconds S] [--rounds R] [--callers C]
+A third path measures the floor of any extra process on the way: ``forward``, a verbatim
+byte forwarder (this file's ``forward`` mode: plain asyncio Protocols, one backend connection
+per client, no parsing). ``proxy - forward`` is what the proxy's own work costs; ``forward -
+direct`` is what one more process hop (two more wake-ups, reads and writes) costs here, and
+no proxy can go below it. CPU per call of the middle process (utime+stime over the
+sequential calls) is reported for both: it is much less noisy than wall time on a loaded
+machine. Every thread of every process is pinned (``--pin``). The last line is one JSON
+object.
+
+    .venv/bin/python bench/proxy.py [--calls N] [--seconds S] [--rounds R] [--callers C] [--pin same|split|none]
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +44,67 @@ from moorage.rpc import connect  # noqa: E402
 SERVICE = "moorage.test.v1.Echo"
 PAYLOAD = b"x" * 64
 MD = {"containerd-namespace-ttrpc": "bench"}
+
+
+class _Back(asyncio.Protocol):
+    def __init__(self, front: _Front) -> None:
+        self.front = front
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.front.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.front.transport.close()
+
+
+class _Front(asyncio.Protocol):
+    backend = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.back: _Back | None = None
+        self.held: list[bytes] = []
+        asyncio.ensure_future(self._connect())
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        _, self.back = await loop.create_unix_connection(lambda: _Back(self), self.backend)
+        self.back.transport.writelines(self.held)
+
+    def data_received(self, data: bytes) -> None:
+        if self.back is None:
+            self.held.append(data)
+        else:
+            self.back.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.back is not None:
+            self.back.transport.close()
+
+
+async def forward(listen: str, backend: str) -> None:
+    """The hop floor: bytes from each client to its own backend connection and back, as is."""
+    _Front.backend = backend
+    server = await asyncio.get_running_loop().create_unix_server(_Front, listen)
+    print("ready", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` (sched_setaffinity on a pid moves only its main thread)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass
+
+
+def load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 async def latency(address: str, calls: int) -> list[float]:
@@ -93,8 +164,8 @@ def pct(values: list[float], q: float) -> float:
 async def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=5000)
-    ap.add_argument("--seconds", type=float, default=2.0)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=1.5)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--callers", type=int, default=64)
     ap.add_argument("--loop", default=os.environ.get("MOORAGE_TEST_LOOP", "uvloop"))
     ap.add_argument("--pin", choices=["none", "same", "split"], default="same",
@@ -105,23 +176,39 @@ async def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="moorage-bench-", dir="/tmp"))
     from moorage.registry import builtin_names
 
-    disabled = {n: {"enabled": False} for n in builtin_names() if n != "proxy"}
+    disabled: dict[str, dict[str, object]] = {n: {"enabled": False} for n in builtin_names() if n != "proxy"}
+    disabled["proxy"] = {"gc_auto": False}
     suite = Suite(tmp, config=disabled, plugins=["skeleton.echo:PROCESS"],
                   suite={"log_level": "warning", "event_loop": args.loop})
+    forwarder: subprocess.Popen[str] | None = None
+    loads = [load()]
+    print(f"load average before: {loads[0]}", flush=True)
     try:
         servers = [suite.start("proxy").pid, suite.start("echo").pid]
+        direct, proxied, fwd_path = suite.socket("echo"), suite.address, str(tmp / "forward.sock")
+        forwarder = subprocess.Popen([sys.executable, __file__, "forward", fwd_path, direct],
+                                     stdout=subprocess.PIPE, text=True)
+        assert forwarder.stdout is not None
+        if forwarder.stdout.readline().strip() != "ready":
+            raise RuntimeError("the forwarder did not start")
+        middle = {"direct": servers[1], "forward": forwarder.pid, "proxy": servers[0]}
         if args.pin != "none" and len(os.sched_getaffinity(0)) > 1:
-            for pid in servers:
-                os.sched_setaffinity(pid, {0})
-            os.sched_setaffinity(0, {0} if args.pin == "same" else {1})
-        direct, proxied = suite.socket("echo"), suite.address
-        lat: dict[str, list[tuple[float, float]]] = {"direct": [], "proxy": []}
-        rps: dict[str, list[float]] = {"direct": [], "proxy": []}
+            for pid in middle.values():
+                pin(pid, {0})
+            pin(os.getpid(), {0} if args.pin == "same" else {1})
+        paths = {"direct": direct, "forward": fwd_path, "proxy": proxied}
+        lat: dict[str, list[tuple[float, float]]] = {k: [] for k in paths}
+        rps: dict[str, list[float]] = {k: [] for k in paths}
+        seq_cpu: dict[str, list[float]] = {k: [] for k in paths}
         cpu: dict[str, list[float]] = {"proxy": [], "backend": []}
         for r in range(args.rounds):
-            for name, address in (("direct", direct), ("proxy", proxied)):
+            for name, address in paths.items():
+                before = cpu_seconds(middle[name])
                 samples = await latency(address, args.calls)
+                seq_cpu[name].append((cpu_seconds(middle[name]) - before) / (args.calls + 200) * 1e6)
                 lat[name].append((pct(samples, 0.5), pct(samples, 0.99)))
+                if name == "forward":
+                    continue
                 before = [cpu_seconds(pid) for pid in servers]
                 rate, calls = await throughput(address, args.callers, args.seconds)
                 rps[name].append(rate)
@@ -130,36 +217,55 @@ async def main() -> int:
                     cpu["proxy"].append((after[0] - before[0]) / calls * 1e6)
                     cpu["backend"].append((after[1] - before[1]) / calls * 1e6)
             print(
-                f"round {r + 1}: p50 direct {lat['direct'][-1][0]:.1f} µs, proxy {lat['proxy'][-1][0]:.1f} µs; "
-                f"{args.callers} callers direct {rps['direct'][-1]:.0f} req/s, proxy {rps['proxy'][-1]:.0f} req/s",
+                f"round {r + 1}: p50 direct {lat['direct'][-1][0]:.1f} µs, forward {lat['forward'][-1][0]:.1f} µs, "
+                f"proxy {lat['proxy'][-1][0]:.1f} µs; {args.callers} callers direct {rps['direct'][-1]:.0f} req/s, "
+                f"proxy {rps['proxy'][-1]:.0f} req/s; load {load()}",
                 flush=True,
             )
     finally:
+        if forwarder is not None:
+            forwarder.kill()
+            forwarder.wait()
         suite.close()
+    loads.append(load())
 
     def med(xs: list[float]) -> float:
         return statistics.median(xs)
 
     p50 = {k: med([a for a, _ in v]) for k, v in lat.items()}
     p99 = {k: med([b for _, b in v]) for k, v in lat.items()}
-    thr = {k: med(v) for k, v in rps.items()}
+    thr = {k: med(v) for k, v in rps.items() if v}
+    seq = {k: med(v) for k, v in seq_cpu.items()}
     added = p50["proxy"] - p50["direct"]
+    floor = p50["forward"] - p50["direct"]
     cpu_proxy, cpu_backend = med(cpu["proxy"]), med(cpu["backend"])
     ratio = thr["proxy"] / thr["direct"]
+    print(f"load average before/after: {loads[0]} / {loads[1]}; placement {args.pin}")
     print(f"latency p50: direct {p50['direct']:.1f} µs, proxy {p50['proxy']:.1f} µs, added {added:.1f} µs (goal <= 30)")
-    print(f"latency p99: direct {p99['direct']:.1f} µs, proxy {p99['proxy']:.1f} µs")
+    print(f"  of which one more hop (verbatim forwarder {p50['forward']:.1f} µs): {floor:.1f} µs; "
+          f"the proxy's own work: {added - floor:.1f} µs")
+    print(f"latency p99: direct {p99['direct']:.1f} µs, forward {p99['forward']:.1f} µs, proxy {p99['proxy']:.1f} µs")
+    print(f"CPU per sequential call: backend {seq['direct']:.1f} µs, forwarder {seq['forward']:.1f} µs, "
+          f"proxy {seq['proxy']:.1f} µs")
     print(f"throughput at {args.callers} callers: direct {thr['direct']:.0f} req/s, proxy {thr['proxy']:.0f} req/s, "
           f"ratio {ratio:.2f} (goal >= 0.8)")
-    print(f"CPU per call through the proxy: proxy {cpu_proxy:.1f} µs, backend {cpu_backend:.1f} µs")
+    print(f"CPU per call through the proxy at {args.callers} callers: proxy {cpu_proxy:.1f} µs, backend {cpu_backend:.1f} µs")
     result = {
         "bench": "proxy",
         "loop": args.loop,
         "pin": args.pin,
+        "load_before": loads[0],
+        "load_after": loads[1],
         "p50_direct_us": round(p50["direct"], 1),
+        "p50_forward_us": round(p50["forward"], 1),
         "p50_proxy_us": round(p50["proxy"], 1),
         "p50_added_us": round(added, 1),
+        "p50_hop_floor_us": round(floor, 1),
         "p99_direct_us": round(p99["direct"], 1),
         "p99_proxy_us": round(p99["proxy"], 1),
+        "seq_cpu_us_backend": round(seq["direct"], 1),
+        "seq_cpu_us_forward": round(seq["forward"], 1),
+        "seq_cpu_us_proxy": round(seq["proxy"], 1),
         "rps_direct": round(thr["direct"]),
         "rps_proxy": round(thr["proxy"]),
         "rps_ratio": round(ratio, 3),
@@ -175,6 +281,11 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["forward"]:
+        from ttrpc.loop import run as run_loop
+
+        run_loop(forward(sys.argv[2], sys.argv[3]))
+        sys.exit(0)
     if os.environ.get("MOORAGE_TEST_LOOP", "uvloop") == "uvloop":
         from ttrpc.loop import run
 

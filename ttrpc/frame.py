@@ -149,6 +149,18 @@ class FrameDecoder:
         self._start, self._end = start, end
         return events
 
+    def take_one(self, nbytes: int) -> tuple[int, int, int, bytes] | None:
+        """The fast path of ``buffer_updated``: when the ``nbytes`` just received are exactly
+        one whole frame within the limit and nothing else is buffered, consume it and return
+        ``(stream id, type, flags, body)``; otherwise consume nothing and return None (the
+        caller then calls ``buffer_updated(nbytes)``)."""
+        if self._end or self._skip or nbytes < HEADER_SIZE:
+            return None
+        length, sid, mtype, flags = _unpack_header(self._buf, 0)
+        if length + HEADER_SIZE != nbytes or length > self._max:
+            return None
+        return sid, mtype, flags, bytes(self._view[HEADER_SIZE:nbytes])
+
     def feed(self, data: bytes) -> list[Event]:
         """Decode plain bytes (tests, blocking sockets)."""
         events: list[Event] = []

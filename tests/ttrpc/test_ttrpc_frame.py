@@ -84,6 +84,37 @@ def test_trailing_partial_frame_is_kept() -> None:
     assert len(decoder.feed(GOLDEN_ERROR[12:])) == 1
 
 
+def _receive(decoder: FrameDecoder, data: bytes) -> int:
+    target = decoder.get_buffer()
+    target[: len(data)] = data
+    return len(data)
+
+
+def test_take_one_consumes_exactly_one_whole_frame() -> None:
+    decoder = FrameDecoder()
+    assert decoder.take_one(_receive(decoder, GOLDEN_OK)) == (1, 2, 0, b"\x12\x04\x08\xa0\xe0\x01")
+    assert not decoder.in_frame
+    assert decoder.take_one(_receive(decoder, GOLDEN_DATA_CLOSE)) == (7, 3, 5, b"")
+
+
+@pytest.mark.parametrize(
+    "data", [GOLDEN_OK + GOLDEN_ERROR, GOLDEN_OK[:7], GOLDEN_OK[:12], (MAX_MESSAGE_SIZE + 1).to_bytes(4, "big") + bytes(6)]
+)
+def test_take_one_leaves_anything_else_to_buffer_updated(data: bytes) -> None:
+    decoder, reference = FrameDecoder(), FrameDecoder()
+    n = _receive(decoder, data)
+    assert decoder.take_one(n) is None
+    assert decoder.buffer_updated(n) == reference.feed(data)
+
+
+def test_take_one_declines_while_bytes_are_buffered() -> None:
+    decoder = FrameDecoder()
+    decoder.buffer_updated(_receive(decoder, GOLDEN_ERROR[:5]))
+    n = _receive(decoder, GOLDEN_ERROR[5:])
+    assert decoder.take_one(n) is None
+    assert [f.stream_id for f in decoder.buffer_updated(n)] == [3]
+
+
 def test_large_frames_and_buffer_reuse() -> None:
     body = bytes(range(256)) * 8192
     decoder = FrameDecoder()
