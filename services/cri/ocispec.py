@@ -347,6 +347,11 @@ def container_spec(namespace: str, id: str, pod_id: str, pod: PodConfig, config:
                          overrides, read_rootfs=read_rootfs)
     sp.join_sandbox(spec, pod_id, info, group=True)
     spec.pop("hostname", None)  # the pause's UTS namespace has it
+    propagations = {m.propagation for m in config.mounts}
+    if MountPropagation.BIDIRECTIONAL in propagations:  # containerd: the rootfs must share too
+        spec["linux"]["rootfsPropagation"] = "rshared"
+    elif MountPropagation.HOST_TO_CONTAINER in propagations:
+        spec["linux"]["rootfsPropagation"] = "rslave"
     proc_ns = f"/proc/{pause_pid}/ns"
     ns = sc.namespaces
     if ns.pid == NamespaceMode.NODE:

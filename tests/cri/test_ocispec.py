@@ -86,6 +86,11 @@ def test_users_env_mounts_and_resources() -> None:
     assert proc["noNewPrivileges"] is True and spec["root"]["readonly"] is True
     data = next(m for m in spec["mounts"] if m["destination"] == "/data")
     assert data["type"] == "bind" and "rslave" in data["options"] and "ro" in data["options"]
+    assert spec["linux"]["rootfsPropagation"] == "rslave"
+    shared = _spec(_cfg(mounts=(Mount("/a", "/tmp", False, MountPropagation.BIDIRECTIONAL),
+                                Mount("/b", "/tmp", True, MountPropagation.HOST_TO_CONTAINER))))
+    assert shared["linux"]["rootfsPropagation"] == "rshared"
+    assert "rootfsPropagation" not in _spec(_cfg(mounts=(Mount("/c", "/tmp"),)))["linux"]
     res = spec["linux"]["resources"]
     assert res["memory"] == {"limit": 1 << 20} and res["cpu"] == {"quota": 5000, "period": 10000}
 

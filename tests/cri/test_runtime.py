@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -514,3 +515,25 @@ def test_a_restart_of_the_runtime_service_keeps_cri_containers(pods: CriSuite) -
     cri.rt("StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=pod_id))
     cri.rt("RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
     assert cri.shims([pod_id, c]) == []
+
+
+
+def test_host_to_container_mount_propagation(pods: CriSuite) -> None:
+    cri = pods
+    host = cri.work / "propagation"
+    host.mkdir(exist_ok=True)
+    subprocess.run(["mount", "--bind", str(host), str(host)], check=True)
+    subprocess.run(["mount", "--make-rshared", str(host)], check=True)
+    try:
+        pod_id, cfg = cri.run_pod("prop")
+        c = cri.create(pod_id, cfg, cri.container_config(
+            "p", cri.images.busybox, BUSYBOX, "sleep", "1000",
+            mounts=[api.Mount(container_path="/data", host_path=str(host),
+                              propagation=api.PROPAGATION_HOST_TO_CONTAINER)]))
+        cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
+        (host / "later").mkdir(exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(host / "later")], check=True)
+        (host / "later" / "file").write_text("mounted after start\n")
+        assert cri.exec_sync(c, BUSYBOX, "cat", "/data/later/file").stdout == b"mounted after start\n"
+    finally:
+        subprocess.run(["umount", "-R", "-l", str(host)], check=False)
