@@ -537,3 +537,24 @@ def test_host_to_container_mount_propagation(pods: CriSuite) -> None:
         assert cri.exec_sync(c, BUSYBOX, "cat", "/data/later/file").stdout == b"mounted after start\n"
     finally:
         subprocess.run(["umount", "-R", "-l", str(host)], check=False)
+
+
+def test_concurrent_pods(pods: CriSuite) -> None:
+    cri = pods
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(n: int) -> tuple[str, str]:
+        pod_id, cfg = cri.run_pod(f"conc{n}")
+        c = cri.create(pod_id, cfg, cri.container_config("idle", cri.images.busybox, BUSYBOX, "sleep", "1000"))
+        cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
+        return pod_id, c
+
+    with ThreadPoolExecutor(4) as pool:
+        made = list(pool.map(one, range(4)))
+    ips = {cri.rt("PodSandboxStatus", api.PodSandboxStatusRequest(pod_sandbox_id=p)).status.network.ip for p, _ in made}
+    assert len(ips) == 4
+    assert all(cri.status(c).state == api.CONTAINER_RUNNING for _, c in made)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda pc: cri.rt("RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=pc[0])), made))
+    assert cri.net.namespaces() == [] and cri.net.allocations() == []
+    assert cri.shims([x for pc in made for x in pc]) == []
