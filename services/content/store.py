@@ -46,7 +46,7 @@ from .metadata import Metadata
 
 T = TypeVar("T")
 log = logging.getLogger("moorage.services.content")
-UNLINK_BATCH = 20
+UNLINK_BATCH = 2
 """Blob files a sweep unlinks per hold of the sweep lock (commits wait at most that long)."""
 
 def validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
