@@ -111,6 +111,13 @@ class CriRuntime:
                 self.names.reserve(c.reserved_name, c.id)
         self.io: dict[str, ContainerIO] = {}
         self.exited: dict[str, asyncio.Event] = {}
+        """Set when the task of a pod's pause or a container has exited and been recorded."""
+        for p in self.pods:
+            if p.state == PodState.READY:
+                self.exited[p.id] = asyncio.Event()
+        for c in self.ctrs:
+            if c.state == ContainerState.RUNNING:
+                self.exited[c.id] = asyncio.Event()
         self.watchers: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         restrict = cfg.restrict_oom_score_adj == "on" or (
@@ -630,23 +637,25 @@ class CriRuntime:
     # start and stop --------------------------------------------------------------------------
 
     async def recover(self) -> None:
-        """After a restart: watch the tasks still running, record those that exited meanwhile."""
+        """After a restart: reattach the stdio, watch the tasks still running, record those that
+        exited meanwhile. Safe to call again after a failure (what is done is skipped)."""
         ns = self.cfg.namespace
         current_namespace.set(ns)
         tasks = await self.peers.tasks()
         for id, kind in [(p.id, "pod") for p in self.pods if p.state == PodState.READY] + \
                 [(c.id, "container") for c in self.ctrs if c.state == ContainerState.RUNNING]:
-            try:
-                st = await tasks.get(id)
-            except NotFound:
-                st = None
-            self.exited[id] = asyncio.Event()
-            if kind == "container":
+            if id in self.watchers or self.exited[id].is_set():
+                continue  # done by an earlier attempt
+            if kind == "container" and id not in self.io:
                 c = self._ctr(id)
                 cio = ContainerIO.reopen(self.io_root / id, c.log_path, c.config.stdin, c.config.tty)
                 if cio is not None:
                     cio.stdin_once = c.config.stdin_once
                     self.io[id] = cio
+            try:
+                st = await tasks.get(id)
+            except NotFound:
+                st = None
             if st is not None and st.status in (Status.RUNNING, Status.PAUSED, Status.PAUSING, Status.CREATED):
                 self.watchers[id] = self._spawn(self._watch(id, ns))
             else:
