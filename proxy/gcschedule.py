@@ -124,7 +124,7 @@ class Scheduler:
     async def _run(self) -> None:
         try:
             await self.collect()
-        except Exception:  # noqa: BLE001 - the collector logs its own failures
+        except Exception:
             log.exception("scheduled collection failed")
         finally:
             self._schedule(self.interval)

@@ -179,24 +179,23 @@ class Backend:
         removed: list[str] = []
         refused: dict[str, str] = {}
         gone: list[str] = []
-        with self.lock:
-            with self.meta.transaction():
-                for key in keys:
-                    try:
-                        row = self.meta.get(ns, key)
-                    except errdefs.NotFound:
-                        continue
-                    if self.meta.has_children(row):
-                        refused[key] = f"cannot remove snapshot with child: {key}"
-                        continue
-                    self.meta.delete(row)
-                    path = os.path.join(self.snapshots, f"rm-{row.id}")
-                    try:
-                        os.rename(self.dir(row.id), path)
-                        gone.append(path)
-                    except FileNotFoundError:
-                        pass
-                    removed.append(key)
+        with self.lock, self.meta.transaction():
+            for key in keys:
+                try:
+                    row = self.meta.get(ns, key)
+                except errdefs.NotFound:
+                    continue
+                if self.meta.has_children(row):
+                    refused[key] = f"cannot remove snapshot with child: {key}"
+                    continue
+                self.meta.delete(row)
+                path = os.path.join(self.snapshots, f"rm-{row.id}")
+                try:
+                    os.rename(self.dir(row.id), path)
+                    gone.append(path)
+                except FileNotFoundError:
+                    pass
+                removed.append(key)
         for path in gone:
             shutil.rmtree(path, ignore_errors=True)
         return removed, refused
