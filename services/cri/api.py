@@ -155,6 +155,7 @@ def container_config(m: cri.ContainerConfig) -> ContainerConfig:
         tty=m.tty,
         resources=resources(m.linux.resources) if m.linux.HasField("resources") else None,
         security=security,
+        stop_signal=cri.Signal.Name(m.stop_signal).removeprefix("SIGNAL_") if m.stop_signal else "",
     )
 
 

@@ -192,6 +192,8 @@ class ContainerConfig:
     tty: bool = False
     resources: Resources | None = None
     security: SecurityContext = SecurityContext()
+    stop_signal: str = ""
+    """The signal StopContainer sends first (``SIGTERM``...); "" = the image's."""
 
 
 @dataclass

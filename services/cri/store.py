@@ -387,7 +387,7 @@ class CriRuntime:
         undo.append(("container", lambda: containers.delete(id)))
         self.ctrs.put(Container(id, pod.id, config, image.name, image.id, ContainerState.CREATED, time.time_ns(),
                                 log_path=log_path, cgroup_path=cgroup, reserved_name=name,
-                                stop_signal=_stop_signal(image.config),
+                                stop_signal=config.stop_signal or _stop_signal(image.config),
                                 image_digest=image.repo_digests[0] if image.repo_digests else ""))
 
     async def start_container(self, container_id: str) -> None:

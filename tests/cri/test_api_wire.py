@@ -58,6 +58,8 @@ def test_container_config_decoded() -> None:
     assert sc.masked_paths == ("/proc/kcore",) and sc.readonly_paths is None
     assert sc.seccomp == "localhost//p.json"
     assert c.stdin and c.stdin_once and wire.container_config(api.ContainerConfig()).resources is None
+    assert wire.container_config(api.ContainerConfig(stop_signal=api.SIGNAL_SIGUSR1)).stop_signal == "SIGUSR1"
+    assert wire.container_config(api.ContainerConfig()).stop_signal == ""
 
 
 def test_status_encoded() -> None:

@@ -138,6 +138,16 @@ def test_container_exit_code_and_reason(pods: CriSuite) -> None:
     st = cri.status(stubborn)
     assert (st.state, st.exit_code, st.reason) == (api.CONTAINER_EXITED, 137, "Error")
     cri.rt("StopContainer", api.StopContainerRequest(container_id=stubborn, timeout=1))  # again: fine
+
+    polite = cri.create(pod_id, cfg, cri.container_config(
+        "polite", cri.images.busybox, BUSYBOX, "sh", "-c",
+        f"trap 'exit 0' USR1; echo ready; while :; do {BUSYBOX} sleep 0.05; done", stop_signal=api.SIGNAL_SIGUSR1))
+    cri.rt("StartContainer", api.StartContainerRequest(container_id=polite))
+    log = Path(cri.status(polite).log_path)
+    wait_until(lambda: log.exists() and b"ready" in log.read_bytes(), what="the trap set")
+    cri.rt("StopContainer", api.StopContainerRequest(container_id=polite, timeout=60))  # its stop signal
+    st = cri.status(polite)
+    assert (st.state, st.exit_code, st.reason) == (api.CONTAINER_EXITED, 0, "Completed")
     c = cri.create(pod_id, cfg, cri.container_config("fail", cri.images.busybox, BUSYBOX, "sh", "-c", "exit 7"))
     cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
     st = wait_until(lambda: (s := cri.status(c)).state == api.CONTAINER_EXITED and s, what="exit")
