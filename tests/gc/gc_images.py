@@ -1,7 +1,8 @@
 """OCI archives of small images that share layers, and their import into a suite.
 
 ``build(dst, name, layers)`` writes an OCI layout tar whose image has one gzip layer per entry
-of ``layers`` (file name -> bytes, each layer a tar of those files); two images built with the
+of ``layers`` (file name -> bytes, each layer a tar of those files; files under ``bin/`` are
+executable); two images built with the
 same first entry share that blob and its snapshot. ``import_image`` imports it through the
 transfer service with an overlayfs unpack (as ``moor import``).
 """
@@ -38,7 +39,7 @@ def _tar(files: Mapping[str, bytes]) -> bytes:
         for name, data in sorted(files.items()):
             info = tarfile.TarInfo(name)
             info.size = len(data)
-            info.mode = 0o644
+            info.mode = 0o755 if name.startswith("bin/") else 0o644
             tf.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 

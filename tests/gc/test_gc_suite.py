@@ -252,3 +252,25 @@ async def test_content_killed_mid_sweep_next_collection_finishes(suite_up: Suite
         return not any(f.exists() for f in files.values())
 
     await until(files_gone)
+
+
+@pytest.mark.root
+async def test_the_image_left_still_runs(tmp_path: Path) -> None:
+    """Two images share a base layer with busybox in it: after `moor rmi` of one and a
+    collection, the other still runs a container that reads both of its layers."""
+    config = {**CONFIG, "runtime": {"enabled": True}}
+    async with running([*SERVICES, "runtime"], config=config) as s:
+        base = {"bin/busybox": Path("/bin/busybox").read_bytes(), "etc/base": b"base layer\n"}
+        a = build(tmp_path / "a.tar", "example.com/gc/run-a:1", [base, {"a": b"layer of a\n"}])
+        b = build(tmp_path / "b.tar", "example.com/gc/run-b:1", [base, {"b": b"layer of b\n"}])
+        await import_image(s.address, a)
+        await import_image(s.address, b)
+        await moor(s, "rmi", a.name)
+        freed_blobs, freed_snaps = await gc(s)
+        assert freed_blobs == a.blobs - b.blobs and freed_snaps == {a.chain[1]}
+        out = await moor(s, "run", "--rm", b.name, "/bin/busybox", "cat", "/etc/base", "/b")
+        assert out == "base layer\nlayer of b\n"
+        await moor(s, "rmi", b.name)
+        freed_blobs, freed_snaps = await gc(s)
+        assert b.blobs <= freed_blobs and freed_snaps == set(b.chain)
+        assert await held(s.address) == (set(), set())
