@@ -122,3 +122,42 @@ def test_moor_leases(suite: Suite) -> None:
     suite.stop("proxy")
     suite.start("proxy")
     assert suite.moor("leases", "ls", "-q").stdout.split() == ["kept"]
+
+
+async def test_grpc_writes_under_a_lease_header_are_held(grpc_address: str) -> None:
+    """containerd's clients (ctr's pull) over gRPC: a Content.Write carrying ``containerd-lease``
+    is recorded to that lease through the door; an unknown lease is NotFound."""
+    import hashlib
+
+    import grpc
+    import grpc.aio
+
+    from moorage.api.containerd.services.content.v1 import content_pb2 as cpb
+    from moorage.api.containerd.services.leases.v1 import leases_pb2 as lpb
+
+    data = f"held over grpc {time.time_ns()}".encode()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    leases = "/containerd.services.leases.v1.Leases/"
+    async with grpc.aio.insecure_channel(f"unix:{grpc_address}") as ch:
+        ns = (("containerd-namespace", "default"),)
+        await ch.unary_unary(leases + "Create")(lpb.CreateRequest(id="grpc-held").SerializeToString(),
+                                                metadata=ns, timeout=10)
+
+        async def write(lease: str) -> None:
+            req = cpb.WriteContentRequest(action=cpb.COMMIT, ref=f"grpc-{lease}", total=len(data),
+                                          expected=digest, data=data)
+            call = ch.stream_stream("/containerd.services.content.v1.Content/Write")(
+                iter([req.SerializeToString()]), metadata=(*ns, ("containerd-lease", lease)), timeout=10)
+            async for _ in call:
+                pass
+
+        await write("grpc-held")
+        raw = await ch.unary_unary(leases + "ListResources")(
+            lpb.ListResourcesRequest(id="grpc-held").SerializeToString(), metadata=ns, timeout=10)
+        held = {(r.type, r.id) for r in lpb.ListResourcesResponse.FromString(raw).resources}
+        assert held == {("content", digest)}
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await write("no-such-lease")
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        await ch.unary_unary(leases + "Delete")(lpb.DeleteRequest(id="grpc-held").SerializeToString(),
+                                                metadata=ns, timeout=10)
