@@ -365,7 +365,10 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
     join = _sandbox_info(api, a.sandbox) if a.sandbox else None
     lease, leasing = _take_lease(api, id)  # its reply is read once the image is resolved
     try:
-        resolved = img.resolve(api.c, ctx.metadata(), a.image, api.timeout)
+        # image documents kept beside the suite's socket (content-addressed, checked on use)
+        cache = os.path.join(os.path.dirname(ctx.address), "moor-cache") \
+            if os.path.isabs(ctx.address) else None
+        resolved = img.resolve(api.c, ctx.metadata(), a.image, api.timeout, cache=cache)
     except BaseException:
         try:
             leasing.recv()

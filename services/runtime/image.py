@@ -9,6 +9,7 @@ moorage.cli.wire, not protobuf): the CLI imports this.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -63,9 +64,24 @@ def host_arch() -> str:
     return _ARCH.get(m, m)
 
 
-def read_blob(client: Any, md: dict[str, str], digest: str, timeout: float | None) -> bytes:
+def read_blob(client: Any, md: dict[str, str], digest: str, timeout: float | None,
+              cache: str | None = None) -> bytes:
+    """The document ``digest`` names, checked against it. With ``cache`` (a folder), a copy
+    kept there by an earlier read is used instead of a Content.Read round trip through the
+    proxy, and a document read is kept there. The copy is checked against its digest like
+    the server's reply, so the folder needs no trust: a changed or broken copy is only
+    read again from the server."""
     if not DIGEST.match(digest):
         raise InvalidArgument(f"invalid digest {digest!r}")
+    kept = os.path.join(cache, digest[len("sha256:"):]) if cache else ""
+    if kept:
+        try:
+            with open(kept, "rb") as f:
+                data = f.read(MAX_DOC + 1)
+            if len(data) <= MAX_DOC and "sha256:" + _sha256(data) == digest:
+                return data
+        except OSError:
+            pass
     out = bytearray()
     # ReadContentRequest{digest=1} -> stream of ReadContentResponse{offset=1, data=2}
     for r in client.server_stream(CONTENT, "Read", Msg({1: digest}), Fields, timeout=timeout,
@@ -73,9 +89,28 @@ def read_blob(client: Any, md: dict[str, str], digest: str, timeout: float | Non
         out += r.blob(2)
         if len(out) > MAX_DOC:
             raise InvalidArgument(f"image document {digest} is larger than {MAX_DOC} bytes")
-    if "sha256:" + _sha256(bytes(out)) != digest:
+    data = bytes(out)
+    if "sha256:" + _sha256(data) != digest:
         raise InvalidArgument(f"image document {digest}: digest mismatch")
-    return bytes(out)
+    if kept:
+        _keep(kept, data)
+    return data
+
+
+def _keep(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (its folder made 0700); best effort."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def _sha256(data: bytes) -> str:
@@ -114,7 +149,10 @@ def chain_id(diff_ids: list[str]) -> str:
     return chain
 
 
-def resolve(client: Any, md: dict[str, str], ref: str, timeout: float | None) -> ResolvedImage:
+def resolve(client: Any, md: dict[str, str], ref: str, timeout: float | None,
+            cache: str | None = None) -> ResolvedImage:
+    """The image's config and chain id. The record (images.v1 Get) is always asked for;
+    ``cache``: see :func:`read_blob` (the index, manifest and config are content-addressed)."""
     name = normalize(ref)
     try:
         # GetImageRequest{name=1} -> GetImageResponse{image=1 Image{labels=2, target=3}}
@@ -125,7 +163,7 @@ def resolve(client: Any, md: dict[str, str], ref: str, timeout: float | None) ->
     target = img.msg(3)  # Descriptor{media_type=1, digest=2}
     mt, digest = target.text(1), target.text(2)
     for _ in range(4):
-        doc = _doc(read_blob(client, md, digest, timeout), f"image {name}: {digest}")
+        doc = _doc(read_blob(client, md, digest, timeout, cache), f"image {name}: {digest}")
         if "manifests" in doc and ("layers" in doc or "config" in doc):
             raise InvalidArgument(f"image {name}: ambiguous document {digest}")
         if "manifests" in doc or mt in INDEX_TYPES:
@@ -141,7 +179,7 @@ def resolve(client: Any, md: dict[str, str], ref: str, timeout: float | None) ->
             mt, digest = _desc(chosen, f"image {name} index")
             continue
         cmt, cdigest = _desc(doc.get("config"), f"image {name} manifest config")
-        raw = read_blob(client, md, cdigest, timeout)
+        raw = read_blob(client, md, cdigest, timeout, cache)
         cfg = _doc(raw, f"image {name} config")
         rootfs = cfg.get("rootfs")
         diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None

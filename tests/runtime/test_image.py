@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -100,3 +101,25 @@ def test_tampered_blob_rejected() -> None:
 def test_bad_diff_ids(ids: Any) -> None:
     with pytest.raises(InvalidArgument):
         image.resolve(make({"rootfs": {"diff_ids": ids}}), {}, "busybox", None)
+
+
+def test_cache_saves_the_reads_and_is_checked(tmp_path: Path) -> None:
+    c = make({"config": {"Cmd": ["sh"]}, "rootfs": {"diff_ids": [DIFF]}})
+    reads: list[str] = []
+    stream = c.server_stream
+
+    def counting(svc: str, method: str, req: Any, resp: Any, **kw: Any) -> Iterator[Any]:
+        reads.append(method)
+        return stream(svc, method, req, resp, **kw)
+
+    c.server_stream = counting  # type: ignore[method-assign]
+    cache = tmp_path / "cache"
+    first = image.resolve(c, {}, "busybox", None, cache=str(cache))
+    assert len(reads) == 3 and oct(cache.stat().st_mode & 0o777) == "0o700"
+    assert image.resolve(c, {}, "busybox", None, cache=str(cache)) == first
+    assert len(reads) == 3  # index, manifest and config came from the cache
+    kept = sorted(cache.iterdir())
+    kept[0].write_bytes(b"tampered")
+    assert image.resolve(c, {}, "busybox", None, cache=str(cache)) == first
+    assert len(reads) == 4  # the changed copy was read again, and kept again
+    assert all(d(p.read_bytes()) == "sha256:" + p.name for p in kept)
