@@ -41,6 +41,9 @@ async def build(ctx: BuildContext) -> Sequence[object]:
         for _ in range(RECOVER_ATTEMPTS):
             try:
                 await runtime.recover()
+                removed = await runtime.reconcile()
+                if removed:
+                    ctx.logger.warning("removed what no record names (a crash mid-create): %s", ", ".join(removed))
                 return
             except Unavailable as exc:  # the proxy or a peer is still starting
                 ctx.logger.debug("recover: %s", exc)

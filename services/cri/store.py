@@ -124,6 +124,8 @@ class CriRuntime:
             cfg.restrict_oom_score_adj == "auto" and not ocispec.can_lower_oom_score_adj())
         self.clamp = ocispec.OomClamp(restrict)
         self._background: set[asyncio.Task[None]] = set()
+        self._creating: set[str] = set()
+        """Containers being created (their runtime record exists before ours)."""
         self._closing = False
 
     # helpers -------------------------------------------------------------------------------
@@ -351,11 +353,14 @@ class CriRuntime:
         undo: list[tuple[str, Callable[[], Awaitable[Any]]]] = [("name", self._release_name(name))]
         try:
             image = await self.images.resolve(config.image)
+            self._creating.add(id)
             async with hold(self.peers.leases):
                 await self._create_container(id, ns, pod, config, name, image, undo)
         except BaseException:
             await self._rollback(undo)
             raise
+        finally:
+            self._creating.discard(id)
         return id
 
     async def _create_container(self, id: str, ns: str, pod: Pod, config: ContainerConfig, name: str, image: Image,
@@ -660,6 +665,34 @@ class CriRuntime:
                 self.watchers[id] = self._spawn(self._watch(id, ns))
             else:
                 await self._exited(id, st.exit_status if st is not None else 255, st.exited_at if st else 0)
+
+    async def reconcile(self) -> list[str]:
+        """Remove what a crash left behind: runtime containers and sandboxes this process
+        labelled (``io.cri-containerd.kind``) that no record names (the process died between
+        creating them and recording them). Returns what it removed."""
+        current_namespace.set(self.cfg.namespace)
+        removed: list[str] = []
+        containers = await self.peers.containers()
+        for rc in await containers.list([f'labels."{KIND_LABEL}"']):
+            if rc.id in self.ctrs.items or rc.id in self.pods.items or rc.id in self._creating:
+                continue
+            await self._kill_and_delete(rc.id)
+            with contextlib.suppress(NotFound):
+                await containers.delete(rc.id)
+            with contextlib.suppress(NotFound):
+                await self.peers.remove_snapshot(rc.snapshotter or self.cfg.snapshotter, rc.snapshot_key or rc.id)
+            removed.append(f"container {rc.id}")
+        store = await self.peers.sandbox_store()
+        ctrl = await self.peers.controller(self.cfg.sandboxer)
+        for sb in await store.list([f'labels."{KIND_LABEL}"==sandbox']):
+            if sb.id in self.pods.items:
+                continue
+            with contextlib.suppress(NotFound):
+                await ctrl.shutdown(sb.id)
+            with contextlib.suppress(NotFound):
+                await store.delete(sb.id)
+            removed.append(f"sandbox {sb.id}")
+        return removed
 
     async def close(self) -> None:
         """Stop watching (containers keep running; a restart picks them up again)."""

@@ -568,3 +568,28 @@ def test_concurrent_pods(pods: CriSuite) -> None:
         list(pool.map(lambda pc: cri.rt("RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=pc[0])), made))
     assert cri.net.namespaces() == [] and cri.net.allocations() == []
     assert cri.shims([x for pc in made for x in pc]) == []
+
+
+def test_a_restart_removes_what_no_record_names(pods: CriSuite) -> None:
+    cri = pods
+
+    def records() -> str:
+        out = ""
+        for args in (("containers", "ls"), ("sandbox", "ls")):
+            r = cri.suite.moor("--namespace", "k8s.io", "--json", *args)
+            assert r.returncode == 0, r
+            out += r.stdout
+        return out
+
+    pod_id, cfg = cri.run_pod("orphan")
+    c = cri.create(pod_id, cfg, cri.container_config("idle", cri.images.busybox, BUSYBOX, "sleep", "1000"))
+    cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
+    assert pod_id in records() and c in records()
+    cri.suite.stop("cri")
+    root = cri.suite.root / "cri"
+    (root / "pods" / f"{pod_id}.json").unlink()  # as if the process died before recording them
+    (root / "containers" / f"{c}.json").unlink()
+    cri.suite.start("cri")
+    wait_until(lambda: pod_id not in (r := records()) and c not in r, what="the orphans' records removed")
+    assert cri.net.namespaces() == [] and cri.net.allocations() == [] and cri.shims([pod_id, c]) == []
+    assert not cri.rt("ListPodSandbox", api.ListPodSandboxRequest(filter=api.PodSandboxFilter(id=pod_id))).items
