@@ -55,7 +55,7 @@ import msgpack
 
 from moorage import errdefs
 from moorage.leasing import current_lease
-from moorage.namespaces import current_namespace, namespace
+from moorage.namespaces import NAMESPACE_KEY, current_namespace, namespace
 from moorage.registry import RawService
 from ttrpc.server import Context, RawCall
 
@@ -357,7 +357,7 @@ class RemoteServices:
         """A sweep call's reply; None when the service has no such method."""
         try:
             reply = await self.client.unary_raw(service, method, msgpack.packb(request),
-                                                metadata={"containerd-namespace-ttrpc": namespace()})
+                                                metadata={NAMESPACE_KEY: namespace()})
         except errdefs.NotImplemented:
             return None
         out: dict[str, Any] = msgpack.unpackb(reply)
