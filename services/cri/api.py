@@ -281,7 +281,8 @@ class RuntimeService(RuntimeServiceServicer):  # type: ignore[misc, unused-ignor
                                       message="" if ok else why)]
         resp = cri.StatusResponse(status=cri.RuntimeStatus(conditions=conds))
         resp.runtime_handlers.add(name="")
-        resp.runtime_handlers.add(name="runc")
+        for handler in sorted(self.cfg.runtime_handlers):
+            resp.runtime_handlers.add(name=handler)
         return resp
 
     async def RuntimeConfig(self, request: cri.RuntimeConfigRequest, ctx: Context) -> cri.RuntimeConfigResponse:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from moorage.errdefs import InvalidArgument
 from moorage.namespaces import validate_namespace
@@ -12,6 +13,8 @@ from moorage.namespaces import validate_namespace
 class CriConfig:
     """What kubelet cannot tell us per call: the pause image, the host's rules, where things go.
 
+    ``runtime_handlers``: the RuntimeClass handlers kubelet may name, each a runtime v2 shim
+    (``io.containerd.<name>.<version>``); a pod's containers run on its pod's runtime.
     ``restrict_oom_score_adj``: clamp every requested ``oom_score_adj`` to this process's own
     value when it is lower (containerd's option of the same name): a host without
     CAP_SYS_RESOURCE (this VM) cannot lower it, and runc then fails every pod. ``"auto"`` (the
@@ -27,6 +30,8 @@ class CriConfig:
     sandbox_image: str = "registry.k8s.io/pause:3.9"
     sandboxer: str = "podsandbox"
     runtime: str = "io.containerd.runc.v2"
+    runtime_handlers: Mapping[str, str] = field(default_factory=lambda: {"runc": "io.containerd.runc.v2"})
+    """RuntimeClass handler -> runtime (shim) name; the handler "" is ``runtime``."""
     snapshotter: str = "overlayfs"
     restrict_oom_score_adj: str = "auto"
     allow_privileged: bool = False
@@ -45,6 +50,9 @@ class CriConfig:
             raise ValueError("restrict_oom_score_adj: want auto, on or off")
         if not 0 <= self.stream_port < 65536:
             raise ValueError("stream_port out of range")
+        for handler, runtime in self.runtime_handlers.items():
+            if not handler or not runtime:
+                raise ValueError("runtime_handlers: handler and runtime names must not be empty")
         if not self.sandbox_image:
             raise ValueError("sandbox_image must not be empty")
         if self.default_cgroup_parent and not self.default_cgroup_parent.startswith("/"):

@@ -209,6 +209,8 @@ class Pod:
     netns_path: str = ""
     pause_pid: int = 0
     runtime_handler: str = ""
+    runtime: str = ""
+    """The runtime (shim) name the handler maps to (``[cri] runtime_handlers``)."""
     cgroup_path: str = ""
     """The pause container's cgroup (``<cgroup parent>/<id>``)."""
     info: dict[str, str] = field(default_factory=dict)

@@ -181,7 +181,8 @@ class CriRuntime:
             from moorage.errdefs import PermissionDenied
 
             raise PermissionDenied("privileged pods are not allowed ([cri] allow_privileged = false)")
-        if runtime_handler and runtime_handler not in ("runc", self.cfg.runtime):
+        runtime = self.cfg.runtime_handlers.get(runtime_handler) if runtime_handler else self.cfg.runtime
+        if runtime is None:
             raise NotFound(f'no runtime for "{runtime_handler}" is configured')
         id = secrets.token_hex(32)
         name = md.reserved_name()
@@ -189,12 +190,13 @@ class CriRuntime:
         undo: list[tuple[str, Callable[[], Awaitable[Any]]]] = [("name", self._release_name(name))]
         ns = current_namespace.get() or self.cfg.namespace
         cgroup = ocispec.cgroup_path(config.cgroup_parent, self.cfg.default_cgroup_parent, id)
-        pod = Pod(id, config, PodState.NOTREADY, time.time_ns(), runtime_handler=runtime_handler, cgroup_path=cgroup)
+        pod = Pod(id, config, PodState.NOTREADY, time.time_ns(), runtime_handler=runtime_handler, cgroup_path=cgroup,
+                  runtime=runtime)
         try:
             self.pods.put(pod)
             undo.append(("record", self._forget_pod(id)))
             async with hold(self.peers.leases):
-                pid, info, ips = await self._start_pod(id, ns, config, cgroup, undo)
+                pid, info, ips = await self._start_pod(id, ns, config, cgroup, runtime, undo)
             pod.state, pod.pause_pid, pod.info = PodState.READY, pid, info
             pod.netns_path = info.get("netns_path", "")
             pod.ip, pod.additional_ips = (ips[0] if ips else ""), tuple(ips[1:])
@@ -206,7 +208,7 @@ class CriRuntime:
         self.watchers[id] = self._spawn(self._watch(id, ns))
         return id
 
-    async def _start_pod(self, id: str, ns: str, config: PodConfig, cgroup: str,
+    async def _start_pod(self, id: str, ns: str, config: PodConfig, cgroup: str, runtime: str,
                          undo: list[tuple[str, Callable[[], Awaitable[Any]]]]) -> tuple[int, dict[str, str], list[str]]:
         """The sandbox (network) and, concurrently, the pause's rootfs; then the pause started:
         its pid, the sandbox's status info, the pod's IPs."""
@@ -215,7 +217,7 @@ class CriRuntime:
             store = await self.peers.sandbox_store()
             labels = {**dict(config.labels), KIND_LABEL: "sandbox"}
             await store.create(Sandbox(
-                id, SRuntime(self.cfg.runtime), sandboxer=self.cfg.sandboxer, labels=labels,
+                id, SRuntime(runtime), sandboxer=self.cfg.sandboxer, labels=labels,
                 extensions={POD_EXTENSION: SAny(POD_TYPE, json.dumps(encode(config)).encode())}))
             undo.append(("sandbox record", lambda: store.delete(id)))
             ctrl = await self.peers.controller(self.cfg.sandboxer)
@@ -233,7 +235,7 @@ class CriRuntime:
                                   clamp=self.clamp, allow_privileged=self.cfg.allow_privileged)
         containers = await self.peers.containers()
         await containers.create(RContainer(
-            id, RuntimeInfo(self.cfg.runtime), spec=RAny(SPEC_TYPE_URL, dumps(spec)), image=image.name,
+            id, RuntimeInfo(runtime), spec=RAny(SPEC_TYPE_URL, dumps(spec)), image=image.name,
             labels={**dict(config.labels), KIND_LABEL: "sandbox"}, snapshotter=self.cfg.snapshotter,
             snapshot_key=id, sandbox=id))
         undo.append(("pause container", lambda: containers.delete(id)))
@@ -386,8 +388,8 @@ class CriRuntime:
                 else config.log_path
         containers = await self.peers.containers()
         await containers.create(RContainer(
-            id, RuntimeInfo(self.cfg.runtime), spec=RAny(SPEC_TYPE_URL, dumps(spec)), image=image.name,
-            labels={**dict(config.labels), KIND_LABEL: "container"}, snapshotter=self.cfg.snapshotter,
+            id, RuntimeInfo(pod.runtime or self.cfg.runtime), spec=RAny(SPEC_TYPE_URL, dumps(spec)),
+            image=image.name, labels={**dict(config.labels), KIND_LABEL: "container"}, snapshotter=self.cfg.snapshotter,
             snapshot_key=id, sandbox=pod.id))
         undo.append(("container", lambda: containers.delete(id)))
         self.ctrs.put(Container(id, pod.id, config, image.name, image.id, ContainerState.CREATED, time.time_ns(),

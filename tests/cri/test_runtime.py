@@ -37,6 +37,7 @@ def test_version_status_and_runtime_config(cri: CriSuite) -> None:
     assert v.runtime_name == "moorage" and v.runtime_api_version == "v1" and v.version
     conds = {c.type: c.status for c in cri.rt("Status", api.StatusRequest()).status.conditions}
     assert conds == {"RuntimeReady": True, "NetworkReady": True}
+    assert [h.name for h in cri.rt("Status", api.StatusRequest()).runtime_handlers] == ["", "runc"]
     rc = cri.rt("RuntimeConfig", api.RuntimeConfigRequest())
     assert rc.linux.cgroup_driver == api.CGROUPFS
 
@@ -173,6 +174,10 @@ def test_bad_input_and_idempotence(pods: CriSuite) -> None:
     cri.rt("RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=unknown))
     cri.rt("StopContainer", api.StopContainerRequest(container_id=unknown, timeout=1))
     cri.rt("RemoveContainer", api.RemoveContainerRequest(container_id=unknown))
+
+    with pytest.raises(grpc.RpcError) as exc:
+        cri.rt("RunPodSandbox", api.RunPodSandboxRequest(config=cri.pod_config("h"), runtime_handler="nope"))
+    assert _code(exc) == grpc.StatusCode.NOT_FOUND and "nope" in _details(exc)
 
     pod_id, cfg = cri.run_pod("dup")
     with pytest.raises(grpc.RpcError) as exc:
@@ -554,7 +559,9 @@ def test_concurrent_pods(pods: CriSuite) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     def one(n: int) -> tuple[str, str]:
-        pod_id, cfg = cri.run_pod(f"conc{n}")
+        cfg = cri.pod_config(f"conc{n}")
+        pod_id = cri.rt("RunPodSandbox", api.RunPodSandboxRequest(config=cfg, runtime_handler="runc")).pod_sandbox_id
+        cri.pods.append(pod_id)
         c = cri.create(pod_id, cfg, cri.container_config("idle", cri.images.busybox, BUSYBOX, "sleep", "1000"))
         cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
         return pod_id, c
