@@ -85,10 +85,13 @@ LIST_PAGE = 1000
 writer of the same store never waits long for the database."""
 SWEEP_CONCURRENCY = 32
 """Deletions in flight at once when a service has no sweep method (one call per object)."""
-DIRTY_TOPICS = frozenset({"/images/delete", "/containers/delete", "/sandboxes/delete",
-                          "/content/delete", "/snapshot/remove"})
-"""Events after which something may have become garbage (containerd's dirty mutations)."""
-MUTATION_FILTER = 'topic~="^/(images|containers|sandboxes|content|snapshot)/"'
+DIRTY_TOPICS = frozenset({"/images/delete", "/containers/delete", "/sandboxes/delete"})
+"""Events after which what the deleted record named may have become garbage."""
+MUTATION_FILTER = 'topic~="^/(images|containers|sandboxes)/"'
+"""The events the scheduler counts. Unlike containerd, direct content and snapshot changes do
+not count: work done without a lease and not yet named by a record would otherwise be swept
+by a collection that unrelated writes schedule (containerd's clients always hold a lease; a
+moorage user's ``moor content ingest`` then ``moor images create`` does not)."""
 
 BREF = "containerd.io/gc.bref."
 Node = tuple[str, str, str]
@@ -733,7 +736,7 @@ def wrap_leases(service: RawService, collector: Collector, auto: bool = True) ->
     """The Leases service as the collector needs it: Delete hands the lease's resources to a
     running collection, then collects now when ``sync`` is set, else tells the scheduler (when
     ``auto``); AddResource waits while the object it names is being swept; DeleteResource
-    tells the scheduler."""
+    tells the scheduler (a deletion: what it held may be garbage now)."""
     from moorage.api.containerd.services.leases.v1 import leases_pb2 as pb
 
     inner_delete = service.methods["Delete"]
@@ -773,9 +776,7 @@ def wrap_leases(service: RawService, collector: Collector, auto: bool = True) ->
                 await collector.adding(namespace(), req.resource.type, req.resource.id)
             except Exception:  # noqa: BLE001 - the inner handler reports what is wrong
                 pass
-        await inner_add(ctx, call)
-        if auto:
-            collector.mutated(False)
+        await inner_add(ctx, call)  # not a mutation for the scheduler: nothing became garbage
 
     async def drop(ctx: Context, call: RawCall) -> None:
         await inner_drop(ctx, call)
