@@ -12,7 +12,8 @@ triggers. The rules, with containerd's defaults:
 - ``mutation_threshold`` (100): this many mutations since the last collection make the next
   check collect even without deletions (it never schedules one by itself);
 - ``schedule_delay`` (0 s): how long after a trigger or a threshold the collection runs;
-- ``startup_delay`` (0.1 s): the first check after start.
+- ``startup_delay`` (0.1 s): the first check after start (unlike containerd's, it collects only
+  if something asked for it: a proxy restart does not sweep unleased work in progress).
 
 At a check, a collection runs if anything asked for it (a trigger, a deletion, or the
 mutation threshold); otherwise the check is just rescheduled. So a burst of ``rm`` gives one
@@ -70,9 +71,7 @@ class Scheduler:
     @property
     def interval(self) -> float:
         """Seconds between checks: what keeps collections under the pause threshold."""
-        if not self.collections:
-            return self.t.startup_delay
-        avg = max(self.total / self.collections, MIN_GC_TIME)
+        avg = max(self.total / self.collections, MIN_GC_TIME) if self.collections else MIN_GC_TIME
         return avg / self.t.pause_threshold - avg
 
     def start(self) -> None:
