@@ -278,9 +278,34 @@ async def _walk(resolver: Resolver, desc: Descriptor, data: bytes, opts: PullOpt
     plans.append(_ManifestPlan(desc, data, doc, cfg_data, cfg, layers))
 
 
+class _ParentGone(Exception):
+    """A chain snapshot found present went before a child was prepared on it."""
+
+
+UNPACK_RESTARTS = 3
+
+
 async def unpack(target: UnpackTarget, manifest: oci.Manifest, config: oci.ImageConfig,
                  done: Mapping[str, asyncio.Future[None]], content: ContentStore) -> str:
-    """Apply the manifest's layers in order onto `target`; returns the top chain id."""
+    """Apply the manifest's layers in order onto `target`; returns the top chain id.
+
+    A chain snapshot that was present (another image's) may be collected between the check
+    and the Prepare of its child (its image removed meanwhile; under the pull's lease the
+    Prepare holds the parent from then on): the unpack then starts over and extracts what is
+    gone again from the layers, which the pull's lease holds."""
+    for _ in range(UNPACK_RESTARTS - 1):
+        try:
+            return await _unpack(target, manifest, config, done, content)
+        except _ParentGone:
+            continue
+    try:
+        return await _unpack(target, manifest, config, done, content)
+    except _ParentGone as exc:
+        raise errdefs.Unavailable(f"unpack: {exc}") from None
+
+
+async def _unpack(target: UnpackTarget, manifest: oci.Manifest, config: oci.ImageConfig,
+                  done: Mapping[str, asyncio.Future[None]], content: ContentStore) -> str:
     sn, applier = target.snapshotter, target.applier
     chain = oci.chain_ids(config.diff_ids)
     parent = ""
@@ -296,6 +321,10 @@ async def unpack(target: UnpackTarget, manifest: oci.Manifest, config: oci.Image
             if await _snapshot_exists(sn, chain_id):
                 parent = chain_id
                 continue
+            raise
+        except errdefs.NotFound:
+            if parent and not await _snapshot_exists(sn, parent):
+                raise _ParentGone(f"snapshot {parent} went during the unpack") from None
             raise
         try:
             await asyncio.shield(done[layer.digest])
