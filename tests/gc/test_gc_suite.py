@@ -223,7 +223,7 @@ async def test_content_killed_mid_sweep_next_collection_finishes(suite_up: Suite
     s = suite_up
     kept = await write_blob(s.address, b"kept by gc.root")
     await moor(s, "content", "label", kept, "containerd.io/gc.root=x")
-    garbage = await write_blobs(s.address, [f"garbage {i}".encode() for i in range(2000)])
+    garbage = await write_blobs(s.address, [f"garbage {i}".encode() for i in range(800)])
     files = {d: s.root / "content" / "blobs" / "sha256" / d.split(":", 1)[1] for d in garbage}
     assert all(f.exists() for f in files.values())
     conn = await connect(s.address)
