@@ -187,7 +187,7 @@ class Upstream(asyncio.BufferedProtocol):
         scope.active = True
         try:
             for ev in self.decoder.buffer_updated(nbytes):
-                sid = ev.stream_id
+                sid, mtype, flags, body = ev  # tuple unpacking: faster than four attribute reads
                 entry = streams.get(sid)
                 if entry is None:
                     continue
@@ -196,15 +196,13 @@ class Upstream(asyncio.BufferedProtocol):
                     del streams[sid]
                     front.send(_error_frame(fsid, Code.RESOURCE_EXHAUSTED, oversize_message(ev.length)))
                     continue
-                mtype = ev.type
-                flags = ev.flags
+                assert body.__class__ is bytes
                 if mtype == RESPONSE or (mtype == DATA and flags & FLAG_REMOTE_CLOSED):
                     del streams[sid]
                     if sid in self.sending:
                         self.sending.discard(sid)
                     if front.streams.pop(fsid, None) is not None and front.splice._idle is not None:
                         front.splice.stream_done()
-                body = ev.body  # type: ignore[union-attr]
                 out = front.out
                 out.chunks += (pack_header(len(body), fsid, mtype, flags), body)
                 if not out.scheduled:
@@ -518,10 +516,10 @@ class Front(asyncio.BufferedProtocol):
         scope.active = True
         try:
             for i, ev in enumerate(events):
-                sid = ev.stream_id
-                if ev.type == REQUEST and sid & 1 and sid > self.last_sid and ev.__class__ is Frame:
+                sid, mtype, flags, data = ev  # tuple unpacking: faster than attribute reads
+                if mtype == REQUEST and sid & 1 and sid > self.last_sid and data.__class__ is bytes:
                     self.last_sid = sid
-                    self.request(sid, ev.flags, ev.body)
+                    self.request(sid, flags, data)
                 else:
                     self.handle(ev)
                 if self.backlog is not None:  # waiting for a connection: keep order
