@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -227,6 +228,7 @@ async def main() -> int:
             forwarder.kill()
             forwarder.wait()
         suite.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     loads.append(load())
 
     def med(xs: list[float]) -> float:
