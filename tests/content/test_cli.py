@@ -18,7 +18,9 @@ suite_mod = pytest.importorskip("suite")
 @pytest.fixture(scope="module")
 def s(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = Path(__import__("tempfile").mkdtemp(prefix="moorage-", dir="/tmp"))
-    only_content = {n: {"enabled": False} for n in ("snapshots", "transfer", "sandbox", "runtime", "nri")}
+    from moorage.registry import builtin_names
+
+    only_content = {n: {"enabled": False} for n in builtin_names() if n not in ("proxy", "content")}
     s = suite_mod.Suite(tmp, config=only_content)
     s.start("proxy")
     s.start("content")
