@@ -460,13 +460,10 @@ class Collector:
         self.scheduler.mutated(dirty, stamp)
 
     async def _scheduled(self) -> None:
-        try:
-            freed = await self.collect()
-            log.info("scheduled collection freed %d blobs, %d snapshots in %.3fs",
-                     sum(len(v) for v in freed.content.values()),
-                     sum(len(v) for v in freed.snapshots.values()), freed.seconds)
-        except errdefs.Error as exc:
-            log.warning("scheduled collection did not run: %s", exc)
+        freed = await self.collect()
+        log.info("scheduled collection freed %d blobs, %d snapshots in %.3fs",
+                 sum(len(v) for v in freed.content.values()),
+                 sum(len(v) for v in freed.snapshots.values()), freed.seconds)
 
     async def watch(self, exchange: Any) -> None:
         """Feed the scheduler from the exchange (re-subscribing if it ever drops us)."""

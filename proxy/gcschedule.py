@@ -16,7 +16,9 @@ triggers. The rules, with containerd's defaults:
   if something asked for it: a proxy restart does not sweep unleased work in progress).
 
 At a check, a collection runs if anything asked for it (a trigger, a deletion, or the
-mutation threshold); otherwise the check is just rescheduled. So a burst of ``rm`` gives one
+mutation threshold); otherwise the check is just rescheduled. A collection that could not
+run (a service down) is retried with a doubling delay, from 1 s up to ``MAX_RETRY`` (one
+warning each), until one runs. So a burst of ``rm`` gives one
 collection at the next check, and an idle suite never collects. Events stamped before the
 last collection began are ignored (that collection saw their effect).
 """
@@ -28,7 +30,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from moorage import errdefs
+
 log = logging.getLogger("moorage.proxy.gc")
+
+MAX_RETRY = 60.0
+"""The longest wait before retrying a collection that could not run."""
 
 MIN_GC_TIME = 0.005
 """The shortest collection the pause ratio assumes (containerd's minimumGCTime)."""
@@ -67,6 +74,7 @@ class Scheduler:
         self._timer: asyncio.TimerHandle | None = None
         self._due = 0.0
         self._running: asyncio.Task[None] | None = None
+        self._retry = 0.0
 
     @property
     def interval(self) -> float:
@@ -123,9 +131,15 @@ class Scheduler:
     async def _run(self) -> None:
         try:
             await self.collect()
-        except Exception:
-            log.exception("scheduled collection failed")
-        finally:
+        except Exception as exc:  # noqa: BLE001 - the scheduler outlives any one collection
+            self._retry = min(max(self._retry * 2, 1.0), MAX_RETRY)
+            if isinstance(exc, errdefs.Error):
+                log.warning("scheduled collection did not run: %s; retrying in %.0fs", exc, self._retry)
+            else:
+                log.exception("scheduled collection failed; retrying in %.0fs", self._retry)
+            self._schedule(self._retry)
+        else:
+            self._retry = 0.0
             self._schedule(self.interval)
 
     async def close(self) -> None:

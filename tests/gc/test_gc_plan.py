@@ -275,6 +275,35 @@ async def test_scheduler_thresholds_and_pause_ratio() -> None:
         raise AssertionError(f"{bad} accepted")
 
 
+async def test_scheduler_backs_off_while_collections_cannot_run() -> None:
+    """A service down makes every collection fail: the retries double from 1 s up to
+    MAX_RETRY instead of one every check, and a collection that runs resets them."""
+    from moorage import errdefs
+    from moorage.proxy.gcschedule import MAX_RETRY
+
+    k = Counting()
+    down = True
+
+    async def collect() -> None:
+        if down:
+            raise errdefs.Unavailable("content is down")
+        await Counting.collect(k)
+
+    k.s.collect = collect
+    k.s.mutated(True)
+    delays = []
+    for _ in range(8):
+        k.s._check()
+        assert k.s._running is not None
+        await k.s._running
+        delays.append(k.s._retry)
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, MAX_RETRY, MAX_RETRY]
+    down = False
+    assert await k.check() and k.runs == 1
+    assert k.s._retry == 0.0
+    await k.s.close()
+
+
 async def test_a_lease_deleted_mid_collection_keeps_what_it_held(tmp_path: Path) -> None:
     """A pull that creates its image and drops its lease while a collection walks: what the
     lease held stays (the image was not there when the roots were read)."""

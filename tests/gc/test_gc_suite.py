@@ -204,13 +204,16 @@ async def test_rmi_schedules_one_collection(tmp_path: Path) -> None:
         await import_image(s.address, b)
         await moor(s, "rmi", a.name, b.name)
 
-        async def all_freed() -> bool:
-            return await held(s.address) == (set(), set())
+        def freeing() -> list[str]:
+            log = (s.tmp / "proxy.log").read_text().splitlines()
+            return [ln for ln in log if "scheduled collection freed" in ln and "freed 0 blobs, 0 snapshots" not in ln]
 
-        await until(all_freed)
-        log = (s.tmp / "proxy.log").read_text().splitlines()
-        freeing = [ln for ln in log if "scheduled collection freed" in ln and "freed 0 blobs, 0 snapshots" not in ln]
-        assert len(freeing) == 1, freeing
+        async def logged() -> bool:  # the line comes once the collection has answered
+            return bool(freeing())
+
+        await until(logged)
+        assert await held(s.address) == (set(), set())
+        assert len(freeing()) == 1, freeing()
 
 
 @pytest.mark.root
