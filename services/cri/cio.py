@@ -24,7 +24,8 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from moorage.services.runtime.logs import MAX_LINE, timestamp
+from moorage.services.runtime import cio
+from moorage.services.runtime.logs import timestamp
 
 STREAMS = ("stdout", "stderr")
 
@@ -83,70 +84,16 @@ class BufferSink:
         buf += data[: max(self.limit - len(buf), 0)]
 
 
-class FifoReader:
-    """Reads one fifo into a sink (``write(stream, line, complete)``, ``raw(stream, bytes)``)."""
+class FifoReader(cio.FifoReader):
+    """The runtime's fifo reader, feeding also the sink's raw subscribers (Attach)."""
+
+    sink: LogSink | BufferSink
 
     def __init__(self, name: str, path: Path, sink: LogSink | BufferSink) -> None:
-        self.name = name
-        self.path = path
-        self.sink = sink
-        self.fd = -1
-        self.placeholder = -1
-        self.pending = b""
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        super().__init__(name, path, sink)
 
-    def open(self, placeholder: bool) -> None:
-        self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        if placeholder:
-            self.placeholder = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        asyncio.get_running_loop().add_reader(self.fd, self._readable)
-
-    def _readable(self) -> None:
-        try:
-            chunk = os.read(self.fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self.finish()
-            return
-        self._feed(chunk)
-
-    def _feed(self, chunk: bytes) -> None:
+    def on_chunk(self, chunk: bytes) -> None:
         self.sink.raw(self.name, chunk)
-        self.pending += chunk
-        lines = self.pending.split(b"\n")
-        self.pending = lines.pop()
-        for line in lines:
-            while len(line) > MAX_LINE:
-                self.sink.write(self.name, line[:MAX_LINE], False)
-                line = line[MAX_LINE:]
-            self.sink.write(self.name, line, True)
-        while len(self.pending) >= MAX_LINE:
-            self.sink.write(self.name, self.pending[:MAX_LINE], False)
-            self.pending = self.pending[MAX_LINE:]
-
-    def finish(self) -> None:
-        if self.pending:
-            self.sink.write(self.name, self.pending, True)
-            self.pending = b""
-        self.close()
-
-    def drop_placeholder(self) -> None:
-        if self.placeholder >= 0:
-            os.close(self.placeholder)
-            self.placeholder = -1
-
-    def close(self) -> None:
-        self.drop_placeholder()
-        if self.fd >= 0:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self.fd)
-            os.close(self.fd)
-            self.fd = -1
-        if not self.done.done():
-            self.done.set_result(None)
 
 
 class ContainerIO:

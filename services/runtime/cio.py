@@ -28,26 +28,120 @@ import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 from .attach import ATTACH_PREFIX
 from .logs import MAX_LINE, timestamp
 
-__all__ = ["ATTACH_PREFIX", "LoggedIO", "LogFile", "MAX_LINE", "timestamp"]
+__all__ = ["ATTACH_PREFIX", "FifoReader", "LineSink", "LoggedIO", "LogFile", "MAX_LINE", "timestamp"]
 
 
-class _Stream:
-    def __init__(self, name: str, path: Path, sink: LogFile) -> None:
+class LineSink(Protocol):
+    """Where a :class:`FifoReader` puts lines (``complete``: False for a P line)."""
+
+    def write(self, stream: str, text: bytes, complete: bool) -> None: ...
+
+
+class FifoReader:
+    """Copies one fifo into a :class:`LineSink` as CRI log lines (the runtime's log file,
+    the cri process's log and ExecSync buffers).
+
+    Lines longer than ``MAX_LINE`` are cut into P lines; what is left at EOF is written as a
+    complete line (containerd does the same). ``on_chunk`` sees each raw read first (tees).
+    ``open(placeholder=True)`` also holds a writer so the reader sees no EOF before the shim
+    opened its end; ``drop_placeholder`` lets it go. ``done`` resolves once closed.
+    """
+
+    def __init__(self, name: str, path: Path, sink: LineSink) -> None:
         self.name = name
         self.path = path
         self.sink = sink
         self.fd = -1
         self.placeholder = -1
+        self.pending = b""
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_chunk(self, chunk: bytes) -> None:
+        """Raw bytes as read, before they are split into lines."""
+
+    def open(self, placeholder: bool) -> None:
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if placeholder:
+            self.placeholder = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        asyncio.get_running_loop().add_reader(self.fd, self._readable)
+
+    def _read(self) -> bytes | None:
+        """The next chunk; b"" at EOF (or a read error); None when nothing is there now."""
+        try:
+            return os.read(self.fd, 65536)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
+    def _readable(self) -> None:
+        chunk = self._read()
+        if chunk is None:
+            return
+        if not chunk:
+            self.finish()
+            return
+        self.feed(chunk)
+
+    def feed(self, chunk: bytes) -> None:
+        self.on_chunk(chunk)
+        self.pending += chunk
+        lines = self.pending.split(b"\n")
+        self.pending = lines.pop()
+        for line in lines:
+            while len(line) > MAX_LINE:
+                self.sink.write(self.name, line[:MAX_LINE], False)
+                line = line[MAX_LINE:]
+            self.sink.write(self.name, line, True)
+        while len(self.pending) >= MAX_LINE:
+            self.sink.write(self.name, self.pending[:MAX_LINE], False)
+            self.pending = self.pending[MAX_LINE:]
+
+    def drain(self) -> None:
+        """Read what the pipe holds now (the writer is done), then finish."""
+        while self.fd >= 0:
+            chunk = self._read()
+            if not chunk:
+                break
+            self.feed(chunk)
+        self.finish()
+
+    def finish(self) -> None:
+        if self.pending:
+            self.sink.write(self.name, self.pending, True)
+            self.pending = b""
+        self.close()
+
+    def drop_placeholder(self) -> None:
+        if self.placeholder >= 0:
+            os.close(self.placeholder)
+            self.placeholder = -1
+
+    def close(self) -> None:
+        self.drop_placeholder()
+        if self.fd >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+class _Stream(FifoReader):
+    """A task's stdout or stderr: into its log file, teed to an attached client."""
+
+    def __init__(self, name: str, path: Path, sink: LineSink) -> None:
+        super().__init__(name, path, sink)
         self.tee = -1
         self.tee_path = path.with_name(ATTACH_PREFIX + path.name)
-        self.pending = b""
-        self.done = asyncio.get_running_loop().create_future()
 
-    def _tee(self, chunk: bytes) -> None:
+    def on_chunk(self, chunk: bytes) -> None:
         """Copy `chunk` to an attached reader of `attach-<name>`, if there is one."""
         if self.tee < 0:
             try:
@@ -62,76 +156,13 @@ class _Stream:
             os.close(self.tee)
             self.tee = -1
             if exc.errno == errno.EPIPE:  # the attacher left; a new one may be there already
-                self._tee(chunk)
-
-    def open(self, placeholder: bool) -> None:
-        self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        if placeholder:
-            self.placeholder = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        asyncio.get_running_loop().add_reader(self.fd, self._readable)
-
-    def _readable(self) -> None:
-        try:
-            chunk = os.read(self.fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self._finish()
-            return
-        self._tee(chunk)
-        self.pending += chunk
-        lines = self.pending.split(b"\n")
-        self.pending = lines.pop()
-        for line in lines:
-            self.sink.write(self.name, line, True)
-        while len(self.pending) >= MAX_LINE:
-            self.sink.write(self.name, self.pending[:MAX_LINE], False)
-            self.pending = self.pending[MAX_LINE:]
-
-    def drain(self) -> None:
-        """Read what the pipe holds now (the writer is done), then finish."""
-        while self.fd >= 0:
-            try:
-                chunk = os.read(self.fd, 65536)
-            except BlockingIOError:
-                break
-            except OSError:
-                break
-            if not chunk:
-                break
-            self._tee(chunk)
-            self.pending += chunk
-            lines = self.pending.split(b"\n")
-            self.pending = lines.pop()
-            for line in lines:
-                self.sink.write(self.name, line, True)
-        self._finish()
-
-    def _finish(self) -> None:
-        if self.pending:
-            self.sink.write(self.name, self.pending, True)
-            self.pending = b""
-        self.close()
-
-    def drop_placeholder(self) -> None:
-        if self.placeholder >= 0:
-            os.close(self.placeholder)
-            self.placeholder = -1
+                self.on_chunk(chunk)
 
     def close(self) -> None:
-        self.drop_placeholder()
         if self.tee >= 0:
             os.close(self.tee)
             self.tee = -1
-        if self.fd >= 0:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self.fd)
-            os.close(self.fd)
-            self.fd = -1
-        if not self.done.done():
-            self.done.set_result(None)
+        super().close()
 
 
 class LogFile:

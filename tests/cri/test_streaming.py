@@ -6,6 +6,7 @@ made here. Root: runc, netns."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import shutil
@@ -392,7 +393,8 @@ async def test_port_forward_into_a_netns(server: StreamingServer, netns: Netns,
         assert f"error forwarding port {port} to pod pod-host" in doc["error"]
         assert c.out == b""
     finally:
-        echo.kill()
+        with contextlib.suppress(ProcessLookupError):  # it exits after one connection
+            echo.kill()
         await echo.wait()
 
 
@@ -487,7 +489,8 @@ async def test_websocket_port_forward(server: StreamingServer, netns: Netns,
         doc = await c.finish(close_stdin=False)
         assert doc["http"] == 101 and doc["protocol"] == "v4.channel.k8s.io" and doc["error"] == ""
     finally:
-        echo.kill()
+        with contextlib.suppress(ProcessLookupError):  # it exits after one connection
+            echo.kill()
         await echo.wait()
 
 
