@@ -54,6 +54,8 @@ async def build(ctx: BuildContext) -> Sequence[object]:
     from .differ import LocalDiffer
     from .store import LocalSnapshotters
 
+    from moorage.events import QueuedPublisher
+
     settings: SnapshotsConfig = ctx.settings or SnapshotsConfig()
     try:
         snapshotters = LocalSnapshotters(str(ctx.root), settings.snapshotters)
@@ -67,7 +69,10 @@ async def build(ctx: BuildContext) -> Sequence[object]:
     recorder = Recorder(Leases(ctx.proxy_address))
     ctx.on_close(recorder.close)
     ctx.logger.info("snapshotters ready: %s", ", ".join(snapshotters.names()))
-    snaps = SnapshotsService(snapshotters, ctx.publisher, recorder)
+    # calls do not wait for their events' round trip through the proxy (order kept)
+    publisher = QueuedPublisher(ctx.publisher, logger=ctx.logger)
+    ctx.on_close(publisher.close)
+    snaps = SnapshotsService(snapshotters, publisher, recorder)
     return [snaps, snaps.raw(), DiffService(differ)]
 
 
