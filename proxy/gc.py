@@ -54,6 +54,7 @@ from typing import Any, Protocol
 import msgpack
 
 from moorage import errdefs
+from moorage.leasing import GC_SERVICE
 from moorage.leasing import current_lease
 from moorage.namespaces import NAMESPACE_KEY, current_namespace, namespace
 from moorage.registry import RawService
@@ -64,7 +65,7 @@ from .leases import FLAT_LABEL, LeaseStore
 
 log = logging.getLogger("moorage.proxy.gc")
 
-SERVICE = "moorage.internal.v1.GC"
+SERVICE = GC_SERVICE
 IMAGES = "containerd.services.images.v1.Images"
 CONTAINERS = "containerd.services.containers.v1.Containers"
 SANDBOXES = "containerd.services.sandbox.v1.Store"

@@ -10,7 +10,7 @@ StreamManager that Streaming.Stream registers them in."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import any_pb2, empty_pb2
@@ -47,12 +47,20 @@ EXPIRE_LABEL = "containerd.io/gc.expire"
 
 
 class ImagesService(ImagesServicer):  # type: ignore[misc, unused-ignore]
-    def __init__(self, store: ImageStore, recorder: Recorder | None = None) -> None:
+    def __init__(
+        self,
+        store: ImageStore,
+        recorder: Recorder | None = None,
+        collect: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.store = store
         self.recorder = recorder
         """Holds an image created under a call's ``containerd-lease`` when the image carries
         ``containerd.io/gc.expire`` (containerd 2's rule: other images need no lease);
         Delete lets it go."""
+        self.collect = collect
+        """Runs a garbage collection now (the proxy's); ``Delete`` with ``sync`` waits for it,
+        so what only that image held is gone when the call returns (``ctr rmi --sync``)."""
 
     async def Get(self, request: ipb.GetImageRequest, ctx: Context) -> ipb.GetImageResponse:
         return ipb.GetImageResponse(image=wire.image_to_pb(await self.store.get(request.name)))
@@ -77,6 +85,8 @@ class ImagesService(ImagesServicer):  # type: ignore[misc, unused-ignore]
         await self.store.delete(request.name, target)
         if self.recorder is not None:
             await self.recorder.remove("images", request.name)
+        if request.sync and self.collect is not None:
+            await self.collect()
         return empty_pb2.Empty()
 
 

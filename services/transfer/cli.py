@@ -4,7 +4,7 @@
               [--snapshotter S] [--no-unpack] [--label K=V]... REF
     moor push [--platform P]... [--hosts-dir D] [--user U[:P]] [--plain-http] REF [LOCAL]
     moor images [ls] [-q] [FILTER...]
-    moor rmi NAME...
+    moor rmi [--sync] NAME...        (--sync: return once a collection freed what they held)
     moor tag SOURCE TARGET...
     moor import [--base-name N] [--platform P]... [--no-unpack] [--snapshotter S] FILE|-
     moor export [--platform P]... [--all-platforms] FILE|- NAME...
@@ -365,16 +365,17 @@ def cmd_rmi(args: Args, ctx: CliContext) -> int:
     if not args.pos:
         raise Usage(USAGE)
     code = EXIT["ok"]
+    sync = "--sync" in args.flags
     for name in args.pos:
         try:
-            ctx.connect().unary_raw(IMAGES, "Delete", ipb.DeleteImageRequest(name=name).SerializeToString(),
+            ctx.connect().unary_raw(IMAGES, "Delete", ipb.DeleteImageRequest(name=name, sync=sync).SerializeToString(),
                                     metadata=ctx.metadata())
             print(name)
         except errdefs.NotFound:
             try:
                 from .reference import parse
                 full = str(parse(name))
-                ctx.connect().unary_raw(IMAGES, "Delete", ipb.DeleteImageRequest(name=full).SerializeToString(),
+                ctx.connect().unary_raw(IMAGES, "Delete", ipb.DeleteImageRequest(name=full, sync=sync).SerializeToString(),
                                         metadata=ctx.metadata())
                 print(full)
             except errdefs.Error as exc:
@@ -497,7 +498,7 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
         print(USAGE)
         return EXIT["ok"] if argv[:1] in (["-h"], ["--help"]) else EXIT["usage"]
     try:
-        args = Args(argv, {"--all-platforms", "--plain-http", "--no-unpack", "-q"}, COMMON,
+        args = Args(argv, {"--all-platforms", "--plain-http", "--no-unpack", "-q", "--sync"}, COMMON,
                     {"--platform", "--label"})
         return COMMANDS[cmd](args, ctx)
     except (errdefs.Error, Usage, OSError) as exc:

@@ -56,7 +56,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
         default_snapshotter=settings.default_snapshotter, chunk_size=settings.upload_chunk_size),
         leases=leases)
     ctx.logger.info("transfer ready", extra={"root": str(ctx.root)})
-    return [ImagesService(images, Recorder(leases)), TransferService(transferrer, streams), StreamingService(streams)]
+    return [ImagesService(images, Recorder(leases), leases.collect), TransferService(transferrer, streams), StreamingService(streams)]
 
 
 PROCESS = Process(

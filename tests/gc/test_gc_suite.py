@@ -19,6 +19,7 @@ CONFIG: dict[str, dict[str, Any]] = {
     "runtime": {"enabled": False},
     "sandbox": {"enabled": False},
     "nri": {"enabled": False},
+    "cri": {"enabled": False},
     "proxy": {"gc_auto": False, "grpc": False},
 }
 SERVICES = ["content", "snapshots", "transfer"]
@@ -135,6 +136,20 @@ async def test_rmi_then_gc_frees_only_what_is_unshared(suite_up: Suite, tmp_path
     # people get a table and a summary line
     out = await moor(s, "gc")
     assert out.strip().splitlines()[-1].startswith("freed 0 blobs (0 bytes), 0 snapshots")
+
+
+@pytest.mark.root
+async def test_image_delete_with_sync_returns_once_collected(suite_up: Suite, tmp_path: Path) -> None:
+    """Images.Delete with ``sync`` (``moor rmi --sync``, ``ctr images rm --sync``) waits for
+    a collection: what only that image held is gone when the call returns."""
+    s = suite_up
+    before = await held(s.address)
+    img = build(tmp_path / "s.tar", "example.com/gc/sync:1", [{"s": b"synced away\n" * 20}])
+    await import_image(s.address, img)
+    blobs, snaps = await held(s.address)
+    assert img.blobs <= blobs and set(img.chain) <= snaps
+    await moor(s, "rmi", "--sync", img.name)
+    assert await held(s.address) == before
 
 
 @pytest.mark.root
