@@ -41,7 +41,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def ctr_suite() -> Iterator[Suite]:
     tmp = Path(tempfile.mkdtemp(prefix="moorage-ctr-", dir="/tmp"))
-    s = Suite(tmp)
+    # the NRI socket and plugins of the test's own, not the host's /var/run/nri, /opt/nri
+    nri = {"socket_path": str(tmp / "nri" / "nri.sock"), "plugin_path": str(tmp / "nri-plugins")}
+    s = Suite(tmp, config={"nri": nri})
     try:
         s.up(timeout=60)
         yield s

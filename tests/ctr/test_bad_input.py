@@ -69,8 +69,12 @@ def test_over_sixteen_mib_is_refused_by_grpc(channel: grpc.Channel) -> None:
 
 
 def test_deadline_is_carried(channel: grpc.Channel) -> None:
+    from moorage.api.containerd.services.events.v1 import events_pb2
+
+    # a filter no event matches: events other tests publish must not end the wait
+    quiet = events_pb2.SubscribeRequest(filters=['topic=="/moorage/test/never"']).SerializeToString()
     with pytest.raises(grpc.RpcError) as info:
-        channel.unary_stream("/containerd.services.events.v1.Events/Subscribe")(b"", metadata=NS, timeout=0.5).next()
+        channel.unary_stream("/containerd.services.events.v1.Events/Subscribe")(quiet, metadata=NS, timeout=0.5).next()
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
