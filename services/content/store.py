@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from moorage.errdefs import (
+    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -465,7 +466,7 @@ class LocalStore:
                 if self.meta.get(ns, dgst) is not None:
                     raise AlreadyExists(f"content {dgst}: already exists")
                 if not os.path.exists(self.layout.blob(alg, hexd)):
-                    raise FailedPrecondition(f"content {dgst} was removed meanwhile: write it")
+                    raise Aborted(f"content {dgst} was removed meanwhile: write it")
                 now = _now()
                 self.meta.insert(ns, Info(dgst, have_size, now, now, clean))
             shutil.rmtree(self.layout.ingest(bref), ignore_errors=True)

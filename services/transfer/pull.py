@@ -73,7 +73,18 @@ async def fetch_blob(resolver: Resolver, content: ContentStore, desc: Descriptor
                      labels: Mapping[str, str] | None = None) -> bool:
     """Download `desc` into the content store (resuming a partial ingest). Returns False if it
     was already there. Under a lease the check is the writer's open itself, which holds an
-    existing blob in the lease (containerd's rule), so a collection meanwhile keeps it."""
+    existing blob in the lease (containerd's rule), so a collection meanwhile keeps it.
+
+    A writer that found the bytes in another namespace fails its commit with Aborted when a
+    collection removed them meanwhile: the blob is then fetched again, once."""
+    try:
+        return await _fetch_blob(resolver, content, desc, progress, labels)
+    except errdefs.Aborted:
+        return await _fetch_blob(resolver, content, desc, progress, labels)
+
+
+async def _fetch_blob(resolver: Resolver, content: ContentStore, desc: Descriptor, progress: Progress,
+                      labels: Mapping[str, str] | None) -> bool:
     if lease() is None and await has_blob(content, desc.digest):
         await progress.emit("already exists", desc.digest, desc.size, desc.size, desc)
         return False
@@ -98,7 +109,7 @@ async def fetch_blob(resolver: Resolver, content: ContentStore, desc: Descriptor
         except errdefs.AlreadyExists:
             pass
         committed = True
-    except (errdefs.DataLoss, errdefs.FailedPrecondition, errdefs.InvalidArgument):
+    except (errdefs.DataLoss, errdefs.FailedPrecondition, errdefs.InvalidArgument, errdefs.Aborted):
         await w.close()
         with contextlib.suppress(errdefs.Error):
             await content.abort(ref)

@@ -320,3 +320,27 @@ async def test_leftovers_of_dead_processes_are_swept(root: Path) -> None:
         await w.close()
     finally:
         store.close()
+
+
+async def test_shared_bytes_collected_before_commit_abort_the_commit(local: LocalStore, root: Path) -> None:
+    """A writer that found its bytes in another namespace, whose blob is then deleted (and
+    its file unlinked) before the commit: Aborted ("write it"), nothing recorded, so a pull
+    fetches the blob again instead of failing."""
+    data, d = blob(1000, 31)
+    await write_blob(local, "gone", data, d)
+    path = root / "blobs" / "sha256" / d.split(":", 1)[1]
+    with using("other-ns"):
+        w = await local.writer("gone", total=1000, expected=d)
+        assert (await w.status()).offset == 1000
+    await local.delete(d)
+    for _ in range(200):  # the file is unlinked after the delete's transaction
+        if not path.exists():
+            break
+        await asyncio.sleep(0.01)
+    assert not path.exists()
+    with using("other-ns"):
+        with pytest.raises(errdefs.Aborted, match="removed meanwhile: write it"):
+            await w.commit(1000, d)
+        await w.close()
+        with pytest.raises(errdefs.NotFound):
+            await local.info(d)
