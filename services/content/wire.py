@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from moorage.api.containerd.services.content.v1 import content_pb2 as pb
 
 from moorage.errdefs import InvalidArgument
+from moorage.protowire import read_varint, varint
 
 from .contract import Info, Status
 
@@ -86,26 +87,15 @@ def status_from_pb(m: pb.Status) -> Status:
     )
 
 
-def _varint(n: int) -> bytes:
-    if n < 0:
-        n += 1 << 64
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def write_prefix(ref: bytes, offset: int, size: int) -> bytes:
     """Every field of a WRITE request before the data bytes (which follow verbatim)."""
     head = b"\x08\x01"  # action = WRITE
     if ref:
-        head += b"\x12" + _varint(len(ref)) + ref
+        head += b"\x12" + varint(len(ref)) + ref
     if offset:
-        head += b"\x28" + _varint(offset)
+        head += b"\x28" + varint(offset)
     if size:
-        head += b"\x32" + _varint(size)
+        head += b"\x32" + varint(size)
     return head
 
 
@@ -143,16 +133,11 @@ class _Irregular(Exception):
 
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise _Irregular
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value & 0xFFFFFFFFFFFFFFFF, pos
-        shift += 7
+    try:
+        return read_varint(buf, pos)
+    except ValueError:
+        raise _Irregular from None
+
 
 
 def _signed(v: int, bits: int) -> int:

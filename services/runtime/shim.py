@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moorage.errdefs import Unavailable
+from moorage.protowire import read_varint
 
 from .contract import ExitInfo
 from .runtimes import binary_for
@@ -59,43 +60,30 @@ def parse_start_output(out: bytes) -> str:
     return text
 
 
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        if i >= len(data):
-            raise ValueError("truncated varint")
-        b = data[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, i
-        shift += 7
-
-
 def parse_delete_response(data: bytes) -> ExitInfo:
     """containerd.task.v2.DeleteResponse{pid=1, exit_status=2, exited_at=3 Timestamp}."""
     pid = status = 0
     exited = 0
     i = 0
     while i < len(data):
-        key, i = _varint(data, i)
+        key, i = read_varint(data, i)
         field, wt = key >> 3, key & 7
         if wt == 0:
-            v, i = _varint(data, i)
+            v, i = read_varint(data, i)
             if field == 1:
                 pid = v
             elif field == 2:
                 status = v
         elif wt == 2:
-            n, i = _varint(data, i)
+            n, i = read_varint(data, i)
             body = data[i:i + n]
             i += n
             if field == 3:
                 secs = nanos = 0
                 j = 0
                 while j < len(body):
-                    k, j = _varint(body, j)
-                    v, j = _varint(body, j)
+                    k, j = read_varint(body, j)
+                    v, j = read_varint(body, j)
                     if k >> 3 == 1:
                         secs = v
                     elif k >> 3 == 2:
