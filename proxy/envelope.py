@@ -1,6 +1,7 @@
 """What the router reads of a ttrpc Request: its service and namespace, nothing else.
 
-``route_of(body)`` scans the encoded Request without decoding the payload or the other
+``route_of(frame, start)`` scans the encoded Request (from ``start``, so a whole frame can be
+scanned past its header without a copy) without decoding the payload or the other
 metadata (the backend decodes those; it gets the same bytes). Anything unusual (multi-byte
 tags, other wire types, odd KeyValues) falls back to ttrpc's full decoder, so the answer is
 always the one ``ttrpc.messages.decode_request`` would give; bad input raises ProtocolError.
@@ -21,17 +22,17 @@ class _Slow(Exception):
     pass
 
 
-def route_of(body: bytes) -> tuple[str, list[str]]:
-    """(service, namespace values in order) of an encoded ttrpc Request."""
+def route_of(body: bytes, start: int = 0) -> tuple[str, list[str]]:
+    """(service, namespace values in order) of the ttrpc Request encoded in ``body[start:]``."""
     try:
-        return _scan(body)
+        return _scan(body, start)
     except (_Slow, IndexError, UnicodeDecodeError):
-        req = decode_request(body)
+        req = decode_request(body[start:])
         return req.service, [v for k, v in req.metadata if k == NAMESPACE_KEY]
 
 
-def _scan(body: bytes) -> tuple[str, list[str]]:
-    pos, end = 0, len(body)
+def _scan(body: bytes, pos: int) -> tuple[str, list[str]]:
+    end = len(body)
     service = b""
     namespaces: list[str] = []
     while pos < end:

@@ -5,7 +5,9 @@ Request envelope (service name and namespace metadata). Its frames travel unchan
 bytes, flags, payload, ``timeout_nano``, metadata) to one shared connection per backend
 replica, only the stream id rewritten (backends see odd, increasing ids per connection, as
 ttrpc 1.2 requires); every frame the backend sends for that stream comes back the same way.
-No task, no protobuf, no copy beyond the frame itself, per call.
+No task, no protobuf, no copy beyond the frame itself, per call; a backend stream takes the
+client's own id when that id is still ahead on its connection, and then a frame that arrives
+alone in one read travels verbatim, its header not even rewritten.
 
 Per call: the client's Request picks the replica with the fewest open streams (connected
 first); a Response, or a Data frame with ``remote closed``, from the backend ends the
@@ -30,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
@@ -38,7 +41,20 @@ from moorage import errdefs
 from moorage.namespaces import validate_namespace
 from ttrpc.codes import Code
 from ttrpc.errors import ProtocolError
-from ttrpc.frame import DATA, FLAG_NO_DATA, FLAG_REMOTE_CLOSED, FLAG_REMOTE_OPEN, REQUEST, RESPONSE, Frame, FrameDecoder, Oversized, pack_header
+from ttrpc.frame import (
+    DATA,
+    FLAG_NO_DATA,
+    FLAG_REMOTE_CLOSED,
+    FLAG_REMOTE_OPEN,
+    HEADER_SIZE,
+    MAX_MESSAGE_SIZE,
+    REQUEST,
+    RESPONSE,
+    Frame,
+    FrameDecoder,
+    Oversized,
+    pack_header,
+)
 from ttrpc.messages import encode_error
 from ttrpc.protocol import oversize_message
 
@@ -50,6 +66,9 @@ CONNECT_TIMEOUT = 2.0
 RETRY_AFTER = 0.5
 """Seconds a replica that refused a connection is left out while another one serves."""
 _MAX_SID = (1 << 31) - 1
+_unpack_header = struct.Struct(">IIBB").unpack_from
+_WHOLE = MAX_MESSAGE_SIZE + HEADER_SIZE
+"""A read of at most this many bytes may be one whole frame within the limit (the fast path)."""
 
 
 class _Scope:
@@ -96,6 +115,18 @@ class _Batch:
         if not self.scheduled:
             self.schedule()
 
+    def put(self, frame: bytes) -> None:
+        """One whole frame: written at once unless bytes wait before it or a read callback is
+        gathering this destination's frames."""
+        if self.scheduled or _reading.active:
+            self.chunks.append(frame)
+            if not self.scheduled:
+                self.schedule()
+            return
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)
+
     def schedule(self) -> None:
         self.scheduled = True
         if _reading.active:
@@ -121,17 +152,40 @@ class _Batch:
             transport.writelines(chunks)
 
 
+_new = tuple.__new__
+
+
+def _frames_of(decoder: FrameDecoder, data: bytes) -> list[Frame | Oversized]:
+    """The frames in ``data`` when ``decoder`` holds nothing: whole frames are cut straight
+    from ``data`` (no copy into the decoder's buffer); the decoder gets only what is left (a
+    frame's start, an oversized one)."""
+    events: list[Frame | Oversized] = []
+    pos, n = 0, len(data)
+    while n - pos >= HEADER_SIZE:
+        length, sid, mtype, flags = _unpack_header(data, pos)
+        stop = pos + HEADER_SIZE + length
+        if stop > n or length > MAX_MESSAGE_SIZE:
+            break
+        events.append(_new(Frame, (sid, mtype, flags, data[pos + HEADER_SIZE : stop])))
+        pos = stop
+    if pos < n:
+        events.extend(decoder.feed(data[pos:] if pos else data))
+    return events
+
+
 def _error_frame(sid: int, code: int, message: str) -> bytes:
     body = encode_error(code, message)
     return pack_header(len(body), sid, RESPONSE, 0) + body
 
 
-class Upstream(asyncio.BufferedProtocol):
+class Upstream(asyncio.Protocol):
     """One connection to one backend replica, shared by every client."""
 
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
         self.decoder = FrameDecoder()
+        self.partial = False
+        """The decoder holds part of a frame: the next read is not a frame of its own."""
         self.transport: asyncio.Transport | None = None
         self.next_sid = 1
         self.streams: dict[int, tuple[Front, int, str]] = {}
@@ -141,7 +195,6 @@ class Upstream(asyncio.BufferedProtocol):
         self.pausers: set[Front] = set()
         """Clients that cannot take more bytes: reading from this backend waits for them."""
         self.out = _Batch()
-        self.get_buffer = self.decoder.get_buffer  # type: ignore[method-assign]  # one Python call less per read
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -157,36 +210,32 @@ class Upstream(asyncio.BufferedProtocol):
         if not self.pausers and self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.decoder.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        one = self.decoder.take_one(nbytes)
-        if one is not None:  # the common case: one whole frame, written on at once
-            sid, mtype, flags, body = one
-            entry = self.streams.get(sid)
-            if entry is None:
+    def data_received(self, data: bytes) -> None:
+        n = len(data)
+        if not self.partial and HEADER_SIZE <= n <= _WHOLE:
+            length, sid, mtype, flags = _unpack_header(data)
+            if length + HEADER_SIZE == n:  # the common case: one whole frame, passed on at once
+                entry = self.streams.get(sid)
+                if entry is None:
+                    return
+                front, fsid, _ = entry
+                if mtype == RESPONSE or (mtype == DATA and flags & FLAG_REMOTE_CLOSED):
+                    del self.streams[sid]
+                    if self.sending:
+                        self.sending.discard(sid)
+                    if front.streams.pop(fsid, None) is not None and front.splice._idle is not None:
+                        front.splice.stream_done()
+                front.out.put(data if fsid == sid else pack_header(length, fsid, mtype, flags) + data[HEADER_SIZE:])
                 return
-            front, fsid, _ = entry
-            if mtype == RESPONSE or (mtype == DATA and flags & FLAG_REMOTE_CLOSED):
-                del self.streams[sid]
-                if sid in self.sending:
-                    self.sending.discard(sid)
-                if front.streams.pop(fsid, None) is not None and front.splice._idle is not None:
-                    front.splice.stream_done()
-            out = front.out
-            out.chunks += (pack_header(len(body), fsid, mtype, flags), body)
-            if not out.scheduled:
-                out.flush()
-            return
-        self._frames(nbytes)
+        self._frames(data)
 
-    def _frames(self, nbytes: int) -> None:
+    def _frames(self, data: bytes) -> None:
         streams = self.streams
         scope = _reading
         scope.active = True
         try:
-            for ev in self.decoder.buffer_updated(nbytes):
+            decoder = self.decoder
+            for ev in decoder.feed(data) if self.partial else _frames_of(decoder, data):
                 sid, mtype, flags, body = ev  # tuple unpacking: faster than four attribute reads
                 entry = streams.get(sid)
                 if entry is None:
@@ -209,6 +258,7 @@ class Upstream(asyncio.BufferedProtocol):
                     out.scheduled = True
                     scope.dirty.append(out)
         finally:
+            self.partial = self.decoder.in_frame
             scope.exit()
 
     def eof_received(self) -> bool:
@@ -229,16 +279,20 @@ class Upstream(asyncio.BufferedProtocol):
                 )
             )
 
-    def open(self, front: Front, fsid: int, service: str, flags: int, body: bytes) -> int:
+    def open(self, front: Front, fsid: int, service: str, flags: int, data: bytes, start: int) -> int:
+        """Send the Request in ``data[start:]`` (``start`` is 0 for a bare body, HEADER_SIZE for
+        the client's whole frame) on a new stream; returns the stream's id here."""
         sid = self.next_sid
+        if _MAX_SID >= fsid > sid:  # the client's id is still ahead here: keep it (frames go as is)
+            sid = fsid
         self.next_sid = sid + 2
         self.streams[sid] = (front, fsid, service)
         if flags & FLAG_REMOTE_OPEN:
             self.sending.add(sid)
-        out = self.out
-        out.chunks += (pack_header(len(body), sid, REQUEST, flags), body)
-        if not out.scheduled:
-            out.schedule()
+        if start and sid == fsid:
+            self.out.put(data)
+        else:
+            self.out.put(pack_header(len(data) - start, sid, REQUEST, flags) + (data[start:] if start else data))
         if self.next_sid > _MAX_SID:  # ids exhausted: new calls go to a fresh connection
             self.replica.upstream = None
         return sid
@@ -433,21 +487,18 @@ class Splice:
                 r.close()
 
 
-class _OwnPipe(asyncio.BufferedProtocol):
+class _OwnPipe(asyncio.Protocol):
     """The proxy end of a socketpair to the process's ttrpc server: replies go back verbatim."""
 
     def __init__(self, front: Front) -> None:
         self.front = front
         self.decoder = FrameDecoder()
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.decoder.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
+    def data_received(self, data: bytes) -> None:
         front = self.front
         _reading.enter()
         try:
-            for ev in self.decoder.buffer_updated(nbytes):
+            for ev in self.decoder.feed(data):
                 if ev.__class__ is Oversized:
                     front.done(ev.stream_id)
                     front.send(_error_frame(ev.stream_id, Code.RESOURCE_EXHAUSTED, oversize_message(ev.length)))
@@ -466,12 +517,21 @@ class _OwnPipe(asyncio.BufferedProtocol):
 _OWN = object()
 
 
-class Front(asyncio.BufferedProtocol):
+def _request_frame(sid: int, flags: int, data: bytes, start: int) -> bytes:
+    """The Request frame with stream id ``sid`` (the client's own frame when it is one)."""
+    if start:
+        return data
+    return pack_header(len(data), sid, REQUEST, flags) + data
+
+
+class Front(asyncio.Protocol):
     """One client connection to the front door."""
 
     def __init__(self, splice: Splice) -> None:
         self.splice = splice
         self.decoder = FrameDecoder()
+        self.partial = False
+        """The decoder holds part of a frame: the next read is not a frame of its own."""
         self.transport: asyncio.Transport | None = None
         self.last_sid = 0
         self.streams: dict[int, Any] = {}  # front sid -> (Upstream, backend sid) | _OWN
@@ -480,7 +540,6 @@ class Front(asyncio.BufferedProtocol):
         self.closed = False
         self.paused: set[Upstream] = set()
         self.out = _Batch()
-        self.get_buffer = self.decoder.get_buffer  # type: ignore[method-assign]  # one Python call less per read
 
     # transport side ----------------------------------------------------------------
 
@@ -489,26 +548,25 @@ class Front(asyncio.BufferedProtocol):
         self.out.transport = self.transport
         self.splice.fronts.add(self)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.decoder.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self.backlog is None:
-            one = self.decoder.take_one(nbytes)
-            if one is not None:  # the common case: one whole frame
-                sid, mtype, flags, body = one
-                scope = _reading
-                scope.active = True
-                try:
-                    if mtype == REQUEST and sid & 1 and sid > self.last_sid:
-                        self.last_sid = sid
-                        self.request(sid, flags, body)
-                    else:
-                        self.handle(Frame(sid, mtype, flags, body))
-                finally:
-                    scope.exit()
+    def data_received(self, data: bytes) -> None:
+        n = len(data)
+        if not self.partial and self.backlog is None and HEADER_SIZE <= n <= _WHOLE:
+            length, sid, mtype, flags = _unpack_header(data)
+            if length + HEADER_SIZE == n:  # the common case: one whole frame
+                if mtype == REQUEST and sid & 1 and sid > self.last_sid:
+                    self.last_sid = sid
+                    self.request(sid, flags, data, HEADER_SIZE)
+                else:
+                    scope = _reading
+                    scope.active = True
+                    try:
+                        self.handle(Frame(sid, mtype, flags, data[HEADER_SIZE:]))
+                    finally:
+                        scope.exit()
                 return
-        events = self.decoder.buffer_updated(nbytes)
+        decoder = self.decoder
+        events = decoder.feed(data) if self.partial else _frames_of(decoder, data)
+        self.partial = decoder.in_frame
         if self.backlog is not None:
             self.backlog.extend(events)
             return
@@ -516,10 +574,10 @@ class Front(asyncio.BufferedProtocol):
         scope.active = True
         try:
             for i, ev in enumerate(events):
-                sid, mtype, flags, data = ev  # tuple unpacking: faster than attribute reads
-                if mtype == REQUEST and sid & 1 and sid > self.last_sid and data.__class__ is bytes:
+                sid, mtype, flags, body = ev  # tuple unpacking: faster than attribute reads
+                if mtype == REQUEST and sid & 1 and sid > self.last_sid and body.__class__ is bytes:
                     self.last_sid = sid
-                    self.request(sid, flags, data)
+                    self.request(sid, flags, body, 0)
                 else:
                     self.handle(ev)
                 if self.backlog is not None:  # waiting for a connection: keep order
@@ -592,7 +650,7 @@ class Front(asyncio.BufferedProtocol):
             if ev.__class__ is Oversized:
                 self.fail(sid, Code.RESOURCE_EXHAUSTED, oversize_message(ev.length))
                 return
-            self.request(sid, ev.flags, ev.body)  # type: ignore[union-attr]
+            self.request(sid, ev.flags, ev.body, 0)  # type: ignore[union-attr]
         elif mtype == DATA:
             target = self.streams.get(sid)
             if target is None:
@@ -617,22 +675,24 @@ class Front(asyncio.BufferedProtocol):
             upstream, bsid = target
             upstream.forget(bsid)
 
-    def request(self, sid: int, flags: int, body: bytes) -> None:
+    def request(self, sid: int, flags: int, data: bytes, start: int) -> None:
+        """Route the Request in ``data[start:]`` (the client's whole frame when ``start`` is
+        HEADER_SIZE, a bare body when 0)."""
         if self.splice.closing:
             self.fail(sid, Code.UNAVAILABLE, "ttrpc: server shutting down")
             return
         try:
-            service, namespaces = route_of(body)
+            service, namespaces = route_of(data, start)
         except ProtocolError as exc:
             self.fail(sid, Code.INVALID_ARGUMENT, f"failed to decode request: {exc}")
             return
         splice = self.splice
         if service in splice.own:
             if self.own is None:
-                self.wait(self._open_own(), sid, flags, body, service)
+                self.wait(self._open_own(), sid, flags, data, start, service)
                 return
             self.streams[sid] = _OWN
-            self.own.write(pack_header(len(body), sid, REQUEST, flags) + body)
+            self.own.write(_request_frame(sid, flags, data, start))
             return
         route = splice.routes.get(service)
         if route is None:
@@ -649,19 +709,23 @@ class Front(asyncio.BufferedProtocol):
         replicas = route.replicas
         upstream = replicas[0].upstream if len(replicas) == 1 else route.ready()
         if upstream is None:
-            self.wait(route.acquire(service), sid, flags, body, service)
+            self.wait(route.acquire(service), sid, flags, data, start, service)
             return
-        self.streams[sid] = (upstream, upstream.open(self, sid, service, flags, body))
+        self.streams[sid] = (upstream, upstream.open(self, sid, service, flags, data, start))
 
     # the slow path: a connection to make before the call can go on -------------------
 
-    def wait(self, setup: Awaitable[Upstream | None], sid: int, flags: int, body: bytes, service: str) -> None:
+    def wait(
+        self, setup: Awaitable[Upstream | None], sid: int, flags: int, data: bytes, start: int, service: str
+    ) -> None:
         """Hold this client's frames (in order) until ``setup`` gives the connection the
         held Request goes to (None: the own-services pipe), then go on with them."""
         self.backlog = deque()
-        self.splice.spawn(self._resume(setup, sid, flags, body, service))
+        self.splice.spawn(self._resume(setup, sid, flags, data, start, service))
 
-    async def _resume(self, setup: Awaitable[Upstream | None], sid: int, flags: int, body: bytes, service: str) -> None:
+    async def _resume(
+        self, setup: Awaitable[Upstream | None], sid: int, flags: int, data: bytes, start: int, service: str
+    ) -> None:
         upstream: Upstream | None = None
         error: str | None = None
         try:
@@ -680,11 +744,11 @@ class Front(asyncio.BufferedProtocol):
                 self.fail(sid, Code.UNAVAILABLE, "proxy is shutting down")
             else:
                 self.streams[sid] = _OWN
-                self.own.write(pack_header(len(body), sid, REQUEST, flags) + body)
+                self.own.write(_request_frame(sid, flags, data, start))
         elif upstream.closed:
             self.fail(sid, Code.UNAVAILABLE, f"service {service} is unavailable: {upstream.replica.process} went away")
         else:
-            self.streams[sid] = (upstream, upstream.open(self, sid, service, flags, body))
+            self.streams[sid] = (upstream, upstream.open(self, sid, service, flags, data, start))
         while pending and self.backlog is None:
             self.handle(pending.popleft())
         if self.backlog is not None and pending:
