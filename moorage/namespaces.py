@@ -10,19 +10,21 @@ Names follow containerd's identifier rules: runs of ``[A-Za-z0-9]`` joined by si
 
 from __future__ import annotations
 
-import re
 import sys
-from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 
 from moorage.errdefs import FailedPrecondition, InvalidArgument
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 NAMESPACE_KEY = "containerd-namespace-ttrpc"
 GRPC_NAMESPACE_KEY = "containerd-namespace"
 DEFAULT = "default"
 MAX_LENGTH = 76
 
-_IDENTIFIER = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
+IDENTIFIER = r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*"
 
 current_namespace: ContextVar[str | None] = ContextVar("moorage_namespace", default=None)
 
@@ -67,8 +69,10 @@ def validate_namespace(name: str) -> str:
         raise InvalidArgument("namespace: identifier must not be empty")
     if len(name) > MAX_LENGTH:
         raise InvalidArgument(f"namespace: identifier {name[:MAX_LENGTH]!r}... greater than maximum length ({MAX_LENGTH} characters)")
-    if not _IDENTIFIER.fullmatch(name):
-        raise InvalidArgument(f"namespace: identifier {name!r} must match {_IDENTIFIER.pattern}")
+    import re  # here: `moor` imports this module, and needs no re
+
+    if not re.fullmatch(IDENTIFIER, name):
+        raise InvalidArgument(f"namespace: identifier {name!r} must match {IDENTIFIER}")
     return name
 
 

@@ -13,15 +13,17 @@ Importing ``ttrpc`` itself imports no asyncio.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
-from typing import Any, TypeVar
-
 from .codes import Code
 from .errors import ProtocolError, RpcError
 
-__all__ = ["Code", "ProtocolError", "RpcError", "run"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+    from typing import Any, TypeVar
 
-T = TypeVar("T")
+    T = TypeVar("T")
+
+__all__ = ["Code", "ProtocolError", "RpcError", "run"]
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

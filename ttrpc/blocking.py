@@ -8,18 +8,26 @@ dropped connection fails every waiting call with UNAVAILABLE.
 
 from __future__ import annotations
 
-import socket
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
 
-from .calls import CLOSED_MESSAGE, ErrorFactory, identity, serialize, timeout_nano
+import _socket  # socket.py imports selectors, enum and more: several ms of every `moor`
+
+from .calls import CLOSED_MESSAGE, identity, serialize, timeout_nano
 from .codes import Code
 from .errors import RpcError
 from .frame import FLAG_REMOTE_CLOSED, FLAG_REMOTE_OPEN
-from .messages import Metadata, metadata_pairs
-from .protocol import ClientConnection, ClientEvent, DataReceived, ResponseReceived
+from .lighttyping import Generic, TypeVar
+from .messages import metadata_pairs
+from .protocol import ClientConnection, DataReceived, ResponseReceived
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Any
+
+    from .calls import ErrorFactory
+    from .messages import Metadata
+    from .protocol import ClientEvent
 
 __all__ = ["BlockingStream", "Client"]
 
@@ -79,6 +87,18 @@ class BlockingStream(Generic[SendT, RecvT]):
             return self._decode(response.payload)
         raise client._error(event.code, event.message)
 
+    def wait(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds for ``recv`` to have something to return without
+        blocking (a message, the end, an error); True if it has. The call stays open either
+        way, so a caller may do other work between waits."""
+        if self._done:
+            return True
+        client = self._client
+        queue = client._queues.get(self.stream_id)
+        if queue is None:
+            return True
+        return client._fill(queue, time.monotonic() + timeout) or client._closed
+
     def _finish(self) -> None:
         self._done = True
         self._client._forget(self.stream_id)
@@ -103,9 +123,9 @@ class Client:
     def __init__(self, path: str, error_factory: ErrorFactory | None = None, *, connect_timeout: float = 5.0) -> None:
         self._error = error_factory or RpcError
         self._core = ClientConnection()
-        self._queues: dict[int, deque[ClientEvent]] = {}
+        self._queues: dict[int, list[ClientEvent]] = {}
         self._closed = False
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.settimeout(connect_timeout)
             sock.connect(path)
@@ -148,7 +168,7 @@ class Client:
             sid, frame = self._core.request(service, method, payload, flags, timeout_nano, metadata_pairs(metadata))
         except RpcError as exc:
             raise self._error(exc.code, exc.message) from None
-        self._queues[sid] = deque()
+        self._queues[sid] = []
         self._send(frame)
         return sid
 
@@ -160,17 +180,25 @@ class Client:
         queue = self._queues.get(sid)
         if queue is None:
             raise self._error(Code.UNAVAILABLE, CLOSED_MESSAGE)
+        if not self._fill(queue, deadline):
+            self._forget(sid)
+            if self._closed:
+                raise self._error(Code.UNAVAILABLE, CLOSED_MESSAGE)
+            raise self._error(Code.DEADLINE_EXCEEDED, "context deadline exceeded")
+        return queue.pop(0)
+
+    def _fill(self, queue: list[ClientEvent], deadline: float | None) -> bool:
+        """Read replies, routing them, until ``queue`` has one (True); False once the
+        connection is closed or ``deadline`` (``time.monotonic()``) has passed."""
         sock = self._sock
         core = self._core
         while not queue:
             if self._closed:
-                self._forget(sid)
-                raise self._error(Code.UNAVAILABLE, CLOSED_MESSAGE)
+                return False
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self._forget(sid)
-                    raise self._error(Code.DEADLINE_EXCEEDED, "context deadline exceeded")
+                    return False
                 sock.settimeout(remaining)
             try:
                 n = sock.recv_into(core.get_buffer())
@@ -188,7 +216,7 @@ class Client:
                 target = self._queues.get(event.stream_id)
                 if target is not None:
                     target.append(event)
-        return queue.popleft()
+        return True
 
     def unary_raw(
         self,

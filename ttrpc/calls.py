@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
-ErrorFactory = Callable[[int, str], Exception]
-"""Turns a status a call got back into the exception it raises."""
+    ErrorFactory = Callable[[int, str], Exception]
+    """Turns a status a call got back into the exception it raises."""
 
 CLOSED_MESSAGE = "ttrpc: connection closed"
 

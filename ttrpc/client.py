@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from .calls import CLOSED_MESSAGE, ErrorFactory, identity, serialize, timeout_nano
+from .calls import CLOSED_MESSAGE, identity, serialize, timeout_nano
 from .codes import Code
 from .errors import RpcError
 from .frame import FLAG_REMOTE_CLOSED, FLAG_REMOTE_OPEN, MAX_MESSAGE_SIZE
-from .messages import Metadata, Response, metadata_pairs
+from .messages import Response, metadata_pairs
 from .protocol import ClientConnection, DataReceived, ResponseReceived
 from .stream import STALL_TIMEOUT, STREAM_BUFFER, Inbox, Outbox, Stalls
 
-__all__ = ["Client", "ClientStream", "ErrorFactory"]
+if TYPE_CHECKING:
+    from .calls import ErrorFactory
+    from .messages import Metadata
+
+__all__ = ["Client", "ClientStream"]
 
 T = TypeVar("T")
 SendT = TypeVar("SendT")

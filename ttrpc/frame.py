@@ -13,7 +13,8 @@ than its buffer. Any byte sequence decodes; the decoder never raises on peer inp
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+
+from .lighttyping import NamedTuple
 
 HEADER_SIZE = 10
 MAX_MESSAGE_SIZE = 4 << 20

@@ -11,13 +11,15 @@ any order, unknown fields, a code-0 status) and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple
-
 from .errors import ProtocolError
+from .lighttyping import NamedTuple
 
-Metadata = Mapping[str, "str | Sequence[str]"]
-"""Metadata as callers give it: a value or a list of values per key."""
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+    Metadata = Mapping[str, str | Sequence[str]]
+    """Metadata as callers give it: a value or a list of values per key."""
 
 Pairs = list[tuple[str, str]]
 

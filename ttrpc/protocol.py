@@ -20,9 +20,6 @@ body over the limit, which the caller must not send.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
-
 from .codes import Code
 from .errors import ProtocolError, RpcError
 from .frame import (
@@ -39,6 +36,7 @@ from .frame import (
     Oversized,
     pack_header,
 )
+from .lighttyping import NamedTuple
 from .messages import (
     Request,
     Response,
@@ -48,6 +46,10 @@ from .messages import (
     request_parts,
     response_prefix,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 CLOSE_FLAGS = FLAG_REMOTE_CLOSED | FLAG_NO_DATA
 _new = tuple.__new__

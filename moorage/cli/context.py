@@ -14,13 +14,15 @@ Exit codes scripts can rely on (:data:`EXIT`): 0 ok; 1 any other failure; 2 usag
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
 
 from moorage import errdefs
 from moorage.namespaces import NAMESPACE_KEY
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from typing import Any
+
     from ttrpc.blocking import Client
 
 DEFAULT_ADDRESS = "/run/moorage/moorage.sock.ttrpc"
@@ -66,6 +68,11 @@ def exit_code(exc: BaseException) -> int:
 
 class Usage(Exception):
     """Bad command-line use; ``fail`` prints it and returns 2."""
+
+
+class Help(Exception):
+    """``--help`` was asked for: ``fail`` prints the text (the exception's argument) on
+    stdout and returns 0."""
 
 
 def human_size(n: int) -> str:
@@ -126,6 +133,9 @@ class CliContext:
 
     def fail(self, exc: BaseException) -> int:
         """Print ``moor: <message>`` to stderr and return the exit code for its kind."""
+        if isinstance(exc, Help):
+            sys.stdout.write(str(exc))
+            return EXIT["ok"]
         if isinstance(exc, Usage):
             print(f"moor: {exc}", file=sys.stderr)
             return EXIT["usage"]

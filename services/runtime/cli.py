@@ -10,21 +10,26 @@ container and snapshot too; the exit code is the container's.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
 
+from moorage.cli.flags import Flags
 from moorage.cli.wire import Fields, Msg
 from moorage.errdefs import FailedPrecondition, InvalidArgument, NotFound
+from moorage.jsoncodec import dumps, loads
+from ttrpc.lighttyping import NamedTuple
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal as _signal
+    import threading
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
     from moorage.cli.context import CliContext
+else:
+    import _signal  # signal.py wraps the constants in enums (enum: several ms)
 
 CONTAINERS = "containerd.services.containers.v1.Containers"
 TASKS = "containerd.services.tasks.v1.Tasks"
@@ -181,7 +186,7 @@ class _ClientIO:
         self.dir = tempfile.mkdtemp(prefix="moor-io-", dir=base)
         self.paths: dict[str, str] = {}
         self.fds: dict[str, int] = {}
-        self.threads: list[threading.Thread] = []
+        self.threads: list[threading.Thread] = []  # -i/-t only: threading imported then
         for name, want in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
             if want:
                 p = os.path.join(self.dir, name)
@@ -197,6 +202,7 @@ class _ClientIO:
     def start(self, on_stdin_eof: Callable[[], None] | None = None) -> None:
         """After the shim opened its ends: copy in both directions in threads."""
         import fcntl
+        import threading
 
         for name, out in (("stdout", sys.stdout), ("stderr", sys.stderr)):
             fd = self.fds.get(name)
@@ -290,15 +296,6 @@ def _copy_log(path: str, offset: int) -> int:
     return offset
 
 
-def _follow_log(path: str, done: threading.Event, offset: int = 0) -> int:
-    while True:
-        finished = done.is_set()
-        offset = _copy_log(path, offset)
-        if finished:
-            return offset
-        done.wait(0.05)
-
-
 # ---- run ----------------------------------------------------------------------------------
 
 def _runtime(value: str) -> tuple[str, str]:
@@ -311,36 +308,29 @@ def _runtime(value: str) -> tuple[str, str]:
     return DEFAULT_RUNTIME, value
 
 
-def _help_formatter(prog: str) -> argparse.HelpFormatter:
-    """argparse's formatter with the width given: left to find it, argparse imports shutil
-    (with zlib, bz2 and lzma) for every parser built."""
-    try:
-        width = os.get_terminal_size(sys.stderr.fileno()).columns - 2
-    except (OSError, ValueError):
-        width = 78
-    return argparse.HelpFormatter(prog, width=width)
-
-
-def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="moor run", add_help=True, formatter_class=_help_formatter)
-    p.add_argument("-d", "--detach", action="store_true")
-    p.add_argument("--rm", action="store_true")
-    p.add_argument("-i", "--interactive", action="store_true")
-    p.add_argument("-t", "--tty", action="store_true")
-    p.add_argument("--name", default="")
-    p.add_argument("-e", "--env", action="append", default=[])
-    p.add_argument("--mount", action="append", default=[])
-    p.add_argument("-u", "--user", default="")
-    p.add_argument("-w", "--workdir", default="")
-    p.add_argument("--hostname", default="")
-    p.add_argument("-m", "--memory", default="")
-    p.add_argument("--cpus", type=float, default=0.0)
-    p.add_argument("--runtime", default="")
-    p.add_argument("--snapshotter", default=DEFAULT_SNAPSHOTTER)
-    p.add_argument("--label", action="append", default=[])
-    p.add_argument("--sandbox", default="")
-    p.add_argument("image")
-    p.add_argument("command", nargs=argparse.REMAINDER)
+def _run_flags() -> Flags:
+    p = Flags("moor run", "[FLAGS] IMAGE [COMMAND [ARG...]]",
+              "Run a command in a new container (by default the image's entrypoint and cmd).\n"
+              "Without -d: follow its output until it exits, and exit with its status.")
+    p.switch("-d", "--detach", help="run in the background; print the container id")
+    p.switch("--rm", help="remove the container and its snapshot when it exits")
+    p.switch("-i", "--interactive", help="keep stdin open and send ours to the container")
+    p.switch("-t", "--tty", help="give the container a terminal")
+    p.value("--name", metavar="NAME", help="the container id (default: random)")
+    p.value("-e", "--env", metavar="KEY=VALUE", repeat=True, help="set an environment variable")
+    p.value("--mount", metavar="type=bind,src=A,dst=B[,ro]", repeat=True, help="add a mount")
+    p.value("-u", "--user", metavar="USER[:GROUP]", help="user (name or id) to run as")
+    p.value("-w", "--workdir", metavar="DIR", help="working directory in the container")
+    p.value("--hostname", metavar="NAME", help="the container's hostname")
+    p.value("-m", "--memory", metavar="SIZE", help="memory limit (512m, 1g, bytes)")
+    p.value("--cpus", metavar="N", kind=float, default=0.0, help="CPU limit, in CPUs")
+    p.value("--runtime", metavar="NAME|PATH",
+            help=f"shim runtime (io.containerd.X.vN) or OCI runtime binary (default {DEFAULT_RUNTIME})")
+    p.value("--snapshotter", metavar="NAME", default=DEFAULT_SNAPSHOTTER, help="snapshotter")
+    p.value("--label", metavar="KEY=VALUE", repeat=True, help="add a container label")
+    p.value("--sandbox", metavar="ID", help="join this pod sandbox (its network, hostname)")
+    p.arg("image", help="image reference (busybox, docker.io/library/busybox:latest, ...)")
+    p.rest("command", help="command and arguments, instead of the image's")
     return p
 
 
@@ -349,7 +339,7 @@ def cmd_run(argv: list[str], ctx: CliContext) -> int:
     from . import rootfs as rfs
     from . import spec as sp
 
-    a = _run_parser().parse_args(argv)
+    a = _run_flags().parse(argv)
     if a.detach and a.rm:
         raise InvalidArgument("--rm and -d cannot be used together")
     api = _Api(ctx)
@@ -557,35 +547,27 @@ def _forward_signals(api: _Api, id: str, exec_id: str) -> None:
         except Exception:
             pass
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(sig, forward)
+    for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT):
+        _signal.signal(sig, forward)
 
 
 def _wait_logged(api: _Api, id: str, log_path: str, rm: bool, container: Any,
                  waiting: Any = None) -> int:
-    """The plain foreground case: Wait on the main connection while a thread follows the
-    log; then delete the task, print the rest of the log, and with --rm remove it all.
-    ``waiting``: a Wait call already sent (its stream)."""
-    stop = threading.Event()
-    offset = [0]
-
-    def follow() -> None:
-        while not stop.wait(0.02):
-            offset[0] = _copy_log(log_path, offset[0])
-
+    """The plain foreground case, in one thread: wait for the task's exit on a Wait call
+    (``waiting``, if already sent), copying the log out every 20 ms meanwhile; then delete
+    the task, print the rest of the log, and with --rm remove it all."""
     _forward_signals(api, id, "")
-    follower = threading.Thread(target=follow, daemon=True)
-    follower.start()
+    if waiting is None:  # WaitRequest{container_id=1}
+        waiting = api.c.open_stream(TASKS, "Wait", Msg({1: id}).SerializeToString(), 0, 0, api.md)
+    offset = 0
     try:
-        if waiting is not None:
-            waiting.recv()
-        else:
-            api.wait(id, timeout=None)
-        code = api.delete_task(id)
+        while not waiting.wait(0.02):
+            offset = _copy_log(log_path, offset)
+        waiting.recv()
     finally:
-        stop.set()
-        follower.join()
-    _copy_log(log_path, offset[0])
+        waiting.close()
+    code = api.delete_task(id)
+    _copy_log(log_path, offset)
     if rm:
         api.remove_container(container, task_gone=True)
     return code
@@ -595,6 +577,8 @@ def _attach_and_wait(api: _Api, id: str, log_path: str, cio: _ClientIO | None, t
                      interactive: bool, rm: bool, container: Any, exec_id: str = "") -> int:
     if cio is None and not tty and log_path and not exec_id:
         return _wait_logged(api, id, log_path, rm, container)
+    import threading
+
     from google.protobuf import empty_pb2
 
     done = threading.Event()
@@ -621,7 +605,7 @@ def _attach_and_wait(api: _Api, id: str, log_path: str, cio: _ClientIO | None, t
     if tty and sys.stdin.isatty():
         if interactive:
             term = _RawTerminal(sys.stdin.fileno())
-        signal.signal(signal.SIGWINCH, lambda *_: winch.set())
+        _signal.signal(_signal.SIGWINCH, lambda *_: winch.set())
         winch.set()
 
     def close_stdin() -> None:
@@ -681,20 +665,21 @@ def cmd_exec(argv: list[str], ctx: CliContext) -> int:
 
     from . import spec as sp
 
-    p = argparse.ArgumentParser(prog="moor exec")
-    p.add_argument("-i", "--interactive", action="store_true")
-    p.add_argument("-t", "--tty", action="store_true")
-    p.add_argument("-d", "--detach", action="store_true")
-    p.add_argument("-e", "--env", action="append", default=[])
-    p.add_argument("-u", "--user", default="")
-    p.add_argument("-w", "--workdir", default="")
-    p.add_argument("--exec-id", default="")
-    p.add_argument("container")
-    p.add_argument("command", nargs=argparse.REMAINDER)
-    a = p.parse_args(argv)
+    p = Flags("moor exec", "[FLAGS] CONTAINER COMMAND [ARG...]",
+              "Run another process in a running container.")
+    p.switch("-i", "--interactive", help="send our stdin to the process")
+    p.switch("-t", "--tty", help="give the process a terminal")
+    p.switch("-d", "--detach", help="run in the background; print the exec id")
+    p.value("-e", "--env", metavar="KEY=VALUE", repeat=True, help="set an environment variable")
+    p.value("-u", "--user", metavar="USER[:GROUP]", help="user to run as (default: the container's)")
+    p.value("-w", "--workdir", metavar="DIR", help="working directory")
+    p.value("--exec-id", metavar="ID", help="the process id (default: random)")
+    p.arg("container")
+    p.rest("command", help="the command and its arguments")
+    a = p.parse(argv)
     api = _Api(ctx)
     c = api.container(a.container)
-    spec = json.loads(c.spec.value)
+    spec = loads(c.spec.value)
     proc = sp.process_spec(spec, a.command, env=a.env, user=a.user, cwd=a.workdir,
                            terminal=a.tty)
     exec_id = a.exec_id or "exec-" + os.urandom(6).hex()
@@ -705,7 +690,7 @@ def cmd_exec(argv: list[str], ctx: CliContext) -> int:
             container_id=a.container, exec_id=exec_id, terminal=a.tty,
             stdin=cio.path("stdin") if cio else "", stdout=cio.path("stdout") if cio else "",
             stderr=cio.path("stderr") if cio else "",
-            spec=any_pb2.Any(type_url=sp.PROCESS_TYPE_URL, value=json.dumps(proc).encode())),
+            spec=any_pb2.Any(type_url=sp.PROCESS_TYPE_URL, value=dumps(proc).encode())),
             empty_pb2.Empty)
         if a.tty and sys.stdin.isatty():
             api.resize(a.container, exec_id, sys.stdin.fileno())
@@ -734,10 +719,13 @@ def cmd_attach(argv: list[str], ctx: CliContext) -> int:
 
     from . import attach as at
 
-    p = argparse.ArgumentParser(prog="moor attach")
-    p.add_argument("--no-stdin", action="store_true")
-    p.add_argument("container")
-    a = p.parse_args(argv)
+    import threading
+
+    p = Flags("moor attach", "[--no-stdin] CONTAINER",
+              "Attach to a running container's stdio (from a terminal, Ctrl-P Ctrl-Q detaches).")
+    p.switch("--no-stdin", help="do not send our stdin")
+    p.arg("container")
+    a = p.parse(argv)
     api = _Api(ctx)
     proc = api.task(a.container)
     if proc is None:
@@ -755,7 +743,7 @@ def cmd_attach(argv: list[str], ctx: CliContext) -> int:
     winch = threading.Event()
     detached = threading.Event()
     if tty:
-        signal.signal(signal.SIGWINCH, lambda *_: winch.set())
+        _signal.signal(_signal.SIGWINCH, lambda *_: winch.set())
         winch.set()
 
     def close_stdin() -> None:
@@ -834,23 +822,23 @@ def cmd_attach(argv: list[str], ctx: CliContext) -> int:
 
 # ---- the rest -----------------------------------------------------------------------------
 
-def _signal(text: str) -> int:
+def _signum(text: str) -> int:
     t = text.upper()
     if t.isdigit():
         return int(t)
     if not t.startswith("SIG"):
         t = "SIG" + t
     try:
-        return int(getattr(signal, t))
+        return int(getattr(_signal, t))
     except AttributeError:
         raise InvalidArgument(f"unknown signal {text!r}") from None
 
 
 def cmd_ps(argv: list[str], ctx: CliContext) -> int:
-    p = argparse.ArgumentParser(prog="moor ps")
-    p.add_argument("-a", "--all", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
-    a = p.parse_args(argv)
+    p = Flags("moor ps", "[-a] [-q]", "List running containers.")
+    p.switch("-a", "--all", help="stopped containers too")
+    p.switch("-q", "--quiet", help="ids only")
+    a = p.parse(argv)
     api = _Api(ctx)
     tasks = api.tasks()
     rows = []
@@ -863,7 +851,7 @@ def cmd_ps(argv: list[str], ctx: CliContext) -> int:
         if not a.all and not running:
             continue
         try:
-            args = json.loads(c.spec.value).get("process", {}).get("args", [])
+            args = loads(c.spec.value).get("process", {}).get("args", [])
         except ValueError:
             args = []
         rows.append({"id": c.id, "image": c.image, "command": " ".join(args)[:40],
@@ -881,45 +869,47 @@ def cmd_ps(argv: list[str], ctx: CliContext) -> int:
 
 
 def cmd_kill(argv: list[str], ctx: CliContext) -> int:
-    p = argparse.ArgumentParser(prog="moor kill")
-    p.add_argument("-s", "--signal", default="SIGKILL")
-    p.add_argument("--all", action="store_true")
-    p.add_argument("--exec-id", default="")
-    p.add_argument("containers", nargs="+")
-    a = p.parse_args(argv)
+    p = Flags("moor kill", "[-s SIGNAL] [--all] [--exec-id ID] CONTAINER...",
+              "Send a signal to containers' processes.")
+    p.value("-s", "--signal", metavar="SIGNAL", default="SIGKILL", help="name or number")
+    p.switch("--all", help="every process of the container")
+    p.value("--exec-id", metavar="ID", help="an exec'd process instead of the init process")
+    p.many("containers")
+    a = p.parse(argv)
     api = _Api(ctx)
     for id in a.containers:
-        api.kill(id, _signal(a.signal), a.exec_id, a.all)
+        api.kill(id, _signum(a.signal), a.exec_id, a.all)
     return 0
 
 
 def cmd_stop(argv: list[str], ctx: CliContext) -> int:
     from moorage.errdefs import DeadlineExceeded
 
-    p = argparse.ArgumentParser(prog="moor stop")
-    p.add_argument("-t", "--time", type=float, default=10.0)
-    p.add_argument("containers", nargs="+")
-    a = p.parse_args(argv)
+    p = Flags("moor stop", "[-t SECONDS] CONTAINER...",
+              "Stop containers: SIGTERM, then SIGKILL after the grace time.")
+    p.value("-t", "--time", metavar="SECONDS", kind=float, default=10.0, help="grace time")
+    p.many("containers")
+    a = p.parse(argv)
     api = _Api(ctx)
     for id in a.containers:
         t = api.task(id)
         if t is None or t.status == 3:
             continue
-        api.kill(id, int(signal.SIGTERM))
+        api.kill(id, int(_signal.SIGTERM))
         try:
             api.wait(id, timeout=a.time if a.time > 0 else None)
         except DeadlineExceeded:
-            api.kill(id, int(signal.SIGKILL), all=True)
+            api.kill(id, int(_signal.SIGKILL), all=True)
             api.wait(id)
         print(id)
     return 0
 
 
 def cmd_rm(argv: list[str], ctx: CliContext) -> int:
-    p = argparse.ArgumentParser(prog="moor rm")
-    p.add_argument("-f", "--force", action="store_true")
-    p.add_argument("containers", nargs="+")
-    a = p.parse_args(argv)
+    p = Flags("moor rm", "[-f] CONTAINER...", "Remove containers (their task and snapshot too).")
+    p.switch("-f", "--force", help="kill running ones first")
+    p.many("containers")
+    a = p.parse(argv)
     api = _Api(ctx)
     failed = 0
     for id in a.containers:
@@ -931,7 +921,7 @@ def cmd_rm(argv: list[str], ctx: CliContext) -> int:
                     if not a.force:
                         raise FailedPrecondition(
                             f"container {id} is running: stop it first or use rm -f")
-                    api.kill(id, int(signal.SIGKILL), all=True)
+                    api.kill(id, int(_signal.SIGKILL), all=True)
                     api.wait(id)
                 api.delete_task(id)
             api.remove_container(c)
@@ -942,47 +932,36 @@ def cmd_rm(argv: list[str], ctx: CliContext) -> int:
 
 
 def cmd_logs(argv: list[str], ctx: CliContext) -> int:
-    p = argparse.ArgumentParser(prog="moor logs")
-    p.add_argument("-f", "--follow", action="store_true")
-    p.add_argument("container")
-    a = p.parse_args(argv)
+    p = Flags("moor logs", "[-f] CONTAINER", "Print a container's log.")
+    p.switch("-f", "--follow", help="follow it until the container exits")
+    p.arg("container")
+    a = p.parse(argv)
     api = _Api(ctx)
     c = api.container(a.container)
     path = c.labels.get(LOG_PATH_LABEL, "")
     if not path:
         raise FailedPrecondition(f"container {a.container} has no log (run with a terminal?)")
-    done = threading.Event()
-    if not a.follow:
-        done.set()
-        _follow_log(path, done)
-        return 0
-
-    def waiter() -> None:
+    offset = 0
+    if a.follow:  # until the task's Wait answers (WaitRequest{container_id=1}), or fails
+        waiting = api.c.open_stream(TASKS, "Wait", Msg({1: a.container}).SerializeToString(), 0,
+                                    0, api.md)
         try:
-            from ttrpc.blocking import Client
-
-            from moorage import errdefs
-
-            with Client(ctx.address, error_factory=errdefs.from_status) as cl:
-                cl.unary(TASKS, "Wait", api.tpb.WaitRequest(container_id=a.container),
-                         api.tpb.WaitResponse, metadata=api.md)
-        except Exception:
-            pass
+            while not waiting.wait(0.05):
+                offset = _copy_log(path, offset)
+        except KeyboardInterrupt:
+            return 0
         finally:
-            done.set()
-
-    threading.Thread(target=waiter, daemon=True).start()
-    try:
-        _follow_log(path, done)
-    except KeyboardInterrupt:
-        return 0
+            waiting.close()
+    _copy_log(path, offset)
     return 0
 
 
 def cmd_wait(argv: list[str], ctx: CliContext) -> int:
+    p = Flags("moor wait", "CONTAINER...", "Wait for containers to exit; print each exit status.")
+    p.many("containers")
     api = _Api(ctx)
     code = 0
-    for id in argv:
+    for id in p.parse(argv).containers:
         code = api.wait(id, timeout=None)
         print(code)
     return 0
@@ -991,8 +970,10 @@ def cmd_wait(argv: list[str], ctx: CliContext) -> int:
 def cmd_pause(cmd: str, argv: list[str], ctx: CliContext) -> int:
     from google.protobuf import empty_pb2
 
+    p = Flags(f"moor {cmd}", "CONTAINER...", f"{cmd.capitalize()} containers' processes.")
+    p.many("containers")
     api = _Api(ctx)
-    for id in argv:
+    for id in p.parse(argv).containers:
         if cmd == "pause":
             api.call(TASKS, "Pause", api.tpb.PauseTaskRequest(container_id=id), empty_pb2.Empty)
         else:
@@ -1002,10 +983,11 @@ def cmd_pause(cmd: str, argv: list[str], ctx: CliContext) -> int:
 
 
 def cmd_top(argv: list[str], ctx: CliContext) -> int:
-    if len(argv) != 1:
-        raise InvalidArgument("usage: moor top CONTAINER")
+    p = Flags("moor top", "CONTAINER", "List a container's processes.")
+    p.arg("container")
+    id = p.parse(argv).container
     api = _Api(ctx)
-    r = api.call(TASKS, "ListPids", api.tpb.ListPidsRequest(container_id=argv[0]),
+    r = api.call(TASKS, "ListPids", api.tpb.ListPidsRequest(container_id=id),
                  api.tpb.ListPidsResponse)
     rows = []
     for p in r.processes:
@@ -1039,7 +1021,7 @@ def cmd_stats(argv: list[str], ctx: CliContext) -> int:
         if argv and m.id not in argv:
             continue
         c = api.container(m.id)
-        cg = json.loads(c.spec.value).get("linux", {}).get("cgroupsPath", "")
+        cg = loads(c.spec.value).get("linux", {}).get("cgroupsPath", "")
         mem = _cgroup_read("memory", cg, "memory.usage_in_bytes")
         lim = _cgroup_read("memory", cg, "memory.limit_in_bytes")
         cpu = _cgroup_read("cpuacct", cg, "cpuacct.usage")
@@ -1060,22 +1042,23 @@ def cmd_update(argv: list[str], ctx: CliContext) -> int:
 
     from . import spec as sp
 
-    p = argparse.ArgumentParser(prog="moor update")
-    p.add_argument("-m", "--memory", default="")
-    p.add_argument("--cpus", type=float, default=0.0)
-    p.add_argument("containers", nargs="+")
-    a = p.parse_args(argv)
+    p = Flags("moor update", "[-m SIZE] [--cpus N] CONTAINER...",
+              "Change running containers' resource limits.")
+    p.value("-m", "--memory", metavar="SIZE", help="memory limit (512m, 1g, bytes)")
+    p.value("--cpus", metavar="N", kind=float, default=0.0, help="CPU limit, in CPUs")
+    p.many("containers")
+    a = p.parse(argv)
     api = _Api(ctx)
     for id in a.containers:
         c = api.container(id)
-        res: dict[str, Any] = json.loads(c.spec.value).get("linux", {}).get("resources", {})
+        res: dict[str, Any] = loads(c.spec.value).get("linux", {}).get("resources", {})
         if a.memory:
             res["memory"] = {"limit": sp.parse_memory(a.memory)}
         if a.cpus:
             res["cpu"] = {"quota": int(a.cpus * 100000), "period": 100000}
         api.call(TASKS, "Update", api.tpb.UpdateTaskRequest(
             container_id=id,
-            resources=any_pb2.Any(type_url=RESOURCES_URL, value=json.dumps(res).encode())),
+            resources=any_pb2.Any(type_url=RESOURCES_URL, value=dumps(res).encode())),
             empty_pb2.Empty)
     return 0
 
@@ -1101,12 +1084,13 @@ def cmd_containers(argv: list[str], ctx: CliContext) -> int:
         ctx.emit_json({"id": c.id, "image": c.image, "runtime": c.runtime.name,
                        "labels": dict(c.labels), "snapshotter": c.snapshotter,
                        "snapshot_key": c.snapshot_key, "sandbox": c.sandbox,
-                       "spec": json.loads(c.spec.value)})
+                       "spec": loads(c.spec.value)})
         return 0
     raise InvalidArgument("usage: moor containers ls|rm ID...|info ID")
 
 
 def cmd_tasks(argv: list[str], ctx: CliContext) -> int:
+    Flags("moor tasks", "", "List tasks.").parse(argv)
     api = _Api(ctx)
     ts = api.tasks()
     if ctx.json:
@@ -1130,10 +1114,7 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
     fn = simple.get(cmd)
     if fn is None:
         raise InvalidArgument(f"unknown command {cmd!r}")
-    try:
-        return fn(argv, ctx)
-    except SystemExit as exc:  # argparse
-        return int(exc.code or 0) if isinstance(exc.code, int) else 2
+    return fn(argv, ctx)
 
 
 __all__: Sequence[str] = ["main"]

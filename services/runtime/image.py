@@ -3,28 +3,29 @@
 Image record (images.v1 Get) → manifest (through an index, for the host's platform) →
 config (content.v1 Read) → the process config and the chain id the rootfs snapshot is
 prepared on. The documents are untrusted: reads are bounded, digests are checked before
-use, types are checked. Light imports only (json, re, sha256; messages through
-moorage.cli.wire, not protobuf): the CLI imports this.
+use, types are checked. Light imports only (no json package, re or typing; messages
+through moorage.cli.wire, not protobuf): the CLI imports this.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import re
-from collections.abc import Mapping
-from typing import Any, NamedTuple
 
 from moorage.cli.wire import Fields, Msg
 from moorage.errdefs import InvalidArgument, NotFound
+from moorage.jsoncodec import loads
+from ttrpc.lighttyping import NamedTuple
 
 from .spec import ImageConfig
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 IMAGES = "containerd.services.images.v1.Images"
 CONTENT = "containerd.services.content.v1.Content"
 MAX_DOC = 4 << 20
-DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json")
 MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
@@ -37,6 +38,11 @@ class ResolvedImage(NamedTuple):
     config: ImageConfig
     chain_id: str
     labels: dict[str, str]
+
+
+def is_digest(text: str) -> bool:
+    """``sha256:`` and 64 lower-case hex digits (``^sha256:[0-9a-f]{64}$``, no newline)."""
+    return len(text) == 71 and text.startswith("sha256:") and not text[7:].strip("0123456789abcdef")
 
 
 def normalize(ref: str) -> str:
@@ -54,7 +60,7 @@ def normalize(ref: str) -> str:
     last = path.rsplit("/", 1)[-1]
     if ":" not in last and not at:
         path += ":latest"
-    if at and not DIGEST.match(digest):
+    if at and not is_digest(digest):
         raise InvalidArgument(f"invalid digest in reference {ref!r}")
     return f"{host}/{path}" + (f"@{digest}" if at else "")
 
@@ -71,7 +77,7 @@ def read_blob(client: Any, md: dict[str, str], digest: str, timeout: float | Non
     proxy, and a document read is kept there. The copy is checked against its digest like
     the server's reply, so the folder needs no trust: a changed or broken copy is only
     read again from the server."""
-    if not DIGEST.match(digest):
+    if not is_digest(digest):
         raise InvalidArgument(f"invalid digest {digest!r}")
     kept = os.path.join(cache, digest[len("sha256:"):]) if cache else ""
     if kept:
@@ -109,8 +115,10 @@ def _keep(path: str, data: bytes) -> None:
             os.close(fd)
         os.replace(tmp, path)
     except OSError:
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def _sha256(data: bytes) -> str:
@@ -126,7 +134,7 @@ def _sha256(data: bytes) -> str:
 
 def _doc(data: bytes, what: str) -> Mapping[str, Any]:
     try:
-        doc = json.loads(data)
+        doc = loads(data)
     except ValueError:
         raise InvalidArgument(f"{what} is not JSON") from None
     if not isinstance(doc, dict):
@@ -143,7 +151,7 @@ def _desc(obj: Any, what: str) -> tuple[str, str]:
 def chain_id(diff_ids: list[str]) -> str:
     chain = ""
     for d in diff_ids:
-        if not isinstance(d, str) or not DIGEST.match(d):
+        if not isinstance(d, str) or not is_digest(d):
             raise InvalidArgument(f"image config: invalid diff id {d!r}")
         chain = d if not chain else "sha256:" + _sha256(f"{chain} {d}".encode())
     return chain

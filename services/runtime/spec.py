@@ -6,20 +6,24 @@ a capability, a device or a namespace. Volumes become fresh tmpfs mounts, never 
 image wrote. Users are checked against the uid
 range (CVE-2024-40635: nothing above 2**31-1 wraps to root).
 
-Light imports only: `moor run` builds its spec with this module (no asyncio, no protobuf).
+Light imports only: `moor run` builds its spec with this module (no asyncio, no protobuf,
+no json package, no typing).
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import os
 import posixpath
-from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
-from typing import Any, NamedTuple
+from _collections_abc import Mapping  # loaded with os; collections.abc imports collections
 
 from moorage.errdefs import InvalidArgument
+from moorage.jsoncodec import dumps as _dumps
+from ttrpc.lighttyping import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 OCI_VERSION = "1.0.2-dev"
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
@@ -27,7 +31,7 @@ PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_ID = 2**31 - 1
 
-Spec = dict[str, Any]
+Spec = dict[str, "Any"]
 
 DEFAULT_CAPS: tuple[str, ...] = (
     "CAP_CHOWN",
@@ -172,11 +176,12 @@ class Overrides(NamedTuple):
     memory: int = 0  # bytes, 0 = unlimited
     cpus: float = 0.0  # 0 = unlimited
     mounts: tuple[Mapping[str, Any], ...] = ()  # OCI mount objects
-    annotations: Mapping[str, str] = MappingProxyType({})
+    annotations: Mapping[str, str] = type(type.__dict__)({})  # an empty read-only mapping
 
 
 # (path inside the rootfs, relative) -> bytes or None; reads must stay inside the rootfs.
-RootfsReader = Callable[[str], "bytes | None"]
+if TYPE_CHECKING:
+    RootfsReader = Callable[[str], "bytes | None"]
 
 
 def replace_or_append_env(base: Sequence[str], extra: Sequence[str]) -> list[str]:
@@ -357,6 +362,8 @@ def build_spec(
     if image.volumes:
         spec["mounts"].extend(volume_mounts(image.volumes))
     for m in overrides.mounts:
+        import copy
+
         spec["mounts"].append(dict(copy.deepcopy(m)))
     resources = spec["linux"]["resources"]
     if overrides.memory:
@@ -451,6 +458,8 @@ def parse_memory(text: str) -> int:
 def process_spec(spec: Spec, args: Sequence[str], *, env: Sequence[str] = (), user: str = "",
                  cwd: str = "", terminal: bool = False) -> dict[str, Any]:
     """An exec process: the container's process with other args (containerd's `ctr exec`)."""
+    import copy
+
     proc: dict[str, Any] = copy.deepcopy(spec.get("process") or {})
     if not args:
         raise InvalidArgument("exec needs a command")
@@ -467,4 +476,4 @@ def process_spec(spec: Spec, args: Sequence[str], *, env: Sequence[str] = (), us
 
 
 def dumps(spec: Mapping[str, Any]) -> bytes:
-    return json.dumps(spec, separators=(",", ":")).encode()
+    return _dumps(spec, separators=(",", ":")).encode()
