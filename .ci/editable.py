@@ -45,13 +45,17 @@ os._exit(rc)
 """
 
 
+def launcher(python: str, paths: list[str]) -> str:
+    """The launcher's text: ``python`` runs it, ``paths`` are added to sys.path."""
+    return LAUNCHER.format(python=python, writer=Path(__file__).relative_to(TOP), paths=paths)
+
+
 def write_launcher() -> Path:
     """Write ``moor`` in the venv's scripts folder (atomically, mode 0755)."""
     paths = sysconfig.get_paths()
     site = list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
     target = Path(paths["scripts"]) / "moor"
-    text = LAUNCHER.format(python=sys.executable, writer=Path(__file__).relative_to(TOP),
-                           paths=[*site, str(ROOT)])
+    text = launcher(sys.executable, [*site, str(ROOT)])
     tmp = target.with_name(f".moor.{os.getpid()}")
     tmp.write_text(text)
     tmp.chmod(0o755)
