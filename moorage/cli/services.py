@@ -10,9 +10,12 @@ itself, with moor's own round trip to it.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from moorage.cli.context import EXIT, CliContext
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SERVICE = "containerd.services.introspection.v1.Introspection"
 PLUGIN_TYPE = "io.moorage.service.v1"
