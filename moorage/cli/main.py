@@ -29,9 +29,10 @@ COMMANDS: dict[str, str] = {
         c: "moorage.services.runtime.cli"
         for c in (
             "run", "ps", "exec", "kill", "stop", "rm", "logs", "wait", "pause", "unpause",
-            "top", "stats", "update", "containers", "tasks", "attach",
+            "top", "update", "containers", "tasks", "attach",
         )
     },
+    "stats": "moorage.services.runtime.stats",
     "sandbox": "moorage.services.sandbox.cli",
     "sandboxes": "moorage.services.sandbox.cli",
     "nri": "moorage.nri.cli",

@@ -4,6 +4,7 @@ runtime), the busybox image imported through the transfer service with an overla
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import secrets
@@ -134,11 +135,18 @@ def test_detached_lifecycle(env: Env) -> None:
     assert env.moor("exec", "web", "echo", "in-exec").stdout == "in-exec\n"
     assert env.moor("exec", "web", "sh", "-c", "exit 5").returncode == 5
     assert "sleep 1000" in env.moor("top", "web").stdout
-    assert env.moor("stats", "web").returncode == 0
+    stats = json.loads(env.moor("--json", "stats", "web").stdout)
+    assert [s["id"] for s in stats] == ["web"]
+    assert stats[0]["memory"] > 0 and stats[0]["pids"] == 1 and stats[0]["cpu_ns"] > 0, stats
+    assert stats[0]["metrics_type"].startswith("io.containerd.cgroups.v")
+    assert "web" in env.moor("stats").stdout
+    r = env.moor("stats", "web", "nope")
+    assert r.returncode != 0 and "nope" in r.stderr
     assert env.moor("pause", "web").returncode == 0
     assert "paused" in env.moor("ps").stdout
     assert env.moor("unpause", "web").returncode == 0
     assert env.moor("update", "--memory", "128m", "web").returncode == 0
+    assert json.loads(env.moor("--json", "stats", "web").stdout)[0]["memory_limit"] == 128 << 20
     wait_until(lambda: env.moor("logs", "web").stdout == "started\n", what="log")
     r = env.moor("rm", "web")
     assert r.returncode == 6 and "running" in r.stderr  # refuses without -f
