@@ -220,22 +220,44 @@ class Upstream(asyncio.Protocol):
                     return
                 front, fsid, _ = entry
                 if mtype == RESPONSE or (mtype == DATA and flags & FLAG_REMOTE_CLOSED):
-                    del self.streams[sid]
-                    if self.sending:
-                        self.sending.discard(sid)
-                    if front.streams.pop(fsid, None) is not None and front.splice._idle is not None:
-                        front.splice.stream_done()
+                    self._ended(sid, front, fsid)
                 front.out.put(data if fsid == sid else pack_header(length, fsid, mtype, flags) + data[HEADER_SIZE:])
                 return
         self._frames(data)
 
     def _frames(self, data: bytes) -> None:
+        """Several frames, or parts: whole frames are taken straight from ``data`` (a frame
+        whose stream keeps the client's id is passed on as the same bytes), the rest goes
+        through the decoder. Frames for one client leave in one write when the read ends."""
         streams = self.streams
         scope = _reading
         scope.active = True
+        pos = 0
         try:
-            decoder = self.decoder
-            for ev in decoder.feed(data) if self.partial else _frames_of(decoder, data):
+            if not self.partial:
+                n = len(data)
+                while n - pos >= HEADER_SIZE:
+                    length, sid, mtype, flags = _unpack_header(data, pos)
+                    stop = pos + HEADER_SIZE + length
+                    if stop > n or length > MAX_MESSAGE_SIZE:
+                        break
+                    entry = streams.get(sid)
+                    if entry is not None:
+                        front, fsid, _ = entry
+                        if mtype == RESPONSE or (mtype == DATA and flags & FLAG_REMOTE_CLOSED):
+                            self._ended(sid, front, fsid)
+                        out = front.out
+                        out.chunks.append(
+                            data[pos:stop] if fsid == sid
+                            else pack_header(length, fsid, mtype, flags) + data[pos + HEADER_SIZE : stop]
+                        )
+                        if not out.scheduled:
+                            out.scheduled = True
+                            scope.dirty.append(out)
+                    pos = stop
+                if pos == n:
+                    return
+            for ev in self.decoder.feed(data[pos:] if pos else data):
                 sid, mtype, flags, body = ev  # tuple unpacking: faster than four attribute reads
                 entry = streams.get(sid)
                 if entry is None:
@@ -247,19 +269,19 @@ class Upstream(asyncio.Protocol):
                     continue
                 assert body.__class__ is bytes
                 if mtype == RESPONSE or (mtype == DATA and flags & FLAG_REMOTE_CLOSED):
-                    del streams[sid]
-                    if sid in self.sending:
-                        self.sending.discard(sid)
-                    if front.streams.pop(fsid, None) is not None and front.splice._idle is not None:
-                        front.splice.stream_done()
-                out = front.out
-                out.chunks += (pack_header(len(body), fsid, mtype, flags), body)
-                if not out.scheduled:
-                    out.scheduled = True
-                    scope.dirty.append(out)
+                    self._ended(sid, front, fsid)
+                front.send(pack_header(len(body), fsid, mtype, flags), body)
         finally:
             self.partial = self.decoder.in_frame
             scope.exit()
+
+    def _ended(self, sid: int, front: Front, fsid: int) -> None:
+        """The backend closed stream ``sid`` (the client's ``fsid``)."""
+        del self.streams[sid]
+        if self.sending:
+            self.sending.discard(sid)
+        if front.streams.pop(fsid, None) is not None and front.splice._idle is not None:
+            front.splice.stream_done()
 
     def eof_received(self) -> bool:
         return False
