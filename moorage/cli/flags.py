@@ -66,8 +66,8 @@ class Flags:
         self.description = description
         self._flags: list[_Flag] = []
         self._by_name: dict[str, _Flag] = {}
-        self._singles: list[tuple[str, bool]] = []  # (name, required)
-        self._many: tuple[str, int] | None = None
+        self._singles: list[tuple[str, bool, str]] = []  # (name, required, shown as)
+        self._many: tuple[str, int, str] | None = None
         self._rest: str | None = None
         self._help: list[tuple[str, str]] = []
 
@@ -82,17 +82,17 @@ class Flags:
         """A flag with a value (``kind`` converts it); ``repeat``: every use appends to a list."""
         self._add(names, True, kind, repeat, [] if repeat else default, metavar, help)
 
-    def arg(self, name: str, help: str = "", optional: bool = False) -> None:
+    def arg(self, name: str, help: str = "", optional: bool = False, metavar: str = "") -> None:
         """A single positional (``optional``: may be missing, then None)."""
         if self._many or self._rest or (self._singles and not self._singles[-1][1] and not optional):
             raise ValueError(f"{self.prog}: positional {name} cannot follow a list or an optional one")
-        self._singles.append((name, not optional))
-        self._help.append((name.upper(), help))
+        self._singles.append((name, not optional, metavar or name.upper()))
+        self._help.append((metavar or name.upper(), help))
 
-    def many(self, name: str, help: str = "", least: int = 1) -> None:
+    def many(self, name: str, help: str = "", least: int = 1, metavar: str = "") -> None:
         """The remaining positionals as a list (at least ``least`` of them)."""
-        self._many = (name, least)
-        self._help.append((f"{name.upper()}...", help))
+        self._many = (name, least, metavar or name.upper())
+        self._help.append((f"{metavar or name.upper()}...", help))
 
     def rest(self, name: str, help: str = "") -> None:
         """Everything after the positionals before it, verbatim (flags included)."""
@@ -193,16 +193,16 @@ class Flags:
 
     def _assign(self, out: Args, positionals: list[str], rest: list[str]) -> None:
         given = iter(positionals)
-        for name, required in self._singles:
+        for name, required, shown in self._singles:
             value = next(given, None)
             if value is None and required:
-                raise self._usage(f"missing {name.upper()}")
+                raise self._usage(f"missing {shown}")
             setattr(out, name, value)
         left = list(given)
         if self._many is not None:
-            name, least = self._many
+            name, least, shown = self._many
             if len(left) < least:
-                raise self._usage(f"missing {name.upper()}")
+                raise self._usage(f"missing {shown}")
             setattr(out, name, left)
         elif left:
             raise self._usage(f"unexpected argument {left[0]!r}")

@@ -13,15 +13,17 @@ Blocking client, no asyncio.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import sys
-from typing import TYPE_CHECKING, Any
 
 from moorage import errdefs
 from moorage.cli.context import EXIT, CliContext, Usage, labels_text, pairs
+from moorage.cli.flags import Args, Flags
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from moorage.api.containerd.services.sandbox.v1.sandbox_ttrpc import ControllerBlockingClient, StoreBlockingClient
 
 DEFAULT_SANDBOXER = "podsandbox"
@@ -29,34 +31,33 @@ DEFAULT_RUNTIME = "io.containerd.runc.v2"
 USAGE = "usage: moor sandbox run [OPTIONS] ID | ls [-q] | inspect ID... | stop [--timeout S] ID... | rm [-f] ID..."
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse exits; moor returns codes
-        raise Usage(f"sandbox {self.prog.split()[-1]}: {message}")
-
-
-def _parser(action: str) -> _Parser:
-    p = _Parser(prog=f"moor sandbox {action}", add_help=False)
+def _flags(action: str) -> Flags:
     if action == "run":
-        p.add_argument("--sandboxer", default=DEFAULT_SANDBOXER)
-        p.add_argument("--runtime", default=DEFAULT_RUNTIME)
-        p.add_argument("--hostname", default="")
-        p.add_argument("--host-network", action="store_true")
-        p.add_argument("-p", "--port", action="append", default=[])
-        p.add_argument("--dns", action="append", default=[])
-        p.add_argument("--dns-search", action="append", default=[])
-        p.add_argument("--dns-option", action="append", default=[])
-        p.add_argument("--label", action="append", default=[])
-        p.add_argument("id")
+        p = Flags("moor sandbox run", "[FLAGS] ID", "Create and start a pod sandbox.")
+        p.value("--sandboxer", metavar="NAME", default=DEFAULT_SANDBOXER, help="sandbox controller")
+        p.value("--runtime", metavar="NAME", default=DEFAULT_RUNTIME, help="shim runtime")
+        p.value("--hostname", metavar="NAME", help="the pod's hostname")
+        p.switch("--host-network", help="the host's network namespace")
+        p.value("-p", "--port", metavar="[IP:]HOST:CTR[/PROTO]", repeat=True, help="publish a port")
+        p.value("--dns", metavar="IP", repeat=True, help="name server")
+        p.value("--dns-search", metavar="DOMAIN", repeat=True, help="search domain")
+        p.value("--dns-option", metavar="OPT", repeat=True, help="resolv.conf option")
+        p.value("--label", metavar="KEY=VALUE", repeat=True, help="sandbox label")
+        p.arg("id")
     elif action == "ls":
-        p.add_argument("-q", "--quiet", action="store_true")
+        p = Flags("moor sandbox ls", "[-q]", "List sandboxes.")
+        p.switch("-q", "--quiet", help="ids only")
     elif action == "stop":
-        p.add_argument("--timeout", type=int, default=0)
-        p.add_argument("ids", nargs="+")
+        p = Flags("moor sandbox stop", "[--timeout SECONDS] ID...", "Stop sandboxes.")
+        p.value("--timeout", metavar="SECONDS", kind=int, default=0, help="grace time")
+        p.many("ids", metavar="ID")
     elif action == "rm":
-        p.add_argument("-f", "--force", action="store_true")
-        p.add_argument("ids", nargs="+")
+        p = Flags("moor sandbox rm", "[-f] ID...", "Remove sandboxes (-f stops a ready one first).")
+        p.switch("-f", "--force", help="stop a ready sandbox first")
+        p.many("ids", metavar="ID")
     else:
-        p.add_argument("ids", nargs="+")
+        p = Flags(f"moor sandbox {action}", "ID...")
+        p.many("ids", metavar="ID")
     return p
 
 
@@ -90,7 +91,7 @@ def _ts(msg: Any, field: str) -> str:
     return datetime.datetime.fromtimestamp(ns / 1e9, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _run(api: _Api, args: argparse.Namespace, ctx: CliContext) -> int:
+def _run(api: _Api, args: Args, ctx: CliContext) -> int:
     from google.protobuf import any_pb2
 
     from moorage.api.containerd.types import sandbox_pb2 as types_pb
@@ -127,7 +128,7 @@ def _run(api: _Api, args: argparse.Namespace, ctx: CliContext) -> int:
     return EXIT["ok"]
 
 
-def _ls(api: _Api, args: argparse.Namespace, ctx: CliContext) -> int:
+def _ls(api: _Api, args: Args, ctx: CliContext) -> int:
     resp = api.store.List(api.pb.StoreListRequest(), timeout=api.timeout, metadata=api.md)
     rows: list[dict[str, Any]] = []
     for sb in resp.list:
@@ -156,7 +157,7 @@ def _ls(api: _Api, args: argparse.Namespace, ctx: CliContext) -> int:
     return EXIT["ok"]
 
 
-def _inspect(api: _Api, args: argparse.Namespace, ctx: CliContext) -> int:
+def _inspect(api: _Api, args: Args, ctx: CliContext) -> int:
     out = []
     for sandbox_id in args.ids:
         sb = api.get(sandbox_id)
@@ -186,7 +187,7 @@ def _inspect(api: _Api, args: argparse.Namespace, ctx: CliContext) -> int:
     return EXIT["ok"]
 
 
-def _stop(api: _Api, args: argparse.Namespace, ctx: CliContext) -> int:
+def _stop(api: _Api, args: Args, ctx: CliContext) -> int:
     for sandbox_id in args.ids:
         sb = api.get(sandbox_id)
         req = api.pb.ControllerStopRequest(sandbox_id=sandbox_id, sandboxer=sb.sandboxer, timeout_secs=args.timeout)
@@ -195,7 +196,7 @@ def _stop(api: _Api, args: argparse.Namespace, ctx: CliContext) -> int:
     return EXIT["ok"]
 
 
-def _rm(api: _Api, args: argparse.Namespace, ctx: CliContext) -> int:
+def _rm(api: _Api, args: Args, ctx: CliContext) -> int:
     pb = api.pb
     for sandbox_id in args.ids:
         sb = api.get(sandbox_id)
@@ -220,5 +221,5 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
     if action is None:
         raise Usage(f"unknown sandbox command {argv[0]!r}\n{USAGE}")
     name = "ls" if argv[0] == "list" else "rm" if argv[0] == "remove" else argv[0]
-    args = _parser(name).parse_args(argv[1:])
+    args = _flags(name).parse(argv[1:])
     return action(_Api(ctx), args, ctx)
