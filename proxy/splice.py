@@ -152,27 +152,6 @@ class _Batch:
             transport.writelines(chunks)
 
 
-_new = tuple.__new__
-
-
-def _frames_of(decoder: FrameDecoder, data: bytes) -> list[Frame | Oversized]:
-    """The frames in ``data`` when ``decoder`` holds nothing: whole frames are cut straight
-    from ``data`` (no copy into the decoder's buffer); the decoder gets only what is left (a
-    frame's start, an oversized one)."""
-    events: list[Frame | Oversized] = []
-    pos, n = 0, len(data)
-    while n - pos >= HEADER_SIZE:
-        length, sid, mtype, flags = _unpack_header(data, pos)
-        stop = pos + HEADER_SIZE + length
-        if stop > n or length > MAX_MESSAGE_SIZE:
-            break
-        events.append(_new(Frame, (sid, mtype, flags, data[pos + HEADER_SIZE : stop])))
-        pos = stop
-    if pos < n:
-        events.extend(decoder.feed(data[pos:] if pos else data))
-    return events
-
-
 def _error_frame(sid: int, code: int, message: str) -> bytes:
     body = encode_error(code, message)
     return pack_header(len(body), sid, RESPONSE, 0) + body
@@ -586,27 +565,50 @@ class Front(asyncio.Protocol):
                     finally:
                         scope.exit()
                 return
-        decoder = self.decoder
-        events = decoder.feed(data) if self.partial else _frames_of(decoder, data)
-        self.partial = decoder.in_frame
-        if self.backlog is not None:
-            self.backlog.extend(events)
-            return
         scope = _reading
         scope.active = True
         try:
-            for i, ev in enumerate(events):
-                sid, mtype, flags, body = ev  # tuple unpacking: faster than attribute reads
-                if mtype == REQUEST and sid & 1 and sid > self.last_sid and body.__class__ is bytes:
-                    self.last_sid = sid
-                    self.request(sid, flags, body, 0)
-                else:
-                    self.handle(ev)
-                if self.backlog is not None:  # waiting for a connection: keep order
-                    self.backlog.extend(events[i + 1 :])
-                    return
+            self._frames(data)
         finally:
             scope.exit()
+
+    def _frames(self, data: bytes) -> None:
+        """Several frames, or parts: whole frames are cut straight from ``data`` (a Request
+        whose stream keeps the client's id then travels as the same bytes); the rest goes
+        through the decoder. Once a Request waits for a connection, every later frame waits
+        behind it, in order."""
+        decoder = self.decoder
+        pos = 0
+        if not self.partial and self.backlog is None:
+            n = len(data)
+            while n - pos >= HEADER_SIZE:
+                length, sid, mtype, flags = _unpack_header(data, pos)
+                stop = pos + HEADER_SIZE + length
+                if stop > n or length > MAX_MESSAGE_SIZE:
+                    break
+                frame = data[pos:stop]
+                pos = stop
+                if mtype == REQUEST and sid & 1 and sid > self.last_sid:
+                    self.last_sid = sid
+                    self.request(sid, flags, frame, HEADER_SIZE)
+                else:
+                    self.handle(Frame(sid, mtype, flags, frame[HEADER_SIZE:]))
+                if self.backlog is not None:
+                    break
+            if pos == n:
+                return
+        events = decoder.feed(data[pos:] if pos else data)
+        self.partial = decoder.in_frame
+        for i, ev in enumerate(events):
+            if self.backlog is not None:  # waiting for a connection: keep order
+                self.backlog.extend(events[i:])
+                return
+            sid, mtype, flags, body = ev  # tuple unpacking: faster than attribute reads
+            if mtype == REQUEST and sid & 1 and sid > self.last_sid and body.__class__ is bytes:
+                self.last_sid = sid
+                self.request(sid, flags, body, 0)
+            else:
+                self.handle(ev)
 
     def eof_received(self) -> bool:
         return False
