@@ -874,7 +874,7 @@ def cmd_kill(argv: list[str], ctx: CliContext) -> int:
     p.value("-s", "--signal", metavar="SIGNAL", default="SIGKILL", help="name or number")
     p.switch("--all", help="every process of the container")
     p.value("--exec-id", metavar="ID", help="an exec'd process instead of the init process")
-    p.many("containers")
+    p.many("containers", metavar="CONTAINER")
     a = p.parse(argv)
     api = _Api(ctx)
     for id in a.containers:
@@ -888,7 +888,7 @@ def cmd_stop(argv: list[str], ctx: CliContext) -> int:
     p = Flags("moor stop", "[-t SECONDS] CONTAINER...",
               "Stop containers: SIGTERM, then SIGKILL after the grace time.")
     p.value("-t", "--time", metavar="SECONDS", kind=float, default=10.0, help="grace time")
-    p.many("containers")
+    p.many("containers", metavar="CONTAINER")
     a = p.parse(argv)
     api = _Api(ctx)
     for id in a.containers:
@@ -908,7 +908,7 @@ def cmd_stop(argv: list[str], ctx: CliContext) -> int:
 def cmd_rm(argv: list[str], ctx: CliContext) -> int:
     p = Flags("moor rm", "[-f] CONTAINER...", "Remove containers (their task and snapshot too).")
     p.switch("-f", "--force", help="kill running ones first")
-    p.many("containers")
+    p.many("containers", metavar="CONTAINER")
     a = p.parse(argv)
     api = _Api(ctx)
     failed = 0
@@ -958,7 +958,7 @@ def cmd_logs(argv: list[str], ctx: CliContext) -> int:
 
 def cmd_wait(argv: list[str], ctx: CliContext) -> int:
     p = Flags("moor wait", "CONTAINER...", "Wait for containers to exit; print each exit status.")
-    p.many("containers")
+    p.many("containers", metavar="CONTAINER")
     api = _Api(ctx)
     code = 0
     for id in p.parse(argv).containers:
@@ -971,7 +971,7 @@ def cmd_pause(cmd: str, argv: list[str], ctx: CliContext) -> int:
     from google.protobuf import empty_pb2
 
     p = Flags(f"moor {cmd}", "CONTAINER...", f"{cmd.capitalize()} containers' processes.")
-    p.many("containers")
+    p.many("containers", metavar="CONTAINER")
     api = _Api(ctx)
     for id in p.parse(argv).containers:
         if cmd == "pause":
@@ -1046,7 +1046,7 @@ def cmd_update(argv: list[str], ctx: CliContext) -> int:
               "Change running containers' resource limits.")
     p.value("-m", "--memory", metavar="SIZE", help="memory limit (512m, 1g, bytes)")
     p.value("--cpus", metavar="N", kind=float, default=0.0, help="CPU limit, in CPUs")
-    p.many("containers")
+    p.many("containers", metavar="CONTAINER")
     a = p.parse(argv)
     api = _Api(ctx)
     for id in a.containers:
