@@ -152,6 +152,21 @@ class _Batch:
             transport.writelines(chunks)
 
 
+def _whole_frames(data: bytes) -> tuple[list[tuple[int, int, int, int, int, int]], int]:
+    """The whole frames within the limit at the start of ``data``, as (length, stream id,
+    type, flags, start, stop) with ``data[start:stop]`` the frame, and where they end."""
+    frames = []
+    pos, n = 0, len(data)
+    while n - pos >= HEADER_SIZE:
+        length, sid, mtype, flags = _unpack_header(data, pos)
+        stop = pos + HEADER_SIZE + length
+        if stop > n or length > MAX_MESSAGE_SIZE:
+            break
+        frames.append((length, sid, mtype, flags, pos, stop))
+        pos = stop
+    return frames, pos
+
+
 def _error_frame(sid: int, code: int, message: str) -> bytes:
     body = encode_error(code, message)
     return pack_header(len(body), sid, RESPONSE, 0) + body
@@ -214,12 +229,8 @@ class Upstream(asyncio.Protocol):
         pos = 0
         try:
             if not self.partial:
-                n = len(data)
-                while n - pos >= HEADER_SIZE:
-                    length, sid, mtype, flags = _unpack_header(data, pos)
-                    stop = pos + HEADER_SIZE + length
-                    if stop > n or length > MAX_MESSAGE_SIZE:
-                        break
+                frames, pos = _whole_frames(data)
+                for length, sid, mtype, flags, start, stop in frames:
                     entry = streams.get(sid)
                     if entry is not None:
                         front, fsid, _ = entry
@@ -227,14 +238,13 @@ class Upstream(asyncio.Protocol):
                             self._ended(sid, front, fsid)
                         out = front.out
                         out.chunks.append(
-                            data[pos:stop] if fsid == sid
-                            else pack_header(length, fsid, mtype, flags) + data[pos + HEADER_SIZE : stop]
+                            data[start:stop] if fsid == sid
+                            else pack_header(length, fsid, mtype, flags) + data[start + HEADER_SIZE : stop]
                         )
                         if not out.scheduled:
                             out.scheduled = True
                             scope.dirty.append(out)
-                    pos = stop
-                if pos == n:
+                if pos == len(data):
                     return
             for ev in self.decoder.feed(data[pos:] if pos else data):
                 sid, mtype, flags, body = ev  # tuple unpacking: faster than four attribute reads
@@ -580,14 +590,9 @@ class Front(asyncio.Protocol):
         decoder = self.decoder
         pos = 0
         if not self.partial and self.backlog is None:
-            n = len(data)
-            while n - pos >= HEADER_SIZE:
-                length, sid, mtype, flags = _unpack_header(data, pos)
-                stop = pos + HEADER_SIZE + length
-                if stop > n or length > MAX_MESSAGE_SIZE:
-                    break
-                frame = data[pos:stop]
-                pos = stop
+            frames, end = _whole_frames(data)
+            for _, sid, mtype, flags, start, pos in frames:
+                frame = data[start:pos]
                 if mtype == REQUEST and sid & 1 and sid > self.last_sid:
                     self.last_sid = sid
                     self.request(sid, flags, frame, HEADER_SIZE)
@@ -595,7 +600,9 @@ class Front(asyncio.Protocol):
                     self.handle(Frame(sid, mtype, flags, frame[HEADER_SIZE:]))
                 if self.backlog is not None:
                     break
-            if pos == n:
+            else:
+                pos = end
+            if pos == len(data):
                 return
         events = decoder.feed(data[pos:] if pos else data)
         self.partial = decoder.in_frame
