@@ -840,22 +840,33 @@ def cmd_ps(argv: list[str], ctx: CliContext) -> int:
     p.switch("-q", "--quiet", help="ids only")
     a = p.parse(argv)
     api = _Api(ctx)
-    tasks = api.tasks()
+    # One round trip, no protobuf (~40 ms): ListTasksRequest{} -> {tasks=1 Process{
+    # container_id=1, pid=3, status=4, exit_status=9}}; ListContainersRequest{} ->
+    # {containers=1 Container{id=1, image=3, runtime=4 {name=1}, spec=5 Any{value=2}}}
+    listed_tasks, listed = api.pipelined((TASKS, "List", Msg({})), (CONTAINERS, "List", Msg({})))
+    for reply in (listed_tasks, listed):
+        if isinstance(reply, Exception):
+            raise reply
+    assert isinstance(listed_tasks, Fields) and isinstance(listed, Fields)
+    tasks = {t.text(1): t for t in listed_tasks.msgs(1)}
     rows = []
-    for c in api.containers():
-        t = tasks.get(c.id)
-        status = STATUS.get(t.status, "unknown") if t else "stopped"
-        if t is not None and t.status == 3:
-            status = f"exited ({t.exit_status})"
-        running = t is not None and t.status in (1, 2, 4, 5)
+    for c in listed.msgs(1):
+        id = c.text(1)
+        t = tasks.get(id)
+        state = t.uint(4) if t is not None else 0
+        status = STATUS.get(state, "unknown") if t is not None else "stopped"
+        if t is not None and state == 3:
+            status = f"exited ({t.uint(9)})"
+        running = t is not None and state in (1, 2, 4, 5)
         if not a.all and not running:
             continue
         try:
-            args = loads(c.spec.value).get("process", {}).get("args", [])
-        except ValueError:
+            args = loads(c.msg(5).blob(2)).get("process", {}).get("args", [])
+        except (ValueError, AttributeError):
             args = []
-        rows.append({"id": c.id, "image": c.image, "command": " ".join(args)[:40],
-                     "status": status, "pid": t.pid if t else 0, "runtime": c.runtime.name})
+        rows.append({"id": id, "image": c.text(3), "command": " ".join(args)[:40],
+                     "status": status, "pid": t.uint(3) if t is not None else 0,
+                     "runtime": c.msg(4).text(1)})
     if ctx.json:
         ctx.emit_json(rows)
     elif a.quiet:
