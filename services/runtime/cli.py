@@ -71,11 +71,52 @@ class _Created(NamedTuple):
     labels: dict[str, str]
 
 
+class _Container(NamedTuple):
+    """A containers.v1 Container as the commands read it (through moorage.cli.wire)."""
+
+    id: str
+    labels: dict[str, str]
+    image: str
+    runtime: str
+    spec: bytes
+    snapshotter: str
+    snapshot_key: str
+    sandbox: str
+
+    @classmethod
+    def read(cls, f: Fields) -> _Container:
+        # Container{id=1, labels=2, image=3, runtime=4 {name=1}, spec=5 Any{value=2},
+        # snapshotter=6, snapshot_key=7, sandbox=11}
+        return cls(f.text(1), f.pairs(2), f.text(3), f.msg(4).text(1), f.msg(5).blob(2), f.text(6),
+                   f.text(7), f.text(11))
+
+
+class _Task(NamedTuple):
+    """A containerd.v1.types.Process as the commands read it (through moorage.cli.wire)."""
+
+    container_id: str
+    pid: int
+    status: int
+    stdin: str
+    stdout: str
+    stderr: str
+    terminal: bool
+    exit_status: int
+
+    @classmethod
+    def read(cls, f: Fields) -> _Task:
+        # Process{container_id=1, id=2, pid=3, status=4, stdin=5, stdout=6, stderr=7,
+        # terminal=8, exit_status=9}
+        return cls(f.text(1), f.uint(3), f.uint(4), f.text(5), f.text(6), f.text(7), bool(f.uint(8)),
+                   f.uint(9))
+
+
 class _Api:
     """The calls the commands make, on one blocking client.
 
-    The calls `moor run` makes go through moorage.cli.wire (no protobuf import: ~40 ms of
-    every run); the others use the generated messages (``cpb``, ``tpb``, imported on use).
+    The calls `moor run`, `ps`, `rm`, `stop`, `kill`, ... make go through moorage.cli.wire (no
+    protobuf import: ~40 ms of a command); the others use the generated messages (``cpb``,
+    ``tpb``, imported on use).
     """
 
     def __init__(self, ctx: CliContext) -> None:
@@ -96,24 +137,24 @@ class _Api:
         t = self.timeout if timeout == -1.0 else timeout
         return self.c.unary(svc, method, req, resp, timeout=t, metadata=self.md)
 
-    def container(self, id: str) -> Any:
-        return self.call(CONTAINERS, "Get", self.cpb.GetContainerRequest(id=id),
-                         self.cpb.GetContainerResponse).container
+    def container(self, id: str) -> _Container:
+        # GetContainerRequest{id=1} -> GetContainerResponse{container=1}
+        return _Container.read(self.call(CONTAINERS, "Get", Msg({1: id}), Fields).msg(1))
 
-    def containers(self) -> list[Any]:
-        return list(self.call(CONTAINERS, "List", self.cpb.ListContainersRequest(),
-                              self.cpb.ListContainersResponse).containers)
+    def containers(self) -> list[_Container]:
+        # ListContainersRequest{} -> ListContainersResponse{containers=1}
+        return [_Container.read(c) for c in self.call(CONTAINERS, "List", Msg({}), Fields).msgs(1)]
 
-    def task(self, id: str, exec_id: str = "") -> Any | None:
-        try:
-            return self.call(TASKS, "Get", self.tpb.GetRequest(container_id=id, exec_id=exec_id),
-                             self.tpb.GetResponse).process
+    def task(self, id: str, exec_id: str = "") -> _Task | None:
+        try:  # GetRequest{container_id=1, exec_id=2} -> GetResponse{process=1}
+            return _Task.read(self.call(TASKS, "Get", Msg({1: id, 2: exec_id}), Fields).msg(1))
         except NotFound:
             return None
 
-    def tasks(self) -> dict[str, Any]:
-        r = self.call(TASKS, "List", self.tpb.ListTasksRequest(), self.tpb.ListTasksResponse)
-        return {t.container_id: t for t in r.tasks}
+    def tasks(self) -> dict[str, _Task]:
+        # ListTasksRequest{} -> ListTasksResponse{tasks=1}
+        listed = self.call(TASKS, "List", Msg({}), Fields).msgs(1)
+        return {t.container_id: t for t in map(_Task.read, listed)}
 
     def kill(self, id: str, sig: int, exec_id: str = "", all: bool = False) -> None:
         # KillRequest{container_id=1, exec_id=2, signal=3, all=4}
@@ -679,7 +720,7 @@ def cmd_exec(argv: list[str], ctx: CliContext) -> int:
     a = p.parse(argv)
     api = _Api(ctx)
     c = api.container(a.container)
-    spec = loads(c.spec.value)
+    spec = loads(c.spec)
     proc = sp.process_spec(spec, a.command, env=a.env, user=a.user, cwd=a.workdir,
                            terminal=a.tty)
     exec_id = a.exec_id or "exec-" + os.urandom(6).hex()
@@ -848,25 +889,22 @@ def cmd_ps(argv: list[str], ctx: CliContext) -> int:
         if isinstance(reply, Exception):
             raise reply
     assert isinstance(listed_tasks, Fields) and isinstance(listed, Fields)
-    tasks = {t.text(1): t for t in listed_tasks.msgs(1)}
+    tasks = {t.container_id: t for t in map(_Task.read, listed_tasks.msgs(1))}
     rows = []
-    for c in listed.msgs(1):
-        id = c.text(1)
-        t = tasks.get(id)
-        state = t.uint(4) if t is not None else 0
-        status = STATUS.get(state, "unknown") if t is not None else "stopped"
-        if t is not None and state == 3:
-            status = f"exited ({t.uint(9)})"
-        running = t is not None and state in (1, 2, 4, 5)
+    for c in map(_Container.read, listed.msgs(1)):
+        t = tasks.get(c.id)
+        status = STATUS.get(t.status, "unknown") if t else "stopped"
+        if t is not None and t.status == 3:
+            status = f"exited ({t.exit_status})"
+        running = t is not None and t.status in (1, 2, 4, 5)
         if not a.all and not running:
             continue
         try:
-            args = loads(c.msg(5).blob(2)).get("process", {}).get("args", [])
+            args = loads(c.spec).get("process", {}).get("args", [])
         except (ValueError, AttributeError):
             args = []
-        rows.append({"id": id, "image": c.text(3), "command": " ".join(args)[:40],
-                     "status": status, "pid": t.uint(3) if t is not None else 0,
-                     "runtime": c.msg(4).text(1)})
+        rows.append({"id": c.id, "image": c.image, "command": " ".join(args)[:40],
+                     "status": status, "pid": t.pid if t else 0, "runtime": c.runtime})
     if ctx.json:
         ctx.emit_json(rows)
     elif a.quiet:
@@ -979,17 +1017,11 @@ def cmd_wait(argv: list[str], ctx: CliContext) -> int:
 
 
 def cmd_pause(cmd: str, argv: list[str], ctx: CliContext) -> int:
-    from google.protobuf import empty_pb2
-
     p = Flags(f"moor {cmd}", "CONTAINER...", f"{cmd.capitalize()} containers' processes.")
     p.many("containers", metavar="CONTAINER")
     api = _Api(ctx)
-    for id in p.parse(argv).containers:
-        if cmd == "pause":
-            api.call(TASKS, "Pause", api.tpb.PauseTaskRequest(container_id=id), empty_pb2.Empty)
-        else:
-            api.call(TASKS, "Resume", api.tpb.ResumeTaskRequest(container_id=id),
-                     empty_pb2.Empty)
+    for id in p.parse(argv).containers:  # Pause|ResumeTaskRequest{container_id=1} -> Empty
+        api.call(TASKS, "Pause" if cmd == "pause" else "Resume", Msg({1: id}), Fields)
     return 0
 
 
@@ -998,53 +1030,20 @@ def cmd_top(argv: list[str], ctx: CliContext) -> int:
     p.arg("container")
     id = p.parse(argv).container
     api = _Api(ctx)
-    r = api.call(TASKS, "ListPids", api.tpb.ListPidsRequest(container_id=id),
-                 api.tpb.ListPidsResponse)
+    # ListPidsRequest{container_id=1} -> ListPidsResponse{processes=1 ProcessInfo{pid=1}}
+    pids = [info.uint(1) for info in api.call(TASKS, "ListPids", Msg({1: id}), Fields).msgs(1)]
     rows = []
-    for p in r.processes:
+    for pid in pids:
         try:
-            with open(f"/proc/{p.pid}/cmdline", "rb") as f:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             cmd = "?"
-        rows.append([p.pid, cmd])
+        rows.append([pid, cmd])
     if ctx.json:
         ctx.emit_json([{"pid": p, "command": c} for p, c in rows])
     else:
         ctx.table(["pid", "command"], rows)
-    return 0
-
-
-def _cgroup_read(controller: str, path: str, name: str) -> int | None:
-    try:
-        with open(f"/sys/fs/cgroup/{controller}{path}/{name}") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def cmd_stats(argv: list[str], ctx: CliContext) -> int:
-    api = _Api(ctx)
-    r = api.call(TASKS, "Metrics", api.tpb.MetricsRequest(
-        filters=[f"id=={i}" for i in argv] if len(argv) == 1 else []), api.tpb.MetricsResponse)
-    rows = []
-    for m in r.metrics:
-        if argv and m.id not in argv:
-            continue
-        c = api.container(m.id)
-        cg = loads(c.spec.value).get("linux", {}).get("cgroupsPath", "")
-        mem = _cgroup_read("memory", cg, "memory.usage_in_bytes")
-        lim = _cgroup_read("memory", cg, "memory.limit_in_bytes")
-        cpu = _cgroup_read("cpuacct", cg, "cpuacct.usage")
-        pids = _cgroup_read("pids", cg, "pids.current")
-        rows.append({"id": m.id, "memory": mem, "memory_limit": lim, "cpu_ns": cpu,
-                     "pids": pids, "metrics_type": m.data.type_url})
-    if ctx.json:
-        ctx.emit_json(rows)
-    else:
-        ctx.table(["container", "memory", "limit", "cpu (s)", "pids"],
-                  [[r["id"], r["memory"], r["memory_limit"],
-                    f"{(r['cpu_ns'] or 0) / 1e9:.3f}", r["pids"]] for r in rows])
     return 0
 
 
@@ -1062,7 +1061,7 @@ def cmd_update(argv: list[str], ctx: CliContext) -> int:
     api = _Api(ctx)
     for id in a.containers:
         c = api.container(id)
-        res: dict[str, Any] = loads(c.spec.value).get("linux", {}).get("resources", {})
+        res: dict[str, Any] = loads(c.spec).get("linux", {}).get("resources", {})
         if a.memory:
             res["memory"] = {"limit": sp.parse_memory(a.memory)}
         if a.cpus:
@@ -1080,11 +1079,11 @@ def cmd_containers(argv: list[str], ctx: CliContext) -> int:
     if sub in ("ls", "list"):
         cs = api.containers()
         if ctx.json:
-            ctx.emit_json([{"id": c.id, "image": c.image, "runtime": c.runtime.name,
+            ctx.emit_json([{"id": c.id, "image": c.image, "runtime": c.runtime,
                             "labels": dict(c.labels), "sandbox": c.sandbox} for c in cs])
         else:
             ctx.table(["container", "image", "runtime"],
-                      [[c.id, c.image or "-", c.runtime.name] for c in cs])
+                      [[c.id, c.image or "-", c.runtime] for c in cs])
         return 0
     if sub in ("rm", "delete", "del"):
         for id in argv[1:]:
@@ -1092,10 +1091,10 @@ def cmd_containers(argv: list[str], ctx: CliContext) -> int:
         return 0
     if sub == "info" and len(argv) == 2:
         c = api.container(argv[1])
-        ctx.emit_json({"id": c.id, "image": c.image, "runtime": c.runtime.name,
+        ctx.emit_json({"id": c.id, "image": c.image, "runtime": c.runtime,
                        "labels": dict(c.labels), "snapshotter": c.snapshotter,
                        "snapshot_key": c.snapshot_key, "sandbox": c.sandbox,
-                       "spec": loads(c.spec.value)})
+                       "spec": loads(c.spec)})
         return 0
     raise InvalidArgument("usage: moor containers ls|rm ID...|info ID")
 
@@ -1117,7 +1116,7 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
     simple: dict[str, Callable[[list[str], CliContext], int]] = {
         "run": cmd_run, "ps": cmd_ps, "exec": cmd_exec, "kill": cmd_kill, "stop": cmd_stop,
         "attach": cmd_attach,
-        "rm": cmd_rm, "logs": cmd_logs, "wait": cmd_wait, "top": cmd_top, "stats": cmd_stats,
+        "rm": cmd_rm, "logs": cmd_logs, "wait": cmd_wait, "top": cmd_top,
         "update": cmd_update, "containers": cmd_containers, "tasks": cmd_tasks,
     }
     if cmd in ("pause", "unpause"):
