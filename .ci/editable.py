@@ -50,8 +50,11 @@ def launcher(python: str, paths: list[str]) -> str:
     return LAUNCHER.format(python=python, writer=Path(__file__).relative_to(TOP), paths=paths)
 
 
-def write_launcher() -> Path:
-    """Write ``moor`` in the venv's scripts folder (atomically, mode 0755)."""
+def write_launcher() -> Path | None:
+    """Write ``moor`` in the venv's scripts folder (atomically, mode 0755); None (pip's
+    script kept) when no ``#!`` line can name this Python (a space, or over 127 bytes)."""
+    if " " in sys.executable or len(f"#!{sys.executable} -S") > 127:
+        return None
     paths = sysconfig.get_paths()
     site = list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
     target = Path(paths["scripts"]) / "moor"
