@@ -7,11 +7,10 @@ Any of ``io.containerd.cgroups.v1.Metrics`` or ``io.containerd.cgroups.v2.Metric
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
-
 from moorage.errdefs import InvalidArgument, NotFound
+from ttrpc.lighttyping import NamedTuple
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from moorage.cli.context import CliContext
 
@@ -22,8 +21,7 @@ UNLIMITED = 1 << 62
 """Limits at or above this are "no limit" (cgroup v1 reports about 2^63 for max)."""
 
 
-@dataclass(frozen=True)
-class TaskStats:
+class TaskStats(NamedTuple):
     """One task's usage; a limit of 0 means none is set."""
 
     id: str
@@ -95,7 +93,7 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
         return 0
     rows = collect(ctx, ids)
     if ctx.json:
-        ctx.emit_json([asdict(r) for r in rows])
+        ctx.emit_json([r._asdict() for r in rows])
         return 0
     ctx.table(["container", "cpu (s)", "memory", "limit", "pids"],
               [[r.id, f"{r.cpu_ns / 1e9:.3f}", _bytes(r.memory),
