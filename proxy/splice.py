@@ -66,6 +66,9 @@ CONNECT_TIMEOUT = 2.0
 RETRY_AFTER = 0.5
 """Seconds a replica that refused a connection is left out while another one serves."""
 _MAX_SID = (1 << 31) - 1
+_ADOPT = 1 << 20
+"""The furthest a backend connection's next id jumps to take a client's id: a client with
+huge ids uses up a connection's ids in no fewer than 2^11 calls."""
 _unpack_header = struct.Struct(">IIBB").unpack_from
 _WHOLE = MAX_MESSAGE_SIZE + HEADER_SIZE
 """A read of at most this many bytes may be one whole frame within the limit (the fast path)."""
@@ -186,6 +189,8 @@ class Upstream(asyncio.Protocol):
         self.sending: set[int] = set()
         """Streams whose client may still send data frames (opened with remote-open)."""
         self.closed = False
+        self.retired = False
+        """Its ids are used up: it takes no new call and closes when the open ones end."""
         self.pausers: set[Front] = set()
         """Clients that cannot take more bytes: reading from this backend waits for them."""
         self.out = _Batch()
@@ -264,9 +269,19 @@ class Upstream(asyncio.Protocol):
             self.partial = self.decoder.in_frame
             scope.exit()
 
+    def retire(self) -> None:
+        """Take no new calls; close once the open ones end."""
+        self.retired = True
+        if self.replica.upstream is self:
+            self.replica.upstream = None
+        if not self.streams:
+            self.close()
+
     def _ended(self, sid: int, front: Front, fsid: int) -> None:
         """The backend closed stream ``sid`` (the client's ``fsid``)."""
         del self.streams[sid]
+        if self.retired and not self.streams:
+            self.close()
         if self.sending:
             self.sending.discard(sid)
         if front.streams.pop(fsid, None) is not None and front.splice._idle is not None:
@@ -294,7 +309,7 @@ class Upstream(asyncio.Protocol):
         """Send the Request in ``data[start:]`` (``start`` is 0 for a bare body, HEADER_SIZE for
         the client's whole frame) on a new stream; returns the stream's id here."""
         sid = self.next_sid
-        if _MAX_SID >= fsid > sid:  # the client's id is still ahead here: keep it (frames go as is)
+        if sid < fsid <= sid + _ADOPT and fsid <= _MAX_SID:  # the client's id is ahead: keep it
             sid = fsid
         self.next_sid = sid + 2
         self.streams[sid] = (front, fsid, service)
@@ -304,8 +319,8 @@ class Upstream(asyncio.Protocol):
             self.out.put(data)
         else:
             self.out.put(pack_header(len(data) - start, sid, REQUEST, flags) + (data[start:] if start else data))
-        if self.next_sid > _MAX_SID:  # ids exhausted: new calls go to a fresh connection
-            self.replica.upstream = None
+        if self.next_sid > _MAX_SID:  # ids used up: new calls go to a fresh connection
+            self.retire()
         return sid
 
     def data(self, sid: int, flags: int, body: bytes) -> None:
@@ -322,6 +337,9 @@ class Upstream(asyncio.Protocol):
         if sid in self.sending:
             self.sending.discard(sid)
             self.out.add(pack_header(0, sid, DATA, FLAG_REMOTE_CLOSED | FLAG_NO_DATA), b"")
+        if self.retired and not self.streams:
+            self.out.flush()
+            self.close()
 
     def close(self) -> None:
         if self.transport is not None:

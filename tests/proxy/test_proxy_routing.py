@@ -314,3 +314,34 @@ async def test_publisher_reconnects_after_the_proxy_restarts(suite: Suite, clien
         assert await _published(fresh, b"after") == "after"
     finally:
         await fresh.close()
+
+
+async def test_a_backend_connection_whose_ids_run_out_is_replaced_then_closed(suite: Suite, client: Client) -> None:
+    """A client whose stream ids leap ahead uses up the shared backend connection's ids (the
+    proxy takes a client's id when it is at most 2^20 ahead): new calls go to a fresh
+    connection and the used-up one closes once its last call ends, not later, not never."""
+    from ttrpc.frame import REQUEST, encode_frame
+    from ttrpc.messages import decode_response, encode_request
+
+    assert await client.unary_raw(ECHO, "Echo", b"warm", metadata=MD) == b"warm"
+    echo = suite.procs["echo"].popen.pid
+
+    def sockets() -> int:
+        return sum(os.readlink(f"/proc/{echo}/fd/{fd}").startswith("socket:")
+                   for fd in os.listdir(f"/proc/{echo}/fd"))
+
+    before = sockets()
+    good = encode_request(ECHO, "Echo", b"ok", metadata=[("containerd-namespace-ttrpc", "default")])
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(suite.address)
+    try:
+        for sid in [1 + k * (1 << 20) for k in range(2048)] + [(1 << 31) - 1]:
+            ((got, _, _, body),) = _raw_frames(s, encode_frame(sid, REQUEST, 0, good), 1)
+            assert (got, decode_response(body).payload) == (sid, b"ok")
+    finally:
+        s.close()
+    assert await client.unary_raw(ECHO, "Echo", b"after", metadata=MD) == b"after"
+    deadline = time.monotonic() + 10
+    while sockets() != before:  # the fresh connection came, the used-up one went
+        assert time.monotonic() < deadline, f"echo holds {sockets()} sockets, {before} before"
+        await asyncio.sleep(0.02)
