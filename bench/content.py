@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.append(str(REPO))  # for bench.anchor, after site-packages: the repo's folders shadow nothing
 
+from bench import anchor  # noqa: E402  (bench/anchor.py: the containerd 1.6 compared against)
 from suite import Suite  # noqa: E402  (tests/suite.py: real processes, ready-by-notify)
 
 MB = 1e6
@@ -132,81 +133,11 @@ class Moorage:
         return ingest, read
 
 
-CONTAINERD_CONFIG = """\
-version = 2
-root = "{root}"
-state = "{state}"
-plugin_dir = ""
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing"]
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{root}/opt"
-
-[plugins."io.containerd.gc.v1.scheduler"]
-  startup_delay = "0ms"
-"""
-
-
-class Containerd:
+class Containerd(anchor.Containerd):
     """containerd 1.6 on a temporary root/state/socket with its own config; stopped on exit."""
 
     def __init__(self) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="ctrd-", dir="/tmp"))
-        self.root = self.base / "root"
-        self.sock = self.base / "c.sock"
-        self.ctr = ["ctr", "--address", str(self.sock), "--namespace", "bench"]
-        self.version = ""
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Containerd:
-        cfg = self.base / "config.toml"
-        cfg.write_text(CONTAINERD_CONFIG.format(root=self.root, state=self.base / "state", sock=self.sock))
-        with open(self.base / "containerd.log", "wb") as log:
-            self.proc = subprocess.Popen(["containerd", "--config", str(cfg)], stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"containerd exited: {(self.base / 'containerd.log').read_text()[-2000:]}")
-                if self.sock.exists():
-                    r = subprocess.run([*self.ctr, "version"], capture_output=True, text=True)
-                    if r.returncode == 0:
-                        self.version = next((ln.split()[-1] for ln in r.stdout.splitlines()
-                                             if ln.strip().startswith("Version:")), "")
-                        return self
-                if time.monotonic() > deadline:
-                    raise TimeoutError("containerd did not come up")
-                time.sleep(0.05)
-        except BaseException:
-            self.__exit__()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            self.proc = None
-        shutil.rmtree(self.base, ignore_errors=True)
+        super().__init__(plugins=anchor.GC_AT_ONCE)
 
     def trial(self, i: int, blob: Path, digest: str, size: int) -> tuple[float, float]:
         ingest = timed(lambda: run(

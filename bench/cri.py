@@ -31,12 +31,10 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -52,6 +50,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
+from bench import anchor  # noqa: E402  (bench/anchor.py: the containerd 1.6 compared against)
 from cri.testimages import PAUSE_TAG, build_busybox, build_pause  # noqa: E402
 from suite import Suite  # noqa: E402
 from transfer import registry as regfix  # noqa: E402
@@ -61,48 +60,25 @@ PAUSE = f"registry.k8s.io/pause:{PAUSE_TAG}"
 BUSYBOX = "docker.io/library/busybox:latest"
 POD_NAMESPACE = "bench"
 
-CONTAINERD_CONFIG = """\
-version = 2
-root = "{root}"
-state = "{state}"
-plugin_dir = ""
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{root}/opt"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  restrict_oom_score_adj = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_selinux = false
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{cni_bin}"
-    conf_dir = "{cni_conf}"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{certs_d}"
+# containerd's CRI plugin section (bench/anchor.py writes the rest of its config)
+CRI_CONFIG = """\
+sandbox_image = "{pause}"
+restrict_oom_score_adj = true
+stream_server_address = "127.0.0.1"
+stream_server_port = "0"
+enable_selinux = false
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "runc"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      SystemdCgroup = false
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "{cni_bin}"
+  conf_dir = "{cni_conf}"
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = "{certs_d}"
 """
 
 
@@ -291,32 +267,21 @@ class Containerd(Side):
 
     def __init__(self, base: Path, cpus: str, certs_d: Path) -> None:
         super().__init__(base)
-        self.socket = base / "c.sock"
         conf_dir = cni_dir(base / "cni", "ctrd-cri-bench", "ccri0", "10.252.1.0/24")
-        cfg = base / "config.toml"
-        cfg.write_text(CONTAINERD_CONFIG.format(root=base / "root", state=base / "state", sock=self.socket,
-                                                pause=PAUSE, cni_bin=CNI_BIN, cni_conf=conf_dir, certs_d=certs_d))
-        self.log = open(base / "containerd.log", "wb")
-        self.proc = subprocess.Popen([*taskset(cpus), "containerd", "--config", str(cfg)], stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        self.alive = lambda: self.proc.poll() is None
+        cri = CRI_CONFIG.format(pause=PAUSE, cni_bin=CNI_BIN, cni_conf=conf_dir, certs_d=certs_d)
+        self.daemon = anchor.Containerd(base=base, wrapper=taskset(cpus), stop_timeout=30,
+                                        disabled=[p for p in anchor.DISABLED if p != anchor.CRI],
+                                        plugins={anchor.CRI: cri})
+        self.socket = self.daemon.sock
+        self.alive = self.daemon.alive
+        self.daemon.start()
 
     def output(self) -> str:
-        return (self.base / "containerd.log").read_text(errors="replace")[-3000:]
+        return self.daemon.log_tail(3000)
 
     def close(self) -> None:
         super().close()
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-        for pid in shims_of(str(self.socket)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        self.daemon.stop()
         subprocess.run(["ip", "link", "del", "ccri0"], capture_output=True)
 
 
@@ -358,28 +323,6 @@ class Moorage(Side):
         super().close()
         self.suite.close()
         subprocess.run(["ip", "link", "del", "mcri0"], capture_output=True)
-
-
-def shims_of(address: str) -> list[int]:
-    """Shims (and anything else) started with ``address`` on their command line."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                argv = (d / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if address.encode() in argv and b"shim" in argv[0]:
-                found.append(int(d.name))
-    return found
-
-
-def unmount_under(base: Path) -> None:
-    with open("/proc/self/mountinfo") as f:
-        mounts = [line.split()[4] for line in f]
-    for mp in reversed(mounts):
-        if mp.startswith(str(base)):
-            subprocess.run(["umount", "-l", mp], capture_output=True)
 
 
 def ms(xs: list[float]) -> float:
@@ -469,7 +412,7 @@ def main() -> int:
             side.close()
         if reg is not None:
             reg.stop()
-        unmount_under(tmp)
+        anchor.unmount_under(tmp)
         if args.keep:
             print(f"  kept {tmp}", file=sys.stderr)
         else:

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,46 +31,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
+from bench import anchor  # noqa: E402
 from suite import Suite  # noqa: E402
 from tests.transfer import registry as regfix  # noqa: E402
-
-CONTAINERD_CONFIG = """\
-version = 2
-root = "{root}"
-state = "{state}"
-plugin_dir = ""
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing"]
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{root}/opt"
-"""
-
 
 def build(work: Path, layers: int, layer_mib: int) -> Path:
     files = [{f"data/layer{i}.bin": os.urandom(layer_mib << 20)} for i in range(layers)]
     return regfix.build_image(work / "image", files)
-
-
-def umount_under(path: Path) -> None:
-    with open("/proc/self/mounts") as f:
-        targets = [ln.split()[1] for ln in f if ln.split()[1].startswith(str(path))]
-    for t in sorted(targets, key=len, reverse=True):
-        subprocess.run(["umount", "-l", t], capture_output=True)
 
 
 def moorage_trial(ref: str) -> float:
@@ -90,49 +56,19 @@ def moorage_trial(ref: str) -> float:
         return elapsed
     finally:
         s.close()
-        umount_under(tmp)
+        anchor.unmount_under(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def containerd_trial(ref: str) -> tuple[float, str]:
-    base = Path(tempfile.mkdtemp(prefix="ctrd-bench-", dir="/tmp"))
-    root, state, sock = base / "root", base / "state", base / "c.sock"
-    cfg = base / "config.toml"
-    cfg.write_text(CONTAINERD_CONFIG.format(root=root, state=state, sock=sock))
-    log = open(base / "containerd.log", "wb")
-    proc = subprocess.Popen(["containerd", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    ctr = ["ctr", "--address", str(sock), "--namespace", "bench"]
-    version = ""
-    try:
-        for _ in range(600):  # readiness probe, bounded (30 s)
-            if proc.poll() is not None:
-                raise RuntimeError(f"containerd exited: {(base / 'containerd.log').read_text()[-2000:]}")
-            if sock.exists():
-                r = subprocess.run([*ctr, "version"], capture_output=True, text=True)
-                if r.returncode == 0:
-                    version = next((ln.split()[-1] for ln in r.stdout.splitlines()
-                                    if ln.strip().startswith("Version:")), "")
-                    break
-            time.sleep(0.05)
-        else:
-            raise TimeoutError("containerd did not come up")
+    with anchor.Containerd(prefix="ctrd-bench-") as ctrd:
         t = time.perf_counter()
-        r = subprocess.run([*ctr, "images", "pull", "--plain-http", ref], capture_output=True, text=True, timeout=600)
+        r = subprocess.run([*ctrd.ctr, "images", "pull", "--plain-http", ref], capture_output=True, text=True,
+                           timeout=600)
         elapsed = time.perf_counter() - t
         if r.returncode != 0:
             raise RuntimeError(f"ctr pull failed: {r.stderr[-2000:]}")
-        return elapsed, version
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-        umount_under(base)
-        shutil.rmtree(base, ignore_errors=True)
+        return elapsed, ctrd.version
 
 
 def main() -> int:

@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,40 +43,15 @@ REPO = Path(__file__).resolve().parent.parent
 # bench/ holds ttrpc.py: keep it off the path so the ttrpc package is found
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 sys.path.append(str(REPO / "tests"))
+sys.path.append(str(REPO))  # for bench.anchor, after site-packages: the repo's folders shadow nothing
 
+from bench import anchor  # noqa: E402
 from runtime.helpers import shims_of  # noqa: E402
 from runtime.ociimage import NAME, build_archive, import_image  # noqa: E402
 from suite import Suite  # noqa: E402
 
 MOOR = str(REPO / ".venv" / "bin" / "moor")
 NS = "bench"
-
-CONTAINERD_CONFIG = """\
-version = 2
-root = "{root}"
-state = "{state}"
-plugin_dir = ""
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing"]
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{root}/opt"
-"""
-
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
     t = time.perf_counter()
@@ -118,48 +92,11 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-class Containerd:
-    def __init__(self) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="ctrd-run-", dir="/tmp"))
-        self.sock = self.base / "c.sock"
-        cfg = self.base / "config.toml"
-        cfg.write_text(CONTAINERD_CONFIG.format(root=self.base / "root", state=self.base / "state",
-                                                sock=self.sock))
-        self.log = open(self.base / "containerd.log", "wb")
-        self.proc = subprocess.Popen(["containerd", "--config", str(cfg)], stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        self.ctr = ["ctr", "--address", str(self.sock), "--namespace", NS]
-        self.version = ""
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"containerd exited: {(self.base / 'containerd.log').read_text()[-2000:]}")
-            if self.sock.exists():
-                r = subprocess.run([*self.ctr, "version"], capture_output=True, text=True)
-                if r.returncode == 0:
-                    self.version = next((ln.split()[-1] for ln in r.stdout.splitlines()
-                                         if ln.strip().startswith("Version:")), "")
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError("containerd did not come up")
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        try:
-            subprocess.run([*self.ctr, "images", "rm", "--sync", NAME], capture_output=True)
-        finally:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            self.log.close()
-            for line in open("/proc/self/mountinfo"):
-                mp = line.split()[4]
-                if mp.startswith(str(self.base)):
-                    subprocess.run(["umount", "-l", mp], capture_output=True)
-            shutil.rmtree(self.base, ignore_errors=True)
+def stop(ctrd: anchor.Containerd) -> None:
+    try:
+        subprocess.run([*ctrd.ctr, "images", "rm", "--sync", NAME], capture_output=True)
+    finally:
+        ctrd.stop()
 
 
 def median(xs: list[float]) -> float:
@@ -181,7 +118,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="moorage-benchrun-", dir="/tmp"))
     archive = build_archive(tmp / "busybox.tar")
     suite = Suite(tmp, suite={"event_loop": "uvloop", "log_level": "warning"})
-    ctrd: Containerd | None = None
+    ctrd: anchor.Containerd | None = None
     result: dict[str, object] = {"bench": "run", "runs": args.runs, "cpus": args.cpus or "unpinned"}
     try:
         for name in ("proxy", "content", "snapshots", "transfer", "runtime"):
@@ -194,7 +131,7 @@ def main() -> int:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         subprocess.run([*moor, "ps"], env=env, capture_output=True)  # writes the caches once
         if not args.skip_containerd and shutil.which("containerd") and shutil.which("ctr"):
-            ctrd = Containerd()
+            ctrd = anchor.Containerd(namespace=NS, prefix="ctrd-run-").start()
             subprocess.run([*ctrd.ctr, "images", "import", "--snapshotter", "overlayfs",
                             str(archive)], check=True, capture_output=True)
         idle = wait_quiet()
@@ -244,7 +181,7 @@ def main() -> int:
             compare("_prestart")
         if ctrd:
             result["containerd_version"] = ctrd.version
-            ctrd.close()
+            stop(ctrd)
             ctrd = None
 
         # N containers at once
@@ -285,7 +222,7 @@ def main() -> int:
                                                              text=True, env=env).stdout.split())
     finally:
         if ctrd is not None:
-            ctrd.close()
+            stop(ctrd)
         suite.close()
         shutil.rmtree(tmp, ignore_errors=True)
     ratio = result.get("ratio")

@@ -28,7 +28,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,9 @@ REPO = Path(__file__).resolve().parent.parent
 # bench/ holds ttrpc.py (a bench): never let it shadow the ttrpc package
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 sys.path.append(str(REPO / "tests"))  # after site-packages: tests/ttrpc must not shadow ttrpc
+sys.path.append(str(REPO))  # for bench.anchor, likewise after site-packages
 
+from bench import anchor  # noqa: E402  (bench/anchor.py: the containerd 1.6 compared against)
 from suite import Suite  # noqa: E402  (tests/suite.py: real processes, ready-by-notify)
 
 CACHE = Path("/var/tmp/moorage-bench/snapshots-v1")
@@ -260,36 +261,6 @@ class Moorage(Side):
         self.suite.close()
 
 
-CONTAINERD_CONFIG = """\
-version = 2
-root = "{root}"
-state = "{state}"
-plugin_dir = ""
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing"]
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{root}/opt"
-
-[plugins."io.containerd.gc.v1.scheduler"]
-  startup_delay = "0ms"
-"""
-
-
 class Containerd(Side):
     name = "containerd"
 
@@ -302,33 +273,17 @@ class Containerd(Side):
         from google.protobuf import empty_pb2
 
         self.dpb, self.spb, self.despb = diff_pb2, snapshots_pb2, descriptor_pb2
-        self.base = Path(tempfile.mkdtemp(prefix="ctrd-", dir="/tmp"))
-        root, state, sock = self.base / "root", self.base / "state", self.base / "c.sock"
-        cfg = self.base / "config.toml"
-        cfg.write_text(CONTAINERD_CONFIG.format(root=root, state=state, sock=sock))
-        self.log = open(self.base / "containerd.log", "wb")
-        self.proc = subprocess.Popen(["containerd", "--config", str(cfg)], stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        self.ctr = ["ctr", "--address", str(sock), "--namespace", NS]
-        self.version = ""
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"containerd exited: {(self.base / 'containerd.log').read_text()[-2000:]}")
-            if sock.exists():
-                r = subprocess.run([*self.ctr, "version"], capture_output=True, text=True)
-                if r.returncode == 0:
-                    self.version = next((ln.split()[-1] for ln in r.stdout.splitlines()
-                                         if ln.strip().startswith("Version:")), "")
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError("containerd did not come up")
-            time.sleep(0.05)
-        for i, layer in enumerate(layers):
-            run([*self.ctr, "content", "ingest", "--expected-size", str(layer["size"]),
-                 "--expected-digest", layer["digest"], f"layer-{i}"], stdin=Path(layer["path"]))
-            run([*self.ctr, "content", "label", layer["digest"], "containerd.io/gc.root=bench"])
-        self.channel = grpc.insecure_channel(f"unix://{sock}")
+        self.daemon = anchor.Containerd(namespace=NS, plugins=anchor.GC_AT_ONCE).start()
+        self.ctr, self.version = self.daemon.ctr, self.daemon.version
+        try:
+            for i, layer in enumerate(layers):
+                run([*self.ctr, "content", "ingest", "--expected-size", str(layer["size"]),
+                     "--expected-digest", layer["digest"], f"layer-{i}"], stdin=Path(layer["path"]))
+                run([*self.ctr, "content", "label", layer["digest"], "containerd.io/gc.root=bench"])
+        except BaseException:
+            self.daemon.stop()
+            raise
+        self.channel = grpc.insecure_channel(f"unix://{self.daemon.sock}")
         md = [("containerd-namespace", NS)]
 
         def method(svc: str, name: str, req: Any, resp: Any) -> Callable[[Any], Any]:
@@ -362,14 +317,7 @@ class Containerd(Side):
 
     def close(self) -> None:
         self.channel.close()
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.log.close()
-        shutil.rmtree(self.base, ignore_errors=True)
+        self.daemon.stop()
 
 
 def measure(side: Side, layers: list[dict[str, Any]], trial: int, results: dict[str, list[float]]) -> None:
