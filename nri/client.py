@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from moorage import annotations as cri
 from moorage import errdefs
 from moorage.api.moorage.nri.v1 import hooks_pb2 as pb
 from moorage.api.nri.pkg.api import api_pb2 as api
@@ -33,6 +34,8 @@ from .convert import container_from_spec, pod_for
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
+
+    from moorage.services.sandbox.contract import PodMeta
     from ttrpc.client import Client
 
     from moorage.api.moorage.nri.v1.hooks_ttrpc import HooksClient
@@ -184,9 +187,11 @@ class NriHooks:
 class NriPodHooks:
     """The sandbox service's ``PodHooks`` (run/stop/remove) over :class:`NriHooks`.
 
-    ``run`` sends RunPodSandbox with the pod's id, namespace, IPs and network namespace
-    path (a plugin error fails the sandbox's creation); ``stop``/``remove`` send
-    StopPodSandbox/RemovePodSandbox with what ``run`` knew of the pod.
+    ``run`` sends RunPodSandbox with the pod's id, name, namespace and uid (a CRI pod's, from
+    the Create annotations; else the sandbox id and the containerd namespace), labels,
+    annotations, IPs and network namespace path (a plugin error fails the sandbox's
+    creation); ``stop``/``remove`` send StopPodSandbox/RemovePodSandbox with what ``run``
+    knew of the pod.
     Wiring: ``services/sandbox/process.py: pod_hooks`` returns ``NriPodHooks(ctx.proxy_address)``.
     """
 
@@ -198,9 +203,12 @@ class NriPodHooks:
         return self._pods.get(sandbox_id) or api.PodSandbox(
             id=sandbox_id, name=sandbox_id, namespace=current_namespace.get(None) or "")
 
-    async def run(self, sandbox_id: str, network: Any) -> None:
-        pod = api.PodSandbox(id=sandbox_id, name=sandbox_id, namespace=current_namespace.get(None) or "",
-                             ips=list(getattr(network, "ips", ()) or ()))
+    async def run(self, sandbox_id: str, network: Any, meta: PodMeta) -> None:
+        notes = meta.annotations
+        pod = api.PodSandbox(id=sandbox_id, name=notes.get(cri.SANDBOX_NAME) or sandbox_id,
+                             namespace=notes.get(cri.SANDBOX_NAMESPACE) or current_namespace.get(None) or "",
+                             uid=notes.get(cri.SANDBOX_UID, ""), labels=dict(meta.labels),
+                             annotations=dict(notes), ips=list(getattr(network, "ips", ()) or ()))
         netns = getattr(network, "netns_path", "")
         if netns:
             pod.linux.namespaces.add(type="network", path=netns)

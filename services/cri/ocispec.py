@@ -17,6 +17,15 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from moorage.annotations import (
+    CONTAINER_NAME,
+    CONTAINER_TYPE,
+    IMAGE_NAME,
+    SANDBOX_ID,
+    SANDBOX_NAME,
+    SANDBOX_NAMESPACE,
+    SANDBOX_UID,
+)
 from moorage.errdefs import InvalidArgument, PermissionDenied
 from moorage.services.runtime import spec as sp
 from moorage.services.runtime.spec import ImageConfig, Spec
@@ -43,13 +52,6 @@ ALL_CAPS: tuple[str, ...] = (
 )
 SANDBOX_OOM_SCORE_ADJ = -998
 """containerd's defaultSandboxOOMAdj."""
-CONTAINER_TYPE = "io.kubernetes.cri.container-type"
-SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
-SANDBOX_NAME = "io.kubernetes.cri.sandbox-name"
-SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
-SANDBOX_UID = "io.kubernetes.cri.sandbox-uid"
-CONTAINER_NAME = "io.kubernetes.cri.container-name"
-IMAGE_NAME = "io.kubernetes.cri.image-name"
 
 
 class OomClamp:

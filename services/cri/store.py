@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from moorage.annotations import SANDBOX_NAME, SANDBOX_NAMESPACE, SANDBOX_UID
 from moorage.errdefs import (
     Error,
     FailedPrecondition,
@@ -216,12 +217,17 @@ class CriRuntime:
         try:
             store = await self.peers.sandbox_store()
             labels = {**dict(config.labels), KIND_LABEL: "sandbox"}
-            await store.create(Sandbox(
+            record = Sandbox(
                 id, SRuntime(runtime), sandboxer=self.cfg.sandboxer, labels=labels,
-                extensions={POD_EXTENSION: SAny(POD_TYPE, json.dumps(encode(config)).encode())}))
+                extensions={POD_EXTENSION: SAny(POD_TYPE, json.dumps(encode(config)).encode())})
+            await store.create(record)
             undo.append(("sandbox record", lambda: store.delete(id)))
             ctrl = await self.peers.controller(self.cfg.sandboxer)
-            await ctrl.create(id, CreateOptions(options=SAny(POD_CONFIG_TYPE, _sandbox_options(id, config).to_json())))
+            md = config.metadata  # the pod as NRI plugins are told of it (as containerd's CRI)
+            notes = {**dict(config.annotations), SANDBOX_NAME: md.name, SANDBOX_NAMESPACE: md.namespace,
+                     SANDBOX_UID: md.uid}
+            await ctrl.create(id, CreateOptions(options=SAny(POD_CONFIG_TYPE, _sandbox_options(id, config).to_json()),
+                                                annotations=notes, sandbox=record))
             undo.append(("sandbox", lambda: ctrl.shutdown(id)))
             await ctrl.start(id)
             info = dict((await ctrl.status(id)).info)

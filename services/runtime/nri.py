@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from moorage import annotations as cri
 from moorage import errdefs
 from moorage.namespaces import current_namespace
 
@@ -41,16 +42,10 @@ SERVICE = "moorage.nri.v1.Hooks"
 ABSENT_RETRY = 2.0
 NRI_ORIGIN_KEY = "moorage-nri-origin"
 NAME_LABEL = "moorage/name"
-# the annotations the cri process puts in the specs of a pod's pause and containers
-CRI_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
-CRI_CONTAINER_NAME = "io.kubernetes.cri.container-name"
-CRI_SANDBOX_NAME = "io.kubernetes.cri.sandbox-name"
-CRI_SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
-CRI_SANDBOX_UID = "io.kubernetes.cri.sandbox-uid"
 
 
 def _is_pause(spec: Any) -> bool:
-    return isinstance(spec, Mapping) and (spec.get("annotations") or {}).get(CRI_CONTAINER_TYPE) == "sandbox"
+    return isinstance(spec, Mapping) and (spec.get("annotations") or {}).get(cri.CONTAINER_TYPE) == "sandbox"
 
 
 class RuntimeNri:
@@ -131,9 +126,9 @@ class RuntimeNri:
         from moorage.api.nri.pkg.api import api_pb2 as api
 
         notes = spec.get("annotations") or {}
-        pod = api.PodSandbox(id=sandbox, name=notes.get(CRI_SANDBOX_NAME) or sandbox,
-                             namespace=notes.get(CRI_SANDBOX_NAMESPACE) or current_namespace.get(None) or "",
-                             uid=notes.get(CRI_SANDBOX_UID, ""))
+        pod = api.PodSandbox(id=sandbox, name=notes.get(cri.SANDBOX_NAME) or sandbox,
+                             namespace=notes.get(cri.SANDBOX_NAMESPACE) or current_namespace.get(None) or "",
+                             uid=notes.get(cri.SANDBOX_UID, ""))
         for ns in (spec.get("linux") or {}).get("namespaces") or []:
             if ns.get("type") == "network" and ns.get("path"):
                 pod.linux.namespaces.add(type="network", path=ns["path"])
@@ -145,7 +140,7 @@ class RuntimeNri:
 
     def _kw(self, container_id: str, spec: Mapping[str, Any], labels: Mapping[str, str],
             sandbox: str) -> dict[str, Any]:
-        cri_name = (spec.get("annotations") or {}).get(CRI_CONTAINER_NAME, "")
+        cri_name = (spec.get("annotations") or {}).get(cri.CONTAINER_NAME, "")
         return {"container_id": container_id, "name": cri_name or self.name(container_id, labels),
                 "pod": self.pod(sandbox, spec), "labels": dict(labels)}
 

@@ -290,21 +290,31 @@ class Controllers(Protocol):
     def get(self, sandboxer: str) -> Controller: ...
 
 
+@dataclass(frozen=True)
+class PodMeta:
+    """What ``Controller.Create`` was told about the pod, for the hooks: its annotations (a
+    CRI pod's name, namespace and uid among them, moorage.annotations) and the labels of the
+    sandbox record it was given."""
+
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
 class PodHooks(Protocol):
-    """Pod lifecycle hook point (NRI RunPodSandbox/StopPodSandbox/RemovePodSandbox later).
+    """Pod lifecycle hook point (NRI RunPodSandbox/StopPodSandbox/RemovePodSandbox).
 
     ``run`` is called once the network is up, before the sandbox is reported ready; raising
     fails create (and the network is torn down). ``stop``/``remove`` are best effort: their
     errors are logged, never block teardown.
     """
 
-    async def run(self, sandbox_id: str, network: Network) -> None: ...
+    async def run(self, sandbox_id: str, network: Network, meta: PodMeta) -> None: ...
     async def stop(self, sandbox_id: str) -> None: ...
     async def remove(self, sandbox_id: str) -> None: ...
 
 
 class NoHooks:
-    async def run(self, sandbox_id: str, network: Network) -> None:
+    async def run(self, sandbox_id: str, network: Network, meta: PodMeta) -> None:
         return None
 
     async def stop(self, sandbox_id: str) -> None:

@@ -54,6 +54,7 @@ from .contract import (
     Platform,
     PodConfig,
     PodHooks,
+    PodMeta,
     SandboxEvent,
     State,
     request_deadline,
@@ -157,13 +158,14 @@ class PodController:
             self._put(ns, sandbox_id, rec)
             self._exits.pop((ns, sandbox_id), None)
             try:
-                await self._setup(ns, sandbox_id, rec, pod)
+                meta = PodMeta(dict(opts.annotations), dict(opts.sandbox.labels) if opts.sandbox else {})
+                await self._setup(ns, sandbox_id, rec, pod, meta)
             except BaseException as exc:
                 await self._rollback(ns, sandbox_id, exc)
                 raise
         await self.events.publish(SandboxEvent("/sandboxes/create", sandbox_id))
 
-    async def _setup(self, ns: str, sandbox_id: str, rec: dict[str, Any], pod: PodConfig) -> None:
+    async def _setup(self, ns: str, sandbox_id: str, rec: dict[str, Any], pod: PodConfig, meta: PodMeta) -> None:
         if rec["netns_owned"]:
             try:
                 netns.create(rec["netns"])
@@ -186,7 +188,7 @@ class PodController:
         # False, and the reconciler tears the instance down and removes the directory).
         rec.update(hostname_path=str(hostname_path), hosts_path=str(hosts_path), resolv_conf_path=str(resolv_path))
         network = _network(rec)
-        await self.hooks.run(sandbox_id, network)
+        await self.hooks.run(sandbox_id, network, meta)
         self.store.update_extension(ns, sandbox_id, NETWORK_EXTENSION, AnyValue(NETWORK_TYPE, network.to_json()))
         rec.update(setup_done=True)
         self._put(ns, sandbox_id, rec)

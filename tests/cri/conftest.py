@@ -49,13 +49,14 @@ def note(*words):
 
 class Recorder(Plugin):
     async def run_pod_sandbox(self, pod):
-        note("RunPodSandbox", pod.id)
+        note("RunPodSandbox", pod.id, "/".join((pod.namespace, pod.name, pod.uid, pod.labels.get("app", ""),
+                                                pod.annotations.get("note", ""))))
 
     async def stop_pod_sandbox(self, pod):
-        note("StopPodSandbox", pod.id)
+        note("StopPodSandbox", pod.id, pod.namespace + "/" + pod.name)
 
     async def remove_pod_sandbox(self, pod):
-        note("RemovePodSandbox", pod.id)
+        note("RemovePodSandbox", pod.id, pod.namespace + "/" + pod.name)
 
     async def create_container(self, pod, container):
         note("CreateContainer", pod.id, container.id, pod.namespace + "/" + pod.name + "/" + container.name)

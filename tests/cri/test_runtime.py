@@ -464,14 +464,15 @@ def test_exec_attach_port_forward_urls(pods: CriSuite) -> None:
 
 def test_nri_plugins_see_the_pod_and_container_lifecycle(pods: CriSuite) -> None:
     cri = pods
-    pod_id, cfg = cri.run_pod("nri")
+    pod_id, cfg = cri.run_pod("nri", cri.pod_config("nri", labels={"app": "web"}, annotations={"note": "hi"}))
     c = cri.create(pod_id, cfg, cri.container_config("idle", cri.images.busybox, BUSYBOX, "sleep", "1000"))
     cri.rt("StartContainer", api.StartContainerRequest(container_id=c))
     cri.rt("StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=pod_id))
     cri.rt("RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
-    want = [f"RunPodSandbox {pod_id}", f"CreateContainer {pod_id} {c} default/nri/idle", f"StartContainer {pod_id} {c}",
-            f"StopContainer {pod_id} {c}", f"StopPodSandbox {pod_id}", f"RemoveContainer {pod_id} {c}",
-            f"RemovePodSandbox {pod_id}"]
+    pod = f"{pod_id} default/nri"  # the pod's own name and namespace, not the sandbox id
+    want = [f"RunPodSandbox {pod}/{cfg.metadata.uid}/web/hi", f"CreateContainer {pod_id} {c} default/nri/idle",
+            f"StartContainer {pod_id} {c}", f"StopContainer {pod_id} {c}", f"StopPodSandbox {pod}",
+            f"RemoveContainer {pod_id} {c}", f"RemovePodSandbox {pod}"]
     seen = wait_until(lambda: (e := [x for x in cri.nri_events() if x in want]) and len(e) >= len(want) and e,
                       what="every NRI event")
     assert seen == want

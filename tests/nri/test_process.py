@@ -159,7 +159,9 @@ async def test_hooks_are_optional_without_the_nri_process(tmp_path: Path) -> Non
 
 
 async def test_pod_hooks_for_the_sandbox_service(nri_suite: tuple[Suite, Path]) -> None:
+    from moorage.annotations import SANDBOX_NAME, SANDBOX_NAMESPACE, SANDBOX_UID
     from moorage.nri.client import NriPodHooks
+    from moorage.services.sandbox.contract import PodMeta
 
     s, tmp = nri_suite
 
@@ -181,15 +183,21 @@ async def test_pod_hooks_for_the_sandbox_service(nri_suite: tuple[Suite, Path]) 
     hooks = NriPodHooks(s.address, optional=False)
     token = current_namespace.set("k8s.io")
     try:
-        await hooks.run("sb1", Net())
+        await hooks.run("sb1", Net(), PodMeta())  # no CRI pod: its id and containerd namespace
         await hooks.stop("sb1")
         await hooks.remove("sb1")
+        cri_pod = PodMeta({SANDBOX_NAME: "web", SANDBOX_NAMESPACE: "prod", SANDBOX_UID: "u-1", "note": "hi"},
+                          {"app": "web"})
+        await hooks.run("sb2", Net(), cri_pod)
+        await hooks.remove("sb2")
     finally:
         current_namespace.reset(token)
         stub.close()
         await hooks.close()
-    assert [(p.id, p.namespace, list(p.ips)) for p in got] == [("sb1", "k8s.io", ["10.88.0.5"])] * 2
+    assert [(p.id, p.name, p.namespace, p.uid, list(p.ips)) for p in got] == \
+        [("sb1", "sb1", "k8s.io", "", ["10.88.0.5"])] * 2 + [("sb2", "web", "prod", "u-1", ["10.88.0.5"])] * 2
     assert got[0].linux.namespaces[0].path == "/var/run/netns/moorage-sb1"
+    assert dict(got[3].labels) == {"app": "web"} and got[3].annotations["note"] == "hi"
     log = (tmp / "logger.log").read_text().splitlines()
     assert "run_pod_sandbox sb1" in log and "stop_pod_sandbox sb1" in log
 

@@ -171,7 +171,7 @@ class RecordingHooks:
         self.calls: list[tuple[str, str]] = []
         self.fail_run = fail_run
 
-    async def run(self, sandbox_id: str, network: object) -> None:
+    async def run(self, sandbox_id: str, network: object, meta: object) -> None:
         self.calls.append(("run", sandbox_id))
         if self.fail_run:
             raise errdefs.FailedPrecondition("hook says no")
