@@ -2,7 +2,8 @@
 
 Like containerd's (core/metadata/gc.go), per namespace:
 
-- roots: every image (its target digest and its ``containerd.io/gc.ref.*`` labels), container
+- roots: every image (its target digest and its ``containerd.io/gc.ref.*`` labels; an image
+  past its own ``containerd.io/gc.expire`` is deleted first, as containerd does), container
   (its snapshotter + snapshot key and labels), sandbox (labels), unexpired lease (each
   resource it holds), and any blob or snapshot labelled ``containerd.io/gc.root``;
 - edges: ``containerd.io/gc.ref.content*`` labels (value a digest) and
@@ -61,7 +62,7 @@ from moorage.registry import RawService
 from ttrpc.server import Context, RawCall
 
 from .gcschedule import Scheduler, Thresholds
-from .leases import FLAT_LABEL, LeaseStore
+from .leases import FLAT_LABEL, LeaseStore, expiry
 
 log = logging.getLogger("moorage.proxy.gc")
 
@@ -253,6 +254,8 @@ class Freed:
     content: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     snapshots: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     ingests: dict[str, list[str]] = field(default_factory=dict)
+    images: dict[str, list[str]] = field(default_factory=dict)
+    """Images deleted because their ``containerd.io/gc.expire`` had passed."""
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
@@ -264,13 +267,14 @@ class Freed:
         return now
 
     def to_wire(self) -> dict[str, Any]:
-        names = sorted(set(self.content) | set(self.snapshots) | set(self.ingests))
+        names = sorted(set(self.content) | set(self.snapshots) | set(self.ingests) | set(self.images))
         return {
             "namespaces": {
                 ns: {
                     "content": [{"digest": d, "size": s} for d, s in self.content.get(ns, [])],
                     "snapshots": [{"snapshotter": sn, "key": k} for sn, k in self.snapshots.get(ns, [])],
                     "ingests": list(self.ingests.get(ns, [])),
+                    "images": list(self.images.get(ns, [])),
                 }
                 for ns in names
             },
@@ -308,6 +312,9 @@ class Services(Protocol):
     """(ref, updated_at) of every ingest in progress."""
 
     async def abort_ingest(self, ref: str) -> None: ...
+
+    async def delete_image(self, name: str, target: str) -> None: ...
+    """Delete the image if it still points at ``target`` (NotFound/FailedPrecondition else)."""
 
 
 class RemoteServices:
@@ -391,6 +398,9 @@ class RemoteServices:
 
     async def abort_ingest(self, ref: str) -> None:
         await self.content.abort(ref)
+
+    async def delete_image(self, name: str, target: str) -> None:
+        await self.images_client.delete(name, target)
 
 
 async def _one_by_one(ids: Sequence[str], delete: Callable[[str], Awaitable[None]]) -> tuple[list[str], dict[str, str]]:
@@ -542,6 +552,7 @@ class Collector:
             try:
                 view = View()
                 held_ingests: set[str] = set()
+                await self._expired_images(services, ns, freed)
                 # the roots as they were at the start (read alongside the walk) and after it
                 t = time.monotonic()
                 first, _ = await asyncio.gather(self._roots(services, ns, held_ingests),
@@ -585,6 +596,23 @@ class Collector:
             return []
         except errdefs.Error as exc:
             raise errdefs.Unavailable(f"garbage collection stopped: cannot list {what}: {exc}") from exc
+
+    async def _expired_images(self, services: Services, ns: str, freed: Freed) -> None:
+        """Delete the images whose ``containerd.io/gc.expire`` has passed (as containerd's
+        collector does), so what only they held is collected in this pass."""
+        now = time.time()
+        for name, target, labels in await self._listed(IMAGES, "images", services.images):
+            when = expiry(labels)
+            if when is None or when > now:
+                continue
+            try:
+                await services.delete_image(name, target)
+            except (errdefs.NotFound, errdefs.FailedPrecondition):
+                continue  # gone, or moved to another target meanwhile
+            except errdefs.Error as exc:
+                freed.errors.append(f"{ns}: expired image {name}: {exc}")
+                continue
+            freed.images.setdefault(ns, []).append(name)
 
     def _lease_roots(self, ns: str, ingests: set[str]) -> list[tuple[Node, bool]]:
         roots: list[tuple[Node, bool]] = []

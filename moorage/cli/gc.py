@@ -38,7 +38,7 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
         ctx.emit_json(freed)
     else:
         rows = []
-        blobs = snaps = ingests = size = 0
+        blobs = snaps = ingests = images = size = 0
         for ns, what in sorted(freed.get("namespaces", {}).items()):
             for blob in what.get("content", []):
                 rows.append((ns, "content", blob["digest"], blob["size"]))
@@ -50,9 +50,14 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
             for ref in what.get("ingests", []):
                 rows.append((ns, "ingest", ref, "-"))
                 ingests += 1
+            for name in what.get("images", []):
+                rows.append((ns, "image (expired)", name, "-"))
+                images += 1
         if rows and not quiet:
             ctx.table(["namespace", "type", "name", "size"], rows)
-        print(f"freed {blobs} blobs ({size} bytes), {snaps} snapshots, {ingests} ingests in {float(freed.get('seconds', 0)):.3f}s")
+        expired = f", {images} expired images" if images else ""
+        print(f"freed {blobs} blobs ({size} bytes), {snaps} snapshots, {ingests} ingests{expired} "
+              f"in {float(freed.get('seconds', 0)):.3f}s")
     for err in errors:
         print(f"moor: gc: {err}", file=sys.stderr)
     return EXIT["error"] if errors else EXIT["ok"]

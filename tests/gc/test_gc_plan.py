@@ -84,6 +84,11 @@ class Services:
     async def abort_ingest(self, ref: str) -> None:
         del self.f.ingests[ref]
 
+    async def delete_image(self, name: str, target: str) -> None:
+        if self.f.images.get(name, ("", {}))[0] != target:
+            raise errdefs.NotFound(f"image {name}")
+        del self.f.images[name]
+
 
 def collector(fake: Fake, tmp_path: Path, delay: float = 0.0) -> gc.Collector:
     async def connect() -> tuple[Services, Any]:
@@ -384,3 +389,16 @@ async def test_back_references_keep_their_owner_while_the_target_lives(tmp_path:
     freed = await c.collect()
     assert {x for x, _ in freed.content["default"]} == {d(1), d(2), d(3), d(4)}
     assert d(5) in fake.blobs  # its container lives
+
+
+async def test_an_image_past_its_gc_expire_is_deleted_and_its_graph_collected(tmp_path: Path) -> None:
+    fake = Fake()
+    image_graph(fake)
+    fake.images["old"] = (d(1), {"containerd.io/gc.expire": "2001-01-01T00:00:00Z"})
+    fake.images["kept"] = (d(4), {"containerd.io/gc.expire": "2999-01-01T00:00:00Z"})
+    fake.images["plain"] = (d(5), {"containerd.io/gc.expire": "not a time"})  # ignored, as containerd does
+    freed = await collector(fake, tmp_path).collect()
+    assert freed.images == {"default": ["old"]} and set(fake.images) == {"kept", "plain"}
+    assert {x for x, _ in freed.content["default"]} == {d(1), d(2), d(3)}
+    assert fake.removed == ["top", "base"]
+    assert freed.to_wire()["namespaces"]["default"]["images"] == ["old"]

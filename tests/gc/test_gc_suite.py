@@ -153,6 +153,36 @@ async def test_image_delete_with_sync_returns_once_collected(suite_up: Suite, tm
 
 
 @pytest.mark.root
+async def test_an_image_past_its_gc_expire_goes_with_what_only_it_held(suite_up: Suite, tmp_path: Path) -> None:
+    """An image labelled ``containerd.io/gc.expire`` in the past is deleted by the next
+    collection (as containerd's collector does), and its blobs and snapshots with it."""
+    from dataclasses import replace
+
+    from moorage.namespaces import current_namespace
+    from moorage.rpc import connect
+    from moorage.services.transfer.client import ImagesClient
+
+    s = suite_up
+    before = await held(s.address)
+    img = build(tmp_path / "e.tar", "example.com/gc/expiring:1", [{"e": b"expires\n" * 20}])
+    await import_image(s.address, img)
+    token = current_namespace.set("default")
+    conn = await connect(s.address)
+    try:
+        images = ImagesClient(conn)
+        record = await images.get(img.name)
+        await images.update(replace(record, labels={**record.labels, "containerd.io/gc.expire": "2001-01-01T00:00:00Z"}),
+                            ["labels.containerd.io/gc.expire"])
+    finally:
+        await conn.close()
+        current_namespace.reset(token)
+    out = json.loads(await moor(s, "--json", "gc"))
+    assert out["errors"] == [] and out["namespaces"]["default"]["images"] == [img.name]
+    assert img.name not in await moor(s, "images", "-q")
+    assert await held(s.address) == before
+
+
+@pytest.mark.root
 async def test_leases_hold_until_they_go_or_expire(suite_up: Suite) -> None:
     s = suite_up
     kept = await write_blob(s.address, b"held by a live lease")
