@@ -16,6 +16,7 @@ from __future__ import annotations
 from ttrpc.messages import decode_request
 
 from moorage.namespaces import NAMESPACE_KEY
+from moorage.protowire import read_varint
 
 _KEY = NAMESPACE_KEY.encode()
 _KEY_FIELD = bytes((0x0A, len(_KEY))) + _KEY
@@ -33,12 +34,12 @@ def route_of(body: bytes, start: int = 0) -> tuple[str, list[str]]:
     """(service, namespace values in order) of the ttrpc Request encoded in ``body[start:]``."""
     try:
         return _common(body, start)
-    except (_Slow, IndexError, UnicodeDecodeError):
+    except (_Slow, IndexError, ValueError, UnicodeDecodeError):
         pass
     try:
         service, namespaces = _scan(body, start)
         return _name(service), namespaces
-    except (_Slow, IndexError, UnicodeDecodeError):
+    except (_Slow, IndexError, ValueError, UnicodeDecodeError):
         req = decode_request(body[start:])
         return req.service, [v for k, v in req.metadata if k == NAMESPACE_KEY]
 
@@ -64,17 +65,7 @@ def _common(body: bytes, pos: int) -> tuple[str, list[str]]:
         n = body[pos + 1]
         pos += 2
         if n >= 0x80:
-            n &= 0x7F
-            shift = 7
-            while True:
-                b = body[pos]
-                pos += 1
-                n |= (b & 0x7F) << shift
-                if b < 0x80:
-                    break
-                shift += 7
-                if shift > 28:
-                    raise _Slow
+            n, pos = read_varint(body, pos - 1)
         pos += n
         if pos > len(body):
             raise _Slow
@@ -117,17 +108,7 @@ def _scan(body: bytes, pos: int) -> tuple[bytes | None, list[str]]:
             n = body[pos]
             pos += 1
             if n >= 0x80:
-                n &= 0x7F
-                shift = 7
-                while True:
-                    b = body[pos]
-                    pos += 1
-                    n |= (b & 0x7F) << shift
-                    if b < 0x80:
-                        break
-                    shift += 7
-                    if shift > 28:
-                        raise _Slow
+                n, pos = read_varint(body, pos - 1)
             stop = pos + n
             if stop > end:
                 raise _Slow
