@@ -170,6 +170,14 @@ def _whole_frames(data: bytes) -> tuple[list[tuple[int, int, int, int, int, int]
     return frames, pos
 
 
+def _request_frame(sid: int, flags: int, data: bytes, start: int, client_sid: int) -> bytes:
+    """The Request in ``data[start:]`` as a frame of stream ``sid``: ``data`` itself when it is
+    the client's whole frame (``start`` is HEADER_SIZE) and the id is the client's."""
+    if start and sid == client_sid:
+        return data
+    return pack_header(len(data) - start, sid, REQUEST, flags) + (data[start:] if start else data)
+
+
 def _error_frame(sid: int, code: int, message: str) -> bytes:
     body = encode_error(code, message)
     return pack_header(len(body), sid, RESPONSE, 0) + body
@@ -270,12 +278,11 @@ class Upstream(asyncio.Protocol):
             scope.exit()
 
     def retire(self) -> None:
-        """Take no new calls; close once the open ones end."""
+        """Take no new calls; the last open one to end closes the connection (``_ended``,
+        ``forget``)."""
         self.retired = True
         if self.replica.upstream is self:
             self.replica.upstream = None
-        if not self.streams:
-            self.close()
 
     def _ended(self, sid: int, front: Front, fsid: int) -> None:
         """The backend closed stream ``sid`` (the client's ``fsid``)."""
@@ -315,10 +322,7 @@ class Upstream(asyncio.Protocol):
         self.streams[sid] = (front, fsid, service)
         if flags & FLAG_REMOTE_OPEN:
             self.sending.add(sid)
-        if start and sid == fsid:
-            self.out.put(data)
-        else:
-            self.out.put(pack_header(len(data) - start, sid, REQUEST, flags) + (data[start:] if start else data))
+        self.out.put(_request_frame(sid, flags, data, start, fsid))
         if self.next_sid > _MAX_SID:  # ids used up: new calls go to a fresh connection
             self.retire()
         return sid
@@ -546,11 +550,6 @@ class _OwnPipe(asyncio.Protocol):
 _OWN = object()
 
 
-def _request_frame(sid: int, flags: int, data: bytes, start: int) -> bytes:
-    """The Request frame with stream id ``sid`` (the client's own frame when it is one)."""
-    if start:
-        return data
-    return pack_header(len(data), sid, REQUEST, flags) + data
 
 
 class Front(asyncio.Protocol):
@@ -741,7 +740,7 @@ class Front(asyncio.Protocol):
                 self.wait(self._open_own(), sid, flags, data, start, service)
                 return
             self.streams[sid] = _OWN
-            self.own.write(_request_frame(sid, flags, data, start))
+            self.own.write(_request_frame(sid, flags, data, start, sid))
             return
         route = splice.routes.get(service)
         if route is None:
@@ -793,7 +792,7 @@ class Front(asyncio.Protocol):
                 self.fail(sid, Code.UNAVAILABLE, "proxy is shutting down")
             else:
                 self.streams[sid] = _OWN
-                self.own.write(_request_frame(sid, flags, data, start))
+                self.own.write(_request_frame(sid, flags, data, start, sid))
         elif upstream.closed:
             self.fail(sid, Code.UNAVAILABLE, f"service {service} is unavailable: {upstream.replica.process} went away")
         else:
