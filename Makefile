@@ -14,9 +14,9 @@ APT_PACKAGES := python3-venv python3-dev gcc make git runc crun containerd golan
 GOPEER := $(STAMP)/ttrpc-gopeer
 SPDYCLIENT := $(STAMP)/spdy-client
 
-.PHONY: run cni-default test bench protos check-protos deps venv gopeer spdyclient typecheck clean
+.PHONY: run cni-default test bench protos check-protos deps venv relay gopeer spdyclient typecheck clean
 
-run: deps venv cni-default
+run: deps venv relay cni-default
 	$(VENV)/bin/moorage up
 
 # A host without any CNI network gets deploy/'s bridge network (as nerdctl does on first use);
@@ -26,12 +26,12 @@ cni-default:
 	  install -D -m 0644 deploy/10-moorage.conflist /etc/cni/net.d/10-moorage.conflist; \
 	  echo "installed /etc/cni/net.d/10-moorage.conflist"; fi
 
-test: deps venv gopeer spdyclient
+test: deps venv relay gopeer spdyclient
 	$(MAKE) check-protos
 	$(MAKE) typecheck
 	$(VENV)/bin/pytest -q
 
-bench: deps venv gopeer spdyclient
+bench: deps venv relay gopeer spdyclient
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 deps: $(STAMP)/deps
@@ -55,6 +55,12 @@ $(STAMP)/venv: pyproject.toml setup.py
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) .ci/editable.py
+	@touch $@
+
+relay: $(STAMP)/relay
+# The proxy's C data plane (proxy/relay.c) as a cffi extension next to its sources.
+$(STAMP)/relay: proxy/relay.c proxy/relay.h proxy/relay_build.py $(STAMP)/venv
+	$(PY) proxy/relay_build.py
 	@touch $@
 
 gopeer: $(GOPEER)
@@ -81,4 +87,4 @@ typecheck: venv
 	$(PY) .ci/typecheck.py
 
 clean:
-	rm -rf $(STAMP)
+	rm -rf $(STAMP) proxy/_relay.*.so

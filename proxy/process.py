@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -14,10 +15,12 @@ from moorage.registry import BuildContext, Listener, Process
 from moorage.runner import INTERNAL_SERVICE
 from ttrpc.errors import RpcError
 
-from . import events, gc, introspection, leases, namespaces
+from . import events, gc, introspection, leases, namespaces, relay
 from .gcschedule import Thresholds
 from .router import Pool
 from .splice import Front, Service, Splice
+
+log = logging.getLogger("moorage.proxy")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class ProxyConfig:
     """containerd's ``schedule_delay`` (seconds): from a trigger or a threshold to the collection."""
     gc_startup_delay: float = 0.1
     """containerd's ``startup_delay`` (seconds): the first check after start."""
+    relay: bool = True
+    """Carry routed calls in the C relay (proxy/relay.c, built by ``make relay``) with the
+    Python splice behind it; False, or not built: the splice serves every call."""
 
     def __post_init__(self) -> None:
         if self.health_timeout <= 0 or self.usage_timeout <= 0:
@@ -89,21 +95,34 @@ def routes(ctx: BuildContext) -> dict[str, tuple[str, list[str]]]:
 
 
 class FrontDoor:
-    """The Listener that serves the proxy's socket with the splice (see splice.py)."""
+    """The Listener that serves the proxy's socket: the C relay in front of the splice
+    (relay.py), or the splice alone (splice.py)."""
 
-    def __init__(self, splice: Splice) -> None:
+    def __init__(self, splice: Splice, use_relay: bool) -> None:
         self.splice = splice
+        self.use_relay = use_relay
         self.server: asyncio.AbstractServer | None = None
+        self.relay: relay.Relay | None = None
 
     async def serve(self, server: Any, sock: socket.socket) -> None:
         self.splice.serve_own = server.serve_connection
+        if self.use_relay and relay.available():
+            self.relay = relay.Relay(sock, self.splice)
+            self.relay.start()
+            return
+        if self.use_relay:
+            log.warning("the C relay is not built (make relay): the Python splice serves every call")
         loop = asyncio.get_running_loop()
         self.server = await loop.create_unix_server(lambda: Front(self.splice), sock=sock)
 
     async def drain(self, grace: float) -> None:
         if self.server is not None:
             self.server.close()
-        await self.splice.drain(grace)
+        if self.relay is None:
+            await self.splice.drain(grace)
+            return
+        await asyncio.gather(self.relay.drain(grace), self.splice.drain(grace))
+        await self.relay.stop()
 
 
 async def _no_own(sock: socket.socket) -> None:
@@ -152,7 +171,7 @@ async def build(ctx: BuildContext) -> list[object]:
         results = await asyncio.gather(*(ask(p) for p in pools.values()))
         held = [item for r in results for item in r]
         if not held:
-            splice.known_namespaces.discard(ns)
+            splice.forget_namespace(ns)
         return held
 
     ns_service = namespaces.NamespacesService(store, exchange.publish, usage)
@@ -173,7 +192,7 @@ async def build(ctx: BuildContext) -> list[object]:
     ctx.on_close(collector.close)
     lease_service = leases.LeasesService(lease_store).raw()
     lease_service = gc.wrap_leases(lease_service, collector, settings.gc_auto)
-    door = FrontDoor(splice)
+    door = FrontDoor(splice, settings.relay)
     listener = Listener(door.serve, door.drain)
     if settings.grpc:
         from .grpc_front import GrpcFront

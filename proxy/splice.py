@@ -35,7 +35,7 @@ import socket
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from moorage import errdefs
 from moorage.namespaces import validate_namespace
@@ -446,6 +446,13 @@ NamespaceSeen = Callable[[str], Awaitable[None]]
 OwnConnector = Callable[[socket.socket], Awaitable[None]]
 
 
+class NamespaceMirror(Protocol):
+    """Who else routes by the known namespaces (the C relay): told of each change."""
+
+    def know(self, ns: str) -> None: ...
+    def forget(self, ns: str) -> None: ...
+
+
 class Splice:
     """Shared state of the front door: the route table and the proxy's own services."""
 
@@ -462,6 +469,7 @@ class Splice:
         self.serve_own = serve_own
         self.on_namespace = on_namespace
         self.known_namespaces: set[str] = set(known_namespaces)
+        self.mirror: NamespaceMirror | None = None
         self.fronts: set[Front] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle: asyncio.Event | None = None
@@ -480,15 +488,24 @@ class Splice:
 
     def namespace_seen(self, ns: str) -> None:
         self.known_namespaces.add(ns)
+        if self.mirror is not None:
+            self.mirror.know(ns)
         if self.on_namespace is not None:
             self.spawn(self._record(ns))
+
+    def forget_namespace(self, ns: str) -> None:
+        """``ns`` is no longer known (deleted, or its recording failed): the next call that
+        names it is validated and recorded again."""
+        self.known_namespaces.discard(ns)
+        if self.mirror is not None:
+            self.mirror.forget(ns)
 
     async def _record(self, ns: str) -> None:
         assert self.on_namespace is not None
         try:
             await self.on_namespace(ns)
         except Exception:
-            self.known_namespaces.discard(ns)
+            self.forget_namespace(ns)
             log.exception("recording namespace %s failed", ns)
 
     def front_done(self, front: Front) -> None:
