@@ -1374,6 +1374,7 @@ int relay_open_streams(relay *r) { return __atomic_load_n(&r->open_streams, __AT
 
 int relay_run(relay *r) {
     struct epoll_event evs[EVENTS];
+    pthread_setname_np(pthread_self(), "moorage-relay"); /* as ps -L and top -H show it */
     for (;;) {
         pthread_mutex_lock(&r->lock);
         int stop = r->stop;
