@@ -1,7 +1,8 @@
 """Builds the C relay (proxy/relay.c) as the extension module ``moorage.proxy._relay``.
 
-``make relay`` runs this file: the module lands next to it in proxy/, where the checkout's
-editable install finds it. Without it the proxy serves with the Python splice alone.
+``make relay`` (run by ``make run``, ``test`` and ``bench``) runs this file: the module lands
+next to it in proxy/, where the checkout's editable install finds it. Without it the proxy
+serves with the Python splice alone.
 """
 
 from __future__ import annotations
