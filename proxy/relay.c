@@ -47,6 +47,8 @@
 #define HIGH_WATER (256u << 10)
 #define LOW_WATER (64u << 10)
 #define READ_MIN (64u << 10)
+#define SCRATCH_KEEP (1u << 20)
+#define OUT_KEEP (16u << 10)
 #define RETRY_NS 500000000LL /* a replica that refused a connection is left out this long */
 #define EVENTS 256
 
@@ -361,6 +363,7 @@ struct relay {
     int stop, closing, listen_closed;
     int open_streams;
     conn *all, *dirty, *grave;
+    buf scratch; /* what connections without a partial frame read into */
 };
 
 static int64_t now_ns(void) {
@@ -522,9 +525,8 @@ static void flush(relay *r, conn *c) {
     size_t left = buf_pending(&c->out);
     if (!left) {
         c->out.off = c->out.len = 0;
-        if (c->out.cap > (1u << 20)) { /* give a big burst's memory back */
+        if (c->out.cap > OUT_KEEP) /* give a burst's memory back */
             buf_free(&c->out);
-        }
         if (c->close_when_flushed) {
             conn_close(r, c);
             return;
@@ -1094,9 +1096,49 @@ static int fill(relay *r, conn *c) {
     }
 }
 
-static void on_client(relay *r, conn *c) {
-    if (!fill(r, c))
-        return;
+static void client_frames(relay *r, conn *c);
+static void upstream_frames(relay *r, conn *up);
+static void punt_frames(relay *r, conn *p);
+
+/* Read and handle what ``c`` sent. A connection with no partial frame reads into the
+ * relay's one scratch buffer and keeps only what is left of a frame cut by the read, so
+ * an idle connection holds no input buffer. */
+static void on_readable(relay *r, conn *c) {
+    int borrowed = !c->in.p;
+    if (borrowed) {
+        c->in = r->scratch;
+        r->scratch = (buf){0};
+    }
+    if (fill(r, c)) {
+        if (c->kind == K_CLIENT)
+            client_frames(r, c);
+        else if (c->kind == K_UPSTREAM)
+            upstream_frames(r, c);
+        else
+            punt_frames(r, c);
+    }
+    buf *in = &c->in;
+    size_t left = c->dead ? 0 : buf_pending(in);
+    if (borrowed) {
+        buf b = *in;
+        *in = (buf){0};
+        if (left && buf_reserve(in, left) == 0) {
+            memcpy(in->p, b.p + b.off, left);
+            in->len = left;
+        } else if (left) {
+            conn_close(r, c);
+        }
+        b.off = b.len = 0;
+        if (b.cap > SCRATCH_KEEP) { /* a big frame grew it: do not keep that much */
+            buf_free(&b);
+        }
+        r->scratch = b;
+    } else if (!left) {
+        buf_free(in);
+    }
+}
+
+static void client_frames(relay *r, conn *c) {
     buf *in = &c->in;
     while (!c->dead) {
         size_t avail = in->len - in->off;
@@ -1127,13 +1169,9 @@ static void on_client(relay *r, conn *c) {
         in->off += HEADER + (size_t)len;
         client_frame(r, c, sid, type, flags, h + HEADER, len);
     }
-    if (in->off == in->len)
-        in->off = in->len = 0;
 }
 
-static void on_upstream(relay *r, conn *up) {
-    if (!fill(r, up))
-        return;
+static void upstream_frames(relay *r, conn *up) {
     buf *in = &up->in;
     while (!up->dead) {
         size_t avail = in->len - in->off;
@@ -1176,13 +1214,9 @@ static void on_upstream(relay *r, conn *up) {
             stream_ended(r, up, bs);
         put_frame(r, client, fsid, type, flags, h + HEADER, len);
     }
-    if (in->off == in->len)
-        in->off = in->len = 0;
 }
 
-static void on_punt(relay *r, conn *p) {
-    if (!fill(r, p))
-        return;
+static void punt_frames(relay *r, conn *p) {
     conn *client = p->owner;
     buf *in = &p->in;
     while (!p->dead) {
@@ -1211,8 +1245,6 @@ static void on_punt(relay *r, conn *p) {
         }
         put_frame(r, client, sid, type, flags, h + HEADER, len);
     }
-    if (in->off == in->len)
-        in->off = in->len = 0;
 }
 
 static void on_listen(relay *r) {
@@ -1411,14 +1443,8 @@ int relay_run(relay *r) {
             case K_WAKE:
                 on_wake(r);
                 break;
-            case K_CLIENT:
-                on_client(r, c);
-                break;
-            case K_UPSTREAM:
-                on_upstream(r, c);
-                break;
-            case K_PUNT:
-                on_punt(r, c);
+            default:
+                on_readable(r, c);
                 break;
             }
         }
@@ -1460,6 +1486,7 @@ void relay_free(relay *r) {
     free(r->route_list);
     free(r->routes);
     strset_free(&r->known);
+    buf_free(&r->scratch);
     pthread_mutex_destroy(&r->lock);
     free(r);
 }
