@@ -1,17 +1,18 @@
 """What the proxy costs: the same 64-byte unary Echo straight to a backend and through the
-proxy, in one run, on real processes (``moorage serve proxy`` + the test echo backend).
+proxy, in one run, on real processes (``moorage serve proxy`` + the test echo backend). The
+proxy serves as configured by default: its C relay (proxy/relay.c) carries these calls.
 
 Latency: sequential calls, p50/p99 of each path, and the p50 the proxy adds (goal <= 30 µs).
 Throughput: 64 callers multiplexed on one connection for a few seconds per path, req/s of
 each and the ratio (goal >= 0.8x direct). Paths alternate over several rounds; medians are
 reported, with the load average before and after (the machine is shared).
 
-A third path measures the floor of any extra process on the way: ``forward``, a verbatim
-byte forwarder (this file's ``forward`` mode: plain asyncio Protocols, one backend connection
-per client, no parsing). ``proxy - forward`` is what the proxy's own work costs; ``forward -
-direct`` is what one more process hop (two more wake-ups, reads and writes) costs here, and
-no proxy can go below it. CPU per call of the middle process (utime+stime over the
-sequential calls) is reported for both: it is much less noisy than wall time on a loaded
+Two more paths are references for the latency: ``forward``, a verbatim byte forwarder in
+Python (this file's ``forward`` mode: plain asyncio Protocols, one backend connection per
+client, no parsing), the floor of any Python process on the way; and ``splice``, a second
+proxy with its relay off (``[proxy] relay = false``: the Python splice carries every call)
+routing to the same backend. CPU per call of the middle process (utime+stime over the
+sequential calls) is reported for each: it is much less noisy than wall time on a loaded
 machine. Every thread of every process is pinned (``--pin``). The last line is one JSON
 object.
 
@@ -182,6 +183,7 @@ async def main() -> int:
     suite = Suite(tmp, config=disabled, plugins=["skeleton.echo:PROCESS"],
                   suite={"log_level": "warning", "event_loop": args.loop})
     forwarder: subprocess.Popen[str] | None = None
+    splice_suite: Suite | None = None
     loads = [load()]
     print(f"load average before: {loads[0]}", flush=True)
     try:
@@ -192,12 +194,16 @@ async def main() -> int:
         assert forwarder.stdout is not None
         if forwarder.stdout.readline().strip() != "ready":
             raise RuntimeError("the forwarder did not start")
-        middle = {"direct": servers[1], "forward": forwarder.pid, "proxy": servers[0]}
+        splice_suite = Suite(tmp / "splice", config={**disabled, "proxy": {"gc_auto": False, "relay": False},
+                                                     "echo": {"sockets": [direct]}},
+                             plugins=["skeleton.echo:PROCESS"], suite={"log_level": "warning", "event_loop": args.loop})
+        splice_pid = splice_suite.start("proxy").pid
+        middle = {"direct": servers[1], "forward": forwarder.pid, "splice": splice_pid, "proxy": servers[0]}
         if args.pin != "none" and len(os.sched_getaffinity(0)) > 1:
             for pid in middle.values():
                 pin(pid, {0})
             pin(os.getpid(), {0} if args.pin == "same" else {1})
-        paths = {"direct": direct, "forward": fwd_path, "proxy": proxied}
+        paths = {"direct": direct, "forward": fwd_path, "splice": splice_suite.address, "proxy": proxied}
         lat: dict[str, list[tuple[float, float]]] = {k: [] for k in paths}
         rps: dict[str, list[float]] = {k: [] for k in paths}
         seq_cpu: dict[str, list[float]] = {k: [] for k in paths}
@@ -208,7 +214,7 @@ async def main() -> int:
                 samples = await latency(address, args.calls)
                 seq_cpu[name].append((cpu_seconds(middle[name]) - before) / (args.calls + 200) * 1e6)
                 lat[name].append((pct(samples, 0.5), pct(samples, 0.99)))
-                if name == "forward":
+                if name in ("forward", "splice"):
                     continue
                 before = [cpu_seconds(pid) for pid in servers]
                 rate, calls = await throughput(address, args.callers, args.seconds)
@@ -219,7 +225,7 @@ async def main() -> int:
                     cpu["backend"].append((after[1] - before[1]) / calls * 1e6)
             print(
                 f"round {r + 1}: p50 direct {lat['direct'][-1][0]:.1f} µs, forward {lat['forward'][-1][0]:.1f} µs, "
-                f"proxy {lat['proxy'][-1][0]:.1f} µs; {args.callers} callers direct {rps['direct'][-1]:.0f} req/s, "
+                f"splice {lat['splice'][-1][0]:.1f} µs, proxy {lat['proxy'][-1][0]:.1f} µs; {args.callers} callers direct {rps['direct'][-1]:.0f} req/s, "
                 f"proxy {rps['proxy'][-1]:.0f} req/s; load {load()}",
                 flush=True,
             )
@@ -227,6 +233,8 @@ async def main() -> int:
         if forwarder is not None:
             forwarder.kill()
             forwarder.wait()
+        if splice_suite is not None:
+            splice_suite.close()
         suite.close()
         shutil.rmtree(tmp, ignore_errors=True)
     loads.append(load())
@@ -244,11 +252,12 @@ async def main() -> int:
     ratio = thr["proxy"] / thr["direct"]
     print(f"load average before/after: {loads[0]} / {loads[1]}; placement {args.pin}")
     print(f"latency p50: direct {p50['direct']:.1f} µs, proxy {p50['proxy']:.1f} µs, added {added:.1f} µs (goal <= 30)")
-    print(f"  of which one more hop (verbatim forwarder {p50['forward']:.1f} µs): {floor:.1f} µs; "
-          f"the proxy's own work: {added - floor:.1f} µs")
-    print(f"latency p99: direct {p99['direct']:.1f} µs, forward {p99['forward']:.1f} µs, proxy {p99['proxy']:.1f} µs")
+    print(f"  for reference, added by a verbatim Python forwarder: {floor:.1f} µs; "
+          f"by the splice alone: {p50['splice'] - p50['direct']:.1f} µs")
+    print(f"latency p99: direct {p99['direct']:.1f} µs, forward {p99['forward']:.1f} µs, "
+          f"splice {p99['splice']:.1f} µs, proxy {p99['proxy']:.1f} µs")
     print(f"CPU per sequential call: backend {seq['direct']:.1f} µs, forwarder {seq['forward']:.1f} µs, "
-          f"proxy {seq['proxy']:.1f} µs")
+          f"splice {seq['splice']:.1f} µs, proxy {seq['proxy']:.1f} µs")
     print(f"throughput at {args.callers} callers: direct {thr['direct']:.0f} req/s, proxy {thr['proxy']:.0f} req/s, "
           f"ratio {ratio:.2f} (goal >= 0.8)")
     print(f"CPU per call through the proxy at {args.callers} callers: proxy {cpu_proxy:.1f} µs, backend {cpu_backend:.1f} µs")
@@ -263,10 +272,12 @@ async def main() -> int:
         "p50_proxy_us": round(p50["proxy"], 1),
         "p50_added_us": round(added, 1),
         "p50_hop_floor_us": round(floor, 1),
+        "p50_splice_us": round(p50["splice"], 1),
         "p99_direct_us": round(p99["direct"], 1),
         "p99_proxy_us": round(p99["proxy"], 1),
         "seq_cpu_us_backend": round(seq["direct"], 1),
         "seq_cpu_us_forward": round(seq["forward"], 1),
+        "seq_cpu_us_splice": round(seq["splice"], 1),
         "seq_cpu_us_proxy": round(seq["proxy"], 1),
         "rps_direct": round(thr["direct"]),
         "rps_proxy": round(thr["proxy"]),

@@ -109,6 +109,7 @@ class FrontDoor:
         if self.use_relay and relay.available():
             self.relay = relay.Relay(sock, self.splice)
             self.relay.start()
+            log.info("front door: the C relay, the Python splice behind it")
             return
         if self.use_relay:
             log.warning("the C relay is not built (make relay): the Python splice serves every call")

@@ -1,4 +1,9 @@
-"""The proxy's data plane: ttrpc frames spliced between clients and backends.
+"""The proxy's Python data plane: ttrpc frames spliced between clients and backends.
+
+It serves behind the C relay (relay.py), which hands it, over a socketpair per client that
+it serves as one more client connection, every frame the relay does not carry itself (own
+services, unknown services, a namespace's first call, bad requests, unreachable backends,
+a drain); or alone, when the relay is off or not built. Either way:
 
 The front door speaks ttrpc with each client; a routed call is never decoded beyond its
 Request envelope (service name and namespace metadata). Its frames travel unchanged (body
