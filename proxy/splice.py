@@ -805,7 +805,10 @@ class Front(asyncio.Protocol):
         except Exception as exc:  # noqa: BLE001 - reported on the call, not raised
             error = f"service {service} is unavailable: proxy: {exc}"
         pending, self.backlog = self.backlog or deque(), None
-        if self.closed:
+        if self.closed:  # gone while waiting: what the wait opened is not needed
+            if self.own is not None:
+                self.own.close()
+                self.own = None
             return
         if error is not None:
             self.fail(sid, Code.UNAVAILABLE, error)

@@ -141,6 +141,32 @@ async def test_bad_and_cut_input_costs_only_its_connection(suite: Suite, client:
     assert suite.procs["proxy"].popen.poll() is None
 
 
+def _leave_mid_frame(address: str, n: int) -> None:
+    good = encode_frame(1, REQUEST, 0, encode_request(ECHO, "Echo", b"x" * 100, metadata=list(MD.items())))
+    own = encode_frame(1, REQUEST, 0, encode_request("containerd.services.version.v1.Version", "Version", b""))
+    cuts = [good[:5], good[:20], good, own, own[:15], good + good[:12]]
+    for i in range(n):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(address)
+        s.sendall(cuts[i % len(cuts)])
+        s.close()  # never reads: a reply, if any, meets a closed socket
+
+
+async def test_peers_that_leave_mid_frame_leave_nothing_behind(suite: Suite, client: Client) -> None:
+    """10 000 clients gone mid-header, mid-body or before their reply (to a routed or an own
+    service): the proxy's fds and threads come back to where they were."""
+    proxy = suite.procs["proxy"].popen.pid
+    assert await client.unary_raw(ECHO, "Echo", b"", metadata=MD) == b""  # the relay's own connection
+    fds, tasks = len(os.listdir(f"/proc/{proxy}/fd")), len(os.listdir(f"/proc/{proxy}/task"))
+    await asyncio.gather(*(asyncio.to_thread(_leave_mid_frame, suite.address, 2500) for _ in range(4)))
+    assert await client.unary_raw(ECHO, "Echo", b"after", metadata=MD) == b"after"
+    deadline = time.monotonic() + 30
+    while len(os.listdir(f"/proc/{proxy}/fd")) > fds:  # the splice closes its ends as it learns
+        assert time.monotonic() < deadline, f"{len(os.listdir(f'/proc/{proxy}/fd'))} fds, {fds} before"
+        await client.unary_raw(ECHO, "Echo", b"", metadata=MD)
+    assert len(os.listdir(f"/proc/{proxy}/task")) == tasks
+
+
 async def test_large_messages_pass_intact(client: Client) -> None:
     big = os.urandom((4 << 20) - 4096)
     assert await client.unary_raw(ECHO, "Echo", big, metadata=MD) == big
