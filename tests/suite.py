@@ -272,3 +272,13 @@ async def running(
     finally:
         await asyncio.to_thread(s.close)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def skeleton_suite(tmp_path: Path, **proxy: Any) -> Suite:
+    """The proxy and the test processes ``echo`` and ``other`` (tests/skeleton/echo.py)
+    configured, every built-in service disabled; ``proxy``: more ``[proxy]`` keys."""
+    from moorage.registry import builtin_names
+
+    disabled = {name: {"enabled": False} for name in builtin_names() if name != "proxy"}
+    config = {**disabled, "proxy": {"health_timeout": 5.0, **proxy}}  # a loaded CI machine is slow, not down
+    return Suite(tmp_path, config=config, plugins=["skeleton.echo:PROCESS", "skeleton.echo:OTHER"])

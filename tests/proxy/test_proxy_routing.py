@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from moorage import errdefs
-from conftest import skeleton_suite
 from moorage.rpc import connect
-from suite import Suite
+from suite import Suite, skeleton_suite
 from ttrpc.client import Client
 
 ECHO = "moorage.test.v1.Echo"

@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 from google.protobuf import empty_pb2
 
-from conftest import skeleton_suite
 from moorage import errdefs
 from moorage.api.containerd.services.namespaces.v1 import namespace_pb2 as ns
 from moorage.rpc import connect
-from suite import Suite
+from suite import Suite, skeleton_suite
 from ttrpc.client import Client
 from ttrpc.frame import REQUEST, FrameDecoder, encode_frame, pack_header
 from ttrpc.messages import decode_response, encode_request
