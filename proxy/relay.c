@@ -1138,112 +1138,104 @@ static void on_readable(relay *r, conn *c) {
     }
 }
 
-static void client_frames(relay *r, conn *c) {
+typedef struct {
+    uint32_t len, sid;
+    uint8_t type, flags;
+    const uint8_t *body; /* in c->in: good until c reads again */
+} frame;
+
+enum { CUT_MORE, CUT_WHOLE, CUT_OVERSIZED };
+
+/* A backend's (or the splice's) frame that ends its stream. */
+static inline int ends_stream(const frame *f) {
+    return f->type == T_RESPONSE || (f->type == T_DATA && (f->flags & F_REMOTE_CLOSED));
+}
+
+/* The next frame in c->in: CUT_WHOLE (taken), CUT_OVERSIZED (its header taken, its body
+ * skipped as it comes), or CUT_MORE (the rest has not come yet). */
+static int next_frame(relay *r, conn *c, frame *f) {
     buf *in = &c->in;
-    while (!c->dead) {
+    for (;;) {
         size_t avail = in->len - in->off;
         if (c->skip) {
             size_t k = avail < c->skip ? avail : (size_t)c->skip;
             in->off += k;
             c->skip -= k;
             if (c->skip)
-                break;
+                return CUT_MORE;
             continue;
         }
         if (avail < HEADER)
-            break;
+            return CUT_MORE;
         const uint8_t *h = in->p + in->off;
-        uint32_t len = get_be32(h), sid = get_be32(h + 4);
-        uint8_t type = h[8], flags = h[9];
-        if (len > MAX_MESSAGE) {
+        f->len = get_be32(h);
+        f->sid = get_be32(h + 4);
+        f->type = h[8];
+        f->flags = h[9];
+        if (f->len > MAX_MESSAGE) {
             in->off += HEADER;
-            c->skip = len;
-            client_oversized(r, c, sid, type, len);
-            continue;
+            c->skip = f->len;
+            return CUT_OVERSIZED;
         }
-        if (avail < HEADER + (size_t)len) {
-            if (buf_reserve(in, HEADER + (size_t)len - avail) < 0)
+        if (avail < HEADER + (size_t)f->len) {
+            if (buf_reserve(in, HEADER + (size_t)f->len - avail) < 0)
                 conn_close(r, c);
-            break;
+            return CUT_MORE;
         }
-        in->off += HEADER + (size_t)len;
-        client_frame(r, c, sid, type, flags, h + HEADER, len);
+        f->body = h + HEADER;
+        in->off += HEADER + (size_t)f->len;
+        return CUT_WHOLE;
+    }
+}
+
+static void client_frames(relay *r, conn *c) {
+    frame f;
+    int cut;
+    while (!c->dead && (cut = next_frame(r, c, &f)) != CUT_MORE) {
+        if (cut == CUT_OVERSIZED)
+            client_oversized(r, c, f.sid, f.type, f.len);
+        else
+            client_frame(r, c, f.sid, f.type, f.flags, f.body, f.len);
     }
 }
 
 static void upstream_frames(relay *r, conn *up) {
-    buf *in = &up->in;
-    while (!up->dead) {
-        size_t avail = in->len - in->off;
-        if (up->skip) {
-            size_t k = avail < up->skip ? avail : (size_t)up->skip;
-            in->off += k;
-            up->skip -= k;
-            if (up->skip)
-                break;
-            continue;
-        }
-        if (avail < HEADER)
-            break;
-        const uint8_t *h = in->p + in->off;
-        uint32_t len = get_be32(h), sid = get_be32(h + 4);
-        uint8_t type = h[8], flags = h[9];
-        slot *bs = map_get(&up->ups, sid);
-        if (len > MAX_MESSAGE) {
-            in->off += HEADER;
-            up->skip = len;
-            if (bs) {
-                conn *client = bs->ptr;
-                uint32_t fsid = bs->aux;
-                stream_ended(r, up, bs);
-                oversize_message(r, client, fsid, len);
-            }
-            continue;
-        }
-        if (avail < HEADER + (size_t)len) {
-            if (buf_reserve(in, HEADER + (size_t)len - avail) < 0)
-                conn_close(r, up);
-            break;
-        }
-        in->off += HEADER + (size_t)len;
+    frame f;
+    int cut;
+    while (!up->dead && (cut = next_frame(r, up, &f)) != CUT_MORE) {
+        slot *bs = map_get(&up->ups, f.sid);
         if (!bs)
             continue; /* a stream the client gave up */
         conn *client = bs->ptr;
         uint32_t fsid = bs->aux;
-        if (type == T_RESPONSE || (type == T_DATA && (flags & F_REMOTE_CLOSED)))
+        if (cut == CUT_OVERSIZED) {
             stream_ended(r, up, bs);
-        put_frame(r, client, fsid, type, flags, h + HEADER, len);
+            oversize_message(r, client, fsid, f.len);
+            continue;
+        }
+        if (ends_stream(&f))
+            stream_ended(r, up, bs);
+        put_frame(r, client, fsid, f.type, f.flags, f.body, f.len);
     }
 }
 
 static void punt_frames(relay *r, conn *p) {
-    conn *client = p->owner;
-    buf *in = &p->in;
-    while (!p->dead) {
-        size_t avail = in->len - in->off;
-        if (avail < HEADER)
-            break;
-        const uint8_t *h = in->p + in->off;
-        uint32_t len = get_be32(h), sid = get_be32(h + 4);
-        uint8_t type = h[8], flags = h[9];
-        if (len > MAX_MESSAGE) { /* the splice never sends one */
+    frame f;
+    int cut;
+    while (!p->dead && (cut = next_frame(r, p, &f)) != CUT_MORE) {
+        if (cut == CUT_OVERSIZED) { /* the splice never sends one */
             conn_close(r, p);
             break;
         }
-        if (avail < HEADER + (size_t)len) {
-            if (buf_reserve(in, HEADER + (size_t)len - avail) < 0)
-                conn_close(r, p);
-            break;
-        }
-        in->off += HEADER + (size_t)len;
+        conn *client = p->owner;
         if (!client)
             continue;
-        if (type == T_RESPONSE || (type == T_DATA && (flags & F_REMOTE_CLOSED))) {
-            slot *fs = map_get(&client->streams, sid);
+        if (ends_stream(&f)) {
+            slot *fs = map_get(&client->streams, f.sid);
             if (fs && fs->ptr == PUNTED)
                 map_del(&client->streams, fs);
         }
-        put_frame(r, client, sid, type, flags, h + HEADER, len);
+        put_frame(r, client, f.sid, f.type, f.flags, f.body, f.len);
     }
 }
 

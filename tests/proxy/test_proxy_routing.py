@@ -9,7 +9,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,18 +33,6 @@ def suite(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Suite]:
         s.close()
 
 
-@pytest.fixture
-async def client(suite: Suite) -> AsyncIterator[Client]:
-    await asyncio.to_thread(suite.start, "proxy")
-    await asyncio.to_thread(suite.start, "echo")
-    await asyncio.to_thread(suite.start, "other")
-    c = await connect(suite.address)
-    try:
-        # the first call in a namespace records it (the splice's); the relay carries the rest
-        assert await c.unary_raw(ECHO, "Echo", b"warm", metadata=MD) == b"warm"
-        yield c
-    finally:
-        await c.close()
 
 
 async def test_unary_stream_bidi_client_stream(client: Client) -> None:

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import pytest
 from google.protobuf import any_pb2, empty_pb2, field_mask_pb2
@@ -22,7 +21,6 @@ from moorage.api.containerd.services.namespaces.v1 import namespace_pb2 as ns
 from moorage.api.containerd.services.ttrpc.events.v1 import events_pb2 as ttrpc_ev
 from moorage.api.containerd.services.version.v1 import version_pb2 as ver
 from moorage.api.containerd.types import event_pb2
-from moorage.rpc import connect
 from suite import Suite
 from ttrpc.client import Client
 
@@ -38,16 +36,6 @@ def md(name: str = "default") -> dict[str, str]:
     return {"containerd-namespace-ttrpc": name}
 
 
-@pytest.fixture
-async def client(suite: Suite) -> AsyncIterator[Client]:
-    await asyncio.to_thread(suite.start, "proxy")
-    await asyncio.to_thread(suite.start, "echo")
-    await asyncio.to_thread(suite.start, "other")
-    c = await connect(suite.address)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def names(client: Client) -> dict[str, dict[str, str]]:

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -35,20 +34,9 @@ def md(name: str) -> dict[str, str]:
     return {"containerd-namespace-ttrpc": name}
 
 
-MD = md("relay")
+MD = md("default")
 
 
-@pytest.fixture
-async def client(suite: Suite) -> AsyncIterator[Client]:
-    await asyncio.to_thread(suite.start, "proxy")
-    await asyncio.to_thread(suite.start, "echo")
-    await asyncio.to_thread(suite.start, "other")
-    c = await connect(suite.address)
-    try:
-        assert await c.unary_raw(ECHO, "Echo", b"warm", metadata=MD) == b"warm"  # records "relay"
-        yield c
-    finally:
-        await c.close()
 
 
 def threads(pid: int) -> list[str]:
@@ -77,7 +65,7 @@ async def test_the_relay_carries_routed_calls_itself(suite: Suite, client: Clien
     assert sockets(echo) == before + 1
     for _ in range(20):
         assert await client.unary_raw(ECHO, "Echo", b"b", metadata=MD) == b"b"
-    assert await client.unary_raw(ECHO, "Namespace", b"", metadata=MD) == b"relay"
+    assert await client.unary_raw(ECHO, "Namespace", b"", metadata=MD) == b"default"
     assert sockets(echo) == before + 1
 
 
@@ -100,7 +88,7 @@ async def test_a_deleted_namespace_is_recorded_again_on_next_use(client: Client)
 async def test_an_unknown_namespace_is_checked_even_next_to_a_known_one(suite: Suite, client: Client) -> None:
     """Every namespace value a Request names must be known for the relay to carry it."""
     body = encode_request(ECHO, "Echo", b"x", metadata=[
-        ("containerd-namespace-ttrpc", "relay"), ("containerd-namespace-ttrpc", "Bad/One")])
+        ("containerd-namespace-ttrpc", "default"), ("containerd-namespace-ttrpc", "Bad/One")])
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(suite.address)
     try:
@@ -253,7 +241,7 @@ async def test_the_splice_serves_alone_when_the_relay_is_off(tmp_path: Path) -> 
         try:
             for _ in range(3):
                 assert await c.unary_raw(ECHO, "Echo", b"z", metadata=MD) == b"z"
-            assert "relay" in await names(c)
+            assert "default" in await names(c)
         finally:
             await c.close()
     finally:
