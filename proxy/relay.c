@@ -637,6 +637,10 @@ static void conn_close(relay *r, conn *c) {
     epoll_ctl(r->ep, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     c->fd = -1;
+    if (r->listen->pausers && !r->listen_closed && c != r->listen) { /* an fd is free again */
+        r->listen->pausers = 0;
+        update_events(r, r->listen);
+    }
     if (c->prev_all)
         c->prev_all->next_all = c->next_all;
     else
@@ -1242,8 +1246,14 @@ static void punt_frames(relay *r, conn *p) {
 static void on_listen(relay *r) {
     for (int i = 0; i < 64; i++) {
         int fd = accept4(r->listen->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0)
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* out of fds: the listener waits (still ready, it would spin) until one closes */
+                r->listen->pausers = 1;
+                update_events(r, r->listen);
+            }
             return;
+        }
         conn *c = conn_new(r, fd, K_CLIENT);
         if (!c)
             close(fd);

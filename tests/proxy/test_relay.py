@@ -154,6 +154,50 @@ async def test_peers_that_leave_mid_frame_leave_nothing_behind(suite: Suite, cli
     assert len(os.listdir(f"/proc/{proxy}/task")) == tasks
 
 
+def thread_cpu(pid: int, name: str) -> float:
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        if Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() == name:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    raise AssertionError(f"no thread {name}")
+
+
+async def test_out_of_fds_the_relay_waits_and_serves_on(suite: Suite, client: Client) -> None:
+    """With every fd in use the relay stops accepting (it does not spin on a listener it
+    cannot accept from), keeps serving the connections it has, and accepts again once
+    one closes."""
+    proxy = suite.procs["proxy"].popen.pid
+    assert await client.unary_raw(ECHO, "Echo", b"", metadata=MD) == b""  # the relay's own connection
+    used = len(os.listdir(f"/proc/{proxy}/fd"))
+    soft = next(line.split()[3] for line in Path(f"/proc/{proxy}/limits").read_text().splitlines()
+                if line.startswith("Max open files"))
+    subprocess.run(["prlimit", f"--pid={proxy}", f"--nofile={used + 4}:"], check=True)
+    extra = []
+    try:
+        for _ in range(12):  # more than the limit leaves: the last ones wait in the backlog
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(suite.address)
+            extra.append(s)
+        deadline = time.monotonic() + 10
+        while len(os.listdir(f"/proc/{proxy}/fd")) < used + 4:
+            assert time.monotonic() < deadline
+            await client.unary_raw(ECHO, "Echo", b"", metadata=MD)
+        cpu, wall = thread_cpu(proxy, "moorage-relay"), time.monotonic()
+        for _ in range(500):
+            assert await client.unary_raw(ECHO, "Echo", b"full", metadata=MD) == b"full"
+        cpu, wall = thread_cpu(proxy, "moorage-relay") - cpu, time.monotonic() - wall
+        assert cpu < wall / 2, f"the relay burnt {cpu:.2f} s of CPU in {wall:.2f} s"
+    finally:
+        for s in extra:
+            s.close()
+        subprocess.run(["prlimit", f"--pid={proxy}", f"--nofile={soft}:"], check=True)
+    fresh = await connect(suite.address)
+    try:
+        assert await fresh.unary_raw(ECHO, "Echo", b"again", metadata=MD) == b"again"
+    finally:
+        await fresh.close()
+
+
 async def test_large_messages_pass_intact(client: Client) -> None:
     big = os.urandom((4 << 20) - 4096)
     assert await client.unary_raw(ECHO, "Echo", big, metadata=MD) == big
