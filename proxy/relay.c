@@ -637,7 +637,7 @@ static void conn_close(relay *r, conn *c) {
     epoll_ctl(r->ep, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     c->fd = -1;
-    if (r->listen->pausers && !r->listen_closed && c != r->listen) { /* an fd is free again */
+    if (!r->listen_closed && c != r->listen && r->listen->pausers) { /* an fd is free again */
         r->listen->pausers = 0;
         update_events(r, r->listen);
     }
