@@ -22,6 +22,8 @@ with the splice alone (``available()`` is False) and logs it.
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import logging
 import os
 import socket
@@ -33,10 +35,25 @@ from .splice import Front, Splice
 
 log = logging.getLogger("moorage.proxy.relay")
 
-try:
-    from ._relay import ffi, lib  # type: ignore[import-not-found]
-except ImportError:  # not built: the splice serves alone
-    ffi = lib = None
+def _load() -> tuple[Any, Any]:
+    """The built module's (ffi, lib); ``MOORAGE_RELAY_EXT`` names another build of it (the
+    sanitizer build the tests use); (None, None) when there is none."""
+    path = os.environ.get("MOORAGE_RELAY_EXT")
+    module: Any
+    try:
+        if path:
+            spec = importlib.util.spec_from_file_location(f"{__package__}._relay", path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(f"{__package__}._relay")
+    except ImportError:  # not built: the splice serves alone
+        return None, None
+    return module.ffi, module.lib
+
+
+ffi, lib = _load()
 
 _FD = 4  # bytes of one announced fd (a native int)
 _POLL = 0.01

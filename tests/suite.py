@@ -147,6 +147,8 @@ class Suite:
         self.config_path.write_text(render_config(sections))
         self.procs: dict[str, Proc] = {}
         self.up_proc: Proc | None = None
+        self.extra_env: dict[str, str] = {}
+        """Set in the environment of every process started from here on."""
 
     @property
     def address(self) -> str:
@@ -161,6 +163,7 @@ class Suite:
         env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env["PYTHONUNBUFFERED"] = "1"
         env.pop("NOTIFY_SOCKET", None)
+        env.update(self.extra_env)
         return env
 
     def command(self, *args: str) -> list[str]:
