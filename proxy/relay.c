@@ -748,8 +748,9 @@ static conn *connect_replica(relay *r, replica *rep) {
     if (fd < 0)
         return NULL;
     if (connect(fd, (struct sockaddr *)&rep->addr, rep->addrlen) < 0 && errno != EINPROGRESS) {
+        if (errno != EAGAIN) /* refused or gone; a full backlog is only busy */
+            rep->down_until = now_ns() + RETRY_NS;
         close(fd);
-        rep->down_until = now_ns() + RETRY_NS;
         return NULL;
     }
     conn *c = conn_new(r, fd, K_UPSTREAM);
