@@ -187,23 +187,19 @@ class NriHooks:
 class NriPodHooks:
     """The sandbox service's ``PodHooks`` (run/stop/remove) over :class:`NriHooks`.
 
-    ``run`` sends RunPodSandbox with the pod's id, name, namespace and uid (a CRI pod's, from
-    the Create annotations; else the sandbox id and the containerd namespace), labels,
-    annotations, IPs and network namespace path (a plugin error fails the sandbox's
-    creation); ``stop``/``remove`` send StopPodSandbox/RemovePodSandbox with what ``run``
-    knew of the pod.
+    Each call sends the pod's id, name, namespace and uid (a CRI pod's, from the Create
+    annotations; else the sandbox id and the containerd namespace), labels, annotations, IPs
+    and network namespace path: RunPodSandbox (a plugin error fails the sandbox's creation),
+    StopPodSandbox, RemovePodSandbox. Nothing is kept here: the sandbox service hands stop and
+    remove what it gave run, from its records, so a restart in between changes nothing.
     Wiring: ``services/sandbox/process.py: pod_hooks`` returns ``NriPodHooks(ctx.proxy_address)``.
     """
 
     def __init__(self, address: Path | str, *, optional: bool = True) -> None:
         self.hooks = NriHooks(address, optional=optional)
-        self._pods: dict[str, api.PodSandbox] = {}
 
-    def _pod(self, sandbox_id: str) -> api.PodSandbox:
-        return self._pods.get(sandbox_id) or api.PodSandbox(
-            id=sandbox_id, name=sandbox_id, namespace=current_namespace.get(None) or "")
-
-    async def run(self, sandbox_id: str, network: Any, meta: PodMeta) -> None:
+    @staticmethod
+    def _pod(sandbox_id: str, network: Any, meta: PodMeta) -> api.PodSandbox:
         notes = meta.annotations
         pod = api.PodSandbox(id=sandbox_id, name=notes.get(cri.SANDBOX_NAME) or sandbox_id,
                              namespace=notes.get(cri.SANDBOX_NAMESPACE) or current_namespace.get(None) or "",
@@ -212,16 +208,16 @@ class NriPodHooks:
         netns = getattr(network, "netns_path", "")
         if netns:
             pod.linux.namespaces.add(type="network", path=netns)
-        self._pods[sandbox_id] = pod
-        await self.hooks.run_pod_sandbox(pod)
+        return pod
 
-    async def stop(self, sandbox_id: str) -> None:
-        await self.hooks.stop_pod_sandbox(self._pod(sandbox_id))
+    async def run(self, sandbox_id: str, network: Any, meta: PodMeta) -> None:
+        await self.hooks.run_pod_sandbox(self._pod(sandbox_id, network, meta))
 
-    async def remove(self, sandbox_id: str) -> None:
-        pod = self._pod(sandbox_id)
-        self._pods.pop(sandbox_id, None)
-        await self.hooks.remove_pod_sandbox(pod)
+    async def stop(self, sandbox_id: str, network: Any, meta: PodMeta) -> None:
+        await self.hooks.stop_pod_sandbox(self._pod(sandbox_id, network, meta))
+
+    async def remove(self, sandbox_id: str, network: Any, meta: PodMeta) -> None:
+        await self.hooks.remove_pod_sandbox(self._pod(sandbox_id, network, meta))
 
     async def close(self) -> None:
         await self.hooks.close()

@@ -294,33 +294,45 @@ class Controllers(Protocol):
 class PodMeta:
     """What ``Controller.Create`` was told about the pod, for the hooks: its annotations (a
     CRI pod's name, namespace and uid among them, moorage.annotations) and the labels of the
-    sandbox record it was given."""
+    sandbox record it was given. Kept in the instance record (:meth:`to_record`), so it
+    outlives a restart of the service."""
 
     annotations: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, dict[str, str]]:
+        return {"annotations": dict(self.annotations), "labels": dict(self.labels)}
+
+    @classmethod
+    def from_record(cls, doc: Mapping[str, Any] | None) -> PodMeta:
+        """``doc`` None (a record written before it was kept): no metadata."""
+        doc = doc or {}
+        return cls(dict(doc.get("annotations") or {}), dict(doc.get("labels") or {}))
 
 
 class PodHooks(Protocol):
     """Pod lifecycle hook point (NRI RunPodSandbox/StopPodSandbox/RemovePodSandbox).
 
     ``run`` is called once the network is up, before the sandbox is reported ready; raising
-    fails create (and the network is torn down). ``stop``/``remove`` are best effort: their
-    errors are logged, never block teardown.
+    fails create (and the network is torn down). ``stop``/``remove`` get the network and
+    metadata ``run`` got, read back from the instance record (the same after a restart of
+    the service; the network even once torn down); they are best effort: their errors are
+    logged, never block teardown.
     """
 
     async def run(self, sandbox_id: str, network: Network, meta: PodMeta) -> None: ...
-    async def stop(self, sandbox_id: str) -> None: ...
-    async def remove(self, sandbox_id: str) -> None: ...
+    async def stop(self, sandbox_id: str, network: Network, meta: PodMeta) -> None: ...
+    async def remove(self, sandbox_id: str, network: Network, meta: PodMeta) -> None: ...
 
 
 class NoHooks:
     async def run(self, sandbox_id: str, network: Network, meta: PodMeta) -> None:
         return None
 
-    async def stop(self, sandbox_id: str) -> None:
+    async def stop(self, sandbox_id: str, network: Network, meta: PodMeta) -> None:
         return None
 
-    async def remove(self, sandbox_id: str) -> None:
+    async def remove(self, sandbox_id: str, network: Network, meta: PodMeta) -> None:
         return None
 
 

@@ -4,7 +4,7 @@ No pause process: the sandbox *is* its network namespace and files; containers j
 namespace by path (``Status.info["netns_path"]``), so Start reports pid 0. Intent is
 persisted before every side effect, in this order (containerd's sandbox_run.go):
 
-    record {netns path, key} ─► netns created ─► record {cni: adding, conflist} ─► CNI ADD
+    record {netns path, key, pod meta} ─► netns created ─► record {cni: adding, conflist} ─► CNI ADD
     ─► record {cni: added, result, ips} ─► files ─► hooks.run ─► /sandboxes/create
 
 The CNI teardown is armed before ADD (an ADD can allocate an address and still fail). On
@@ -20,6 +20,7 @@ succeeded, so a retry still finds the interfaces. The CNI container id is the in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -137,6 +138,7 @@ class PodController:
             key = secrets.token_hex(16)
             owned = not pod.host_network and not opts.netns_path
             path = self.netns_path(key) if owned else ("" if pod.host_network else opts.netns_path)
+            meta = PodMeta(dict(opts.annotations), dict(opts.sandbox.labels) if opts.sandbox else {})
             rec: dict[str, Any] = {
                 "state": State.CREATED.value,
                 "key": key,
@@ -154,11 +156,11 @@ class PodController:
                 "error": "",
                 "hostname": pod.hostname or sandbox_id[:63],
                 "setup_done": False,
+                "pod_meta": meta.to_record(),
             }
             self._put(ns, sandbox_id, rec)
             self._exits.pop((ns, sandbox_id), None)
             try:
-                meta = PodMeta(dict(opts.annotations), dict(opts.sandbox.labels) if opts.sandbox else {})
                 await self._setup(ns, sandbox_id, rec, pod, meta)
             except BaseException as exc:
                 await self._rollback(ns, sandbox_id, exc)
@@ -274,7 +276,7 @@ class PodController:
         rec = self._get(ns, sandbox_id)
         if rec["state"] == State.STOPPED.value:
             return
-        await _best_effort(f"stop hook for {sandbox_id}", self.hooks.stop(sandbox_id))
+        await _best_effort(f"stop hook for {sandbox_id}", self.hooks.stop(sandbox_id, _run_network(rec), _meta(rec)))
         await _shielded(self._teardown(ns, sandbox_id))
         rec = self._get(ns, sandbox_id)
         exited_at = time.time_ns()
@@ -335,7 +337,8 @@ class PodController:
             rec = self._get(ns, sandbox_id)
             if rec["state"] != State.STOPPED.value:
                 await self._stop_locked(ns, sandbox_id)
-            await _best_effort(f"remove hook for {sandbox_id}", self.hooks.remove(sandbox_id))
+                rec = self._get(ns, sandbox_id)
+            await _best_effort(f"remove hook for {sandbox_id}", self.hooks.remove(sandbox_id, _run_network(rec), _meta(rec)))
             podfiles.remove(Path(rec["dir"]))
             self.db.delete_instance(ns, sandbox_id, self.name)
             self.store.update_extension(ns, sandbox_id, NETWORK_EXTENSION, None)
@@ -411,6 +414,15 @@ def _network(rec: dict[str, Any]) -> Network:
         resolv_conf_path=rec.get("resolv_conf_path", ""),
         port_mappings=pod.port_mappings,
     )
+
+
+def _run_network(rec: dict[str, Any]) -> Network:
+    """The network ``hooks.run`` was given, for the stop and remove hooks (also once torn down)."""
+    return dataclasses.replace(_network(rec), netns_path=rec["netns"], ips=tuple(rec["ips"]))
+
+
+def _meta(rec: dict[str, Any]) -> PodMeta:
+    return PodMeta.from_record(rec.get("pod_meta"))
 
 
 async def _shielded(coro: Awaitable[T]) -> T:

@@ -479,6 +479,20 @@ def test_nri_plugins_see_the_pod_and_container_lifecycle(pods: CriSuite) -> None
     assert not [e for e in cri.nri_events() if f"{pod_id} {pod_id}" in e]  # the pause is no container to plugins
 
 
+def test_nri_pod_events_name_the_pod_after_a_restart_of_the_sandbox_service(pods: CriSuite) -> None:
+    cri = pods
+    pod_id, cfg = cri.run_pod("nrikept", cri.pod_config("nrikept", labels={"app": "db"}, annotations={"note": "kept"}))
+    cri.suite.kill("sandbox")  # SIGKILL: whatever the service held in memory is gone
+    cri.suite.start("sandbox")
+    cri.rt("StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    cri.rt("RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    pod = f"{pod_id} default/nrikept"
+    want = [f"RunPodSandbox {pod}/{cfg.metadata.uid}/db/kept", f"StopPodSandbox {pod}", f"RemovePodSandbox {pod}"]
+    seen = wait_until(lambda: (e := [x for x in cri.nri_events() if x.split()[1:2] == [pod_id]]) and len(e) >= 3 and e,
+                      what="the pod's NRI events")
+    assert seen == want
+
+
 def test_pod_cgroup_parent_and_its_stats(pods: CriSuite) -> None:
     cri = pods
     parent = f"{cri.cgroup_parent}/pod-burstable"

@@ -184,12 +184,14 @@ async def test_pod_hooks_for_the_sandbox_service(nri_suite: tuple[Suite, Path]) 
     token = current_namespace.set("k8s.io")
     try:
         await hooks.run("sb1", Net(), PodMeta())  # no CRI pod: its id and containerd namespace
-        await hooks.stop("sb1")
-        await hooks.remove("sb1")
+        await hooks.stop("sb1", Net(), PodMeta())
+        await hooks.remove("sb1", Net(), PodMeta())
         cri_pod = PodMeta({SANDBOX_NAME: "web", SANDBOX_NAMESPACE: "prod", SANDBOX_UID: "u-1", "note": "hi"},
                           {"app": "web"})
         await hooks.run("sb2", Net(), cri_pod)
-        await hooks.remove("sb2")
+        await hooks.close()  # nothing kept in memory: a new client (a restarted service) sends the same
+        hooks = NriPodHooks(s.address, optional=False)
+        await hooks.remove("sb2", Net(), cri_pod)
     finally:
         current_namespace.reset(token)
         stub.close()
@@ -198,6 +200,7 @@ async def test_pod_hooks_for_the_sandbox_service(nri_suite: tuple[Suite, Path]) 
         [("sb1", "sb1", "k8s.io", "", ["10.88.0.5"])] * 2 + [("sb2", "web", "prod", "u-1", ["10.88.0.5"])] * 2
     assert got[0].linux.namespaces[0].path == "/var/run/netns/moorage-sb1"
     assert dict(got[3].labels) == {"app": "web"} and got[3].annotations["note"] == "hi"
+    assert got[3] == got[2]
     log = (tmp / "logger.log").read_text().splitlines()
     assert "run_pod_sandbox sb1" in log and "stop_pod_sandbox sb1" in log
 

@@ -23,8 +23,11 @@ from moorage.services.sandbox.contract import (
     PodConfig,
     PortMapping,
     Runtime,
+    Network,
+    PodMeta,
     Sandbox,
 )
+from moorage.services.sandbox.pod import PodController
 
 from .conftest import Pods, CniNet, in_netns
 
@@ -167,22 +170,29 @@ async def test_joins_a_given_namespace_without_cni(pods: Pods, testnet: CniNet, 
 
 
 class RecordingHooks:
-    def __init__(self, fail_run: bool = False) -> None:
+    def __init__(self, fail_run: bool = False, broken: bool = True) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.seen: list[tuple[str, Network, PodMeta]] = []
         self.fail_run = fail_run
+        self.broken = broken
 
-    async def run(self, sandbox_id: str, network: object, meta: object) -> None:
+    async def run(self, sandbox_id: str, network: Network, meta: PodMeta) -> None:
         self.calls.append(("run", sandbox_id))
+        self.seen.append(("run", network, meta))
         if self.fail_run:
             raise errdefs.FailedPrecondition("hook says no")
 
-    async def stop(self, sandbox_id: str) -> None:
+    async def stop(self, sandbox_id: str, network: Network, meta: PodMeta) -> None:
         self.calls.append(("stop", sandbox_id))
-        raise RuntimeError("stop hook broken")
+        self.seen.append(("stop", network, meta))
+        if self.broken:
+            raise RuntimeError("stop hook broken")
 
-    async def remove(self, sandbox_id: str) -> None:
+    async def remove(self, sandbox_id: str, network: Network, meta: PodMeta) -> None:
         self.calls.append(("remove", sandbox_id))
-        raise RuntimeError("remove hook broken")
+        self.seen.append(("remove", network, meta))
+        if self.broken:
+            raise RuntimeError("remove hook broken")
 
 
 async def test_pod_hooks(pods: Pods, testnet: CniNet) -> None:
@@ -199,4 +209,28 @@ async def test_pod_hooks(pods: Pods, testnet: CniNet) -> None:
         await pods.controller.create("vetoed", CreateOptions())
     with pytest.raises(errdefs.NotFound):
         await pods.controller.status("vetoed")
+    testnet.assert_clean()
+
+
+async def test_pod_hooks_get_what_run_got_after_a_restart(pods: Pods, testnet: CniNet, tmp_path: Path) -> None:
+    meta = PodMeta({"io.kubernetes.cri.sandbox-name": "web", "note": "hi"}, {"app": "web"})
+    record = Sandbox("kept", Runtime("io.containerd.runc.v2"), sandboxer="podsandbox", labels={"app": "web"})
+    first = RecordingHooks(broken=False)
+    pods.controller.hooks = first
+    await pods.controller.create("kept", CreateOptions(annotations=meta.annotations, sandbox=record))
+    await pods.controller.create("old", CreateOptions(annotations=meta.annotations, sandbox=record))
+    rec = pods.db.get_instance("testing", "old", "podsandbox")
+    assert rec is not None
+    del rec["pod_meta"]  # an instance recorded before the metadata was kept
+    pods.db.put_instance("testing", "old", "podsandbox", rec)
+
+    restarted = RecordingHooks(broken=False)  # a new process: the same records, nothing in memory
+    controller = PodController("podsandbox", pods.db, pods.store, testnet.config(), tmp_path / "root", hooks=restarted)
+    await controller.stop("kept")
+    await controller.shutdown("kept")
+    await controller.shutdown("old")
+    _, network, got = first.seen[0]
+    assert network.ips and network.netns_path and got == meta
+    assert restarted.seen == [("stop", network, meta), ("remove", network, meta),
+                              ("stop", first.seen[1][1], PodMeta()), ("remove", first.seen[1][1], PodMeta())]
     testnet.assert_clean()
