@@ -3,8 +3,10 @@
  * The contract (what Python relies on) is in proxy/relay.py; in short: the relay owns the
  * front door's listening socket and every connection it accepts. A Request it can route
  * (a service in the route table, every namespace it names already known, a replica it can
- * reach) goes to that replica's shared connection with only its stream id rewritten, and
- * the backend's frames come back the same way. Every other frame of a client (own
+ * reach) goes, with only its stream id rewritten, to the replica with the fewest open calls,
+ * over the client's own connection to it (made on its first call there, as if the client
+ * talked to the backend itself: a client that stops reading holds back only its own
+ * calls), and the backend's frames come back the same way. Every other frame of a client (own
  * services, unknown services, unknown namespaces, requests it cannot read, replicas it
  * cannot reach, everything while closing) goes verbatim, with the client's own stream ids,
  * over a socketpair to the Python splice (proxy/splice.py's Front), which answers it as it
@@ -305,7 +307,8 @@ struct replica {
     process *proc;
     struct sockaddr_un addr;
     socklen_t addrlen;
-    conn *up;          /* its live, not retired connection, or NULL */
+    uint32_t index;     /* in every client's ``links`` */
+    uint32_t load;      /* calls open on it, over every client's connection */
     int64_t down_until; /* monotonic ns before which it is not tried */
 };
 
@@ -341,7 +344,8 @@ struct conn {
     uint64_t next_sid;
     int retired, close_when_flushed;
     map ups;
-    /* a punt connection */
+    conn **links; /* its live connection to each replica (by index), or NULL */
+    /* a punt connection, or an upstream: the client it serves (NULL once retired) */
     conn *owner;
 };
 
@@ -353,7 +357,7 @@ struct relay {
     int ep, wake, notify;
     conn *listen, *wakec;
     process **procs;
-    uint32_t nprocs;
+    uint32_t nprocs, nreplicas;
     uint32_t *routes;   /* open addressing on the name: index into route_list + 1, 0 empty */
     uint32_t caproutes;
     route *route_list;
@@ -599,6 +603,7 @@ static void stream_ended(relay *r, conn *up, slot *bs) {
         map_del(&client->streams, fs);
     map_del(&up->ups, bs);
     r->open_streams--;
+    up->rep->load--;
     if (up->retired && !up->ups.n) {
         up->close_when_flushed = 1;
         mark_dirty(r, up);
@@ -614,6 +619,7 @@ static void forget(relay *r, conn *up, uint32_t bsid) {
     int sending = (bs->extra & SENDING) != 0;
     map_del(&up->ups, bs);
     r->open_streams--;
+    up->rep->load--;
     if (sending)
         put_frame(r, up, bsid, T_DATA, F_REMOTE_CLOSED | F_NO_DATA, NULL, 0);
     if (up->retired && !up->ups.n) {
@@ -622,10 +628,15 @@ static void forget(relay *r, conn *up, uint32_t bsid) {
     }
 }
 
+static void unlink_upstream(conn *up) {
+    if (up->owner && up->owner->links[up->rep->index] == up)
+        up->owner->links[up->rep->index] = NULL;
+    up->owner = NULL;
+}
+
 static void retire(conn *up) {
     up->retired = 1;
-    if (up->rep->up == up)
-        up->rep->up = NULL;
+    unlink_upstream(up);
 }
 
 /* connections -------------------------------------------------------------------------- */
@@ -673,10 +684,16 @@ static void conn_close(relay *r, conn *c) {
             conn_close(r, c->punt);
             c->punt = NULL;
         }
+        for (uint32_t i = 0; c->links && i < r->nreplicas; i++) {
+            conn *up = c->links[i];
+            if (up) { /* its calls were forgotten above: nothing is left on it */
+                unlink_upstream(up);
+                conn_close(r, up);
+            }
+        }
         break;
     case K_UPSTREAM: {
-        if (c->rep->up == c)
-            c->rep->up = NULL;
+        unlink_upstream(c);
         const char *proc = c->rep->proc->name;
         for (uint32_t i = 0; i < c->ups.cap; i++) {
             slot *s = &c->ups.s[i];
@@ -687,6 +704,7 @@ static void conn_close(relay *r, conn *c) {
             if (fs && fs->ptr == c)
                 map_del(&client->streams, fs);
             r->open_streams--;
+            c->rep->load--;
             route *rt = &r->route_list[s->extra & ~SENDING];
             send_error(r, client, s->aux, CODE_UNAVAILABLE,
                        "service %.*s is unavailable: %s went away during the call", (int)rt->len, rt->name, proc);
@@ -727,6 +745,7 @@ static void conn_free(conn *c) {
     map_free(&c->ups);
     free(c->waiters);
     free(c->paused);
+    free(c->links);
     free(c);
 }
 
@@ -742,8 +761,11 @@ static void sweep(relay *r) {
     }
 }
 
-/* A connection to ``rep`` now; NULL (and the replica left out a while) when it fails. */
-static conn *connect_replica(relay *r, replica *rep) {
+/* A connection for ``client`` to ``rep`` now; NULL (and the replica left out a while, unless
+ * it is only busy) when it fails. */
+static conn *connect_replica(relay *r, conn *client, replica *rep) {
+    if (!client->links && !(client->links = calloc(r->nreplicas, sizeof(conn *))))
+        return NULL;
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return NULL;
@@ -760,21 +782,26 @@ static conn *connect_replica(relay *r, replica *rep) {
     }
     c->rep = rep;
     c->next_sid = 1;
-    rep->up = c;
+    c->owner = client;
+    client->links[rep->index] = c;
     rep->down_until = 0;
     return c;
 }
 
-/* The connected replica with the fewest open streams; an idle replica not yet connected is
- * connected first (so load spreads to each); NULL when none can be reached. */
-static conn *choose(relay *r, process *p) {
-    conn *best = NULL;
+/* ``client``'s connection to the replica of ``p`` with the fewest open calls (over every
+ * client), connected now if it has none; replicas that refused a connection a moment ago
+ * are left out; NULL when none can be reached. Each client has connections of its own, as
+ * it would talking to the backend directly: one that stops reading holds back only its
+ * own calls. */
+static conn *choose(relay *r, conn *client, process *p) {
+    uint64_t tried = 0;
     int64_t now = -1;
-    for (uint32_t i = 0; i < p->n; i++) {
-        replica *rep = p->replicas[i];
-        conn *up = rep->up;
-        if (!up) {
-            if (best && !best->ups.n)
+    for (;;) {
+        replica *best = NULL;
+        uint32_t besti = 0;
+        for (uint32_t i = 0; i < p->n && i < 64; i++) {
+            replica *rep = p->replicas[i];
+            if (tried >> i & 1)
                 continue;
             if (rep->down_until) {
                 if (now < 0)
@@ -782,15 +809,18 @@ static conn *choose(relay *r, process *p) {
                 if (rep->down_until > now)
                     continue;
             }
-            up = connect_replica(r, rep);
-            if (up)
-                return up;
-            continue;
+            if (!best || rep->load < best->load) {
+                best = rep;
+                besti = i;
+            }
         }
-        if (!best || up->ups.n < best->ups.n)
-            best = up;
+        if (!best)
+            return NULL;
+        conn *up = client->links ? client->links[best->index] : NULL;
+        if (up || (up = connect_replica(r, client, best)))
+            return up;
+        tried |= 1ull << besti;
     }
-    return best;
 }
 
 /* the punt path: frames for the Python splice ------------------------------------------- */
@@ -988,7 +1018,7 @@ static void client_request(relay *r, conn *c, uint32_t sid, uint8_t flags, const
     route *rt;
     conn *up;
     if (__atomic_load_n(&r->closing, __ATOMIC_RELAXED) || scan_request(r, body, body + len, &svc, &svclen, &known) < 0 ||
-        !known || !(rt = find_route(r, svc, svclen)) || !(up = choose(r, rt->proc))) {
+        !known || !(rt = find_route(r, svc, svclen)) || !(up = choose(r, c, rt->proc))) {
         punt(r, c, sid, T_REQUEST, flags, body, len);
         return;
     }
@@ -1010,6 +1040,7 @@ static void client_request(relay *r, conn *c, uint32_t sid, uint8_t flags, const
     bs->aux = sid;
     bs->extra = (uint32_t)(rt - r->route_list) | ((flags & F_REMOTE_OPEN) ? SENDING : 0);
     r->open_streams++;
+    up->rep->load++;
     put_frame(r, up, (uint32_t)bsid, T_REQUEST, flags, body, len);
     if (up->next_sid > MAX_SID) /* ids used up: new calls go to a fresh connection */
         retire(up);
@@ -1333,6 +1364,7 @@ int relay_add_replica(relay *r, int proc, const char *path) {
     if (!rep)
         return -1;
     rep->proc = p;
+    rep->index = r->nreplicas++;
     rep->addr.sun_family = AF_UNIX;
     strcpy(rep->addr.sun_path, path);
     rep->addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path) + 1);

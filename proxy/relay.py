@@ -2,8 +2,9 @@
 
 One thread runs the relay: it owns the listening socket and every client connection, and
 carries the calls it can route on its own (a routed service, namespaces the proxy already
-knows, a replica it reaches) straight to the backends' shared connections, stream ids
-rewritten, nothing decoded but the Request envelope. No Python runs for those calls.
+knows, a replica it reaches) straight to the least busy replica, over the client's own
+connection to it (a client that stops reading holds back only itself), stream ids rewritten,
+nothing decoded but the Request envelope. No Python runs for those calls.
 
 Everything else a client sends (the proxy's own services, unknown services, a namespace seen
 for the first time, a Request it cannot read, a backend it cannot reach, any call once the

@@ -234,8 +234,9 @@ def reading_paused(pid: int, peer: int) -> bool:
 
 async def test_a_client_that_stops_reading_holds_back_only_itself(suite: Suite, client: Client) -> None:
     """Once its buffer is full the relay stops reading its replies from the backend (they
-    wait in the socket): the proxy's memory stays bounded, other services keep serving, and
-    every reply arrives when the client reads again."""
+    wait in the socket of its own connection there): the proxy's memory stays bounded,
+    other clients of the same service and of others keep being served, and every reply
+    arrives when the client reads again."""
     proxy, echo = suite.procs["proxy"].popen.pid, suite.procs["echo"].popen.pid
     calls, size = 96, 1 << 20
     payload = b"y" * size
@@ -252,9 +253,10 @@ async def test_a_client_that_stops_reading_holds_back_only_itself(suite: Suite, 
         deadline = time.monotonic() + 30
         while not reading_paused(proxy, echo):  # the backend's replies wait in its socket
             assert time.monotonic() < deadline, "the relay kept reading a slow client's replies"
-            assert await client.unary_raw(OTHER, "Echo", b"o", metadata=MD) == b"o"
+            assert await client.unary_raw(ECHO, "Echo", b"e", metadata=MD) == b"e"
         assert rss_kib(proxy) - base < 32 * 1024
         for _ in range(20):
+            assert await client.unary_raw(ECHO, "Echo", b"e", metadata=MD) == b"e"
             assert await client.unary_raw(OTHER, "Echo", b"o", metadata=MD) == b"o"
         got = await asyncio.to_thread(_exchange, s, b"", calls)
     finally:
