@@ -14,7 +14,7 @@ the stdio copiers and exit watchers live in memory.
 
 Modules: config (``[cri]``), contract (the RuntimeService's types and promises), store (the
 runtime: pods and containers on the peers), ocispec (pause and container specs), seccomp
-(the RuntimeDefault profile), cio (container stdio -> CRI log), execsync, stats (cgroupfs),
+(the RuntimeDefault profile), cio (container stdio -> CRI log), execsync, stats (pod cgroups),
 names (name reservation), records (the JSON records), peers (clients of the sandbox,
 runtime and snapshots services), api (the RuntimeService servicer), images (the
 ImageService), streaming (Exec/Attach/PortForward server), process (``moorage serve cri``).

@@ -1,6 +1,7 @@
 """CPU and memory of a cgroup from cgroupfs (v1 controllers or the v2 unified tree).
 
-``usage(path)`` reads a container's cgroup (its spec's ``cgroupsPath``, cgroupfs driver):
+``usage(path)`` reads a pod's cgroup, or a container's without a running task (one with a
+task is measured by its shim, through Tasks.Metrics), cgroupfs driver:
 cumulative CPU time, memory usage and the working set (usage minus inactive file pages,
 as kubelet computes it). A cgroup that is gone reads as zeros with a timestamp.
 """

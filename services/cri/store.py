@@ -12,7 +12,8 @@ the exit (code, reason: ``Completed``, ``Error``, ``OOMKilled``) and deletes the
 once, as containerd's CRI does; a pod whose pause exited is NOTREADY. Every step that
 creates something arms its undo; a failed RunPodSandbox/CreateContainer/StartContainer
 undoes what it did (shielded from the caller's cancellation). Operations on one pod or
-container are serialised by a per-id lock.
+container are serialised by a per-id lock. A running container's stats are what its shim
+measures (Tasks.Metrics); a pod's, and a container's without a task, are read from cgroupfs.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from moorage.errdefs import (
 )
 from moorage.leasing import hold
 from moorage.namespaces import current_namespace
+from moorage.services.runtime import metrics
 from moorage.services.runtime.contract import AnyValue as RAny
 from moorage.services.runtime.contract import Container as RContainer
 from moorage.services.runtime.contract import CreateTask, RuntimeInfo, Status, StdIO
@@ -557,9 +559,33 @@ class CriRuntime:
 
     # stats ---------------------------------------------------------------------------------
 
-    async def _stats(self, c: Container) -> ContainerStats:
+    async def _usages(self, cs: list[Container]) -> dict[str, Usage]:
+        """The usage of each of ``cs`` with a running task as its shim measures it (the
+        runtime's Tasks.Metrics, as containerd's CRI takes it); the others are left out."""
+        ids = [c.id for c in cs if c.state == ContainerState.RUNNING]
+        try:
+            got = await self.peers.metrics(ids)
+        except (Error, OSError) as exc:
+            self.log.debug("task metrics of %s: %s", ", ".join(ids), exc)
+            return {}
+        now = time.time_ns()
+        out: dict[str, Usage] = {}
+        for id, (type_url, value) in got.items():
+            try:
+                u = metrics.decode(type_url, value)
+            except Error as exc:
+                self.log.debug("task metrics of %s: %s", id, exc)
+                continue
+            out[id] = Usage(now, u.cpu_ns, u.memory_working_set, u.memory_usage, u.memory_rss, u.page_faults,
+                            u.major_page_faults)
+        return out
+
+    async def _stats(self, c: Container, usage: Usage | None) -> ContainerStats:
+        """``c``'s stats with ``usage`` from its task's metrics; a container without them
+        (no running task) reads its cgroup, when it has one."""
         live = c.state in (ContainerState.CREATED, ContainerState.RUNNING)
-        usage = stats.usage(c.cgroup_path) if live else Usage(time.time_ns())
+        if usage is None:
+            usage = stats.usage(c.cgroup_path) if live else Usage(time.time_ns())
         size = inodes = 0
         if live:
             try:
@@ -569,16 +595,20 @@ class CriRuntime:
         return ContainerStats(c.id, c.pod_id, c.config.metadata.name, c.config.metadata.attempt,
                               dict(c.config.labels), dict(c.config.annotations), usage, size, inodes)
 
+    async def _many_stats(self, cs: list[Container]) -> list[ContainerStats]:
+        usages = await self._usages(cs)
+        return list(await asyncio.gather(*(self._stats(c, usages.get(c.id)) for c in cs)))
+
     async def container_stats(self, container_id: str) -> ContainerStats:
-        return await self._stats(await self.container(container_id))
+        return (await self._many_stats([await self.container(container_id)]))[0]
 
     async def list_container_stats(self, flt: ContainerFilter | None = None) -> list[ContainerStats]:
         live = [c for c in await self.list_containers(flt) if c.state in (ContainerState.CREATED, ContainerState.RUNNING)]
-        return list(await asyncio.gather(*(self._stats(c) for c in live)))
+        return await self._many_stats(live)
 
     async def _pod_stats(self, pod: Pod) -> PodStats:
         running = [c for c in self._containers_of(pod.id) if c.state == ContainerState.RUNNING]
-        ctrs = tuple(await asyncio.gather(*(self._stats(c) for c in running)))
+        ctrs = tuple(await self._many_stats(running))
         if pod.config.cgroup_parent:
             usage = stats.usage(pod.config.cgroup_parent)
         else:

@@ -1,8 +1,8 @@
 """``moor stats [--no-stream] [ID...]``: what the shims measure of each running task.
 
-Tasks.Metrics answers one Metric per task whose ``data`` is the shim's own measurement, an
-Any of ``io.containerd.cgroups.v1.Metrics`` or ``io.containerd.cgroups.v2.Metrics`` (as
-``ctr tasks metrics`` decodes it); ``task_stats`` turns either into the same few numbers.
+Tasks.Metrics answers one Metric per task whose ``data`` is the shim's own measurement, a
+cgroup v1 or v2 Metrics Any; ``task_stats`` takes the few numbers shown here from what
+:mod:`.metrics` decodes.
 """
 
 from __future__ import annotations
@@ -10,15 +10,13 @@ from __future__ import annotations
 from moorage.errdefs import InvalidArgument, NotFound
 from ttrpc.lighttyping import NamedTuple
 
+from .metrics import decode
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from moorage.cli.context import CliContext
 
 TASKS = "containerd.services.tasks.v1.Tasks"
-V1 = "io.containerd.cgroups.v1.Metrics"
-V2 = "io.containerd.cgroups.v2.Metrics"
-UNLIMITED = 1 << 62
-"""Limits at or above this are "no limit" (cgroup v1 reports about 2^63 for max)."""
 
 
 class TaskStats(NamedTuple):
@@ -33,29 +31,14 @@ class TaskStats(NamedTuple):
     metrics_type: str = ""
 
 
-def _limit(value: int) -> int:
-    return 0 if value >= UNLIMITED else value
-
-
 def task_stats(id: str, type_url: str, value: bytes) -> TaskStats:
-    """Decode a shim's metrics Any; another type is InvalidArgument naming it."""
-    kind = type_url.rsplit("/", 1)[-1]
-    if kind == V1:
-        from moorage.api.containerd.cgroups.cgroup1.stats import metrics_pb2 as m1
-
-        v1 = m1.Metrics.FromString(value)
-        return TaskStats(id, cpu_ns=v1.cpu.usage.total, memory=v1.memory.usage.usage,
-                         memory_limit=_limit(v1.memory.usage.limit), pids=v1.pids.current,
-                         pids_limit=_limit(v1.pids.limit), metrics_type=kind)
-    if kind == V2:
-        from moorage.api.containerd.cgroups.cgroup2.stats import metrics_pb2 as m2
-
-        v2 = m2.Metrics.FromString(value)
-        return TaskStats(id, cpu_ns=v2.cpu.usage_usec * 1000, memory=v2.memory.usage,
-                         memory_limit=_limit(v2.memory.usage_limit), pids=v2.pids.current,
-                         pids_limit=_limit(v2.pids.limit), metrics_type=kind)
-    raise InvalidArgument(f"task {id}: metrics of type {type_url!r} cannot be read "
-                          f"(expected {V1} or {V2})")
+    """Decode a shim's metrics Any; another type is InvalidArgument naming it and the task."""
+    try:
+        u = decode(type_url, value)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"task {id}: {exc}") from None
+    return TaskStats(id, cpu_ns=u.cpu_ns, memory=u.memory_usage, memory_limit=u.memory_limit,
+                     pids=u.pids, pids_limit=u.pids_limit, metrics_type=u.kind)
 
 
 def collect(ctx: CliContext, ids: list[str]) -> list[TaskStats]:

@@ -104,6 +104,18 @@ def test_pod_lifecycle_end_to_end(pods: CriSuite) -> None:
     one = cri.rt("ContainerStats", api.ContainerStatsRequest(container_id=idle)).stats
     assert one.writable_layer.used_bytes.value >= 512 * 1024 and one.writable_layer.inodes_used.value >= 1
 
+    # the numbers are the shim's (Tasks.Metrics, as `moor stats` shows them): CPU burnt by an
+    # exec shows up, and the idle container then reads as its shim measures it
+    cri.exec_sync(idle, BUSYBOX, "sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done")
+    two = cri.rt("ContainerStats", api.ContainerStatsRequest(container_id=idle)).stats
+    cpu, mem = two.cpu.usage_core_nano_seconds.value, two.memory
+    assert cpu >= one.cpu.usage_core_nano_seconds.value + 50_000_000, (one.cpu, two.cpu)
+    assert mem.usage_bytes.value >= mem.working_set_bytes.value > 0 and mem.rss_bytes.value > 0
+    assert mem.page_faults.value > 0
+    (shim,) = json.loads(cri.suite.moor("-n", "k8s.io", "--json", "stats", idle).stdout)
+    assert 0 <= shim["cpu_ns"] - cpu < 50_000_000, (shim, two.cpu)
+    assert shim["memory"] > 0 and abs(shim["memory"] - mem.usage_bytes.value) < 4 << 20, (shim, mem)
+
     # stop the container (SIGTERM: httpd shares the pod's PID namespace, so it is not pid 1) and the pod
     cri.rt("StopContainer", api.StopContainerRequest(container_id=web, timeout=30))
     st_web = cri.status(web)
