@@ -5,7 +5,8 @@ encode; errors cross as errdefs kinds.
 Transfer decodes the source and destination Anys (containerd.types.transfer.OCIRegistry,
 ImageStore, ImageImportStream, ImageExportStream) into the plain endpoints of
 contract.py; the streams they name (progress, auth, data) are looked up in the
-StreamManager that Streaming.Stream registers them in."""
+StreamManager that Streaming.Stream registers them in. The call's deadline reaches the
+transfer as contract.request_deadline."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from .contract import (
     ProgressEvent,
     RegistryEndpoint,
     UnpackRequest,
+    request_deadline,
 )
 from .registry.auth import Credentials
 from .service import Transferrer
@@ -182,7 +184,11 @@ class TransferService(TransferServicer):  # type: ignore[misc, unused-ignore]
                         await ps.send(wire.progress_to_pb(ev))
                     except errdefs.Error:
                         pass
-            await self.transferrer.transfer(src, dst, progress)
+            token = request_deadline.set(ctx.deadline)
+            try:
+                await self.transferrer.transfer(src, dst, progress)
+            finally:
+                request_deadline.reset(token)
         finally:
             for s in used:
                 s.close()

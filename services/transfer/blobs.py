@@ -1,6 +1,6 @@
 """Content-store helpers every transfer uses: containerd's labels, ref keys, verified
-reads and writes, label updates, a writer opened with lock retries, image records stored
-create-or-update, and rate-limited progress."""
+reads and writes, label updates, a writer opened with lock retries (until the call's
+deadline), image records stored create-or-update, and rate-limited progress."""
 
 from __future__ import annotations
 
@@ -13,7 +13,16 @@ from collections.abc import Mapping
 from moorage import errdefs
 
 from . import oci
-from .contract import BlobInfo, BlobWriter, ContentStore, Image, ImageStore, ProgressEvent, ProgressFn
+from .contract import (
+    BlobInfo,
+    BlobWriter,
+    ContentStore,
+    Image,
+    ImageStore,
+    ProgressEvent,
+    ProgressFn,
+    request_deadline,
+)
 from .oci import Descriptor
 from .reference import Reference
 
@@ -107,21 +116,36 @@ async def add_source(content: ContentStore, digest: str, ref: Reference) -> None
 
 
 LOCK_RETRY_SECONDS = 15.0
+"""How long a locked ref is waited for when the call has no deadline."""
+DEADLINE_MARGIN = 0.2
+"""The last try comes this long before the call's deadline, so that the caller is answered
+with the lock error naming the ref rather than the server's bare deadline error."""
 
 
 async def open_writer(content: ContentStore, ref: str, desc: Descriptor) -> BlobWriter:
-    """content.writer, retried with exponential backoff while the ref is locked by another
-    writer (containerd's content.OpenWriter): e.g. a session of a process that just died and
-    whose stream the content service has not reaped yet."""
+    """content.writer, retried with jittered exponential backoff while the ref is locked by
+    another writer (Unavailable), as containerd's content.OpenWriter does until its
+    context's deadline: here the Transfer call's (``request_deadline``), or
+    LOCK_RETRY_SECONDS without one. A ref still locked then is Unavailable naming it (the
+    lock error, as containerd returns it). The other writer is e.g. a concurrent pull of the
+    same blob, or a session of a process that just died whose stream the content service
+    has not reaped yet."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    deadline = request_deadline.get()
+    end = start + LOCK_RETRY_SECONDS if deadline is None else deadline - DEADLINE_MARGIN
     delay = 0.05
-    deadline = time.monotonic() + LOCK_RETRY_SECONDS
     while True:
         try:
             return await content.writer(ref, desc.size, desc.digest)
-        except errdefs.Unavailable:
-            if time.monotonic() + delay > deadline:
-                raise
-            await asyncio.sleep(delay + random.uniform(0, delay))
+        except errdefs.Unavailable as exc:
+            remaining = end - loop.time()
+            if remaining <= 0:
+                until = "the call's deadline" if deadline is not None else "the limit without a deadline"
+                raise errdefs.Unavailable(
+                    f"ref {ref} is still locked by another writer after {loop.time() - start:.1f}s "
+                    f"(waited until {until}): {exc}") from exc
+            await asyncio.sleep(min(delay + random.uniform(0, delay), remaining))
             delay = min(delay * 2, 1.0)
 
 

@@ -16,11 +16,16 @@ local stores in tests and against the content / snapshots / diff services over t
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from .oci import Descriptor, Platform
+
+request_deadline: ContextVar[float | None] = ContextVar("transfer_request_deadline", default=None)
+"""The running Transfer call's deadline (event-loop time; None without one), set by the API
+adapter: waits with no end of their own (a locked ingest ref) last until it."""
 
 
 @dataclass(frozen=True)
