@@ -2,7 +2,9 @@
 proxy, in one run, on real processes (``moorage serve proxy`` + the test echo backend). The
 proxy serves as configured by default: its C relay (proxy/relay.c) carries these calls.
 
-Latency: sequential calls, p50/p99 of each path, and the p50 the proxy adds (goal <= 30 µs).
+Latency: sequential calls, the paths taking turns every 50 calls (so a shared machine's
+slow moments fall on every path alike), p50/p99 of each path, and the p50 the proxy adds (goal
+<= 30 µs).
 Throughput: 64 callers multiplexed on one connection for a few seconds per path, req/s of
 each and the ratio (goal >= 0.8x direct). Paths alternate over several rounds; medians are
 reported, with the load average before and after (the machine is shared).
@@ -109,20 +111,32 @@ def load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-async def latency(address: str, calls: int) -> list[float]:
-    client = await connect(address)
+BLOCK = 50
+"""Sequential calls a path makes in a row before the next path takes its turn."""
+
+
+async def latency(addresses: dict[str, str], calls: int) -> dict[str, list[float]]:
+    """``calls`` sequential calls on each path, the paths taking turns every :data:`BLOCK`
+    calls, so that every path meets the same moments of a shared machine (and, within a
+    block, the warm caches a steady stream of calls has): µs per call."""
+    clients = {name: await connect(address) for name, address in addresses.items()}
     try:
         for _ in range(200):
-            await client.unary_raw(SERVICE, "Echo", PAYLOAD, metadata=MD)
-        out = []
+            for client in clients.values():
+                await client.unary_raw(SERVICE, "Echo", PAYLOAD, metadata=MD)
+        out: dict[str, list[float]] = {name: [] for name in clients}
         clock = time.perf_counter
-        for _ in range(calls):
-            t = clock()
-            await client.unary_raw(SERVICE, "Echo", PAYLOAD, metadata=MD)
-            out.append((clock() - t) * 1e6)
+        for _ in range(0, calls, BLOCK):
+            for name, client in clients.items():
+                samples = out[name]
+                for _ in range(BLOCK):
+                    t = clock()
+                    await client.unary_raw(SERVICE, "Echo", PAYLOAD, metadata=MD)
+                    samples.append((clock() - t) * 1e6)
         return out
     finally:
-        await client.close()
+        for client in clients.values():
+            await client.close()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -209,11 +223,13 @@ async def main() -> int:
         seq_cpu: dict[str, list[float]] = {k: [] for k in paths}
         cpu: dict[str, list[float]] = {"proxy": [], "backend": []}
         for r in range(args.rounds):
+            before_cpu = {name: cpu_seconds(pid) for name, pid in middle.items()}
+            samples = await latency(paths, args.calls)
+            for name in paths:
+                served = (args.calls + 200) * (len(paths) if name == "direct" else 1)  # the backend serves every path
+                seq_cpu[name].append((cpu_seconds(middle[name]) - before_cpu[name]) / served * 1e6)
+                lat[name].append((pct(samples[name], 0.5), pct(samples[name], 0.99)))
             for name, address in paths.items():
-                before = cpu_seconds(middle[name])
-                samples = await latency(address, args.calls)
-                seq_cpu[name].append((cpu_seconds(middle[name]) - before) / (args.calls + 200) * 1e6)
-                lat[name].append((pct(samples, 0.5), pct(samples, 0.99)))
                 if name in ("forward", "splice"):
                     continue
                 before = [cpu_seconds(pid) for pid in servers]

@@ -21,6 +21,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -1442,6 +1443,12 @@ int relay_open_streams(relay *r) { return __atomic_load_n(&r->open_streams, __AT
 int relay_run(relay *r) {
     struct epoll_event evs[EVENTS];
     pthread_setname_np(pthread_self(), "moorage-relay"); /* as ps -L and top -H show it */
+    /* SCHED_BATCH: woken by a peer's write, the relay does not preempt that peer; the peer
+     * finishes its turn and sleeps, then the relay runs. That saves a pair of context
+     * switches per hop on a busy CPU (bench/proxy.py: about 6 µs a call); on an idle CPU
+     * it changes nothing. */
+    struct sched_param batch = {0};
+    sched_setscheduler((pid_t)gettid(), SCHED_BATCH, &batch);
     for (;;) {
         pthread_mutex_lock(&r->lock);
         int stop = r->stop;

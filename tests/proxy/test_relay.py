@@ -58,7 +58,10 @@ async def test_the_relay_carries_routed_calls_itself(suite: Suite, client: Clien
     """The first call in a namespace goes to the splice (it records the namespace, over its
     own backend connection); from the next one on the relay carries the service's calls
     on one connection of its own, whatever the namespace once known."""
-    assert "moorage-relay" in threads(suite.procs["proxy"].popen.pid)
+    proxy = suite.procs["proxy"].popen.pid
+    (relay,) = [int(t) for t in os.listdir(f"/proc/{proxy}/task")
+                if Path(f"/proc/{proxy}/task/{t}/comm").read_text().strip() == "moorage-relay"]
+    assert os.sched_getscheduler(relay) == os.SCHED_BATCH  # it does not preempt the peers that wake it
     echo = suite.procs["echo"].popen.pid
     before = sockets(echo)  # the splice's connection (the fixture's first call)
     assert await client.unary_raw(ECHO, "Echo", b"a", metadata=MD) == b"a"
