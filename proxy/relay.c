@@ -546,20 +546,27 @@ static void flush(relay *r, conn *c) {
     update_events(r, c);
 }
 
+/* Append ``c`` to the array (*arr, *n, *cap); -1 when out of memory. */
+static int push(conn ***arr, uint32_t *n, uint32_t *cap, conn *c) {
+    if (*n == *cap) {
+        uint32_t more = *cap ? *cap * 2 : 4;
+        conn **p = realloc(*arr, more * sizeof(conn *));
+        if (!p)
+            return -1;
+        *arr = p;
+        *cap = more;
+    }
+    (*arr)[(*n)++] = c;
+    return 0;
+}
+
 /* A client whose output is over the high water mark stops its sources being read. */
 static void pause_source(relay *r, conn *c, conn *src) {
     for (uint32_t i = 0; i < c->npaused; i++)
         if (c->paused[i] == src)
             return;
-    if (c->npaused == c->cappaused) {
-        uint32_t cap = c->cappaused ? c->cappaused * 2 : 4;
-        conn **p = realloc(c->paused, cap * sizeof(conn *));
-        if (!p)
-            return;
-        c->paused = p;
-        c->cappaused = cap;
-    }
-    c->paused[c->npaused++] = src;
+    if (push(&c->paused, &c->npaused, &c->cappaused, src) < 0)
+        return;
     src->refs++;
     if (src->pausers++ == 0)
         update_events(r, src);
@@ -581,15 +588,8 @@ static void client_block(relay *r, conn *c) {
 static void maybe_wait(relay *r, conn *c, conn *dest) {
     if (c->waiting_on || buf_pending(&dest->out) <= HIGH_WATER)
         return;
-    if (dest->nwaiters == dest->capwaiters) {
-        uint32_t cap = dest->capwaiters ? dest->capwaiters * 2 : 4;
-        conn **p = realloc(dest->waiters, cap * sizeof(conn *));
-        if (!p)
-            return;
-        dest->waiters = p;
-        dest->capwaiters = cap;
-    }
-    dest->waiters[dest->nwaiters++] = c;
+    if (push(&dest->waiters, &dest->nwaiters, &dest->capwaiters, c) < 0)
+        return;
     c->waiting_on = dest;
     update_events(r, c);
 }
