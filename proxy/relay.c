@@ -1003,16 +1003,24 @@ static route *find_route(relay *r, const uint8_t *name, uint32_t n) {
 
 /* a client's frames -------------------------------------------------------------------- */
 
-static void client_request(relay *r, conn *c, uint32_t sid, uint8_t flags, const uint8_t *body, uint32_t len) {
+/* Whether ``sid`` may open a stream (odd, above every id before it: then it is the last);
+ * if not, the client has its error. */
+static int new_stream(relay *r, conn *c, uint32_t sid) {
     if (!(sid & 1)) {
         send_error(r, c, sid, CODE_INVALID_ARGUMENT, "StreamID must be odd for client initiated streams");
-        return;
+        return 0;
     }
     if (sid <= c->last_sid) {
         send_error(r, c, sid, CODE_INVALID_ARGUMENT, "StreamID cannot be re-used and must increment");
-        return;
+        return 0;
     }
     c->last_sid = sid;
+    return 1;
+}
+
+static void client_request(relay *r, conn *c, uint32_t sid, uint8_t flags, const uint8_t *body, uint32_t len) {
+    if (!new_stream(r, c, sid))
+        return;
     const uint8_t *svc;
     uint32_t svclen;
     int known;
@@ -1085,16 +1093,8 @@ static void oversize_message(relay *r, conn *c, uint32_t sid, uint32_t len) {
 /* A frame over the limit: answered now, its body skipped as it comes. */
 static void client_oversized(relay *r, conn *c, uint32_t sid, uint8_t type, uint32_t len) {
     if (type == T_REQUEST) {
-        if (!(sid & 1)) {
-            send_error(r, c, sid, CODE_INVALID_ARGUMENT, "StreamID must be odd for client initiated streams");
-            return;
-        }
-        if (sid <= c->last_sid) {
-            send_error(r, c, sid, CODE_INVALID_ARGUMENT, "StreamID cannot be re-used and must increment");
-            return;
-        }
-        c->last_sid = sid;
-        oversize_message(r, c, sid, len);
+        if (new_stream(r, c, sid))
+            oversize_message(r, c, sid, len);
     } else if (type == T_DATA) {
         slot *fs = map_get(&c->streams, sid);
         if (!fs) {
