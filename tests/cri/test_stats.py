@@ -15,7 +15,7 @@ from moorage.services.cri.config import CriConfig
 from moorage.services.cri.contract import Container, ContainerConfig, ContainerMetadata, ContainerState
 from moorage.services.cri.store import CriRuntime
 from moorage.services.runtime import metrics
-from moorage.services.runtime.stats import task_stats
+from moorage.services.runtime.stats import json_row, task_usage
 
 V1 = "types.containerd.io/io.containerd.cgroups.v1.Metrics"
 V2 = "types.containerd.io/io.containerd.cgroups.v2.Metrics"
@@ -58,10 +58,11 @@ def test_decode_v1_and_v2() -> None:
     with pytest.raises(InvalidArgument, match="cannot be read"):
         metrics.decode("x/other.Metrics", b"")
     # moor stats reads the same decoder
-    s = task_stats("web", V2, v2_metrics())
-    assert (s.cpu_ns, s.memory, s.memory_limit, s.metrics_type) == (2_500_000_000, 20 << 20, 64 << 20, metrics.V2)
+    assert task_usage("web", V2, v2_metrics()) == b
+    assert json_row("web", b) == {"id": "web", "cpu_ns": 2_500_000_000, "memory": 20 << 20, "memory_limit": 64 << 20,
+                                  "pids": 1, "pids_limit": 0, "metrics_type": metrics.V2}
     with pytest.raises(InvalidArgument, match="task web: metrics of type"):
-        task_stats("web", "x/other.Metrics", b"")
+        task_usage("web", "x/other.Metrics", b"")
 
 
 class FakePeers:
