@@ -29,6 +29,8 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ttrpc.frame import Frame, FrameDecoder
+
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 READY_TIMEOUT = 30.0
@@ -275,6 +277,23 @@ async def running(
     finally:
         await asyncio.to_thread(s.close)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def raw_frames(sock: socket.socket, data: bytes, want: int, timeout: float = 20.0) -> list[Frame]:
+    """Send ``data`` (raw ttrpc frames, or b"" to only read) on a connected ``sock`` and read
+    back ``want`` frames, (stream id, type, flags, body) each; fails if the peer closes first,
+    sends an oversized frame, or is silent for ``timeout`` seconds."""
+    sock.sendall(data)
+    sock.settimeout(timeout)
+    dec = FrameDecoder()
+    out: list[Frame] = []
+    while len(out) < want:
+        chunk = sock.recv(1 << 20)
+        assert chunk, "the peer closed the connection"
+        for event in dec.feed(chunk):
+            assert isinstance(event, Frame), event
+            out.append(event)
+    return out
 
 
 def skeleton_suite(tmp_path: Path, **proxy: Any) -> Suite:

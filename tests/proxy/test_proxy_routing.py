@@ -16,7 +16,7 @@ import pytest
 
 from moorage import errdefs
 from moorage.rpc import connect
-from suite import Suite, skeleton_suite
+from suite import Suite, raw_frames, skeleton_suite
 from ttrpc.client import Client
 
 ECHO = "moorage.test.v1.Echo"
@@ -226,21 +226,6 @@ async def test_replicas_share_the_load(tmp_path_factory: pytest.TempPathFactory)
         suite.close()
 
 
-def _raw_frames(sock: socket.socket, data: bytes, want: int) -> list[tuple[int, int, int, bytes]]:
-    """Send ``data`` and read ``want`` frames back: (stream id, type, flags, body)."""
-    from ttrpc.frame import FrameDecoder
-
-    sock.sendall(data)
-    dec = FrameDecoder()
-    out: list[tuple[int, int, int, bytes]] = []
-    sock.settimeout(10)
-    while len(out) < want:
-        chunk = sock.recv(65536)
-        assert chunk, "proxy closed the connection"
-        out += [(f.stream_id, f.type, f.flags, f.body) for f in dec.feed(chunk)]  # type: ignore[union-attr]
-    return out
-
-
 async def test_bad_frames_are_refused_per_stream(suite: Suite, client: Client) -> None:
     from ttrpc.frame import DATA, REQUEST, encode_frame, pack_header
     from ttrpc.messages import decode_response, encode_request
@@ -259,7 +244,7 @@ async def test_bad_frames_are_refused_per_stream(suite: Suite, client: Client) -
             (encode_frame(15, REQUEST, 0, good), 0, ""),  # the connection still serves
         ]
         for frame, code, text in cases:
-            ((sid, mtype, _, body),) = _raw_frames(s, frame, 1)
+            ((sid, mtype, _, body),) = raw_frames(s, frame, 1)
             resp = decode_response(body)
             assert resp.code == code, (frame[:20], resp)
             assert text in resp.message
@@ -339,7 +324,7 @@ async def test_a_backend_connection_whose_ids_run_out_is_replaced_then_closed(su
     s.connect(suite.address)
     try:
         for sid in [1 + k * (1 << 20) for k in range(2048)] + [(1 << 31) - 1]:
-            ((got, _, _, body),) = _raw_frames(s, encode_frame(sid, REQUEST, 0, good), 1)
+            ((got, _, _, body),) = raw_frames(s, encode_frame(sid, REQUEST, 0, good), 1)
             assert (got, decode_response(body).payload) == (sid, b"ok")
     finally:
         s.close()

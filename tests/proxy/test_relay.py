@@ -20,9 +20,9 @@ from google.protobuf import empty_pb2
 from moorage import errdefs
 from moorage.api.containerd.services.namespaces.v1 import namespace_pb2 as ns
 from moorage.rpc import connect
-from suite import Suite, skeleton_suite
+from suite import Suite, raw_frames, skeleton_suite
 from ttrpc.client import Client
-from ttrpc.frame import REQUEST, FrameDecoder, encode_frame, pack_header
+from ttrpc.frame import REQUEST, encode_frame, pack_header
 from ttrpc.messages import decode_response, encode_request
 
 ECHO = "moorage.test.v1.Echo"
@@ -95,22 +95,10 @@ async def test_an_unknown_namespace_is_checked_even_next_to_a_known_one(suite: S
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(suite.address)
     try:
-        ((sid, _, _, resp),) = _exchange(s, encode_frame(1, REQUEST, 0, body), 1)
+        ((sid, _, _, resp),) = raw_frames(s, encode_frame(1, REQUEST, 0, body), 1)
     finally:
         s.close()
     assert (sid, decode_response(resp).code) == (1, errdefs.InvalidArgument.code)
-
-
-def _exchange(sock: socket.socket, data: bytes, want: int) -> list[tuple[int, int, int, bytes]]:
-    sock.sendall(data)
-    dec = FrameDecoder()
-    out: list[tuple[int, int, int, bytes]] = []
-    sock.settimeout(20)
-    while len(out) < want:
-        chunk = sock.recv(1 << 20)
-        assert chunk, "proxy closed the connection"
-        out += [(f.stream_id, f.type, f.flags, f.body) for f in dec.feed(chunk)]  # type: ignore[union-attr]
-    return out
 
 
 async def test_bad_and_cut_input_costs_only_its_connection(suite: Suite, client: Client) -> None:
@@ -261,7 +249,7 @@ async def test_a_client_that_stops_reading_holds_back_only_itself(suite: Suite, 
         for _ in range(20):
             assert await client.unary_raw(ECHO, "Echo", b"e", metadata=MD) == b"e"
             assert await client.unary_raw(OTHER, "Echo", b"o", metadata=MD) == b"o"
-        got = await asyncio.to_thread(_exchange, s, b"", calls)
+        got = await asyncio.to_thread(raw_frames, s, b"", calls)
     finally:
         s.close()
         sender.join(20)
