@@ -2,18 +2,27 @@
 
 Like containerd's (core/metadata/gc.go), per namespace:
 
-- roots: every image (its target digest and its ``containerd.io/gc.ref.*`` labels; an image
-  past its own ``containerd.io/gc.expire`` is deleted first, as containerd does), container
-  (its snapshotter + snapshot key and labels), sandbox (labels), unexpired lease (each
-  resource it holds), and any blob or snapshot labelled ``containerd.io/gc.root``;
-- edges: ``containerd.io/gc.ref.content*`` labels (value a digest) and
-  ``containerd.io/gc.ref.snapshot.<snapshotter>[/...]`` labels (value a key) on images,
+- roots: every image not past its own ``containerd.io/gc.expire`` (it reaches its target
+  digest and follows its labels), container (its snapshotter + snapshot key and labels),
+  sandbox (labels), unexpired lease (each resource it holds: ``content``,
+  ``snapshots/<snapshotter>``, ``images``), and any blob or snapshot labelled
+  ``containerd.io/gc.root``;
+- an image past its ``containerd.io/gc.expire`` is no root: it lives while a live object
+  names it (a ``containerd.io/gc.ref.image`` label, a lease's ``images`` resource) or while
+  what its own ``containerd.io/gc.bref.*`` labels name lives; unreached, it is deleted
+  before the sweep and what only it held goes in the same collection, as containerd 2 does;
+- edges: ``containerd.io/gc.ref.content[.|/<name>]`` labels (value a digest),
+  ``containerd.io/gc.ref.snapshot.<snapshotter>[/...]`` labels (value a key) and
+  ``containerd.io/gc.ref.image[.|/<name>]`` labels (value an image name) on images,
   containers, sandboxes, blobs and snapshots; a snapshot's parent. Manifests and indexes reach
   their children through the ``gc.ref.content.{config,l.N,m.N}`` labels the transfer service
   sets when it pulls or imports, as containerd's pull does; the unpacked chain hangs off the
   config blob's ``gc.ref.snapshot.<snapshotter>`` label;
+- back references: a blob, snapshot or expired image labelled ``containerd.io/gc.bref.<kind>``
+  lives while the content, snapshot, image or container it names does;
 - a lease labelled ``containerd.io/gc.flat`` holds only what it names (no edge is followed
-  from its resources); a lease past ``containerd.io/gc.expire`` is dropped first.
+  from its resources; an image it holds keeps its target blob alone); a lease past
+  ``containerd.io/gc.expire`` is dropped first.
 
 It reads everything through the services' APIs (a ttrpc client to the proxy's own socket),
 then deletes what was not reached in batches through the services' own sweep methods
@@ -76,6 +85,7 @@ SNAPSHOTS = "containerd.services.snapshots.v1.Snapshots"
 ROOT_LABEL = "containerd.io/gc.root"
 CONTENT_REF = "containerd.io/gc.ref.content"
 SNAPSHOT_REF = "containerd.io/gc.ref.snapshot."
+IMAGE_REF = "containerd.io/gc.ref.image"
 INGEST_EXPIRY = 24 * 3600.0
 """Seconds an ingest not held by a lease may sit unwritten before it is aborted (containerd's)."""
 CONTENT_SWEEP = "moorage.internal.v1.ContentSweep"
@@ -96,42 +106,52 @@ by a collection that unrelated writes schedule (containerd's clients always hold
 moorage user's ``moor content ingest`` then ``moor images create`` does not)."""
 
 BREF = "containerd.io/gc.bref."
+BREF_SNAPSHOT = BREF + "snapshot."
 Node = tuple[str, str, str]
 """("content", "", digest), ("snapshot", snapshotter, key), ("image", "", name) or
-("container", "", id) (the last two only as roots and as back-reference targets)."""
+("container", "", id) (the last only as a root and as a back-reference target)."""
+
+
+def _named(key: str, prefix: str) -> bool:
+    """``key`` is ``prefix`` or ``prefix`` then ``.`` or ``/`` and a name, as containerd
+    matches (``containerd.io/gc.ref.contentx`` is no reference)."""
+    return key == prefix or (key.startswith(prefix) and key[len(prefix)] in "./")
+
+
+def _snapshotter(key: str, prefix: str) -> str:
+    """The snapshotter of a ``<prefix><snapshotter>[/<name>]`` label ("" if not one)."""
+    return key[len(prefix):].split("/", 1)[0] if key.startswith(prefix) else ""
 
 
 def label_refs(labels: Mapping[str, str]) -> list[Node]:
-    """The nodes a set of labels points at (containerd's gc.ref.* conventions)."""
+    """The nodes a set of labels points at (containerd's gc.ref.content, gc.ref.image and
+    gc.ref.snapshot.<snapshotter> conventions)."""
     out: list[Node] = []
     for key, value in labels.items():
         if not value:
             continue
-        if key.startswith(CONTENT_REF):
+        if _named(key, CONTENT_REF):
             out.append(("content", "", value))
-        elif key.startswith(SNAPSHOT_REF):
-            snapshotter = key[len(SNAPSHOT_REF):].split("/", 1)[0]
-            if snapshotter:
-                out.append(("snapshot", snapshotter, value))
+        elif _named(key, IMAGE_REF):
+            out.append(("image", "", value))
+        elif snapshotter := _snapshotter(key, SNAPSHOT_REF):
+            out.append(("snapshot", snapshotter, value))
     return out
 
 
 def back_refs(labels: Mapping[str, str]) -> list[Node]:
     """What a set of ``containerd.io/gc.bref.*`` labels says its owner lives with: ``content``,
-    ``snapshot.<snapshotter>``, ``image``, ``container`` (each may end ``.<suffix>``;
-    ``snapshot.<snapshotter>/<suffix>``)."""
+    ``image``, ``container`` (each may end ``.<name>`` or ``/<name>``) and
+    ``snapshot.<snapshotter>[/<name>]``."""
     out: list[Node] = []
     for key, value in labels.items():
         if not value or not key.startswith(BREF):
             continue
-        rest = key[len(BREF):]
-        kind = rest.split(".", 1)[0]
-        if kind in ("content", "image", "container"):
+        kind = next((k for k in ("content", "image", "container") if _named(key, BREF + k)), "")
+        if kind:
             out.append((kind, "", value))
-        elif kind == "snapshot" and "." in rest:
-            snapshotter = rest.split(".", 1)[1].split("/", 1)[0]
-            if snapshotter:
-                out.append(("snapshot", snapshotter, value))
+        elif snapshotter := _snapshotter(key, BREF_SNAPSHOT):
+            out.append(("snapshot", snapshotter, value))
     return out
 
 
@@ -156,19 +176,34 @@ class Snap:
 
 
 @dataclass
+class Image:
+    """An image record as one read of the images list saw it."""
+
+    name: str
+    target: str
+    labels: Mapping[str, str]
+    expired: bool
+    """Past its ``containerd.io/gc.expire``: no root, it lives only while something live names it."""
+
+
+@dataclass
 class View:
     """What one namespace holds, as read from the services."""
 
     roots: list[tuple[Node, bool]] = field(default_factory=list)
     """(node, flat): flat roots are marked without following their edges."""
+    images: dict[str, list[Image]] = field(default_factory=dict)
+    """name -> every version of the image the collection read (the list is read twice): a
+    root unless every version is expired; a reached image follows the edges of each."""
     blobs: dict[str, Blob] | None = None
     """None: the content service could not be read (nothing is swept there)."""
     snapshots: dict[str, dict[str, Snap]] = field(default_factory=dict)
     """snapshotter -> key -> snapshot; a snapshotter that could not be read is absent."""
 
 
-def plan(view: View) -> tuple[list[Blob], list[Snap]]:
-    """Mark from the roots; what is left unreached, snapshots ordered children first."""
+def plan(view: View) -> tuple[list[Image], list[Blob], list[Snap]]:
+    """Mark from the roots; what is left unreached: expired images (the last version read),
+    blobs, snapshots ordered children first."""
     blobs = view.blobs or {}
     seen: set[Node] = set()
     """Marked (live)."""
@@ -185,6 +220,11 @@ def plan(view: View) -> tuple[list[Blob], list[Snap]]:
         for snap in snaps.values():
             for target in back_refs(snap.labels):
                 dependents.setdefault(target, []).append(("snapshot", sn, snap.key))
+    for name, versions in view.images.items():
+        for image in versions:
+            if image.expired:  # an unexpired image is a root: its back references add nothing
+                for target in back_refs(image.labels):
+                    dependents.setdefault(target, []).append(("image", "", name))
 
     def reach(node: Node, labels: bool = True) -> None:
         if node in expanded or (node in seen and not labels):
@@ -200,6 +240,9 @@ def plan(view: View) -> tuple[list[Blob], list[Snap]]:
 
     for node, flat in view.roots:
         reach(node, not flat)
+    for name, versions in view.images.items():
+        if not all(image.expired for image in versions):
+            reach(("image", "", name))
     for blob in blobs.values():
         if blob.new or ROOT_LABEL in blob.labels:
             reach(("content", "", blob.digest))
@@ -209,9 +252,16 @@ def plan(view: View) -> tuple[list[Blob], list[Snap]]:
                 reach(("snapshot", sn, snap.key))
     while stack:
         (kind, sn, ident), labels = stack.pop()
-        if kind in ("image", "container"):
+        if kind == "container":
             continue
-        if kind == "content":
+        if kind == "image":
+            for image in view.images.get(ident, ()):
+                if image.target:
+                    reach(("content", "", image.target), labels)
+                if labels:
+                    for ref in label_refs(image.labels):
+                        reach(ref)
+        elif kind == "content":
             found = blobs.get(ident)
             if found is not None and labels:
                 for ref in label_refs(found.labels):
@@ -244,7 +294,8 @@ def plan(view: View) -> tuple[list[Blob], list[Snap]]:
         for snap in dead.values():
             snap.depth = depth[snap.key]
         dead_snaps += sorted(dead.values(), key=lambda s: -s.depth)
-    return dead_blobs, dead_snaps
+    dead_images = [versions[-1] for name, versions in view.images.items() if ("image", "", name) not in seen]
+    return dead_images, dead_blobs, dead_snaps
 
 
 @dataclass
@@ -255,7 +306,8 @@ class Freed:
     snapshots: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     ingests: dict[str, list[str]] = field(default_factory=dict)
     images: dict[str, list[str]] = field(default_factory=dict)
-    """Images deleted because their ``containerd.io/gc.expire`` had passed."""
+    """Images deleted because their ``containerd.io/gc.expire`` had passed and nothing live
+    named them."""
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
@@ -552,28 +604,32 @@ class Collector:
             try:
                 view = View()
                 held_ingests: set[str] = set()
-                await self._expired_images(services, ns, freed)
                 # the roots as they were at the start (read alongside the walk) and after it
                 t = time.monotonic()
-                first, _ = await asyncio.gather(self._roots(services, ns, held_ingests),
+                first, _ = await asyncio.gather(self._roots(services, ns, held_ingests, view.images),
                                                 self._read(services, view, start_ns, start_dt, freed, ns))
                 view.roots += first
-                view.roots += await self._roots(services, ns, held_ingests)
+                view.roots += await self._roots(services, ns, held_ingests, view.images)
                 t = freed.timed("read", t)
-                dead_blobs, dead_snaps = plan(view)
+                dead_images, dead_blobs, dead_snaps = plan(view)
                 t = freed.timed("plan", t)
-                if dead_blobs or dead_snaps:
+                if dead_images or dead_blobs or dead_snaps:
                     # publish the doomed set, then read the leases once more: from here an
                     # AddResource naming a doomed object waits for the sweep
                     self.doomed[ns] = {("content", "", b.digest) for b in dead_blobs} | {
-                        ("snapshot", sn.snapshotter, sn.key) for sn in dead_snaps}
+                        ("snapshot", sn.snapshotter, sn.key) for sn in dead_snaps} | {
+                        ("image", "", i.name) for i in dead_images}
                     self.swept.clear()
                     try:
                         late = self._lease_roots(ns, held_ingests)
-                        late += [(_node(t, i), False) for t, i in self.released.get(ns, [])]
+                        late += [(_node(t, i), False) for t, i in self.released.get(ns, []) if t != "ingests"]
                         if any(node in self.doomed[ns] for node, _ in late):
                             view.roots += late
-                            dead_blobs, dead_snaps = plan(view)
+                            dead_images, dead_blobs, dead_snaps = plan(view)
+                        kept = await self._delete_images(services, ns, dead_images, freed)
+                        if kept:  # still there (moved, or not deleted): they keep what they name
+                            view.roots += [(("image", "", i.name), False) for i in kept]
+                            _, dead_blobs, dead_snaps = plan(view)
                         await self._sweep(services, ns, dead_blobs, dead_snaps, freed)
                     finally:
                         self.doomed.pop(ns, None)
@@ -597,22 +653,25 @@ class Collector:
         except errdefs.Error as exc:
             raise errdefs.Unavailable(f"garbage collection stopped: cannot list {what}: {exc}") from exc
 
-    async def _expired_images(self, services: Services, ns: str, freed: Freed) -> None:
-        """Delete the images whose ``containerd.io/gc.expire`` has passed (as containerd's
-        collector does), so what only they held is collected in this pass."""
-        now = time.time()
-        for name, target, labels in await self._listed(IMAGES, "images", services.images):
-            when = expiry(labels)
-            if when is None or when > now:
-                continue
+    async def _delete_images(self, services: Services, ns: str, images: Sequence[Image],
+                             freed: Freed) -> list[Image]:
+        """Delete the expired images nothing live named, each if it still has the target the
+        collection read; those still there afterwards (moved to another target, or an error)."""
+        kept: list[Image] = []
+        for image in images:
             try:
-                await services.delete_image(name, target)
-            except (errdefs.NotFound, errdefs.FailedPrecondition):
-                continue  # gone, or moved to another target meanwhile
-            except errdefs.Error as exc:
-                freed.errors.append(f"{ns}: expired image {name}: {exc}")
+                await services.delete_image(image.name, image.target)
+            except errdefs.NotFound:
                 continue
-            freed.images.setdefault(ns, []).append(name)
+            except errdefs.FailedPrecondition:
+                kept.append(image)
+                continue
+            except errdefs.Error as exc:
+                freed.errors.append(f"{ns}: expired image {image.name}: {exc}")
+                kept.append(image)
+                continue
+            freed.images.setdefault(ns, []).append(image.name)
+        return kept
 
     def _lease_roots(self, ns: str, ingests: set[str]) -> list[tuple[Node, bool]]:
         roots: list[tuple[Node, bool]] = []
@@ -625,16 +684,19 @@ class Collector:
             for rtype, rid in held:
                 if rtype == "ingests":
                     ingests.add(rid)
-                elif rtype == "content" or rtype.startswith("snapshots/"):
+                elif rtype in ("content", "images") or rtype.startswith("snapshots/"):
                     roots.append((_node(rtype, rid), flat))
         return roots
 
-    async def _roots(self, services: Services, ns: str, ingests: set[str]) -> list[tuple[Node, bool]]:
+    async def _roots(self, services: Services, ns: str, ingests: set[str],
+                     images: dict[str, list[Image]]) -> list[tuple[Node, bool]]:
+        """The roots of the namespace; the images read go to ``images`` (:func:`plan` takes the
+        unexpired ones as roots)."""
         roots: list[tuple[Node, bool]] = []
+        now = time.time()
         for name, target, labels in await self._listed(IMAGES, "images", services.images):
-            roots.append((("image", "", name), False))
-            roots.append((("content", "", target), False))
-            roots += [(n, False) for n in label_refs(labels)]
+            when = expiry(labels)
+            images.setdefault(name, []).append(Image(name, target, labels, when is not None and when <= now))
         for cid, snapshotter, key, labels in await self._listed(CONTAINERS, "containers", services.containers):
             roots.append((("container", "", cid), False))
             if snapshotter and key:
@@ -722,9 +784,11 @@ class Collector:
 
 
 def _node(rtype: str, rid: str) -> Node:
-    """The node of a lease resource (``content`` or ``snapshots/<name>``)."""
+    """The node of a lease resource (``content``, ``images`` or ``snapshots/<name>``)."""
     if rtype.startswith("snapshots/"):
         return ("snapshot", rtype.split("/", 1)[1], rid)
+    if rtype == "images":
+        return ("image", "", rid)
     return ("content", "", rid)
 
 

@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from moorage import errdefs
 from moorage.namespaces import namespace
 from moorage.proxy import gc
@@ -25,6 +27,7 @@ class Fake:
     def __init__(self) -> None:
         self.images: dict[str, tuple[str, dict[str, str]]] = {}
         self.containers: list[tuple[str, str, dict[str, str]]] = []
+        self.sandboxes: list[dict[str, str]] = []
         self.blobs: dict[str, tuple[int, datetime, dict[str, str]]] = {}
         self.snaps: dict[str, tuple[str, int, dict[str, str]]] = {}
         self.removed: list[str] = []
@@ -32,6 +35,7 @@ class Fake:
         self.fail_images = False
         self.on_list_blobs: Any = None
         self.on_sweep: Any = None
+        self.on_delete_image: Any = None
 
     async def images_(self) -> list[tuple[str, str, Mapping[str, str]]]:
         if self.fail_images:
@@ -51,7 +55,7 @@ class Services:
         return [(f"c{i}", sn, key, labels) for i, (sn, key, labels) in enumerate(self.f.containers)]
 
     async def sandboxes(self) -> list[Mapping[str, str]]:
-        return []
+        return list(self.f.sandboxes)
 
     async def blobs(self) -> list[tuple[str, int, datetime, Mapping[str, str]]]:
         if self.f.on_list_blobs is not None:
@@ -85,8 +89,12 @@ class Services:
         del self.f.ingests[ref]
 
     async def delete_image(self, name: str, target: str) -> None:
-        if self.f.images.get(name, ("", {}))[0] != target:
+        if self.f.on_delete_image is not None:
+            self.f.on_delete_image(name)
+        if name not in self.f.images:
             raise errdefs.NotFound(f"image {name}")
+        if self.f.images[name][0] != target:
+            raise errdefs.FailedPrecondition(f"image {name} target {self.f.images[name][0]} does not match {target}")
         del self.f.images[name]
 
 
@@ -98,7 +106,7 @@ def collector(fake: Fake, tmp_path: Path, delay: float = 0.0) -> gc.Collector:
         return Services(fake), close
 
     leases = LeaseStore(tmp_path / "leases.db")
-    routed = [gc.IMAGES, gc.CONTAINERS, gc.CONTENT, gc.SNAPSHOTS]
+    routed = [gc.IMAGES, gc.CONTAINERS, gc.SANDBOXES, gc.CONTENT, gc.SNAPSHOTS]
     return gc.Collector(connect, leases, lambda: ["default"], routed,
                         Thresholds(schedule_delay=delay, startup_delay=delay))
 
@@ -402,3 +410,131 @@ async def test_an_image_past_its_gc_expire_is_deleted_and_its_graph_collected(tm
     assert {x for x, _ in freed.content["default"]} == {d(1), d(2), d(3)}
     assert fake.removed == ["top", "base"]
     assert freed.to_wire()["namespaces"]["default"]["images"] == ["old"]
+
+
+EXPIRED = {"containerd.io/gc.expire": "2001-01-01T00:00:00Z"}
+IMAGE_REF = "containerd.io/gc.ref.image"
+
+
+@pytest.mark.parametrize("referrer", ["container", "sandbox", "image", "blob", "snapshot", "lease"])
+async def test_an_expired_image_named_by_a_live_object_keeps_its_graph(tmp_path: Path, referrer: str) -> None:
+    """``containerd.io/gc.ref.image`` (or a lease's ``images`` resource) on a live object keeps
+    an image past its ``gc.expire``, with its blobs and snapshots; once the referrer goes, the
+    next collection deletes the image and what only it held, as containerd 2 does."""
+    fake = Fake()
+    image_graph(fake)
+    fake.images["old"] = (d(1), dict(EXPIRED))
+    c = collector(fake, tmp_path)
+    ref = {f"{IMAGE_REF}.app": "old"}
+    if referrer == "container":
+        fake.containers.append(("", "", ref))
+    elif referrer == "sandbox":
+        fake.sandboxes.append(ref)
+    elif referrer == "image":
+        fake.blobs[d(7)] = (1, OLD, {})
+        fake.images["app"] = (d(7), ref)
+    elif referrer == "blob":
+        fake.blobs[d(7)] = (1, OLD, {"containerd.io/gc.root": "x", **ref})
+    elif referrer == "snapshot":
+        fake.snaps["other"] = ("", 1, {"containerd.io/gc.root": "x", **ref})
+    else:
+        c.leases.create("default", "pull", {})
+        c.leases.add_resource("default", "pull", "images", "old")
+    freed = await c.collect()
+    assert freed.images == {} and "old" in fake.images
+    assert freed.content == {} and freed.snapshots == {}
+    assert {d(n) for n in range(1, 6)} <= set(fake.blobs) and {"top", "base"} <= set(fake.snaps)
+
+    fake.containers.clear()
+    fake.sandboxes.clear()
+    fake.images.pop("app", None)
+    fake.blobs.pop(d(7), None)
+    fake.snaps.pop("other", None)
+    if referrer == "lease":
+        c.leases.delete("default", "pull")
+    freed = await c.collect()
+    assert freed.images == {"default": ["old"]} and fake.images == {}
+    assert {x for x, _ in freed.content["default"]} == {d(n) for n in range(1, 6)}
+    assert fake.removed == ["top", "base"]
+
+
+async def test_expired_images_referencing_each_other_live_with_a_live_referrer(tmp_path: Path) -> None:
+    """gc.ref.image is followed from image to image, also from an expired one."""
+    fake = Fake()
+    image_graph(fake)
+    fake.blobs[d(7)] = (1, OLD, {})
+    fake.images["base"] = (d(1), dict(EXPIRED))
+    fake.images["mid"] = (d(7), {**EXPIRED, IMAGE_REF: "base"})
+    fake.containers.append(("", "", {f"{IMAGE_REF}/x": "mid"}))
+    c = collector(fake, tmp_path)
+    freed = await c.collect()
+    assert freed.images == {} and freed.content == {} and set(fake.images) == {"base", "mid"}
+    fake.containers.clear()
+    freed = await c.collect()
+    assert sorted(freed.images["default"]) == ["base", "mid"]
+    assert {x for x, _ in freed.content["default"]} == {d(n) for n in (1, 2, 3, 4, 5, 7)}
+
+
+async def test_a_flat_lease_on_an_expired_image_keeps_the_image_and_its_target_only(tmp_path: Path) -> None:
+    fake = Fake()
+    image_graph(fake)
+    fake.images["old"] = (d(1), dict(EXPIRED))
+    c = collector(fake, tmp_path)
+    c.leases.create("default", "flat", {"containerd.io/gc.flat": "x"})
+    c.leases.add_resource("default", "flat", "images", "old")
+    freed = await c.collect()
+    assert freed.images == {} and "old" in fake.images
+    assert {x for x, _ in freed.content["default"]} == {d(2), d(3), d(4), d(5)}
+    assert set(fake.blobs) == {d(1)} and fake.removed == ["top", "base"]
+
+
+async def test_an_expired_image_with_a_back_reference_lives_with_its_target(tmp_path: Path) -> None:
+    """``containerd.io/gc.bref.*`` on an expired image: it lives while what it names does."""
+    fake = Fake()
+    image_graph(fake)
+    fake.blobs[d(7)] = (1, OLD, {"containerd.io/gc.root": "x"})
+    fake.images["by-container"] = (d(1), {**EXPIRED, "containerd.io/gc.bref.container": "c0"})
+    fake.images["by-blob"] = (d(4), {**EXPIRED, "containerd.io/gc.bref.content/sig": d(7)})
+    fake.containers.append(("", "", {}))
+    c = collector(fake, tmp_path)
+    freed = await c.collect()
+    assert freed.images == {} and freed.content == {} and freed.snapshots == {}
+    fake.containers.clear()
+    fake.blobs[d(7)] = (1, OLD, {})
+    freed = await c.collect()
+    assert sorted(freed.images["default"]) == ["by-blob", "by-container"]
+    assert {x for x, _ in freed.content["default"]} == {d(n) for n in (1, 2, 3, 4, 5, 7)}
+
+
+async def test_an_expired_image_moved_before_its_delete_keeps_what_it_named(tmp_path: Path) -> None:
+    """Images.Delete names the target read: an image updated meanwhile is not deleted
+    (FailedPrecondition), and this collection keeps what it named."""
+    fake = Fake()
+    image_graph(fake)
+    fake.blobs[d(7)] = (1, OLD, {})
+    fake.images["old"] = (d(1), dict(EXPIRED))
+    fake.on_delete_image = lambda name: fake.images.__setitem__(name, (d(7), {}))
+    freed = await collector(fake, tmp_path).collect()
+    assert freed.images == {} and fake.images["old"] == (d(7), {})
+    assert [x for x, _ in freed.content["default"]] == [d(7)]  # unnamed when the lists were read
+    assert {d(n) for n in range(1, 6)} <= set(fake.blobs) and freed.snapshots == {}
+
+
+def test_label_names_match_as_containerd_does() -> None:
+    """A reference label is the prefix itself or the prefix then ``.`` or ``/`` and a name."""
+    refs = gc.label_refs({
+        "containerd.io/gc.ref.content": d(1), "containerd.io/gc.ref.content/l.0": d(2),
+        "containerd.io/gc.ref.contentx": d(3), "containerd.io/gc.ref.image": "a",
+        "containerd.io/gc.ref.image.sig": "b", "containerd.io/gc.ref.imagex": "c",
+        "containerd.io/gc.ref.snapshot.overlayfs/x": "k", "containerd.io/gc.ref.snapshot.": "none",
+        "containerd.io/gc.ref.image.empty": "",
+    })
+    assert sorted(refs) == [("content", "", d(1)), ("content", "", d(2)), ("image", "", "a"),
+                            ("image", "", "b"), ("snapshot", "overlayfs", "k")]
+    brefs = gc.back_refs({
+        "containerd.io/gc.bref.content/sig": d(1), "containerd.io/gc.bref.image": "a",
+        "containerd.io/gc.bref.containerx": "no", "containerd.io/gc.bref.container.x": "c",
+        "containerd.io/gc.bref.snapshot.overlayfs": "k",
+    })
+    assert sorted(brefs) == [("container", "", "c"), ("content", "", d(1)), ("image", "", "a"),
+                             ("snapshot", "overlayfs", "k")]
