@@ -156,30 +156,75 @@ async def test_image_delete_with_sync_returns_once_collected(suite_up: Suite, tm
 async def test_an_image_past_its_gc_expire_goes_with_what_only_it_held(suite_up: Suite, tmp_path: Path) -> None:
     """An image labelled ``containerd.io/gc.expire`` in the past is deleted by the next
     collection (as containerd's collector does), and its blobs and snapshots with it."""
-    from dataclasses import replace
-
-    from moorage.namespaces import current_namespace
-    from moorage.rpc import connect
-    from moorage.services.transfer.client import ImagesClient
-
     s = suite_up
     before = await held(s.address)
     img = build(tmp_path / "e.tar", "example.com/gc/expiring:1", [{"e": b"expires\n" * 20}])
     await import_image(s.address, img)
-    token = current_namespace.set("default")
-    conn = await connect(s.address)
-    try:
-        images = ImagesClient(conn)
-        record = await images.get(img.name)
-        await images.update(replace(record, labels={**record.labels, "containerd.io/gc.expire": "2001-01-01T00:00:00Z"}),
-                            ["labels.containerd.io/gc.expire"])
-    finally:
-        await conn.close()
-        current_namespace.reset(token)
+    await _images(s.address, _expire, img.name)
     out = json.loads(await moor(s, "--json", "gc"))
     assert out["errors"] == [] and out["namespaces"]["default"]["images"] == [img.name]
     assert img.name not in await moor(s, "images", "-q")
     assert await held(s.address) == before
+
+
+@pytest.mark.root
+async def test_an_expired_image_named_by_gc_ref_image_stays_while_its_referrer_does(
+        suite_up: Suite, tmp_path: Path) -> None:
+    """An image past its ``gc.expire`` that another image names with
+    ``containerd.io/gc.ref.image`` stays, whole, as in containerd 2; once the referrer is
+    removed, the next collection deletes it and what only it held."""
+    from moorage.services.transfer.oci import Descriptor
+
+    s = suite_up
+    before = await held(s.address)
+    img = build(tmp_path / "r.tar", "example.com/gc/referenced:1", [{"r": b"referenced\n" * 20}])
+    await import_image(s.address, img)
+    await _images(s.address, _expire, img.name)
+    data = b"an image that names another"
+    note = await write_blob(s.address, data)
+    await _images(s.address, _create, "example.com/gc/referrer:1", Descriptor("application/octet-stream", note, len(data)),
+                  {"containerd.io/gc.ref.image.base": img.name})
+
+    out = json.loads(await moor(s, "--json", "gc"))
+    assert out["errors"] == [] and out["namespaces"] == {}
+    assert img.name in await moor(s, "images", "-q")
+    blobs, snaps = await held(s.address)
+    assert img.blobs | {note} <= blobs and set(img.chain) <= snaps
+
+    await moor(s, "rmi", "example.com/gc/referrer:1")
+    out = json.loads(await moor(s, "--json", "gc"))
+    assert out["errors"] == [] and out["namespaces"]["default"]["images"] == [img.name]
+    assert await held(s.address) == before
+
+
+async def _images(address: str, do: Any, *args: Any) -> None:
+    """``await do(ImagesClient, *args)`` in "default" over one connection."""
+    from moorage.namespaces import current_namespace
+    from moorage.rpc import connect
+    from moorage.services.transfer.client import ImagesClient
+
+    token = current_namespace.set("default")
+    conn = await connect(address)
+    try:
+        await do(ImagesClient(conn), *args)
+    finally:
+        await conn.close()
+        current_namespace.reset(token)
+
+
+async def _expire(images: Any, name: str) -> None:
+    """Label the image ``containerd.io/gc.expire`` in the past."""
+    from dataclasses import replace
+
+    record = await images.get(name)
+    await images.update(replace(record, labels={**record.labels, "containerd.io/gc.expire": "2001-01-01T00:00:00Z"}),
+                        ["labels.containerd.io/gc.expire"])
+
+
+async def _create(images: Any, name: str, target: Any, labels: dict[str, str]) -> None:
+    from moorage.services.transfer.contract import Image
+
+    await images.create(Image(name, target, labels))
 
 
 @pytest.mark.root
