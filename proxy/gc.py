@@ -20,9 +20,13 @@ Like containerd's (core/metadata/gc.go), per namespace:
   config blob's ``gc.ref.snapshot.<snapshotter>`` label;
 - back references: a blob, snapshot or expired image labelled ``containerd.io/gc.bref.<kind>``
   lives while the content, snapshot, image or container it names does;
+- conditional references (containerd 2.3): a blob or image labelled
+  ``containerd.io/gc.cond.snapshot.<snapshotter>`` = ``usedat<D|<key>`` (or ``>D``, several
+  conditions comma-separated, any one enough) keeps that snapshot while the snapshot's
+  ``containerd.io/gc.cond.value-usedat`` (RFC 3339) is less (more) than D ago;
 - a lease labelled ``containerd.io/gc.flat`` holds only what it names (no edge is followed
-  from its resources; an image it holds keeps its target blob alone); a lease past
-  ``containerd.io/gc.expire`` is dropped first.
+  from its resources, back and conditional references included; an image it holds keeps its
+  target blob alone); a lease past ``containerd.io/gc.expire`` is dropped first.
 
 It reads everything through the services' APIs (a ttrpc client to the proxy's own socket),
 then deletes what was not reached in batches through the services' own sweep methods
@@ -55,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,7 +76,7 @@ from moorage.registry import RawService
 from ttrpc.server import Context, RawCall
 
 from .gcschedule import Scheduler, Thresholds
-from .leases import FLAT_LABEL, LeaseStore, expiry
+from .leases import FLAT_LABEL, LeaseStore, expiry, rfc3339
 
 log = logging.getLogger("moorage.proxy.gc")
 
@@ -86,6 +91,8 @@ ROOT_LABEL = "containerd.io/gc.root"
 CONTENT_REF = "containerd.io/gc.ref.content"
 SNAPSHOT_REF = "containerd.io/gc.ref.snapshot."
 IMAGE_REF = "containerd.io/gc.ref.image"
+COND_SNAPSHOT = "containerd.io/gc.cond.snapshot"
+USED_AT = "containerd.io/gc.cond.value-usedat"
 INGEST_EXPIRY = 24 * 3600.0
 """Seconds an ingest not held by a lease may sit unwritten before it is aborted (containerd's)."""
 CONTENT_SWEEP = "moorage.internal.v1.ContentSweep"
@@ -155,6 +162,60 @@ def back_refs(labels: Mapping[str, str]) -> list[Node]:
     return out
 
 
+def conditions(labels: Mapping[str, str]) -> list[tuple[Node, str, float]]:
+    """The conditional references of a blob's or image's labels (containerd 2.3's
+    ``containerd.io/gc.cond.snapshot[.|/]<snapshotter>[/<name>]`` =
+    ``<condition>[,<condition>...]|<key>``, conditions OR'ed): (snapshot, "<" or ">", seconds):
+    the snapshot is kept if it was last used less (more) than that long ago. The one condition
+    is ``usedat<D`` or ``usedat>D``, D a Go duration; any other is ignored, as containerd does."""
+    out: list[tuple[Node, str, float]] = []
+    for key, value in labels.items():
+        if not key.startswith(COND_SNAPSHOT):
+            continue
+        snapshotter = key[len(COND_SNAPSHOT):].lstrip("./").split("/", 1)[0]
+        conds, bar, name = value.partition("|")
+        if not bar:
+            continue
+        for cond in conds.split(","):
+            at = next((i for i, ch in enumerate(cond) if ch in "!<>="), -1)
+            if at < 0 or cond[:at] != "usedat" or cond[at] not in "<>" or cond[at + 1:at + 2] == "=":
+                continue
+            limit = go_duration(cond[at + 1:])
+            if limit is None:
+                continue
+            out.append((("snapshot", snapshotter, name), cond[at], limit))
+    return out
+
+
+def used_at(labels: Mapping[str, str]) -> list[float]:
+    """A snapshot's ``containerd.io/gc.cond.value-usedat*`` values (RFC 3339) as epoch
+    seconds; unparsable ones are ignored."""
+    return [when for key, value in labels.items()
+            if key.startswith(USED_AT) and (when := rfc3339(value)) is not None]
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0,
+                   "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+
+
+def go_duration(text: str) -> float | None:
+    """Seconds in a Go ``time.ParseDuration`` string ("2h", "1h30m", "-1.5s", "0"); None if
+    it is not one."""
+    sign = -1.0 if text[:1] == "-" else 1.0
+    body = text[1:] if text[:1] in ("-", "+") else text
+    if body == "0":
+        return 0.0
+    total, at = 0.0, 0
+    while at < len(body):
+        part = _DURATION_PART.match(body, at)
+        if part is None:
+            return None
+        total += float(part[1]) * _DURATION_UNITS[part[2]]
+        at = part.end()
+    return sign * total if body else None
+
+
 @dataclass
 class Blob:
     digest: str
@@ -201,9 +262,10 @@ class View:
     """snapshotter -> key -> snapshot; a snapshotter that could not be read is absent."""
 
 
-def plan(view: View) -> tuple[list[Image], list[Blob], list[Snap]]:
+def plan(view: View, now: float | None = None) -> tuple[list[Image], list[Blob], list[Snap]]:
     """Mark from the roots; what is left unreached: expired images (the last version read),
-    blobs, snapshots ordered children first."""
+    blobs, snapshots ordered children first. ``now`` (epoch s) is the time conditions are
+    judged at."""
     blobs = view.blobs or {}
     seen: set[Node] = set()
     """Marked (live)."""
@@ -211,7 +273,9 @@ def plan(view: View) -> tuple[list[Image], list[Blob], list[Snap]]:
     """Marked with its label references followed (flat roots are marked only)."""
     stack: list[tuple[Node, bool]] = []
 
-    # back references: an object labelled gc.bref.<kind>=<x> lives while x does
+    # containerd's backRefs: what else a node keeps once its references are followed (a node
+    # held flat keeps none). An object labelled gc.bref.<kind>=<x> lives while x does; a blob
+    # or image labelled gc.cond.snapshot.<snapshotter> keeps the snapshot its condition holds for
     dependents: dict[Node, list[Node]] = {}
     for blob in blobs.values():
         for target in back_refs(blob.labels):
@@ -225,18 +289,16 @@ def plan(view: View) -> tuple[list[Image], list[Blob], list[Snap]]:
             if image.expired:  # an unexpired image is a root: its back references add nothing
                 for target in back_refs(image.labels):
                     dependents.setdefault(target, []).append(("image", "", name))
+    for referrer, target in _conditional(view, time.time() if now is None else now):
+        dependents.setdefault(referrer, []).append(target)
 
     def reach(node: Node, labels: bool = True) -> None:
         if node in expanded or (node in seen and not labels):
             return
-        first = node not in seen
         seen.add(node)
         if labels:
             expanded.add(node)
         stack.append((node, labels))
-        if first:
-            for dependent in dependents.get(node, ()):
-                reach(dependent)
 
     for node, flat in view.roots:
         reach(node, not flat)
@@ -251,7 +313,11 @@ def plan(view: View) -> tuple[list[Image], list[Blob], list[Snap]]:
             if snap.new or ROOT_LABEL in snap.labels:
                 reach(("snapshot", sn, snap.key))
     while stack:
-        (kind, sn, ident), labels = stack.pop()
+        node, labels = stack.pop()
+        if labels:
+            for dependent in dependents.get(node, ()):
+                reach(dependent)
+        kind, sn, ident = node
         if kind == "container":
             continue
         if kind == "image":
@@ -296,6 +362,23 @@ def plan(view: View) -> tuple[list[Image], list[Blob], list[Snap]]:
         dead_snaps += sorted(dead.values(), key=lambda s: -s.depth)
     dead_images = [versions[-1] for name, versions in view.images.items() if ("image", "", name) not in seen]
     return dead_images, dead_blobs, dead_snaps
+
+
+def _conditional(view: View, now: float) -> list[tuple[Node, Node]]:
+    """(blob or image, snapshot) for each ``gc.cond.snapshot`` reference whose condition holds."""
+    used = {("snapshot", sn, snap.key): when for sn, snaps in view.snapshots.items()
+            for snap in snaps.values() if (when := used_at(snap.labels))}
+    if not used:
+        return []  # no snapshot says when it was used: no condition holds
+    referrers = [(("content", "", b.digest), b.labels) for b in (view.blobs or {}).values()]
+    referrers += [(("image", "", i.name), i.labels) for versions in view.images.values() for i in versions]
+    out: list[tuple[Node, Node]] = []
+    for referrer, labels in referrers:
+        for target, op, limit in conditions(labels):
+            ages = [now - when for when in used.get(target, ())]
+            if any(age < limit if op == "<" else age > limit for age in ages):
+                out.append((referrer, target))
+    return out
 
 
 @dataclass

@@ -96,8 +96,11 @@ def expiry(labels: Mapping[str, str]) -> float | None:
     """The lease's ``containerd.io/gc.expire`` as epoch seconds (None: none or unparsable,
     which containerd's collector also ignores)."""
     value = labels.get(EXPIRE_LABEL)
-    if not value:
-        return None
+    return rfc3339(value) if value else None
+
+
+def rfc3339(value: str) -> float | None:
+    """An RFC 3339 time as epoch seconds (None: not one)."""
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:

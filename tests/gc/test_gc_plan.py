@@ -538,3 +538,63 @@ def test_label_names_match_as_containerd_does() -> None:
     })
     assert sorted(brefs) == [("container", "", "c"), ("content", "", d(1)), ("image", "", "a"),
                              ("snapshot", "overlayfs", "k")]
+
+
+def ago(seconds: float) -> str:
+    return datetime.fromtimestamp(time.time() - seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_conditional_snapshot_references_keep_a_snapshot_used_recently(tmp_path: Path) -> None:
+    """containerd 2.3's ``containerd.io/gc.cond.snapshot.<snapshotter>`` = ``usedat<D|key`` on a
+    blob or image keeps that snapshot while its ``containerd.io/gc.cond.value-usedat`` is
+    within D (``>``: older than D); conditions are OR'ed, others ignored."""
+    cond = "containerd.io/gc.cond.snapshot.overlayfs"
+    used = "containerd.io/gc.cond.value-usedat"
+    fake = Fake()
+    root = {"containerd.io/gc.root": "x"}
+    fake.blobs[d(20)] = (1, OLD, {**root, cond: "usedat<2h|sn6"})
+    fake.blobs[d(21)] = (1, OLD, {**root, cond: "usedat<2h|sn7"})
+    fake.blobs[d(22)] = (1, OLD, {**root, f"{cond}/b": "usedat<=2h,usedat<bogus,usedat>5h|sn8"})
+    fake.blobs[d(23)] = (1, OLD, {**root, "containerd.io/gc.cond.snapshot/overlayfs": "usedat<1h,usedat>2h|sn9"})
+    fake.blobs[d(30)] = (1, OLD, {})
+    fake.images["img"] = (d(30), {cond: "usedat<2h|sn10"})
+    fake.blobs[d(31)] = (1, OLD, {cond: "usedat<2h|sn11"})  # not live itself
+    fake.snaps["base"] = ("", 1, {})
+    fake.snaps["sn6"] = ("base", 1, {used: ago(3600)})
+    fake.snaps["sn7"] = ("", 1, {used: ago(3 * 3600)})
+    fake.snaps["sn8"] = ("", 1, {used: ago(3600)})  # only a > condition (and ignored ones), not met
+    fake.snaps["sn9"] = ("", 1, {used: ago(3 * 3600)})  # the second condition holds
+    fake.snaps["sn10"] = ("", 1, {used: ago(1800)})
+    fake.snaps["sn11"] = ("", 1, {used: ago(60)})
+    fake.snaps["sn12"] = ("", 1, {used: "not a time"})
+    freed = await collector(fake, tmp_path).collect()
+    assert [x for x, _ in freed.content["default"]] == [d(31)]
+    assert sorted(fake.removed) == ["sn11", "sn12", "sn7", "sn8"]
+    assert set(fake.snaps) == {"base", "sn6", "sn9", "sn10"}
+
+
+async def test_a_flat_hold_keeps_no_back_references(tmp_path: Path) -> None:
+    """As in containerd, an object held flat keeps only itself: what names it with
+    ``gc.bref.*`` goes unless a non-flat hold reaches it."""
+    fake = Fake()
+    fake.blobs[d(1)] = (1, OLD, {})
+    fake.blobs[d(2)] = (1, OLD, {"containerd.io/gc.bref.content": d(1)})
+    c = collector(fake, tmp_path)
+    c.leases.create("default", "flat", {"containerd.io/gc.flat": "x"})
+    c.leases.add_resource("default", "flat", "content", d(1))
+    freed = await c.collect()
+    assert freed.content["default"] == [(d(2), 1)] and set(fake.blobs) == {d(1)}
+    fake.blobs[d(2)] = (1, OLD, {"containerd.io/gc.bref.content": d(1)})
+    c.leases.create("default", "deep", {})
+    c.leases.add_resource("default", "deep", "content", d(1))
+    freed = await c.collect()
+    assert freed.content == {} and set(fake.blobs) == {d(1), d(2)}
+
+
+def test_go_durations() -> None:
+    assert gc.go_duration("2h") == 7200 and gc.go_duration("1h30m") == 5400
+    assert gc.go_duration("-1.5s") == -1.5 and gc.go_duration("+.5m") == 30
+    assert gc.go_duration("0") == 0 and gc.go_duration("300ms") == 0.3
+    assert gc.go_duration("2\u00b5s") == 2e-6
+    for bad in ("", "-", "2", "2x", "h", "1h 2m", "1e3s"):
+        assert gc.go_duration(bad) is None, bad
