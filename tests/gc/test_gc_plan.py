@@ -598,3 +598,26 @@ def test_go_durations() -> None:
     assert gc.go_duration("2\u00b5s") == 2e-6
     for bad in ("", "-", "2", "2x", "h", "1h 2m", "1e3s"):
         assert gc.go_duration(bad) is None, bad
+
+
+async def test_add_resource_on_an_expired_image_being_deleted_waits_for_the_sweep(tmp_path: Path) -> None:
+    """A lease's AddResource naming an image the collection deletes waits (as for blobs);
+    naming any other image, it goes through at once."""
+    fake = Fake()
+    fake.blobs[d(1)] = (1, OLD, {})
+    fake.images["old"] = (d(1), dict(EXPIRED))
+    c = collector(fake, tmp_path)
+    seen: list[tuple[bool, bool]] = []
+
+    async def during_sweep() -> None:
+        doomed = asyncio.create_task(c.adding("default", "images", "old"))
+        other = asyncio.create_task(c.adding("default", "images", "kept"))
+        await other
+        await asyncio.sleep(0)
+        seen.append((doomed.done(), other.done()))
+        c._waiter = doomed  # type: ignore[attr-defined]
+
+    fake.on_sweep = during_sweep
+    await c.collect()
+    assert seen == [(False, True)]
+    await asyncio.wait_for(c._waiter, 5)  # type: ignore[attr-defined]
