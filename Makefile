@@ -10,7 +10,7 @@ APT_PACKAGES := python3-venv python3-dev gcc make git runc crun containerd golan
 	golang-github-containerd-ttrpc-dev golang-github-docker-spdystream-dev \
 	golang-github-gorilla-websocket-dev \
 	containernetworking-plugins docker-registry skopeo \
-	umoci busybox-static iproute2 iptables apache2-utils openssl zstd procps util-linux systemd
+	umoci busybox-static iproute2 iptables apache2-utils openssl zstd procps util-linux systemd strace
 GOPEER := $(STAMP)/ttrpc-gopeer
 SPDYCLIENT := $(STAMP)/spdy-client
 
