@@ -9,12 +9,13 @@ Throughput: 64 callers multiplexed on one connection for a few seconds per path,
 each and the ratio (goal >= 0.8x direct). Paths alternate over several rounds; medians are
 reported, with the load average before and after (the machine is shared).
 
-Two more paths are references for the latency: ``forward``, a verbatim byte forwarder in
-Python (this file's ``forward`` mode: plain asyncio Protocols, one backend connection per
-client, no parsing), the floor of any Python process on the way; and ``splice``, a second
-proxy with its relay off (``[proxy] relay = false``: the Python splice carries every call)
-routing to the same backend. CPU per call of the middle process (utime+stime over the
-sequential calls) is reported for each: it is much less noisy than wall time on a loaded
+Two more paths are references for the latency: ``floor``, the least a user-space hop can do
+(bench/hopfloor.c, built here with cc: one thread, epoll, read and write, each client with its
+own backend connection, no parsing, scheduled as the relay is), so that ``proxy - floor`` is
+what the relay does besides moving bytes; and ``splice``, a second proxy with its relay off
+(``[proxy] relay = false``: the Python splice carries every call) routing to the same
+backend. CPU per call of the middle process (utime+stime over the sequential calls) is
+reported for each: it is much less noisy than wall time on a loaded
 machine. Every thread of every process is pinned (``--pin``). The last line is one JSON
 object.
 
@@ -50,52 +51,11 @@ PAYLOAD = b"x" * 64
 MD = {"containerd-namespace-ttrpc": "bench"}
 
 
-class _Back(asyncio.Protocol):
-    def __init__(self, front: _Front) -> None:
-        self.front = front
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.front.transport.write(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.front.transport.close()
-
-
-class _Front(asyncio.Protocol):
-    backend = ""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
-        self.back: _Back | None = None
-        self.held: list[bytes] = []
-        asyncio.ensure_future(self._connect())
-
-    async def _connect(self) -> None:
-        loop = asyncio.get_running_loop()
-        _, self.back = await loop.create_unix_connection(lambda: _Back(self), self.backend)
-        self.back.transport.writelines(self.held)
-
-    def data_received(self, data: bytes) -> None:
-        if self.back is None:
-            self.held.append(data)
-        else:
-            self.back.transport.write(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.back is not None:
-            self.back.transport.close()
-
-
-async def forward(listen: str, backend: str) -> None:
-    """The hop floor: bytes from each client to its own backend connection and back, as is."""
-    _Front.backend = backend
-    server = await asyncio.get_running_loop().create_unix_server(_Front, listen)
-    print("ready", flush=True)
-    async with server:
-        await server.serve_forever()
+def build_floor(tmp: Path) -> str:
+    """bench/hopfloor.c compiled into ``tmp``: the path of the binary."""
+    binary = tmp / "hopfloor"
+    subprocess.run(["cc", "-O2", "-o", str(binary), str(HERE / "hopfloor.c")], check=True)
+    return str(binary)
 
 
 def pin(pid: int, cpus: set[int]) -> None:
@@ -202,22 +162,21 @@ async def main() -> int:
     print(f"load average before: {loads[0]}", flush=True)
     try:
         servers = [suite.start("proxy").pid, suite.start("echo").pid]
-        direct, proxied, fwd_path = suite.socket("echo"), suite.address, str(tmp / "forward.sock")
-        forwarder = subprocess.Popen([sys.executable, __file__, "forward", fwd_path, direct],
-                                     stdout=subprocess.PIPE, text=True)
+        direct, proxied, fwd_path = suite.socket("echo"), suite.address, str(tmp / "floor.sock")
+        forwarder = subprocess.Popen([build_floor(tmp), fwd_path, direct], stdout=subprocess.PIPE, text=True)
         assert forwarder.stdout is not None
         if forwarder.stdout.readline().strip() != "ready":
-            raise RuntimeError("the forwarder did not start")
+            raise RuntimeError("the floor forwarder did not start")
         splice_suite = Suite(tmp / "splice", config={**disabled, "proxy": {"gc_auto": False, "relay": False},
                                                      "echo": {"sockets": [direct]}},
                              plugins=["skeleton.echo:PROCESS"], suite={"log_level": "warning", "event_loop": args.loop})
         splice_pid = splice_suite.start("proxy").pid
-        middle = {"direct": servers[1], "forward": forwarder.pid, "splice": splice_pid, "proxy": servers[0]}
+        middle = {"direct": servers[1], "floor": forwarder.pid, "splice": splice_pid, "proxy": servers[0]}
         if args.pin != "none" and len(os.sched_getaffinity(0)) > 1:
             for pid in middle.values():
                 pin(pid, {0})
             pin(os.getpid(), {0} if args.pin == "same" else {1})
-        paths = {"direct": direct, "forward": fwd_path, "splice": splice_suite.address, "proxy": proxied}
+        paths = {"direct": direct, "floor": fwd_path, "splice": splice_suite.address, "proxy": proxied}
         lat: dict[str, list[tuple[float, float]]] = {k: [] for k in paths}
         rps: dict[str, list[float]] = {k: [] for k in paths}
         seq_cpu: dict[str, list[float]] = {k: [] for k in paths}
@@ -230,7 +189,7 @@ async def main() -> int:
                 seq_cpu[name].append((cpu_seconds(middle[name]) - before_cpu[name]) / served * 1e6)
                 lat[name].append((pct(samples[name], 0.5), pct(samples[name], 0.99)))
             for name, address in paths.items():
-                if name in ("forward", "splice"):
+                if name in ("floor", "splice"):
                     continue
                 before = [cpu_seconds(pid) for pid in servers]
                 rate, calls = await throughput(address, args.callers, args.seconds)
@@ -240,7 +199,7 @@ async def main() -> int:
                     cpu["proxy"].append((after[0] - before[0]) / calls * 1e6)
                     cpu["backend"].append((after[1] - before[1]) / calls * 1e6)
             print(
-                f"round {r + 1}: p50 direct {lat['direct'][-1][0]:.1f} µs, forward {lat['forward'][-1][0]:.1f} µs, "
+                f"round {r + 1}: p50 direct {lat['direct'][-1][0]:.1f} µs, floor {lat['floor'][-1][0]:.1f} µs, "
                 f"splice {lat['splice'][-1][0]:.1f} µs, proxy {lat['proxy'][-1][0]:.1f} µs; {args.callers} callers direct {rps['direct'][-1]:.0f} req/s, "
                 f"proxy {rps['proxy'][-1]:.0f} req/s; load {load()}",
                 flush=True,
@@ -263,16 +222,16 @@ async def main() -> int:
     thr = {k: med(v) for k, v in rps.items() if v}
     seq = {k: med(v) for k, v in seq_cpu.items()}
     added = p50["proxy"] - p50["direct"]
-    floor = p50["forward"] - p50["direct"]
+    floor = p50["floor"] - p50["direct"]
     cpu_proxy, cpu_backend = med(cpu["proxy"]), med(cpu["backend"])
     ratio = thr["proxy"] / thr["direct"]
     print(f"load average before/after: {loads[0]} / {loads[1]}; placement {args.pin}")
     print(f"latency p50: direct {p50['direct']:.1f} µs, proxy {p50['proxy']:.1f} µs, added {added:.1f} µs (goal <= 30)")
-    print(f"  for reference, added by a verbatim Python forwarder: {floor:.1f} µs; "
-          f"by the splice alone: {p50['splice'] - p50['direct']:.1f} µs")
-    print(f"latency p99: direct {p99['direct']:.1f} µs, forward {p99['forward']:.1f} µs, "
+    print(f"  for reference, added by the floor of a hop (bench/hopfloor.c): {floor:.1f} µs, so the relay's "
+          f"own part is {added - floor:.1f} µs; by the splice alone: {p50['splice'] - p50['direct']:.1f} µs")
+    print(f"latency p99: direct {p99['direct']:.1f} µs, floor {p99['floor']:.1f} µs, "
           f"splice {p99['splice']:.1f} µs, proxy {p99['proxy']:.1f} µs")
-    print(f"CPU per sequential call: backend {seq['direct']:.1f} µs, forwarder {seq['forward']:.1f} µs, "
+    print(f"CPU per sequential call: backend {seq['direct']:.1f} µs, floor {seq['floor']:.1f} µs, "
           f"splice {seq['splice']:.1f} µs, proxy {seq['proxy']:.1f} µs")
     print(f"throughput at {args.callers} callers: direct {thr['direct']:.0f} req/s, proxy {thr['proxy']:.0f} req/s, "
           f"ratio {ratio:.2f} (goal >= 0.8)")
@@ -284,15 +243,16 @@ async def main() -> int:
         "load_before": loads[0],
         "load_after": loads[1],
         "p50_direct_us": round(p50["direct"], 1),
-        "p50_forward_us": round(p50["forward"], 1),
+        "p50_floor_us": round(p50["floor"], 1),
         "p50_proxy_us": round(p50["proxy"], 1),
         "p50_added_us": round(added, 1),
         "p50_hop_floor_us": round(floor, 1),
+        "p50_relay_own_us": round(added - floor, 1),
         "p50_splice_us": round(p50["splice"], 1),
         "p99_direct_us": round(p99["direct"], 1),
         "p99_proxy_us": round(p99["proxy"], 1),
         "seq_cpu_us_backend": round(seq["direct"], 1),
-        "seq_cpu_us_forward": round(seq["forward"], 1),
+        "seq_cpu_us_floor": round(seq["floor"], 1),
         "seq_cpu_us_splice": round(seq["splice"], 1),
         "seq_cpu_us_proxy": round(seq["proxy"], 1),
         "rps_direct": round(thr["direct"]),
@@ -310,11 +270,6 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["forward"]:
-        from ttrpc.loop import run as run_loop
-
-        run_loop(forward(sys.argv[2], sys.argv[3]))
-        sys.exit(0)
     if os.environ.get("MOORAGE_TEST_LOOP", "uvloop") == "uvloop":
         from ttrpc.loop import run
 
