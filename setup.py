@@ -3,6 +3,10 @@
 `services/`, `proxy/`, `api/` and `nri/` install as `moorage.services`, `moorage.proxy`,
 `moorage.api` and `moorage.nri`, so nothing generic lands at the top of site-packages;
 `ttrpc/` is the vendored protocol package. package-dir keeps `pip install -e .` working.
+
+The proxy's C relay (proxy/relay.c) is an extension, `moorage.proxy._relay`, built by cffi's
+setuptools hook from proxy/relay_build.py (`cffi_modules`; cffi is a build requirement):
+into the wheel, or next to its sources in proxy/ for an editable install.
 """
 
 from setuptools import find_packages, setup
@@ -25,4 +29,4 @@ def packages() -> list[str]:
     return found
 
 
-setup(packages=packages(), package_dir=ROOTS)
+setup(packages=packages(), package_dir=ROOTS, cffi_modules=["proxy/relay_build.py:ffibuilder"])
