@@ -365,7 +365,7 @@ struct relay {
     uint32_t nroute_list;
     pthread_mutex_t lock; /* guards known, stop, closing */
     strset known;
-    int stop, closing, listen_closed;
+    int stop, closing, listen_closed, drained_told;
     int open_streams;
     conn *all, *dirty, *grave;
     buf scratch; /* what connections without a partial frame read into */
@@ -425,6 +425,21 @@ static void unref(relay *r, conn *c) {
         c->next_grave = r->grave;
         r->grave = c;
     }
+}
+
+/* Closing, with no call left open: tell Python once, on the notify pipe (RELAY_DRAINED). */
+static void tell_if_drained(relay *r) {
+    if (r->open_streams || r->drained_told || !__atomic_load_n(&r->closing, __ATOMIC_RELAXED))
+        return;
+    int word = RELAY_DRAINED;
+    if (write(r->notify, &word, sizeof word) == (ssize_t)sizeof word)
+        r->drained_told = 1;
+}
+
+/* One carried call is over (answered, given up, or its backend gone). */
+static void call_ended(relay *r) {
+    __atomic_store_n(&r->open_streams, r->open_streams - 1, __ATOMIC_RELAXED);
+    tell_if_drained(r);
 }
 
 static void conn_close(relay *r, conn *c);
@@ -603,7 +618,7 @@ static void stream_ended(relay *r, conn *up, slot *bs) {
     if (fs && fs->ptr == up)
         map_del(&client->streams, fs);
     map_del(&up->ups, bs);
-    r->open_streams--;
+    call_ended(r);
     up->rep->load--;
     if (up->retired && !up->ups.n) {
         up->close_when_flushed = 1;
@@ -619,7 +634,7 @@ static void forget(relay *r, conn *up, uint32_t bsid) {
         return;
     int sending = (bs->extra & SENDING) != 0;
     map_del(&up->ups, bs);
-    r->open_streams--;
+    call_ended(r);
     up->rep->load--;
     if (sending)
         put_frame(r, up, bsid, T_DATA, F_REMOTE_CLOSED | F_NO_DATA, NULL, 0);
@@ -704,7 +719,7 @@ static void conn_close(relay *r, conn *c) {
             slot *fs = map_get(&client->streams, s->aux);
             if (fs && fs->ptr == c)
                 map_del(&client->streams, fs);
-            r->open_streams--;
+            call_ended(r);
             c->rep->load--;
             route *rt = &r->route_list[s->extra & ~SENDING];
             send_error(r, client, s->aux, CODE_UNAVAILABLE,
@@ -1048,7 +1063,7 @@ static void client_request(relay *r, conn *c, uint32_t sid, uint8_t flags, const
     bs->ptr = c;
     bs->aux = sid;
     bs->extra = (uint32_t)(rt - r->route_list) | ((flags & F_REMOTE_OPEN) ? SENDING : 0);
-    r->open_streams++;
+    __atomic_store_n(&r->open_streams, r->open_streams + 1, __ATOMIC_RELAXED);
     up->rep->load++;
     put_frame(r, up, (uint32_t)bsid, T_REQUEST, flags, body, len);
     if (up->next_sid > MAX_SID) /* ids used up: new calls go to a fresh connection */
@@ -1307,8 +1322,10 @@ static void on_wake(relay *r) {
     pthread_mutex_lock(&r->lock);
     int closing = r->closing;
     pthread_mutex_unlock(&r->lock);
-    if (closing)
+    if (closing) {
         close_listener(r);
+        tell_if_drained(r);
+    }
 }
 
 /* the public API ------------------------------------------------------------------------ */

@@ -56,9 +56,7 @@ def _load() -> tuple[Any, Any]:
 
 ffi, lib = _load()
 
-_FD = 4  # bytes of one announced fd (a native int)
-_POLL = 0.01
-"""Seconds between looks at the relay's open calls while draining."""
+_FD = 4  # bytes of one word on the notify pipe (a native int: an fd, or RELAY_DRAINED)
 
 
 def available() -> bool:
@@ -87,6 +85,7 @@ class Relay:
         splice.mirror = self
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._drained: asyncio.Future[None] | None = None
 
     def _routes(self, splice: Splice) -> None:
         index: dict[int, int] = {}
@@ -126,7 +125,8 @@ class Relay:
             log.error("the C relay stopped: %s", os.strerror(rc))
 
     def _take(self) -> None:
-        """Serve the splice's end of each socketpair the relay announced."""
+        """Serve the splice's end of each socketpair the relay announced; note the word
+        that says it is drained."""
         try:
             data = self._pending + os.read(self._notify_r, 4096 * _FD)
         except BlockingIOError:
@@ -135,6 +135,10 @@ class Relay:
         self._pending = data[whole:]
         for i in range(0, whole, _FD):
             fd = int.from_bytes(data[i : i + _FD], sys.byteorder, signed=True)
+            if fd == lib.RELAY_DRAINED:
+                if self._drained is not None and not self._drained.done():
+                    self._drained.set_result(None)
+                continue
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=fd)
             self.splice.spawn(self._serve(sock))
 
@@ -153,11 +157,12 @@ class Relay:
     async def drain(self, grace: float) -> None:
         """Stop accepting, hand every new call to the splice (which refuses it), and wait up
         to ``grace`` seconds for the relay's open calls to end."""
-        lib.relay_set_closing(self._r)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while self.open_streams and loop.time() < deadline:
-            await asyncio.sleep(_POLL)
+        drained = self._drained = asyncio.get_running_loop().create_future()
+        lib.relay_set_closing(self._r)  # the relay answers RELAY_DRAINED when none is left
+        try:
+            await asyncio.wait_for(drained, grace)
+        except TimeoutError:
+            pass
 
     async def stop(self) -> None:
         """Drop every connection and end the thread."""

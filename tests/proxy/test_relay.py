@@ -284,7 +284,11 @@ async def test_sigterm_drains_the_calls_the_relay_carries(suite: Suite, client: 
     assert await client.unary_raw(ECHO, "Echo", b"y", metadata=MD) == b"y"  # slow is out
     proxy.popen.send_signal(signal.SIGTERM)
     assert await slow == b"1"
+    ended = time.monotonic()
     assert await asyncio.to_thread(proxy.popen.wait, 30) == 0
+    # the relay says it is drained when its last call ends: no waiting out the suite's 5 s
+    # grace (which would end about 4 s after the 1 s call)
+    assert time.monotonic() - ended < 2
     assert not os.path.exists(suite.address)
 
 
