@@ -5,7 +5,8 @@
     moor leases rm [--sync] ID...
 
 ``--expires`` (default 24h, as ctr; 0 = never) sets ``containerd.io/gc.expire``;
-DURATION is seconds or a number with ``s``, ``m``, ``h`` or ``d``.
+DURATION is seconds or a number with ``s``, ``m``, ``h`` or ``d``. Messages go through
+moorage.cli.wire (leases.proto's field numbers, named where each is built or read): no protobuf.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import time
 
 from moorage.cli.context import EXIT, CliContext, Usage, labels_text, pairs
+from moorage.cli.wire import Fields, Msg
 
 SERVICE = "containerd.services.leases.v1.Leases"
 EXPIRE_LABEL = "containerd.io/gc.expire"
@@ -35,10 +37,6 @@ def _rfc3339(ts: float) -> str:
 
 
 def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
-    from google.protobuf import empty_pb2
-
-    from moorage.api.containerd.services.leases.v1 import leases_pb2 as pb
-
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return EXIT["ok"] if argv else EXIT["usage"]
@@ -46,26 +44,21 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
     client = ctx.connect()
     md = ctx.metadata()
 
-    def call(method: str, req: object, resp_type: type) -> object:
-        return client.unary(SERVICE, method, req, resp_type, timeout=ctx.timeout, metadata=md)
+    def call(method: str, req: Msg) -> Fields:
+        return client.unary(SERVICE, method, req, Fields, timeout=ctx.timeout, metadata=md)
 
     if action in ("ls", "list"):
         quiet = any(a in ("-q", "--quiet") for a in args)
         filters = [a for a in args if a not in ("-q", "--quiet")]
-        resp = call("List", pb.ListRequest(filters=filters), pb.ListResponse)
-        assert isinstance(resp, pb.ListResponse)
+        # ListRequest{filters=1} -> ListResponse{leases=1 Lease{id=1, created_at=2 {seconds=1}, labels=3}}
+        leases = [(x.text(1), x.msg(2).int64(1), x.pairs(3)) for x in call("List", Msg({1: filters})).msgs(1)]
         if ctx.json:
-            ctx.emit_json(
-                [
-                    {"id": x.id, "created_at": _rfc3339(x.created_at.ToSeconds()), "labels": dict(x.labels)}
-                    for x in resp.leases
-                ]
-            )
+            ctx.emit_json([{"id": i, "created_at": _rfc3339(t), "labels": labels} for i, t, labels in leases])
         elif quiet:
-            for x in resp.leases:
-                print(x.id)
+            for i, _, _ in leases:
+                print(i)
         else:
-            rows = [(x.id, _rfc3339(x.created_at.ToSeconds()), labels_text(x.labels)) for x in resp.leases]
+            rows = [(i, _rfc3339(t), labels_text(labels)) for i, t, labels in leases]
             ctx.table(["id", "created at", "labels"], rows)
         return EXIT["ok"]
     if action == "create":
@@ -87,12 +80,12 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
         labels = pairs(rest)
         if expires > 0:
             labels[EXPIRE_LABEL] = _rfc3339(time.time() + expires)
-        resp = call("Create", pb.CreateRequest(id=lease_id, labels=labels), pb.CreateResponse)
-        assert isinstance(resp, pb.CreateResponse)
+        # CreateRequest{id=1, labels=3} -> CreateResponse{lease=1 Lease{id=1, labels=3}}
+        lease = call("Create", Msg({1: lease_id, 3: labels})).msg(1)
         if ctx.json:
-            ctx.emit_json({"id": resp.lease.id, "labels": dict(resp.lease.labels)})
+            ctx.emit_json({"id": lease.text(1), "labels": lease.pairs(3)})
         else:
-            print(resp.lease.id)
+            print(lease.text(1))
         return EXIT["ok"]
     if action in ("rm", "remove", "delete"):
         sync = "--sync" in args
@@ -102,7 +95,7 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
         rc = EXIT["ok"]
         for lease_id in ids:
             try:
-                call("Delete", pb.DeleteRequest(id=lease_id, sync=sync), empty_pb2.Empty)
+                call("Delete", Msg({1: lease_id, 2: sync}))  # DeleteRequest{id=1, sync=2}
                 if not ctx.json:
                     print(lease_id)
             except Exception as exc:  # noqa: BLE001 - report each id, keep going

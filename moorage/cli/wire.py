@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # (typing and collections.abc cost every `moor` command ~20 m
     from collections.abc import Mapping
     from typing import TypeAlias
 
-    Value: TypeAlias = int | str | bytes | "Msg" | "Fields" | list["Value"] | Mapping[str, str]
+    Value: TypeAlias = (int | str | bytes | "Msg" | "Fields" | list[str] | list["Msg"] | list["Fields"]
+                        | list["Value"] | Mapping[str, str])
 
 
 def _field(out: bytearray, number: int, value: Value) -> None:
@@ -98,9 +99,18 @@ class Fields:
     def SerializeToString(self) -> bytes:  # noqa: N802 - the protobuf method name
         return self.raw
 
+    def has(self, number: int) -> bool:
+        """Whether field ``number`` is on the wire (a nested message's presence)."""
+        return number in self._fields
+
     def uint(self, number: int) -> int:
         v = self._fields.get(number)
         return v[-1] if v and isinstance(v[-1], int) else 0
+
+    def int64(self, number: int) -> int:
+        """An ``int64`` (or ``int32``) field: the varint as two's complement."""
+        v = self.uint(number)
+        return v - (1 << 64) if v >> 63 else v
 
     def blob(self, number: int) -> bytes:
         v = self._fields.get(number)
@@ -119,5 +129,26 @@ class Fields:
         return [Fields(v) for v in self._fields.get(number, ()) if isinstance(v, bytes)]
 
     def pairs(self, number: int) -> dict[str, str]:
-        """A ``map<string, string>`` field."""
+        """A ``map<string, string>`` field, in the order of the wire."""
         return {e.text(1): e.text(2) for e in self.msgs(number)}
+
+
+def any_of(type_url: str, fields: Mapping[int, Value]) -> Msg:
+    """A ``google.protobuf.Any`` {type_url=1, value=2} holding the message ``fields``."""
+    return Msg({1: type_url, 2: Msg(fields).SerializeToString()})
+
+
+def rfc3339(ts: Fields) -> str:
+    """A ``google.protobuf.Timestamp`` {seconds=1, nanos=2} as protobuf's ``ToJsonString``
+    writes it: UTC with ``Z``, and 0, 3, 6 or 9 fraction digits, as few as are exact."""
+    from datetime import datetime, timedelta
+
+    seconds, nanos = ts.int64(1), ts.int64(2)
+    text = (datetime(1970, 1, 1) + timedelta(seconds // 86400, seconds % 86400)).isoformat()
+    if nanos % 1_000_000_000 == 0:
+        return text + "Z"
+    if nanos % 1_000_000 == 0:
+        return text + ".%03dZ" % (nanos // 1_000_000)
+    if nanos % 1000 == 0:
+        return text + ".%06dZ" % (nanos // 1000)
+    return text + ".%09dZ" % nanos

@@ -9,7 +9,8 @@
     moor content active [-q] [FILTER...]           ingests in progress
     moor content abort REF...
 
-Light imports only (no asyncio): protobuf messages and the blocking ttrpc client. Ingest
+Light imports only (no asyncio, no protobuf): messages through moorage.cli.wire (the field
+numbers of content.proto, named where each is built or read) and the blocking client. Ingest
 pipelines its 1 MiB WRITE requests (a bounded window of replies outstanding) and shows
 progress on stderr when that is a terminal.
 """
@@ -18,20 +19,23 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import deque
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, BinaryIO
 
 from moorage import errdefs
 from moorage.cli.context import EXIT, CliContext, Usage, human_size, labels_text, pairs
+from moorage.cli.wire import Fields, Msg
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import BinaryIO
+
     from ttrpc.blocking import BlockingStream, Client
 
 SERVICE = "containerd.services.content.v1.Content"
 CHUNK = 1 << 20
 WINDOW = 16
+STAT, COMMIT = 0, 2  # content.proto WriteAction
 USAGE = __doc__.split("\n\n")[1] if __doc__ else ""
 
 
@@ -43,8 +47,29 @@ def _age(seconds: int) -> str:
     return f"{delta} seconds"
 
 
-def _iso(seconds: int, nanos: int) -> str:
-    return datetime.fromtimestamp(seconds + nanos / 1e9, UTC).isoformat()
+def _iso(ts: Fields) -> str:
+    """A google.protobuf.Timestamp {seconds=1, nanos=2} as ISO 8601."""
+    return datetime.fromtimestamp(ts.int64(1) + ts.int64(2) / 1e9, UTC).isoformat()
+
+
+class _Info:
+    """A content.v1 Info {digest=1, size=2, created_at=3, updated_at=4, labels=5}."""
+
+    __slots__ = ("digest", "size", "created_at", "updated_at", "labels")
+
+    def __init__(self, f: Fields) -> None:
+        self.digest, self.size, self.labels = f.text(1), f.int64(2), f.pairs(5)
+        self.created_at, self.updated_at = f.msg(3), f.msg(4)
+
+
+class _Status:
+    """A content.v1 Status {started_at=1, updated_at=2, ref=3, offset=4, total=5, expected=6}."""
+
+    __slots__ = ("started_at", "updated_at", "ref", "offset", "total", "expected")
+
+    def __init__(self, f: Fields) -> None:
+        self.started_at, self.updated_at = f.msg(1), f.msg(2)
+        self.ref, self.offset, self.total, self.expected = f.text(3), f.int64(4), f.int64(5), f.text(6)
 
 
 def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
@@ -59,25 +84,20 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
 
 
 def _ls(args: list[str], ctx: CliContext) -> int:
-    from moorage.api.containerd.services.content.v1 import content_pb2 as pb
-
     quiet = any(a in ("-q", "--quiet") for a in args)
     filters = [a for a in args if not a.startswith("-")]
     client = ctx.connect()
     infos = [
-        info
-        for resp in client.server_stream(
-            SERVICE, "List", pb.ListContentRequest(filters=filters), pb.ListContentResponse,
-            timeout=ctx.timeout, metadata=ctx.metadata(),
+        _Info(info)
+        for resp in client.server_stream(  # ListContentRequest{filters=1} -> ListContentResponse{info=1}
+            SERVICE, "List", Msg({1: filters}), Fields, timeout=ctx.timeout, metadata=ctx.metadata(),
         )
-        for info in resp.info
+        for info in resp.msgs(1)
     ]
     if ctx.json:
         ctx.emit_json([
-            {"digest": i.digest, "size": i.size,
-             "created_at": _iso(i.created_at.seconds, i.created_at.nanos),
-             "updated_at": _iso(i.updated_at.seconds, i.updated_at.nanos),
-             "labels": dict(i.labels)}
+            {"digest": i.digest, "size": i.size, "created_at": _iso(i.created_at),
+             "updated_at": _iso(i.updated_at), "labels": i.labels}
             for i in infos
         ])
     elif quiet:
@@ -86,39 +106,33 @@ def _ls(args: list[str], ctx: CliContext) -> int:
     else:
         ctx.table(
             ["digest", "size", "age", "labels"],
-            [(i.digest, human_size(i.size), _age(i.created_at.seconds), labels_text(i.labels))
+            [(i.digest, human_size(i.size), _age(i.created_at.int64(1)), labels_text(i.labels))
              for i in infos],
         )
     return EXIT["ok"]
 
 
 def _get(args: list[str], ctx: CliContext) -> int:
-    from moorage.api.containerd.services.content.v1 import content_pb2 as pb
-
     if len(args) != 1:
         raise Usage("content get DIGEST")
     out = sys.stdout.buffer
     client = ctx.connect()
-    for resp in client.server_stream(
-        SERVICE, "Read", pb.ReadContentRequest(digest=args[0]), pb.ReadContentResponse,
-        metadata=ctx.metadata(),
-    ):
-        out.write(resp.data)
+    # ReadContentRequest{digest=1} -> ReadContentResponse{data=2}
+    for resp in client.server_stream(SERVICE, "Read", Msg({1: args[0]}), Fields, metadata=ctx.metadata()):
+        out.write(resp.blob(2))
     out.flush()
     return EXIT["ok"]
 
 
 def _rm(args: list[str], ctx: CliContext) -> int:
-    from moorage.api.containerd.services.content.v1 import content_pb2 as pb
-
     if not args:
         raise Usage("content rm DIGEST...")
     client = ctx.connect()
     code = EXIT["ok"]
     for d in args:
         try:
-            client.unary_raw(SERVICE, "Delete", pb.DeleteContentRequest(digest=d).SerializeToString(),
-                             metadata=ctx.metadata())
+            # DeleteContentRequest{digest=1}
+            client.unary_raw(SERVICE, "Delete", Msg({1: d}).SerializeToString(), metadata=ctx.metadata())
         except errdefs.Error as exc:
             code = ctx.fail(exc)
             continue
@@ -128,61 +142,50 @@ def _rm(args: list[str], ctx: CliContext) -> int:
 
 
 def _abort(args: list[str], ctx: CliContext) -> int:
-    from moorage.api.containerd.services.content.v1 import content_pb2 as pb
-
     if not args:
         raise Usage("content abort REF...")
     client = ctx.connect()
     code = EXIT["ok"]
     for ref in args:
         try:
-            client.unary_raw(SERVICE, "Abort", pb.AbortRequest(ref=ref).SerializeToString(),
-                             metadata=ctx.metadata())
+            # AbortRequest{ref=1}
+            client.unary_raw(SERVICE, "Abort", Msg({1: ref}).SerializeToString(), metadata=ctx.metadata())
         except errdefs.Error as exc:
             code = ctx.fail(exc)
     return code
 
 
 def _label(args: list[str], ctx: CliContext) -> int:
-    from google.protobuf import field_mask_pb2
-
-    from moorage.api.containerd.services.content.v1 import content_pb2 as pb
-
     if not args:
         raise Usage("content label DIGEST [KEY=VALUE | KEY=]...")
     labels = pairs(args[1:])
-    req = pb.UpdateRequest(
-        info=pb.Info(digest=args[0], labels=labels),
-        update_mask=field_mask_pb2.FieldMask(paths=[f"labels.{k}" for k in labels]),
-    )
     client = ctx.connect()
     if labels:
-        info = client.unary(SERVICE, "Update", req, pb.UpdateResponse, timeout=ctx.timeout,
-                            metadata=ctx.metadata()).info
-    else:
-        info = client.unary(SERVICE, "Info", pb.InfoRequest(digest=args[0]), pb.InfoResponse,
-                            timeout=ctx.timeout, metadata=ctx.metadata()).info
+        # UpdateRequest{info=1 Info{digest=1, labels=5}, update_mask=2 FieldMask{paths=1}}
+        req = Msg({1: Msg({1: args[0], 5: labels}), 2: Msg({1: [f"labels.{k}" for k in labels]})})
+        resp = client.unary(SERVICE, "Update", req, Fields, timeout=ctx.timeout, metadata=ctx.metadata())
+    else:  # InfoRequest{digest=1}
+        resp = client.unary(SERVICE, "Info", Msg({1: args[0]}), Fields, timeout=ctx.timeout, metadata=ctx.metadata())
+    info = _Info(resp.msg(1))  # UpdateResponse / InfoResponse {info=1}
     if ctx.json:
-        ctx.emit_json({"digest": info.digest, "labels": dict(info.labels)})
+        ctx.emit_json({"digest": info.digest, "labels": info.labels})
     else:
         print(f"{info.digest}\t{labels_text(info.labels)}")
     return EXIT["ok"]
 
 
 def _active(args: list[str], ctx: CliContext) -> int:
-    from moorage.api.containerd.services.content.v1 import content_pb2 as pb
-
     quiet = any(a in ("-q", "--quiet") for a in args)
     filters = [a for a in args if not a.startswith("-")]
     client = ctx.connect()
-    resp = client.unary(SERVICE, "ListStatuses", pb.ListStatusesRequest(filters=filters),
-                        pb.ListStatusesResponse, timeout=ctx.timeout, metadata=ctx.metadata())
-    statuses = sorted(resp.statuses, key=lambda s: s.ref)
+    # ListStatusesRequest{filters=1} -> ListStatusesResponse{statuses=1}
+    resp = client.unary(SERVICE, "ListStatuses", Msg({1: filters}), Fields, timeout=ctx.timeout,
+                        metadata=ctx.metadata())
+    statuses = sorted((_Status(f) for f in resp.msgs(1)), key=lambda s: s.ref)
     if ctx.json:
         ctx.emit_json([
             {"ref": s.ref, "offset": s.offset, "total": s.total, "expected": s.expected,
-             "started_at": _iso(s.started_at.seconds, s.started_at.nanos),
-             "updated_at": _iso(s.updated_at.seconds, s.updated_at.nanos)}
+             "started_at": _iso(s.started_at), "updated_at": _iso(s.updated_at)}
             for s in statuses
         ])
     elif quiet:
@@ -192,7 +195,7 @@ def _active(args: list[str], ctx: CliContext) -> int:
         ctx.table(
             ["ref", "size", "total", "age"],
             [(s.ref, human_size(s.offset), human_size(s.total) if s.total else "-",
-              _age(s.started_at.seconds)) for s in statuses],
+              _age(s.started_at.int64(1))) for s in statuses],
         )
     return EXIT["ok"]
 
@@ -227,7 +230,7 @@ class _Chunks:
 
     def requests(self, ref: bytes, offset: int) -> Iterator[tuple[memoryview, int]]:
         """(serialized WRITE request, data length) per chunk, the request a view of the buffer."""
-        from .wire import write_prefix
+        from .writes import write_prefix
 
         while n := _read_full(self.src, self.mv[self.room :]):
             head = write_prefix(ref, offset, n)
@@ -258,9 +261,9 @@ class _Progress:
 def ingest(client: Client, md: dict[str, str], ref: str, src: BinaryIO, total: int = 0,
            expected: str = "", progress: bool = False) -> tuple[str, int]:
     """Write ``src`` into the store under ``ref`` (resuming it); (digest, size)."""
-    from ttrpc.frame import FLAG_REMOTE_OPEN
+    from collections import deque
 
-    from moorage.api.containerd.services.content.v1 import content_pb2 as pb
+    from ttrpc.frame import FLAG_REMOTE_OPEN
 
     from .memory import keep_freed_memory
 
@@ -268,15 +271,17 @@ def ingest(client: Client, md: dict[str, str], ref: str, src: BinaryIO, total: i
     stream: BlockingStream[bytes, bytes] = client.open_stream(
         SERVICE, "Write", None, FLAG_REMOTE_OPEN, metadata=md)
     try:
-        def reply() -> pb.WriteContentResponse:
+        def reply() -> tuple[int, str]:
+            """(offset, digest) of a WriteContentResponse {offset=4, digest=6}."""
             data = stream.recv()
             if data is None:
                 raise errdefs.Unavailable(f"ref {ref}: write stream ended early")
-            return pb.WriteContentResponse.FromString(data)
+            f = Fields(data)
+            return f.int64(4), f.text(6)
 
-        stream.send(pb.WriteContentRequest(
-            action=pb.STAT, ref=ref, total=total, expected=expected).SerializeToString())
-        offset = reply().offset
+        # WriteContentRequest{action=1 (STAT 0, WRITE 1, COMMIT 2), ref=2, total=3, expected=4, offset=5}
+        stream.send(Msg({1: STAT, 2: ref, 3: total, 4: expected}).SerializeToString())
+        offset = reply()[0]
         bar = _Progress(ref, total, progress)
         refb = ref.encode()
         pending: deque[int] = deque()
@@ -284,7 +289,7 @@ def ingest(client: Client, md: dict[str, str], ref: str, src: BinaryIO, total: i
         def settle(keep: int) -> None:
             while len(pending) > keep:
                 want = pending.popleft()
-                got = reply().offset
+                got = reply()[0]
                 if got != want:
                     raise errdefs.OutOfRange(f"ref {ref}: server at offset {got}, expected {want}")
 
@@ -298,15 +303,13 @@ def ingest(client: Client, md: dict[str, str], ref: str, src: BinaryIO, total: i
                 pending.append(offset)
                 bar.show(offset)
             settle(0)
-        stream.send(pb.WriteContentRequest(
-            action=pb.COMMIT, ref=ref, total=total, offset=offset,
-            expected=expected).SerializeToString())
-        done = reply()
-        bar.show(done.offset, final=True)
+        stream.send(Msg({1: COMMIT, 2: ref, 3: total, 4: expected, 5: offset}).SerializeToString())
+        size, digest = reply()
+        bar.show(size, final=True)
         stream.close_send()
         while stream.recv() is not None:
             pass
-        return done.digest, done.offset
+        return digest, size
     finally:
         stream.close()
 

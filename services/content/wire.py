@@ -18,9 +18,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from moorage.api.containerd.services.content.v1 import content_pb2 as pb
 
 from moorage.errdefs import InvalidArgument
-from moorage.protowire import read_varint, varint
+from moorage.protowire import read_varint
 
 from .contract import Info, Status
+from .writes import write_prefix
 
 SERVICE = "containerd.services.content.v1.Content"
 SWEEP_SERVICE = "moorage.internal.v1.ContentSweep"
@@ -85,18 +86,6 @@ def status_from_pb(m: pb.Status) -> Status:
         updated_at=from_timestamp(m.updated_at),
         expected=m.expected,
     )
-
-
-def write_prefix(ref: bytes, offset: int, size: int) -> bytes:
-    """Every field of a WRITE request before the data bytes (which follow verbatim)."""
-    head = b"\x08\x01"  # action = WRITE
-    if ref:
-        head += b"\x12" + varint(len(ref)) + ref
-    if offset:
-        head += b"\x28" + varint(offset)
-    if size:
-        head += b"\x32" + varint(size)
-    return head
 
 
 def encode_write(ref: bytes, offset: int, data: bytes | memoryview) -> bytes:

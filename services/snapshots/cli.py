@@ -12,17 +12,24 @@
     moor snapshots label KEY [KEY=VALUE | KEY=]...           an empty value removes it
 
 The snapshotter defaults to overlayfs (``--snapshotter``, or $CONTAINERD_SNAPSHOTTER as
-ctr). Light imports only (no asyncio): protobuf messages and the blocking ttrpc client.
+ctr). Light imports only (no asyncio, no protobuf): messages through moorage.cli.wire (the
+field numbers of snapshots.proto, named where each is built or read) and the blocking client.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Sequence
-from typing import Any, NamedTuple
 
 from moorage.cli.context import EXIT, CliContext, Usage, human_size, labels_text
+from moorage.cli.wire import Fields, Msg, rfc3339
+from ttrpc.lighttyping import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from moorage.cli.wire import Value
 
 DEFAULT_SNAPSHOTTER = "overlayfs"  # contract.DEFAULT_SNAPSHOTTER, without its imports
 _KINDS = {1: "View", 2: "Active", 3: "Committed"}
@@ -34,38 +41,56 @@ class Mount(NamedTuple):
     options: tuple[str, ...]
     target: str
 
+    @classmethod
+    def read(cls, f: Fields) -> Mount:
+        # containerd.types.Mount{type=1, source=2, target=3, options=4}
+        return cls(f.text(1), f.text(2), tuple(f.texts(4)), f.text(3))
+
+
+class Info(NamedTuple):
+    """A snapshots.v1 Info {name=1, parent=2, kind=3, created_at=4, updated_at=5, labels=6}."""
+
+    name: str
+    parent: str
+    kind: int
+    created_at: Fields
+    updated_at: Fields
+    labels: dict[str, str]
+
+    @classmethod
+    def read(cls, f: Fields) -> Info:
+        return cls(f.text(1), f.text(2), f.uint(3), f.msg(4), f.msg(5), f.pairs(6))
+
 SERVICE = "containerd.services.snapshots.v1.Snapshots"
 USAGE = __doc__.split("\n\n")[1] if __doc__ else ""
 
 
 class _Cmd:
     def __init__(self, ctx: CliContext, snapshotter: str) -> None:
-        from moorage.api.containerd.services.snapshots.v1 import snapshots_pb2
-
         self.ctx = ctx
         self.sn = snapshotter
-        self.pb: Any = snapshots_pb2
 
-    def call(self, method: str, req: Any, resp_type: Any) -> Any:
+    def call(self, method: str, fields: Mapping[int, Value]) -> Fields:
+        """``method`` with a request of ``fields`` after snapshotter=1 (as every request here has it)."""
         return self.ctx.connect().unary(
-            SERVICE, method, req, resp_type, timeout=self.ctx.timeout, metadata=self.ctx.metadata()
+            SERVICE, method, Msg({1: self.sn, **fields}), Fields, timeout=self.ctx.timeout,
+            metadata=self.ctx.metadata(),
         )
 
-    def infos(self, filters: Sequence[str] = ()) -> list[Any]:
+    def infos(self, filters: Sequence[str] = ()) -> list[Info]:
         client = self.ctx.connect()
         return [
-            i
-            for resp in client.server_stream(
-                SERVICE, "List",
-                self.pb.ListSnapshotsRequest(snapshotter=self.sn, filters=list(filters)),
-                self.pb.ListSnapshotsResponse, timeout=self.ctx.timeout, metadata=self.ctx.metadata(),
+            Info.read(i)
+            for resp in client.server_stream(  # ListSnapshotsRequest{filters=2} -> ListSnapshotsResponse{info=1}
+                SERVICE, "List", Msg({1: self.sn, 2: list(filters)}), Fields, timeout=self.ctx.timeout,
+                metadata=self.ctx.metadata(),
             )
-            for i in resp.info
+            for i in resp.msgs(1)
         ]
 
     def mounts(self, key: str) -> list[Mount]:
-        resp = self.call("Mounts", self.pb.MountsRequest(snapshotter=self.sn, key=key), self.pb.MountsResponse)
-        return [Mount(m.type, m.source, tuple(m.options), m.target) for m in resp.mounts]
+        # MountsRequest{key=2} -> MountsResponse{mounts=1}
+        return [Mount.read(m) for m in self.call("Mounts", {2: key}).msgs(1)]
 
 
 def _kind(k: int) -> str:
@@ -107,8 +132,7 @@ def _ls(c: _Cmd, args: list[str]) -> int:
     if c.ctx.json:
         c.ctx.emit_json([
             {"key": i.name, "parent": i.parent, "kind": _kind(i.kind),
-             "created_at": i.created_at.ToJsonString(), "updated_at": i.updated_at.ToJsonString(),
-             "labels": dict(i.labels)}
+             "created_at": rfc3339(i.created_at), "updated_at": rfc3339(i.updated_at), "labels": i.labels}
             for i in infos
         ])
     else:
@@ -141,12 +165,10 @@ def _create(c: _Cmd, args: list[str], view: bool) -> int:
     if not 1 <= len(rest) <= 2:
         raise Usage(f"snapshots {'view' if view else 'prepare'} [--mounts] KEY [PARENT]")
     key, parent = rest[0], rest[1] if len(rest) == 2 else ""
-    if view:
-        resp = c.call("View", c.pb.ViewSnapshotRequest(snapshotter=c.sn, key=key, parent=parent), c.pb.ViewSnapshotResponse)
-    else:
-        resp = c.call("Prepare", c.pb.PrepareSnapshotRequest(snapshotter=c.sn, key=key, parent=parent), c.pb.PrepareSnapshotResponse)
+    # View/PrepareSnapshotRequest{key=2, parent=3} -> View/PrepareSnapshotResponse{mounts=1}
+    resp = c.call("View" if view else "Prepare", {2: key, 3: parent})
     if show or c.ctx.json:
-        _print_mounts(c.ctx, "/tmp", [Mount(m.type, m.source, tuple(m.options), m.target) for m in resp.mounts])
+        _print_mounts(c.ctx, "/tmp", [Mount.read(m) for m in resp.msgs(1)])
     return EXIT["ok"]
 
 
@@ -179,21 +201,17 @@ def _mount(c: _Cmd, args: list[str]) -> int:
 def _commit(c: _Cmd, args: list[str]) -> int:
     if len(args) != 2:
         raise Usage("snapshots commit NAME KEY")
-    from google.protobuf import empty_pb2
-
-    c.call("Commit", c.pb.CommitSnapshotRequest(snapshotter=c.sn, name=args[0], key=args[1]), empty_pb2.Empty)
+    c.call("Commit", {2: args[0], 3: args[1]})  # CommitSnapshotRequest{name=2, key=3}
     return EXIT["ok"]
 
 
 def _rm(c: _Cmd, args: list[str]) -> int:
     if not args:
         raise Usage("snapshots rm KEY...")
-    from google.protobuf import empty_pb2
-
     code = EXIT["ok"]
     for key in args:
         try:
-            c.call("Remove", c.pb.RemoveSnapshotRequest(snapshotter=c.sn, key=key), empty_pb2.Empty)
+            c.call("Remove", {2: key})  # RemoveSnapshotRequest{key=2}
         except Exception as exc:  # report each, keep going, as ctr
             code = c.ctx.fail(exc)
     return code
@@ -203,8 +221,8 @@ def _usage(c: _Cmd, args: list[str]) -> int:
     keys = args or [i.name for i in c.infos()]
     rows = []
     for key in keys:
-        u = c.call("Usage", c.pb.UsageRequest(snapshotter=c.sn, key=key), c.pb.UsageResponse)
-        rows.append((key, u.size, u.inodes))
+        u = c.call("Usage", {2: key})  # UsageRequest{key=2} -> UsageResponse{size=1, inodes=2}
+        rows.append((key, u.int64(1), u.int64(2)))
     if c.ctx.json:
         c.ctx.emit_json([{"key": k, "size": s, "inodes": n} for k, s, n in rows])
     else:
@@ -215,8 +233,6 @@ def _usage(c: _Cmd, args: list[str]) -> int:
 def _label(c: _Cmd, args: list[str]) -> int:
     if not args:
         raise Usage("snapshots label KEY [KEY=VALUE | KEY=]...")
-    from google.protobuf import field_mask_pb2
-
     key, pairs = args[0], args[1:]
     labels: dict[str, str] = {}
     paths = []
@@ -228,17 +244,13 @@ def _label(c: _Cmd, args: list[str]) -> int:
         if v:
             labels[k] = v
     if paths:
-        info = c.pb.Info(name=key, labels=labels)
-        resp = c.call(
-            "Update",
-            c.pb.UpdateSnapshotRequest(snapshotter=c.sn, info=info, update_mask=field_mask_pb2.FieldMask(paths=paths)),
-            c.pb.UpdateSnapshotResponse,
-        )
-        result = resp.info
+        # UpdateSnapshotRequest{info=2 Info{name=1, labels=6}, update_mask=3 FieldMask{paths=1}}
+        resp = c.call("Update", {2: Msg({1: key, 6: labels}), 3: Msg({1: paths})})
     else:
-        result = c.call("Stat", c.pb.StatSnapshotRequest(snapshotter=c.sn, key=key), c.pb.StatSnapshotResponse).info
+        resp = c.call("Stat", {2: key})  # StatSnapshotRequest{key=2}
+    result = Info.read(resp.msg(1))  # Update/StatSnapshotResponse{info=1}
     if c.ctx.json:
-        c.ctx.emit_json(dict(result.labels))
+        c.ctx.emit_json(result.labels)
     else:
         print(labels_text(result.labels))
     return EXIT["ok"]

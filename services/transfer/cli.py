@@ -13,7 +13,9 @@ A transfer uses one connection per stream it names (progress, credentials, data)
 served by a thread, and the Transfer call on its own: nothing blocks on another stream.
 Progress shows per-layer bars like nerdctl's on a terminal, one line per finished blob
 otherwise. `--user` answers the daemon's credential requests for the reference's own host
-only (never a mirror's or a token realm's). Light imports: no asyncio.
+only (never a mirror's or a token realm's). Light imports: no asyncio, no protobuf (messages
+through moorage.cli.wire, by the field numbers of containerd's .proto files, named where
+each message is built or read).
 """
 
 from __future__ import annotations
@@ -24,19 +26,67 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
 
 from moorage import errdefs
 from moorage.cli.context import EXIT, CliContext, Usage, human_size, pairs
+from moorage.cli.wire import Fields, Msg, any_of
+from ttrpc.lighttyping import NamedTuple
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ttrpc.blocking import Client
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    from moorage.cli.wire import Value
+    from ttrpc.blocking import BlockingStream, Client
+
+    Stream = BlockingStream[Msg, Fields]
 
 USAGE = __doc__.split("\n\n")[1] if __doc__ else ""
+NONE, CREDENTIALS = 0, 1  # registry.proto AuthType
 IMAGES = "containerd.services.images.v1.Images"
 TRANSFER = "containerd.services.transfer.v1.Transfer"
 STREAMING = "containerd.services.streaming.v1.Streaming"
+CONTENT = "containerd.services.content.v1.Content"
+TYPES = "containerd.types.transfer."
+
+
+class Descriptor(NamedTuple):
+    """A containerd.types.Descriptor {media_type=1, digest=2, size=3}."""
+
+    media_type: str
+    digest: str
+    size: int
+
+    @classmethod
+    def read(cls, f: Fields) -> Descriptor:
+        return cls(f.text(1), f.text(2), f.int64(3))
+
+
+class ProgressEvent(NamedTuple):
+    """A containerd.types.transfer.Progress {event=1, name=2, progress=4, total=5, desc=6}."""
+
+    event: str
+    name: str
+    progress: int
+    total: int
+    desc: Descriptor
+
+    @classmethod
+    def read(cls, f: Fields) -> ProgressEvent:
+        return cls(f.text(1), f.text(2), f.int64(4), f.int64(5), Descriptor.read(f.msg(6)))
+
+
+class Image(NamedTuple):
+    """An images.v1 Image {name=1, labels=2, target=3 Descriptor}."""
+
+    name: str
+    labels: dict[str, str]
+    target: Descriptor
+
+    @classmethod
+    def read(cls, f: Fields) -> Image:
+        return cls(f.text(1), f.pairs(2), Descriptor.read(f.msg(3)))
 
 
 class Args:
@@ -69,24 +119,20 @@ class Args:
         return v[-1] if v else default
 
 
-def _platforms(values: Sequence[str]) -> list[Any]:
-    from moorage.api.containerd.types import platform_pb2
+def _platforms(values: Sequence[str]) -> list[Msg]:
+    """containerd.types.Platform {os=1, architecture=2, variant=3} of each value, else the host's."""
     from .oci import host_platform, parse_platform
     ps = [parse_platform(v) for v in values] or [host_platform()]
-    return [platform_pb2.Platform(os=p.os, architecture=p.architecture, variant=p.variant) for p in ps]
+    return [Msg({1: p.os, 2: p.architecture, 3: p.variant}) for p in ps]
 
 
 def _stream_id(prefix: str) -> str:
     return f"{prefix}-{time.time_ns()}-{base64.urlsafe_b64encode(os.urandom(6)).decode()}"
 
 
-def _pack(msg: Any) -> Any:
-    from google.protobuf import any_pb2
-    return any_pb2.Any(type_url=msg.DESCRIPTOR.full_name, value=msg.SerializeToString())
-
-
-def _type(a: Any) -> str:
-    return str(a.type_url).rsplit("/", 1)[-1]
+def _type(a: Fields) -> str:
+    """The type name of a google.protobuf.Any {type_url=1, value=2}."""
+    return a.text(1).rsplit("/", 1)[-1]
 
 
 class Progress:
@@ -104,7 +150,7 @@ class Progress:
         self.lock = threading.Lock()
         self.total = 0
 
-    def event(self, ev: Any) -> None:
+    def event(self, ev: ProgressEvent) -> None:
         with self.lock:
             name = ev.name
             if ev.event.startswith(("Resolving", "Pulling", "Completed", "fetching", "Pushed")):
@@ -179,13 +225,10 @@ class Transfer:
         self.clients.append(c)
         return c
 
-    def open(self, prefix: str, body: Callable[[Any], None]) -> str:
-        from google.protobuf import any_pb2
-
-        from moorage.api.containerd.services.streaming.v1 import streaming_pb2
+    def open(self, prefix: str, body: Callable[[Stream], None]) -> str:
         sid = _stream_id(prefix)
-        s = self._client().stream(STREAMING, "Stream", any_pb2.Any, None, self.ctx.metadata())
-        s.send(_pack(streaming_pb2.StreamInit(id=sid)))
+        s: Stream = self._client().stream(STREAMING, "Stream", Fields, None, self.ctx.metadata())
+        s.send(any_of("containerd.services.streaming.v1.StreamInit", {1: sid}))  # StreamInit{id=1}
         if s.recv() is None:
             raise errdefs.Unavailable("stream closed before its ack")
 
@@ -199,10 +242,10 @@ class Transfer:
         self.threads.append(t)
         return sid
 
-    def run(self, src: Any, dst: Any, progress_stream: str = "") -> None:
-        from moorage.api.containerd.services.transfer.v1 import transfer_pb2 as tpb
-        req = tpb.TransferRequest(source=_pack(src), destination=_pack(dst),
-                                  options=tpb.TransferOptions(progress_stream=progress_stream))
+    def run(self, src: Msg, dst: Msg, progress_stream: str = "") -> None:
+        """Transfer ``src`` to ``dst`` (each an Any, see :func:`any_of`)."""
+        # TransferRequest{source=1, destination=2, options=3 TransferOptions{progress_stream=1}}
+        req = Msg({1: src, 2: dst, 3: Msg({1: progress_stream})})
         try:
             self._client().unary_raw(TRANSFER, "Transfer", req.SerializeToString(), metadata=self.ctx.metadata())
             for t in self.threads:
@@ -214,28 +257,24 @@ class Transfer:
                 c.close()
 
 
-def progress_loop(p: Progress) -> Callable[[Any], None]:
-    def body(s: Any) -> None:
-        from moorage.api.containerd.types.transfer import progress_pb2
+def progress_loop(p: Progress) -> Callable[[Stream], None]:
+    def body(s: Stream) -> None:
         for a in s:
-            if _type(a) == "containerd.types.transfer.Progress":
-                m = progress_pb2.Progress()
-                m.ParseFromString(a.value)
-                p.event(m)
+            if _type(a) == TYPES + "Progress":
+                p.event(ProgressEvent.read(a.msg(2)))
     return body
 
 
-def auth_loop(host: str, user: str, secret: str) -> Callable[[Any], None]:
-    def body(s: Any) -> None:
-        from moorage.api.containerd.types.transfer import registry_pb2
+def auth_loop(host: str, user: str, secret: str) -> Callable[[Stream], None]:
+    def body(s: Stream) -> None:
         for a in s:
-            req = registry_pb2.AuthRequest()
-            req.ParseFromString(a.value)
-            if req.host == host or (host == "docker.io" and req.host == "registry-1.docker.io"):
-                resp = registry_pb2.AuthResponse(authType=registry_pb2.CREDENTIALS, username=user, secret=secret)
+            req_host = a.msg(2).text(1)  # AuthRequest{host=1}
+            resp: dict[int, Value]
+            if req_host == host or (host == "docker.io" and req_host == "registry-1.docker.io"):
+                resp = {1: CREDENTIALS, 2: secret, 3: user}  # AuthResponse{authType=1, secret=2, username=3}
             else:
-                resp = registry_pb2.AuthResponse(authType=registry_pb2.NONE)
-            s.send(_pack(resp))
+                resp = {1: NONE}
+            s.send(any_of(TYPES + "AuthResponse", resp))
     return body
 
 
@@ -246,18 +285,27 @@ def _user(value: str) -> tuple[str, str]:
     return user, secret
 
 
-def _resolver(args: Args, ref_host: str, t: Transfer) -> Any:
-    from moorage.api.containerd.types.transfer import registry_pb2
-    r = registry_pb2.RegistryResolver(host_dir=args.one("--hosts-dir"),
-                                      default_scheme="http" if "--plain-http" in args.flags else "")
+def _registry(ref: str, args: Args, ref_host: str, t: Transfer) -> Msg:
+    """OCIRegistry{reference=1, resolver=2 RegistryResolver{auth_stream=1, host_dir=3,
+    default_scheme=4}} as an Any."""
+    auth_stream = ""
     if args.one("--user"):
         user, secret = _user(args.one("--user"))
-        r.auth_stream = t.open("creds", auth_loop(ref_host, user, secret))
-    return r
+        auth_stream = t.open("creds", auth_loop(ref_host, user, secret))
+    resolver = Msg({1: auth_stream, 3: args.one("--hosts-dir"),
+                    4: "http" if "--plain-http" in args.flags else ""})
+    return any_of(TYPES + "OCIRegistry", {1: ref, 2: resolver})
+
+
+def _image_store(name: str, labels: dict[str, str] | None = None, platforms: Sequence[Msg] = (),
+                 unpacks: Sequence[Msg] = (), snapshotter: str = "") -> Msg:
+    """ImageStore{name=1, labels=2, platforms=3, unpacks=10 UnpackConfiguration{platform=1,
+    snapshotter=2}} as an Any."""
+    return any_of(TYPES + "ImageStore", {1: name, 2: labels or {}, 3: list(platforms),
+                                         10: [Msg({1: pl, 2: snapshotter}) for pl in unpacks]})
 
 
 def cmd_pull(args: Args, ctx: CliContext) -> int:
-    from moorage.api.containerd.types.transfer import imagestore_pb2, registry_pb2
     from .reference import parse
     if len(args.pos) != 1:
         raise Usage(USAGE)
@@ -265,13 +313,12 @@ def cmd_pull(args: Args, ctx: CliContext) -> int:
     t = Transfer(ctx)
     p = Progress(str(ref), quiet=ctx.json)
     sid = t.open("progress", progress_loop(p))
-    src = registry_pb2.OCIRegistry(reference=str(ref), resolver=_resolver(args, ref.host, t))
-    dst = imagestore_pb2.ImageStore(name=str(ref), labels=pairs(args.opts.get("--label", [])))
+    src = _registry(str(ref), args, ref.host, t)
     platforms = [] if "--all-platforms" in args.flags else _platforms(args.opts.get("--platform", []))
-    dst.platforms.extend(platforms)
+    unpacks: list[Msg] = []
     if "--no-unpack" not in args.flags:
-        for pl in (platforms or _platforms([]))[:1] if "--all-platforms" in args.flags else platforms:
-            dst.unpacks.append(imagestore_pb2.UnpackConfiguration(platform=pl, snapshotter=args.one("--snapshotter")))
+        unpacks = (platforms or _platforms([]))[:1] if "--all-platforms" in args.flags else platforms
+    dst = _image_store(str(ref), pairs(args.opts.get("--label", [])), platforms, unpacks, args.one("--snapshotter"))
     t.run(src, dst, sid)
     p.draw(final=True)
     if ctx.json:
@@ -280,7 +327,6 @@ def cmd_pull(args: Args, ctx: CliContext) -> int:
 
 
 def cmd_push(args: Args, ctx: CliContext) -> int:
-    from moorage.api.containerd.types.transfer import imagestore_pb2, registry_pb2
     from .reference import parse
     if len(args.pos) not in (1, 2):
         raise Usage(USAGE)
@@ -289,30 +335,25 @@ def cmd_push(args: Args, ctx: CliContext) -> int:
     t = Transfer(ctx)
     p = Progress(str(ref), quiet=ctx.json)
     sid = t.open("progress", progress_loop(p))
-    src = imagestore_pb2.ImageStore(name=local)
-    if args.opts.get("--platform"):
-        src.platforms.extend(_platforms(args.opts["--platform"]))
-    dst = registry_pb2.OCIRegistry(reference=str(ref), resolver=_resolver(args, ref.host, t))
+    src = _image_store(local, platforms=_platforms(args.opts["--platform"]) if args.opts.get("--platform") else ())
+    dst = _registry(str(ref), args, ref.host, t)
     t.run(src, dst, sid)
     p.draw(final=True)
     return EXIT["ok"]
 
 
-def _list(ctx: CliContext, filters: Sequence[str]) -> list[Any]:
-    from moorage.api.containerd.services.images.v1 import images_pb2 as ipb
-    resp = ctx.connect().unary(IMAGES, "List", ipb.ListImagesRequest(filters=list(filters)),
-                               ipb.ListImagesResponse, metadata=ctx.metadata())
-    return list(resp.images)
+def _list(ctx: CliContext, filters: Sequence[str]) -> list[Image]:
+    # ListImagesRequest{filters=1} -> ListImagesResponse{images=1}
+    resp = ctx.connect().unary(IMAGES, "List", Msg({1: list(filters)}), Fields, metadata=ctx.metadata())
+    return [Image.read(i) for i in resp.msgs(1)]
 
 
 def _read_doc(ctx: CliContext, digest: str, limit: int = 4 << 20) -> bytes | None:
-    from moorage.api.containerd.services.content.v1 import content_pb2 as cpb
     buf = bytearray()
     try:
-        for r in ctx.connect().server_stream("containerd.services.content.v1.Content", "Read",
-                                             cpb.ReadContentRequest(digest=digest), cpb.ReadContentResponse,
-                                             metadata=ctx.metadata()):
-            buf += r.data
+        # ReadContentRequest{digest=1} -> stream of ReadContentResponse{data=2}
+        for r in ctx.connect().server_stream(CONTENT, "Read", Msg({1: digest}), Fields, metadata=ctx.metadata()):
+            buf += r.blob(2)
             if len(buf) > limit:
                 return None
     except errdefs.Error:
@@ -349,7 +390,7 @@ def cmd_images(args: Args, ctx: CliContext) -> int:
             print(i.name)
     elif ctx.json:
         ctx.emit_json([{"name": i.name, "target": {"mediaType": i.target.media_type, "digest": i.target.digest,
-                                                    "size": i.target.size}, "labels": dict(i.labels)} for i in imgs])
+                                                    "size": i.target.size}, "labels": i.labels} for i in imgs])
     else:
         rows = []
         for i in imgs:
@@ -361,21 +402,21 @@ def cmd_images(args: Args, ctx: CliContext) -> int:
 
 
 def cmd_rmi(args: Args, ctx: CliContext) -> int:
-    from moorage.api.containerd.services.images.v1 import images_pb2 as ipb
     if not args.pos:
         raise Usage(USAGE)
     code = EXIT["ok"]
     sync = "--sync" in args.flags
     for name in args.pos:
         try:
-            ctx.connect().unary_raw(IMAGES, "Delete", ipb.DeleteImageRequest(name=name, sync=sync).SerializeToString(),
+            # DeleteImageRequest{name=1, sync=2}
+            ctx.connect().unary_raw(IMAGES, "Delete", Msg({1: name, 2: sync}).SerializeToString(),
                                     metadata=ctx.metadata())
             print(name)
         except errdefs.NotFound:
             try:
                 from .reference import parse
                 full = str(parse(name))
-                ctx.connect().unary_raw(IMAGES, "Delete", ipb.DeleteImageRequest(name=full, sync=sync).SerializeToString(),
+                ctx.connect().unary_raw(IMAGES, "Delete", Msg({1: full, 2: sync}).SerializeToString(),
                                         metadata=ctx.metadata())
                 print(full)
             except errdefs.Error as exc:
@@ -384,12 +425,11 @@ def cmd_rmi(args: Args, ctx: CliContext) -> int:
 
 
 def cmd_tag(args: Args, ctx: CliContext) -> int:
-    from moorage.api.containerd.types.transfer import imagestore_pb2
     if len(args.pos) < 2:
         raise Usage(USAGE)
     src = _resolve_name(ctx, args.pos[0])
     for target in args.pos[1:]:
-        Transfer(ctx).run(imagestore_pb2.ImageStore(name=src), imagestore_pb2.ImageStore(name=target))
+        Transfer(ctx).run(_image_store(src), _image_store(target))
         print(target)
     return EXIT["ok"]
 
@@ -410,26 +450,22 @@ def _quote(s: str) -> str:
 
 
 def cmd_import(args: Args, ctx: CliContext) -> int:
-    from moorage.api.containerd.types.transfer import imagestore_pb2, importexport_pb2
-    from moorage.api.containerd.types.transfer import streaming_pb2 as data_pb2
     if len(args.pos) != 1:
         raise Usage(USAGE)
     f = sys.stdin.buffer if args.pos[0] == "-" else open(args.pos[0], "rb")  # noqa: SIM115
 
-    def send(s: Any) -> None:
+    def send(s: Stream) -> None:
         window = 0
         for a in s:
-            if _type(a) != "containerd.types.transfer.WindowUpdate":
+            if _type(a) != TYPES + "WindowUpdate":
                 continue
-            u = data_pb2.WindowUpdate()
-            u.ParseFromString(a.value)
-            window += u.update
+            window += a.msg(2).int64(1)  # WindowUpdate{update=1}
             while window > 0:
                 chunk = f.read(min(window, 32 << 10))
                 if not chunk:
                     s.close_send()
                     return
-                s.send(_pack(data_pb2.Data(data=chunk)))
+                s.send(any_of(TYPES + "Data", {1: chunk}))  # Data{data=1}
                 window -= len(chunk)
 
     try:
@@ -437,11 +473,11 @@ def cmd_import(args: Args, ctx: CliContext) -> int:
         p = Progress("import", quiet=ctx.json)
         sid = t.open("progress", progress_loop(p))
         data_sid = t.open("import", send)
-        dst = imagestore_pb2.ImageStore(name=args.one("--base-name"))
-        if "--no-unpack" not in args.flags:
-            for pl in _platforms(args.opts.get("--platform", []))[:1]:
-                dst.unpacks.append(imagestore_pb2.UnpackConfiguration(platform=pl, snapshotter=args.one("--snapshotter")))
-        t.run(importexport_pb2.ImageImportStream(stream=data_sid, media_type="application/x-tar"), dst, sid)
+        unpacks = [] if "--no-unpack" in args.flags else _platforms(args.opts.get("--platform", []))[:1]
+        dst = _image_store(args.one("--base-name"), unpacks=unpacks, snapshotter=args.one("--snapshotter"))
+        # ImageImportStream{stream=1, media_type=2}
+        src = any_of(TYPES + "ImageImportStream", {1: data_sid, 2: "application/x-tar"})
+        t.run(src, dst, sid)
         p.draw(final=True)
     finally:
         if f is not sys.stdin.buffer:
@@ -450,31 +486,28 @@ def cmd_import(args: Args, ctx: CliContext) -> int:
 
 
 def cmd_export(args: Args, ctx: CliContext) -> int:
-    from moorage.api.containerd.types.transfer import imagestore_pb2, importexport_pb2
-    from moorage.api.containerd.types.transfer import streaming_pb2 as data_pb2
     if len(args.pos) < 2:
         raise Usage(USAGE)
     names = [_resolve_name(ctx, n) for n in args.pos[1:]]
     out = sys.stdout.buffer if args.pos[0] == "-" else open(args.pos[0] + ".partial", "wb")  # noqa: SIM115
 
-    def recv(s: Any) -> None:
-        s.send(_pack(data_pb2.WindowUpdate(update=64 << 10)))
+    def recv(s: Stream) -> None:
+        s.send(any_of(TYPES + "WindowUpdate", {1: 64 << 10}))  # WindowUpdate{update=1}
         for a in s:
-            if _type(a) != "containerd.types.transfer.Data":
+            if _type(a) != TYPES + "Data":
                 continue
-            d = data_pb2.Data()
-            d.ParseFromString(a.value)
-            out.write(d.data)
-            s.send(_pack(data_pb2.WindowUpdate(update=len(d.data))))
+            data = a.msg(2).blob(1)  # Data{data=1}
+            out.write(data)
+            s.send(any_of(TYPES + "WindowUpdate", {1: len(data)}))
 
     ok = False
     try:
         t = Transfer(ctx)
         sid = t.open("export", recv)
-        exp = importexport_pb2.ImageExportStream(stream=sid, all_platforms="--all-platforms" in args.flags)
-        if args.opts.get("--platform"):
-            exp.platforms.extend(_platforms(args.opts["--platform"]))
-        t.run(imagestore_pb2.ImageStore(name=",".join(names)), exp)
+        # ImageExportStream{stream=1, platforms=3, all_platforms=4}
+        platforms = _platforms(args.opts["--platform"]) if args.opts.get("--platform") else []
+        exp = any_of(TYPES + "ImageExportStream", {1: sid, 3: platforms, 4: "--all-platforms" in args.flags})
+        t.run(_image_store(",".join(names)), exp)
         ok = True
     finally:
         if out is not sys.stdout.buffer:

@@ -49,6 +49,19 @@ def test_the_client_path_imports_nothing_costly() -> None:
     assert not {m for m in loaded if m in COSTLY or m.split(".")[0] in COSTLY}
 
 
+# The other commands' modules (images, pull, push, tag, rmi, import, export; content;
+# snapshots; events; leases; gc): messages through moorage.cli.wire, never protobuf.
+PROTOBUF_FREE = ("moorage.services.transfer.cli", "moorage.services.content.cli", "moorage.services.content.writes",
+                 "moorage.services.snapshots.cli", "moorage.cli.events", "moorage.cli.leases", "moorage.cli.gc")
+
+
+@pytest.mark.parametrize("module", PROTOBUF_FREE)
+def test_the_other_commands_import_no_protobuf(module: str) -> None:
+    loaded = loaded_after(f"import {module}")
+    assert module in loaded
+    assert not {m for m in loaded if m.split(".")[0] in ("google", "asyncio", "uvloop") or m.endswith("_pb2")}
+
+
 # ---- ttrpc.lighttyping.NamedTuple: as typing.NamedTuple ----------------------------------
 
 class Light(NamedTuple):
