@@ -148,9 +148,9 @@ class CliContext:
     # output -----------------------------------------------------------------------
 
     def emit_json(self, value: Any) -> None:
-        import json as _json
+        from moorage.jsoncodec import dumps  # json's own package: ~5 ms of a --json command
 
-        sys.stdout.write(_json.dumps(value, indent=None, sort_keys=False, default=str) + "\n")
+        sys.stdout.write(dumps(value, default=str) + "\n")
 
     def table(self, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         """Print aligned columns with an upper-case header, like ctr."""
