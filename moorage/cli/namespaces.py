@@ -4,20 +4,21 @@
     moor namespaces create NAME [KEY=VALUE...]
     moor namespaces rm NAME...
     moor namespaces label NAME [KEY=VALUE | KEY=]...   (an empty value removes the label)
+
+Messages go through moorage.cli.wire (namespace.proto's field numbers, named where each is
+built or read): no protobuf.
 """
 
 from __future__ import annotations
 
-
 from moorage.cli.context import EXIT, CliContext, Usage, labels_text, pairs
+from moorage.cli.wire import Fields, Msg
 
 SERVICE = "containerd.services.namespaces.v1.Namespaces"
 USAGE = "usage: moor namespaces ls [-q] | create NAME [K=V...] | rm NAME... | label NAME [K=V|K=]..."
 
 
 def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
-    from moorage.api.containerd.services.namespaces.v1 import namespace_pb2 as pb
-
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return EXIT["ok"] if argv else EXIT["usage"]
@@ -25,40 +26,37 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
     client = ctx.connect()
     md = ctx.metadata()
 
-    def call(method: str, req: object, resp_type: type) -> object:
-        return client.unary(SERVICE, method, req, resp_type, timeout=ctx.timeout, metadata=md)
+    def call(method: str, req: Msg) -> Fields:
+        return client.unary(SERVICE, method, req, Fields, timeout=ctx.timeout, metadata=md)
 
+    # Namespace{name=1, labels=2}
     if action in ("ls", "list"):
         quiet = "-q" in args or "--quiet" in args
-        resp = call("List", pb.ListNamespacesRequest(), pb.ListNamespacesResponse)
-        assert isinstance(resp, pb.ListNamespacesResponse)
-        items = sorted(resp.namespaces, key=lambda n: n.name)
+        # ListNamespacesRequest{} -> ListNamespacesResponse{namespaces=1}
+        items = sorted(((n.text(1), n.pairs(2)) for n in call("List", Msg({})).msgs(1)), key=lambda n: n[0])
         if ctx.json:
-            ctx.emit_json([{"name": n.name, "labels": dict(n.labels)} for n in items])
+            ctx.emit_json([{"name": name, "labels": labels} for name, labels in items])
         elif quiet:
-            for n in items:
-                print(n.name)
+            for name, _ in items:
+                print(name)
         else:
-            ctx.table(["name", "labels"], [(n.name, labels_text(n.labels)) for n in items])
+            ctx.table(["name", "labels"], [(name, labels_text(labels)) for name, labels in items])
         return EXIT["ok"]
     if action == "create":
         if not args:
             raise Usage("namespaces create NAME [KEY=VALUE...]")
-        ns = pb.Namespace(name=args[0], labels=pairs(args[1:]))
-        resp = call("Create", pb.CreateNamespaceRequest(namespace=ns), pb.CreateNamespaceResponse)
+        # CreateNamespaceRequest{namespace=1} -> CreateNamespaceResponse{namespace=1}
+        ns = call("Create", Msg({1: Msg({1: args[0], 2: pairs(args[1:])})})).msg(1)
         if ctx.json:
-            assert isinstance(resp, pb.CreateNamespaceResponse)
-            ctx.emit_json({"name": resp.namespace.name, "labels": dict(resp.namespace.labels)})
+            ctx.emit_json({"name": ns.text(1), "labels": ns.pairs(2)})
         return EXIT["ok"]
     if action in ("rm", "remove", "delete"):
         if not args:
             raise Usage("namespaces rm NAME...")
-        from google.protobuf import empty_pb2
-
         rc = EXIT["ok"]
         for name in args:
             try:
-                call("Delete", pb.DeleteNamespaceRequest(name=name), empty_pb2.Empty)
+                call("Delete", Msg({1: name}))  # DeleteNamespaceRequest{name=1}
                 if not ctx.json:
                     print(name)
             except Exception as exc:  # noqa: BLE001 - report each name, keep going
@@ -67,19 +65,14 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
     if action == "label":
         if not args:
             raise Usage("namespaces label NAME [KEY=VALUE | KEY=]...")
-        from google.protobuf import field_mask_pb2
-
         labels = pairs(args[1:])
         paths = [f"labels.{k}" for k in labels] or ["labels"]
-        req = pb.UpdateNamespaceRequest(
-            namespace=pb.Namespace(name=args[0], labels={k: v for k, v in labels.items() if v}),
-            update_mask=field_mask_pb2.FieldMask(paths=paths),
-        )
-        resp = call("Update", req, pb.UpdateNamespaceResponse)
-        assert isinstance(resp, pb.UpdateNamespaceResponse)
+        # UpdateNamespaceRequest{namespace=1, update_mask=2 FieldMask{paths=1}} -> {namespace=1}
+        update = Msg({1: Msg({1: args[0], 2: {k: v for k, v in labels.items() if v}}), 2: Msg({1: paths})})
+        updated = call("Update", update).msg(1)
         if ctx.json:
-            ctx.emit_json({"name": resp.namespace.name, "labels": dict(resp.namespace.labels)})
+            ctx.emit_json({"name": updated.text(1), "labels": updated.pairs(2)})
         else:
-            print(f"{resp.namespace.name}\t{labels_text(resp.namespace.labels)}")
+            print(f"{updated.text(1)}\t{labels_text(updated.pairs(2))}")
         return EXIT["ok"]
     raise Usage(f"unknown action {action!r}; {USAGE}")

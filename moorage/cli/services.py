@@ -4,7 +4,7 @@ health and the round-trip time the proxy measured to it just now.
 Data comes from containerd.services.introspection.v1 Plugins: one Plugin per service, type
 ``io.moorage.service.v1``, id = the ttrpc service name, exports ``process``, ``replicas``,
 ``healthy`` and ``rtt_us`` (see moorage.proxy.introspection). The first row is the proxy
-itself, with moor's own round trip to it.
+itself, with moor's own round trip to it. Messages go through moorage.cli.wire: no protobuf.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 from moorage.cli.context import EXIT, CliContext
+from moorage.cli.wire import Fields, Msg
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,30 +23,29 @@ PLUGIN_TYPE = "io.moorage.service.v1"
 
 
 def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
-    from moorage.api.containerd.services.introspection.v1 import introspection_pb2 as pb
-
     client = ctx.connect()
     start = time.perf_counter()
-    resp = client.unary(SERVICE, "Plugins", pb.PluginsRequest(filters=[f"type=={PLUGIN_TYPE}"]),
-                        pb.PluginsResponse, timeout=ctx.timeout, metadata=ctx.metadata())
+    # PluginsRequest{filters=1} -> PluginsResponse{plugins=1 Plugin{type=1, id=2, exports=5,
+    # init_err=7 google.rpc.Status{message=2}}}
+    resp = client.unary(SERVICE, "Plugins", Msg({1: [f"type=={PLUGIN_TYPE}"]}), Fields, timeout=ctx.timeout,
+                        metadata=ctx.metadata())
     total_us = (time.perf_counter() - start) * 1e6
-    assert isinstance(resp, pb.PluginsResponse)
     rows: list[dict[str, Any]] = []
-    for p in resp.plugins:
-        if p.type != PLUGIN_TYPE:
+    for p in resp.msgs(1):
+        if p.text(1) != PLUGIN_TYPE:
             continue
-        ex = dict(p.exports)
+        ex = p.pairs(5)
         replicas = int(ex.get("replicas", "0"))
         healthy = int(ex.get("healthy", "0"))
         rtt = ex.get("rtt_us", "")
         rows.append({
-            "service": p.id,
+            "service": p.text(2),
             "process": ex.get("process", ""),
             "replicas": replicas,
             "healthy": healthy,
             "health": "ok" if healthy == replicas and replicas else ("down" if healthy == 0 else "degraded"),
             "rtt_us": float(rtt) if rtt else None,
-            "error": p.init_err.message if p.HasField("init_err") else "",
+            "error": p.msg(7).text(2) if p.has(7) else "",
         })
     if ctx.json:
         ctx.emit_json({"address": ctx.address, "call_us": round(total_us, 1), "services": rows})

@@ -79,7 +79,8 @@ def test_bad_input_exit_codes(s: Any) -> None:
 
 @pytest.mark.parametrize("argv", [["content", "ls", "-q"], ["content", "ingest", "imports"], ["content", "active"],
                                   ["content", "label", "sha256:" + "0" * 64], ["leases", "ls"], ["images", "ls"],
-                                  ["snapshots", "ls"]])
+                                  ["snapshots", "ls"], ["namespaces", "ls"], ["namespaces", "label", "cli", "a=1"],
+                                  ["services"]])
 def test_cli_imports_no_asyncio_nor_protobuf(s: Any, argv: list[str]) -> None:
     """Each command's whole run (request built, reply read), not only its module's import."""
     code = (

@@ -50,11 +50,12 @@ def test_the_client_path_imports_nothing_costly() -> None:
 
 
 # The other commands' modules (images, pull, push, tag, rmi, import, export; content;
-# snapshots; events; leases; gc): messages through moorage.cli.wire, never protobuf, and
-# nothing else costly until a command needs it (tests/content/test_cli.py runs them whole).
+# snapshots; events; leases; namespaces; services; gc): messages through moorage.cli.wire,
+# never protobuf, and nothing else costly until a command needs it (tests/content/test_cli.py
+# runs them whole).
 COMMAND_MODULES = ("moorage.services.transfer.cli", "moorage.services.content.cli",
                    "moorage.services.content.writes", "moorage.services.snapshots.cli", "moorage.cli.events",
-                   "moorage.cli.leases", "moorage.cli.gc")
+                   "moorage.cli.leases", "moorage.cli.namespaces", "moorage.cli.services", "moorage.cli.gc")
 
 
 @pytest.mark.parametrize("module", COMMAND_MODULES)
