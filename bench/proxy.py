@@ -7,7 +7,9 @@ slow moments fall on every path alike), p50/p99 of each path, and the p50 the pr
 <= 30 µs).
 Throughput: 64 callers multiplexed on one connection for a few seconds per path, req/s of
 each and the ratio (goal >= 0.8x direct). Paths alternate over several rounds; medians are
-reported, with the load average before and after (the machine is shared).
+reported, with the load average before and after (the machine is shared), and what the proxy
+added in each round: this host's speed drifts from minute to minute (the direct call's p50
+moves between about 90 and 135 µs, and every hop's cost with it), so one median hides it.
 
 Two more paths are references for the latency: ``floor``, the least a user-space hop can do
 (bench/hopfloor.c, built here with cc: one thread, epoll, read and write, each client with its
@@ -141,7 +143,7 @@ async def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=5000)
     ap.add_argument("--seconds", type=float, default=1.5)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--callers", type=int, default=64)
     ap.add_argument("--loop", default=os.environ.get("MOORAGE_TEST_LOOP", "uvloop"))
     ap.add_argument("--pin", choices=["none", "same", "split"], default="same",
@@ -180,6 +182,11 @@ async def main() -> int:
         lat: dict[str, list[tuple[float, float]]] = {k: [] for k in paths}
         rps: dict[str, list[float]] = {k: [] for k in paths}
         seq_cpu: dict[str, list[float]] = {k: [] for k in paths}
+
+        def added_in(r: int) -> float:
+            """p50 the proxy added in round ``r``."""
+            return lat["proxy"][r][0] - lat["direct"][r][0]
+
         cpu: dict[str, list[float]] = {"proxy": [], "backend": []}
         for r in range(args.rounds):
             before_cpu = {name: cpu_seconds(pid) for name, pid in middle.items()}
@@ -200,7 +207,8 @@ async def main() -> int:
                     cpu["backend"].append((after[1] - before[1]) / calls * 1e6)
             print(
                 f"round {r + 1}: p50 direct {lat['direct'][-1][0]:.1f} µs, floor {lat['floor'][-1][0]:.1f} µs, "
-                f"splice {lat['splice'][-1][0]:.1f} µs, proxy {lat['proxy'][-1][0]:.1f} µs; {args.callers} callers direct {rps['direct'][-1]:.0f} req/s, "
+                f"splice {lat['splice'][-1][0]:.1f} µs, proxy {lat['proxy'][-1][0]:.1f} µs (adds {added_in(r):.1f}, the floor "
+                f"{lat['floor'][-1][0] - lat['direct'][-1][0]:.1f}); {args.callers} callers direct {rps['direct'][-1]:.0f} req/s, "
                 f"proxy {rps['proxy'][-1]:.0f} req/s; load {load()}",
                 flush=True,
             )
@@ -246,6 +254,7 @@ async def main() -> int:
         "p50_floor_us": round(p50["floor"], 1),
         "p50_proxy_us": round(p50["proxy"], 1),
         "p50_added_us": round(added, 1),
+        "p50_added_rounds_us": [round(added_in(r), 1) for r in range(len(lat["proxy"]))],
         "p50_hop_floor_us": round(floor, 1),
         "p50_relay_own_us": round(added - floor, 1),
         "p50_splice_us": round(p50["splice"], 1),
