@@ -5,8 +5,9 @@ proxy serves as configured by default: its C relay (proxy/relay.c) carries these
 Latency: sequential calls, the paths taking turns every 50 calls (so a shared machine's
 slow moments fall on every path alike), p50/p99 of each path, and the p50 the proxy adds (goal
 <= 30 µs).
-Throughput: 64 callers multiplexed on one connection for a few seconds per path, req/s of
-each and the ratio (goal >= 0.8x direct). Paths alternate over several rounds; medians are
+Throughput: 64 callers multiplexed on one connection for a few seconds per path, the two
+paths taking turns every quarter second, req/s of each and their ratio (goal >= 0.8x direct;
+the median of the rounds' ratios). Paths alternate over several rounds; medians are
 reported, with the load average before and after (the machine is shared), and what the proxy
 added in each round: this host's speed drifts from minute to minute (the direct call's p50
 moves between about 90 and 135 µs, and every hop's cost with it), so one median hides it.
@@ -47,6 +48,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from suite import Suite  # noqa: E402
 
 from moorage.rpc import connect  # noqa: E402
+from ttrpc.client import Client  # noqa: E402
 
 SERVICE = "moorage.test.v1.Echo"
 PAYLOAD = b"x" * 64
@@ -108,8 +110,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def throughput(address: str, callers: int, seconds: float) -> tuple[float, int]:
-    client = await connect(address)
+SLICE = 0.25
+"""Seconds a throughput path runs before the other takes its turn (as BLOCK for latency)."""
+
+
+async def throughput_slice(client: Client, callers: int, seconds: float) -> tuple[int, float]:
+    """``callers`` concurrent callers on ``client`` for ``seconds``: (calls done, seconds)."""
     stop = False
     count = 0
 
@@ -119,19 +125,14 @@ async def throughput(address: str, callers: int, seconds: float) -> tuple[float,
             await client.unary_raw(SERVICE, "Echo", PAYLOAD, metadata=MD)
             count += 1
 
-    try:
-        for _ in range(200):
-            await client.unary_raw(SERVICE, "Echo", PAYLOAD, metadata=MD)
-        tasks = [asyncio.ensure_future(caller()) for _ in range(callers)]
-        start = time.perf_counter()
-        await asyncio.sleep(seconds)
-        stop = True
-        done = count
-        elapsed = time.perf_counter() - start
-        await asyncio.gather(*tasks)
-        return done / elapsed, count
-    finally:
-        await client.close()
+    tasks = [asyncio.ensure_future(caller()) for _ in range(callers)]
+    start = time.perf_counter()
+    await asyncio.sleep(seconds)
+    stop = True
+    done = count
+    elapsed = time.perf_counter() - start
+    await asyncio.gather(*tasks)
+    return done, elapsed
 
 
 def pct(values: list[float], q: float) -> float:
@@ -195,21 +196,35 @@ async def main() -> int:
                 served = (args.calls + 200) * (len(paths) if name == "direct" else 1)  # the backend serves every path
                 seq_cpu[name].append((cpu_seconds(middle[name]) - before_cpu[name]) / served * 1e6)
                 lat[name].append((pct(samples[name], 0.5), pct(samples[name], 0.99)))
-            for name, address in paths.items():
-                if name in ("floor", "splice"):
-                    continue
-                before = [cpu_seconds(pid) for pid in servers]
-                rate, calls = await throughput(address, args.callers, args.seconds)
-                rps[name].append(rate)
-                after = [cpu_seconds(pid) for pid in servers]
-                if name == "proxy":
-                    cpu["proxy"].append((after[0] - before[0]) / calls * 1e6)
-                    cpu["backend"].append((after[1] - before[1]) / calls * 1e6)
+            # throughput: direct and proxy take turns every SLICE seconds, each for --seconds in all
+            clients = {name: await connect(paths[name]) for name in ("direct", "proxy")}
+            try:
+                for client in clients.values():
+                    for _ in range(200):
+                        await client.unary_raw(SERVICE, "Echo", PAYLOAD, metadata=MD)
+                done = {name: 0 for name in clients}
+                spent = {name: 0.0 for name in clients}
+                used = [0.0, 0.0]  # proxy's and backend's CPU over the proxy's turns
+                for _ in range(max(1, round(args.seconds / SLICE))):
+                    for name, client in clients.items():
+                        before = [cpu_seconds(pid) for pid in servers]
+                        calls, elapsed = await throughput_slice(client, args.callers, SLICE)
+                        done[name] += calls
+                        spent[name] += elapsed
+                        if name == "proxy":
+                            used = [u + cpu_seconds(pid) - b for u, pid, b in zip(used, servers, before)]
+            finally:
+                for client in clients.values():
+                    await client.close()
+            for name in clients:
+                rps[name].append(done[name] / spent[name])
+            cpu["proxy"].append(used[0] / done["proxy"] * 1e6)
+            cpu["backend"].append(used[1] / done["proxy"] * 1e6)
             print(
                 f"round {r + 1}: p50 direct {lat['direct'][-1][0]:.1f} µs, floor {lat['floor'][-1][0]:.1f} µs, "
                 f"splice {lat['splice'][-1][0]:.1f} µs, proxy {lat['proxy'][-1][0]:.1f} µs (adds {added_in(r):.1f}, the floor "
                 f"{lat['floor'][-1][0] - lat['direct'][-1][0]:.1f}); {args.callers} callers direct {rps['direct'][-1]:.0f} req/s, "
-                f"proxy {rps['proxy'][-1]:.0f} req/s; load {load()}",
+                f"proxy {rps['proxy'][-1]:.0f} req/s ({rps['proxy'][-1] / rps['direct'][-1]:.2f}x); load {load()}",
                 flush=True,
             )
     finally:
@@ -232,7 +247,7 @@ async def main() -> int:
     added = p50["proxy"] - p50["direct"]
     floor = p50["floor"] - p50["direct"]
     cpu_proxy, cpu_backend = med(cpu["proxy"]), med(cpu["backend"])
-    ratio = thr["proxy"] / thr["direct"]
+    ratio = med([p / d for p, d in zip(rps["proxy"], rps["direct"])])
     print(f"load average before/after: {loads[0]} / {loads[1]}; placement {args.pin}")
     print(f"latency p50: direct {p50['direct']:.1f} µs, proxy {p50['proxy']:.1f} µs, added {added:.1f} µs (goal <= 30)")
     print(f"  for reference, added by the floor of a hop (bench/hopfloor.c): {floor:.1f} µs, so the relay's "
