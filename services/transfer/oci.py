@@ -9,15 +9,18 @@ crash).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import platform as _platform
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+import os
 
-from moorage import errdefs
+from moorage import errdefs, jsoncodec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import hashlib
+    from collections.abc import Mapping, Sequence
+    from dataclasses import dataclass, field
+    from typing import Any
+else:  # `moor images ls` sizes images with this module: nothing costly to import (frozen.py)
+    from .frozen import dataclass, field
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -45,7 +48,7 @@ ACCEPT_MANIFESTS = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIF
 MAX_MANIFEST_SIZE = 4 * 1048 * 1048  # containerd's MaxManifestSize, literally
 MAX_JSON_SIZE = 20 << 20  # configs and archive JSON (containerd's importer cap)
 
-_DIGEST_RE = {"sha256": re.compile(r"[a-f0-9]{64}"), "sha512": re.compile(r"[a-f0-9]{128}")}
+_DIGEST_HEX = {"sha256": 64, "sha512": 128}  # lower hex digits: without re (~14 ms to import)
 
 
 def validate_digest(d: object) -> str:
@@ -53,17 +56,20 @@ def validate_digest(d: object) -> str:
     if not isinstance(d, str):
         raise errdefs.InvalidArgument("invalid digest: not a string")
     alg, sep, hexpart = d.partition(":")
-    pat = _DIGEST_RE.get(alg)
-    if not sep or pat is None or pat.fullmatch(hexpart) is None:
+    if not sep or len(hexpart) != _DIGEST_HEX.get(alg) or hexpart.strip("0123456789abcdef"):
         raise errdefs.InvalidArgument(f"invalid digest {d[:80]!r}")
     return d
 
 
 def digest_of(data: bytes, alg: str = "sha256") -> str:
+    import hashlib  # on use: its OpenSSL binding is ~5 ms of `moor images ls`
+
     return f"{alg}:{hashlib.new(alg, data).hexdigest()}"
 
 
 def hasher(d: str) -> hashlib._Hash:
+    import hashlib
+
     return hashlib.new(validate_digest(d).partition(":")[0])
 
 
@@ -71,6 +77,8 @@ def verify_bytes(data: bytes, desc: Descriptor) -> None:
     """DataLoss unless `data` is exactly what `desc` names (size, then digest)."""
     if len(data) != desc.size:
         raise errdefs.DataLoss(f"{desc.digest}: size {len(data)} does not match descriptor size {desc.size}")
+    import hashlib
+
     got = hashlib.new(desc.digest.partition(":")[0], data).hexdigest()
     if desc.digest.partition(":")[2] != got:
         raise errdefs.DataLoss(f"{desc.digest}: content digest does not match (got {desc.digest.partition(':')[0]}:{got})")
@@ -117,7 +125,7 @@ def normalize(p: Platform) -> Platform:
 
 
 def host_platform() -> Platform:
-    arch, variant = _norm_arch(_platform.machine(), "")
+    arch, variant = _norm_arch(os.uname().machine, "")  # platform.machine() on Linux, without re
     return Platform("linux", arch, variant)
 
 
@@ -195,7 +203,7 @@ def load_json(data: bytes, limit: int = MAX_JSON_SIZE) -> dict[str, Any]:
     if len(data) > limit:
         raise errdefs.ResourceExhausted(f"document of {len(data)} bytes exceeds the {limit} byte limit")
     try:
-        obj = json.loads(data)
+        obj = jsoncodec.loads(data)
     except (ValueError, RecursionError) as e:
         raise errdefs.InvalidArgument(f"invalid JSON document: {str(e)[:100]}") from None
     if not isinstance(obj, dict):
@@ -317,6 +325,8 @@ def parse_config(data: bytes) -> ImageConfig:
 
 
 def chain_ids(diff_ids: Sequence[str]) -> list[str]:
+    import hashlib
+
     out: list[str] = []
     for d in diff_ids:
         out.append(d if not out else "sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest())

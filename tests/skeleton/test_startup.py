@@ -52,8 +52,8 @@ def test_the_client_path_imports_nothing_costly() -> None:
 # The other commands' modules (images, pull, push, tag, rmi, import, export; content;
 # snapshots; events; leases; namespaces; services; gc): messages through moorage.cli.wire,
 # never protobuf, and nothing else costly until a command needs it (tests/content/test_cli.py
-# runs them whole).
-COMMAND_MODULES = ("moorage.services.transfer.cli", "moorage.services.content.cli",
+# runs them whole). `images ls` sizes images with transfer.oci's parser (frozen.py, not dataclasses).
+COMMAND_MODULES = ("moorage.services.transfer.cli", "moorage.services.transfer.oci", "moorage.services.content.cli",
                    "moorage.services.content.writes", "moorage.services.snapshots.cli", "moorage.cli.events",
                    "moorage.cli.leases", "moorage.cli.namespaces", "moorage.cli.services", "moorage.cli.gc")
 

@@ -1,0 +1,116 @@
+"""services/transfer/frozen.py's ``dataclass(frozen=True)`` builds what dataclasses builds for
+oci.py's types, and oci.validate_digest (no re) accepts exactly what its regular expressions did."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import pickle
+import re
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from moorage import errdefs
+from moorage.services.transfer import frozen, oci
+
+
+def twins(body: dict[str, Any], annotations: dict[str, str]) -> tuple[type, type]:
+    """The same class body through dataclasses and through frozen.py."""
+    made = []
+    for deco, fld in ((dataclasses.dataclass(frozen=True), dataclasses.field),
+                      (frozen.dataclass(frozen=True), frozen.field)):
+        ns = {k: (fld(default_factory=v.default_factory) if isinstance(v, dataclasses.Field) else v)
+              for k, v in body.items()}
+        made.append(deco(type("Rec", (), {"__annotations__": dict(annotations), "__module__": __name__, **ns})))
+    return made[0], made[1]
+
+
+def test_records_behave_as_frozen_dataclasses() -> None:
+    real, light = twins({"c": "", "d": dataclasses.field(default_factory=dict), "__str__": lambda self: "s"},
+                        {"a": "str", "b": "int", "c": "str", "d": "Mapping[str, str]"})
+    assert str(inspect.signature(real)) == str(inspect.signature(light))
+    for cls in (real, light):
+        r = cls("x", 1)
+        assert repr(r) == "Rec(a='x', b=1, c='', d={})" and str(r) == "s"
+        assert r == cls("x", 1) and r != cls("x", 2) and r != ("x", 1, "", {}) and r.d is not cls("x", 1).d
+        assert cls(a="x", b=1, c="y", d={"k": "v"}).d == {"k": "v"} and cls.c == "" and not hasattr(cls, "d")
+        assert hash(cls("x", 1, "", ())) == hash(("x", 1, "", ()))  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            hash(r)
+        with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'a'"):
+            r.a = "y"
+        with pytest.raises(dataclasses.FrozenInstanceError, match="cannot delete field 'a'"):
+            del r.a
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            r.other = 1
+        with pytest.raises(TypeError):
+            cls("x")
+        assert copy.deepcopy(r) == r and copy.copy(r) == r
+        assert cls.__match_args__ == ("a", "b", "c", "d")
+        match r:
+            case cls(a, b):  # type: ignore[misc]
+                assert (a, b) == ("x", 1)
+
+
+def test_oci_types_match_their_dataclass_twins() -> None:
+    for cls in (oci.Platform, oci.Descriptor, oci.Manifest, oci.Index, oci.ImageConfig):
+        ann = dict(cls.__annotations__)
+        body = {n: getattr(cls, n) for n in ann if n in cls.__dict__}
+        sig = inspect.signature(cls)
+        for n, p in sig.parameters.items():
+            if p.default is not inspect.Parameter.empty and n not in body:
+                body[n] = dataclasses.field(default_factory=dict)
+        real, _ = twins(body, ann)
+        assert str(inspect.signature(real)) == str(sig)
+    p = oci.Platform("linux", "arm", "v7")
+    d = oci.Descriptor(oci.OCI_MANIFEST, "sha256:" + "0" * 64, 1, {"k": "v"}, p, ("u",))
+    assert repr(d) == ("Descriptor(media_type='application/vnd.oci.image.manifest.v1+json', digest='sha256:"
+                       + "0" * 64 + "', size=1, annotations={'k': 'v'}, platform=Platform(os='linux', "
+                       "architecture='arm', variant='v7', os_version=''), urls=('u',))")
+    assert str(p) == "linux/arm/v7" and hash(p) == hash(("linux", "arm", "v7", ""))
+    assert pickle.loads(pickle.dumps(d)) == d and copy.deepcopy(d) == d
+    assert oci.Index(oci.OCI_INDEX, (d,)) == oci.Index(oci.OCI_INDEX, (d,), {})
+
+
+def test_host_platform_is_platform_machines() -> None:
+    import platform
+
+    assert oci.host_platform() == oci.normalize(oci.Platform("linux", platform.machine()))
+
+
+DIGEST_RE = {"sha256": re.compile(r"[a-f0-9]{64}"), "sha512": re.compile(r"[a-f0-9]{128}")}
+
+
+def by_regex(d: str) -> bool:
+    alg, sep, hexpart = d.partition(":")
+    pat = DIGEST_RE.get(alg)
+    return bool(sep) and pat is not None and pat.fullmatch(hexpart) is not None
+
+
+HEXISH = st.text(alphabet="0123456789abcdefABCDEFg\n :٣", min_size=62, max_size=130)
+
+
+@given(st.sampled_from(["sha256", "sha512", "md5", "", "SHA256"]), st.sampled_from([":", "", "::"]),
+       HEXISH | st.text(max_size=140))
+def test_validate_digest_accepts_what_the_regex_accepted(alg: str, sep: str, hexpart: str) -> None:
+    d = alg + sep + hexpart
+    try:
+        ok = oci.validate_digest(d) == d
+    except errdefs.InvalidArgument:
+        ok = False
+    assert ok == by_regex(d)
+
+
+@pytest.mark.parametrize("d", ["sha256:" + "a" * 64, "sha512:" + "0" * 128, "sha256:" + "a" * 63 + "\n",
+                               "sha256:" + "A" * 64, "sha256:" + "a" * 65, "sha512:" + "a" * 64, "sha256:"])
+def test_validate_digest_examples(d: str) -> None:
+    try:
+        ok = oci.validate_digest(d) == d
+    except errdefs.InvalidArgument:
+        ok = False
+    assert ok == by_regex(d)
+
