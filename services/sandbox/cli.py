@@ -8,26 +8,28 @@
     moor sandbox stop [--timeout SECONDS] ID...
     moor sandbox rm [-f] ID...          (-f stops a ready sandbox first)
 
-Blocking client, no asyncio.
+Blocking client, no asyncio nor protobuf: messages go through moorage.cli.wire by the field
+numbers of containerd's sandbox.proto (services/sandbox/v1 and types), named where each is
+built or read.
 """
 
 from __future__ import annotations
 
-import datetime
 import sys
 
 from moorage import errdefs
 from moorage.cli.context import EXIT, CliContext, Usage, labels_text, pairs
 from moorage.cli.flags import Args, Flags
+from moorage.cli.wire import Fields, Msg
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from moorage.api.containerd.services.sandbox.v1.sandbox_ttrpc import ControllerBlockingClient, StoreBlockingClient
-
 DEFAULT_SANDBOXER = "podsandbox"
 DEFAULT_RUNTIME = "io.containerd.runc.v2"
+STORE = "containerd.services.sandbox.v1.Store"
+CONTROLLER = "containerd.services.sandbox.v1.Controller"
 USAGE = "usage: moor sandbox run [OPTIONS] ID | ls [-q] | inspect ID... | stop [--timeout S] ID... | rm [-f] ID..."
 
 
@@ -62,40 +64,42 @@ def _flags(action: str) -> Flags:
 
 
 class _Api:
-    def __init__(self, ctx: CliContext) -> None:
-        from moorage.api.containerd.services.sandbox.v1 import sandbox_pb2
-        from moorage.api.containerd.services.sandbox.v1.sandbox_ttrpc import ControllerBlockingClient, StoreBlockingClient
+    # Sandbox{sandbox_id=1, runtime=2 {name=1}, labels=4, created_at=5, updated_at=6,
+    # extensions=7 map<string, Any{type_url=1, value=2}>, sandboxer=10}
+    # ControllerStatusResponse{pid=2, state=3, info=4, created_at=5, exited_at=6, address=8}
 
-        client = ctx.connect()
-        self.pb = sandbox_pb2
-        self.store: StoreBlockingClient = StoreBlockingClient(client)
-        self.ctl: ControllerBlockingClient = ControllerBlockingClient(client)
+    def __init__(self, ctx: CliContext) -> None:
+        self.client = ctx.connect()
         self.md = ctx.metadata()
         self.timeout = ctx.timeout
 
-    def get(self, sandbox_id: str) -> Any:
-        return self.store.Get(self.pb.StoreGetRequest(sandbox_id=sandbox_id), timeout=self.timeout, metadata=self.md).sandbox
+    def call(self, service: str, method: str, fields: dict[int, Any]) -> Fields:
+        reply: Fields = self.client.unary(service, method, Msg(fields), Fields, timeout=self.timeout, metadata=self.md)
+        return reply
 
-    def status(self, sandbox_id: str, sandboxer: str, verbose: bool = False) -> Any | None:
-        req = self.pb.ControllerStatusRequest(sandbox_id=sandbox_id, sandboxer=sandboxer, verbose=verbose)
-        try:
-            return self.ctl.Status(req, timeout=self.timeout, metadata=self.md)
+    def get(self, sandbox_id: str) -> Fields:
+        return self.call(STORE, "Get", {1: sandbox_id}).msg(1)  # StoreGetRequest{sandbox_id=1} -> {sandbox=1}
+
+    def status(self, sandbox_id: str, sandboxer: str, verbose: bool = False) -> Fields | None:
+        try:  # ControllerStatusRequest{sandbox_id=1, verbose=2, sandboxer=10}
+            return self.call(CONTROLLER, "Status", {1: sandbox_id, 2: verbose, 10: sandboxer})
         except errdefs.NotFound:
             return None
 
 
-def _ts(msg: Any, field: str) -> str:
-    if not msg.HasField(field):
+def _ts(msg: Fields, number: int) -> str:
+    """A Timestamp field {seconds=1, nanos=2} to the second, as Timestamp.ToNanoseconds()
+    through datetime wrote it; "-" when unset."""
+    import datetime
+
+    if not msg.has(number):
         return "-"
-    ns = getattr(msg, field).ToNanoseconds()
+    ts = msg.msg(number)
+    ns = ts.int64(1) * 1_000_000_000 + ts.int64(2)
     return datetime.datetime.fromtimestamp(ns / 1e9, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _run(api: _Api, args: Args, ctx: CliContext) -> int:
-    from google.protobuf import any_pb2
-
-    from moorage.api.containerd.types import sandbox_pb2 as types_pb
-
     from .contract import POD_CONFIG_TYPE, DNSConfig, PodConfig, PortMapping
 
     try:
@@ -104,44 +108,42 @@ def _run(api: _Api, args: Args, ctx: CliContext) -> int:
         raise Usage(str(exc)) from None
     dns = DNSConfig(tuple(args.dns), tuple(args.dns_search), tuple(args.dns_option)) if (args.dns or args.dns_search or args.dns_option) else None
     pod = PodConfig(hostname=args.hostname, dns=dns, port_mappings=ports, host_network=args.host_network)
-    record = types_pb.Sandbox(sandbox_id=args.id, sandboxer=args.sandboxer, labels=pairs(args.label))
-    record.runtime.name = args.runtime
-    pb = api.pb
-    api.store.Create(pb.StoreCreateRequest(sandbox=record), timeout=api.timeout, metadata=api.md)
-    req = pb.ControllerCreateRequest(sandbox_id=args.id, sandboxer=args.sandboxer, sandbox=record)
-    req.options.CopyFrom(any_pb2.Any(type_url=POD_CONFIG_TYPE, value=pod.to_json()))
+    record = Msg({1: args.id, 2: Msg({1: args.runtime}), 4: pairs(args.label), 10: args.sandboxer})
+    api.call(STORE, "Create", {1: record})  # StoreCreateRequest{sandbox=1}
     try:
-        api.ctl.Create(req, timeout=api.timeout, metadata=api.md)
-        start = api.ctl.Start(pb.ControllerStartRequest(sandbox_id=args.id, sandboxer=args.sandboxer), timeout=api.timeout, metadata=api.md)
+        # ControllerCreateRequest{sandbox_id=1, options=3 Any{type_url=1, value=2}, sandbox=6,
+        # sandboxer=10}; ControllerStartRequest{sandbox_id=1, sandboxer=10} -> {pid=2, address=5}
+        api.call(CONTROLLER, "Create", {1: args.id, 3: Msg({1: POD_CONFIG_TYPE, 2: pod.to_json()}), 6: record,
+                                        10: args.sandboxer})
+        start = api.call(CONTROLLER, "Start", {1: args.id, 10: args.sandboxer})
     except errdefs.Error:
         if api.status(args.id, args.sandboxer) is None:  # nothing left to retry: forget the record
-            api.store.Delete(pb.StoreDeleteRequest(sandbox_id=args.id), timeout=api.timeout, metadata=api.md)
+            api.call(STORE, "Delete", {1: args.id})  # StoreDeleteRequest{sandbox_id=1}
         else:
             print(f"moor: sandbox {args.id} kept NotReady; `moor sandbox rm {args.id}` retries its teardown", file=sys.stderr)
         raise
     st = api.status(args.id, args.sandboxer)
-    ips = st.info.get("ips", "") if st is not None else ""
+    ips = st.pairs(4).get("ips", "") if st is not None else ""
     if ctx.json:
-        ctx.emit_json({"id": args.id, "pid": start.pid, "address": start.address, "ips": ips.split(",") if ips else []})
+        ctx.emit_json({"id": args.id, "pid": start.uint(2), "address": start.text(5), "ips": ips.split(",") if ips else []})
     else:
         print(args.id)
     return EXIT["ok"]
 
 
 def _ls(api: _Api, args: Args, ctx: CliContext) -> int:
-    resp = api.store.List(api.pb.StoreListRequest(), timeout=api.timeout, metadata=api.md)
     rows: list[dict[str, Any]] = []
-    for sb in resp.list:
-        st = api.status(sb.sandbox_id, sb.sandboxer) if sb.sandboxer else None
+    for sb in api.call(STORE, "List", {}).msgs(1):  # StoreListRequest{} -> {list=1}
+        st = api.status(sb.text(1), sb.text(10)) if sb.text(10) else None
         rows.append(
             {
-                "id": sb.sandbox_id,
-                "sandboxer": sb.sandboxer,
-                "runtime": sb.runtime.name,
-                "state": st.state if st is not None else "-",
-                "ips": st.info.get("ips", "") if st is not None else "",
-                "created": _ts(sb, "created_at"),
-                "labels": dict(sb.labels),
+                "id": sb.text(1),
+                "sandboxer": sb.text(10),
+                "runtime": sb.msg(2).text(1),
+                "state": st.text(3) if st is not None else "-",
+                "ips": st.pairs(4).get("ips", "") if st is not None else "",
+                "created": _ts(sb, 5),
+                "labels": sb.pairs(4),
             }
         )
     if ctx.json:
@@ -161,25 +163,26 @@ def _inspect(api: _Api, args: Args, ctx: CliContext) -> int:
     out = []
     for sandbox_id in args.ids:
         sb = api.get(sandbox_id)
-        st = api.status(sandbox_id, sb.sandboxer, verbose=True) if sb.sandboxer else None
+        st = api.status(sandbox_id, sb.text(10), verbose=True) if sb.text(10) else None
+        extensions = {e.text(1): e.msg(2) for e in sb.msgs(7)}
         out.append(
             {
-                "id": sb.sandbox_id,
-                "sandboxer": sb.sandboxer,
-                "runtime": {"name": sb.runtime.name},
-                "labels": dict(sb.labels),
-                "extensions": {k: {"type_url": v.type_url, "value": v.value.decode("utf-8", "replace")} for k, v in sb.extensions.items()},
-                "created_at": _ts(sb, "created_at"),
-                "updated_at": _ts(sb, "updated_at"),
+                "id": sb.text(1),
+                "sandboxer": sb.text(10),
+                "runtime": {"name": sb.msg(2).text(1)},
+                "labels": sb.pairs(4),
+                "extensions": {k: {"type_url": v.text(1), "value": v.blob(2).decode("utf-8", "replace")} for k, v in extensions.items()},
+                "created_at": _ts(sb, 5),
+                "updated_at": _ts(sb, 6),
                 "status": None
                 if st is None
                 else {
-                    "state": st.state,
-                    "pid": st.pid,
-                    "info": dict(st.info),
-                    "created_at": _ts(st, "created_at"),
-                    "exited_at": _ts(st, "exited_at"),
-                    "address": st.address,
+                    "state": st.text(3),
+                    "pid": st.uint(2),
+                    "info": st.pairs(4),
+                    "created_at": _ts(st, 5),
+                    "exited_at": _ts(st, 6),
+                    "address": st.text(8),
                 },
             }
         )
@@ -190,22 +193,22 @@ def _inspect(api: _Api, args: Args, ctx: CliContext) -> int:
 def _stop(api: _Api, args: Args, ctx: CliContext) -> int:
     for sandbox_id in args.ids:
         sb = api.get(sandbox_id)
-        req = api.pb.ControllerStopRequest(sandbox_id=sandbox_id, sandboxer=sb.sandboxer, timeout_secs=args.timeout)
-        api.ctl.Stop(req, timeout=api.timeout, metadata=api.md)
+        # ControllerStopRequest{sandbox_id=1, timeout_secs=2, sandboxer=10}
+        api.call(CONTROLLER, "Stop", {1: sandbox_id, 2: args.timeout, 10: sb.text(10)})
         print(sandbox_id)
     return EXIT["ok"]
 
 
 def _rm(api: _Api, args: Args, ctx: CliContext) -> int:
-    pb = api.pb
     for sandbox_id in args.ids:
         sb = api.get(sandbox_id)
-        st = api.status(sandbox_id, sb.sandboxer) if sb.sandboxer else None
+        st = api.status(sandbox_id, sb.text(10)) if sb.text(10) else None
         if st is not None:
-            if st.state == "SANDBOX_READY" and not args.force:
+            if st.text(3) == "SANDBOX_READY" and not args.force:
                 raise errdefs.FailedPrecondition(f"sandbox {sandbox_id} is ready: stop it first or use -f")
-            api.ctl.Shutdown(pb.ControllerShutdownRequest(sandbox_id=sandbox_id, sandboxer=sb.sandboxer), timeout=api.timeout, metadata=api.md)
-        api.store.Delete(pb.StoreDeleteRequest(sandbox_id=sandbox_id), timeout=api.timeout, metadata=api.md)
+            # ControllerShutdownRequest{sandbox_id=1, sandboxer=10}
+            api.call(CONTROLLER, "Shutdown", {1: sandbox_id, 10: sb.text(10)})
+        api.call(STORE, "Delete", {1: sandbox_id})  # StoreDeleteRequest{sandbox_id=1}
         print(sandbox_id)
     return EXIT["ok"]
 

@@ -200,3 +200,18 @@ def shims_of(namespace: str, id: str = "") -> list[int]:
             if alive(int(d)):
                 out.append(int(d))
     return out
+
+
+def read_pty(fd: int, until: bytes = b"") -> bytes:
+    """What the other side of pty ``fd`` writes up to its end (with ``until``: up to the first
+    chunk that completes it)."""
+    out = b""
+    while not (until and until in out):
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out

@@ -18,7 +18,7 @@ import pytest
 
 from suite import Suite
 
-from .helpers import Rt
+from .helpers import Rt, read_pty
 from .test_cli import Env, env  # noqa: F401  (the module-scoped suite with a busybox image)
 
 pytestmark = [pytest.mark.root]
@@ -156,14 +156,7 @@ def test_attach_terminal_from_a_terminal_is_resized(rt: Suite, api: Rt, rootfs: 
         else:
             raise AssertionError(out)
         os.write(fd, b"exit 4\n")
-        while True:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
+        out += read_pty(fd)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 4, out
     finally:

@@ -23,7 +23,7 @@ import pytest
 
 from suite import Suite
 
-from .helpers import shims_of, wait_until
+from .helpers import read_pty, shims_of, wait_until
 from .ociimage import build_archive, import_image
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -48,6 +48,23 @@ class Env:
         wait_until(lambda: shims_of(self.ns) == [], what="no shim left")
         snaps = self.moor("snapshots", "ls").stdout.splitlines()[1:]
         assert all("Committed" in s for s in snaps), snaps
+
+
+def in_terminal(env: Env, rows: int, cols: int, *argv: str, keys: bytes = b"") -> tuple[int, str]:
+    """`moor ARGV` on a pty of ``rows`` x ``cols``; ``keys`` typed at the shell's first prompt
+    (``#``). Its exit code and everything it wrote."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        os.environ.update(env.suite.env())
+        os.execv(sys.executable, [sys.executable, "-m", "moorage.cli.main", "--address",
+                                  env.suite.address, "--namespace", env.ns, *argv])
+    out = read_pty(fd, until=b"#") if keys else b""
+    if keys and b"#" in out:
+        os.write(fd, keys)
+    out += read_pty(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
 
 
 @pytest.fixture(scope="module")
@@ -103,25 +120,8 @@ def test_interactive_stdin(env: Env) -> None:
 
 
 def test_terminal_with_size(env: Env) -> None:
-    pid, fd = pty.fork()
-    if pid == 0:
-        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
-        os.environ.update(env.suite.env())
-        os.execv(sys.executable, [sys.executable, "-m", "moorage.cli.main", "--address",
-                                  env.suite.address, "--namespace", env.ns, "run", "--rm", "-t",
-                                  "busybox", "sh", "-c", "tty; stty size"])
-    out = b""
-    while True:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    _, status = os.waitpid(pid, 0)
-    text = out.decode(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 0, text
+    code, text = in_terminal(env, 33, 101, "run", "--rm", "-t", "busybox", "sh", "-c", "tty; stty size")
+    assert code == 0, text
     assert "/dev/pts/0" in text and "33 101" in text
     env.nothing_left()
 
@@ -250,28 +250,45 @@ def test_task_rootfs_from_the_container_snapshot(env: Env) -> None:
 
 def test_interactive_terminal(env: Env) -> None:
     """`moor run -it`: raw terminal, keystrokes in, screen out, the shell's exit code back."""
-    pid, fd = pty.fork()
-    if pid == 0:
-        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-        os.environ.update(env.suite.env())
-        os.execv(sys.executable, [sys.executable, "-m", "moorage.cli.main", "--address",
-                                  env.suite.address, "--namespace", env.ns, "run", "--rm", "-it",
-                                  "busybox", "sh"])
-    out = b""
-    sent = False
-    while True:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-        if not sent and b"#" in out:  # the shell's prompt: type a line
-            os.write(fd, b"stty size; echo hel''lo; exit 3\r")
-            sent = True
-    _, status = os.waitpid(pid, 0)
-    text = out.decode(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 3, text
+    code, text = in_terminal(env, 40, 120, "run", "--rm", "-it", "busybox", "sh",
+                             keys=b"stty size; echo hel''lo; exit 3\r")
+    assert code == 3, text
     assert "40 120" in text and "hello" in text
     env.nothing_left()
+
+
+def test_exec_in_a_terminal_with_its_size(env: Env) -> None:
+    """`moor exec -it` from a terminal: the process's pty takes our size (ResizePty), keystrokes
+    go in, its exit code comes back."""
+    assert env.moor("run", "-d", "--name", "tty-exec", "busybox", "sleep", "1000").returncode == 0
+    try:
+        code, text = in_terminal(env, 27, 91, "exec", "-it", "tty-exec", "sh", keys=b"tty; stty size; exit 4\r")
+        assert code == 4, text
+        assert "/dev/pts/" in text and "27 91" in text
+    finally:
+        env.moor("rm", "-f", "tty-exec")
+    env.nothing_left()
+
+
+@pytest.mark.parametrize("argv", [
+    ["exec", "np", "echo", "hi"], ["exec", "-i", "np", "cat"], ["exec", "-t", "np", "true"],
+    ["exec", "-d", "np", "true"], ["update", "--memory", "64m", "--cpus", "0.5", "np"], ["top", "np"],
+    ["attach", "--no-stdin", "np-gone"], ["pause", "np"], ["unpause", "np"], ["kill", "-s", "0", "np"],
+    ["run", "--rm", "-t", "busybox", "true"], ["run", "--rm", "-i", "busybox", "cat"],
+    ["run", "--rm", "--sandbox", "nope", "busybox", "true"], ["exec", "nope", "true"]])
+def test_commands_import_no_protobuf_nor_asyncio(env: Env, argv: list[str]) -> None:
+    """Each command's whole run (requests built, replies and errors read), not only its
+    module's import, loads no google.*, *_pb2, asyncio or uvloop."""
+    if env.moor("ps", "-q").stdout.split().count("np") == 0:
+        assert env.moor("run", "-d", "--name", "np", "busybox", "sleep", "1000").returncode == 0
+    code = (
+        "import sys; sys.argv = ['moor', '--address', %r, '--namespace', %r, *%r]\n"
+        "import moorage.cli.main as m\n"
+        "try:\n m.main()\n"
+        "except SystemExit:\n pass\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in ('asyncio', 'uvloop', 'google')"
+        " or n.endswith('_pb2')), file=sys.stderr)"
+    ) % (env.suite.address, env.ns, argv)
+    r = subprocess.run([sys.executable, "-c", code], env=env.suite.env(), input=b"x\n", capture_output=True,
+                       timeout=60)
+    assert r.stderr.decode().strip().splitlines()[-1] == "[]", r.stderr
