@@ -7,6 +7,7 @@ that :mod:`.metrics` decodes, of which the table and ``--json`` show a few numbe
 
 from __future__ import annotations
 
+from moorage.cli.wire import Fields, Msg
 from moorage.errdefs import InvalidArgument, NotFound
 
 from .metrics import CgroupUsage, decode
@@ -35,13 +36,12 @@ def json_row(id: str, u: CgroupUsage) -> dict[str, object]:
 def collect(ctx: CliContext, ids: list[str]) -> list[tuple[str, CgroupUsage]]:
     """(id, usage) of ``ids`` (every task when empty, by id), in that order; an unknown id, or one
     without a running task, is NotFound."""
-    from moorage.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
-
-    filters = [f"id=={i}" for i in ids]
-    resp = ctx.connect().unary(TASKS, "Metrics", tpb.MetricsRequest(filters=filters),
-                               tpb.MetricsResponse, timeout=ctx.timeout, metadata=ctx.metadata())
-    found = {m.id: task_usage(m.id, m.data.type_url, m.data.value) for m in resp.metrics
-             if m.data.type_url}
+    # MetricsRequest{filters=1} -> MetricsResponse{metrics=1 Metric{id=2, data=3 Any{type_url=1,
+    # value=2}}}
+    resp: Fields = ctx.connect().unary(TASKS, "Metrics", Msg({1: [f"id=={i}" for i in ids]}), Fields,
+                                       timeout=ctx.timeout, metadata=ctx.metadata())
+    metrics = [(m.text(2), m.msg(3)) for m in resp.msgs(1)]
+    found = {id: task_usage(id, data.text(1), data.blob(2)) for id, data in metrics if data.text(1)}
     missing = [i for i in ids if i not in found]
     if missing:
         raise NotFound(f"no running task for {', '.join(missing)}")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from moorage.api.containerd.cgroups.cgroup1.stats import metrics_pb2 as m1
 from moorage.api.containerd.cgroups.cgroup2.stats import metrics_pb2 as m2
@@ -44,6 +47,38 @@ def v2_metrics() -> bytes:
     m.memory.pgfault, m.memory.pgmajfault = 99, 2
     m.pids.current = 1
     return m.SerializeToString()
+
+
+def filled(message: Any, draw: Callable[[], int]) -> Any:
+    """``message`` with every scalar field, nested messages' too, set by ``draw``."""
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if hasattr(value, "DESCRIPTOR"):
+            filled(value, draw)
+        elif isinstance(value, int) and field.type in (field.TYPE_UINT64, field.TYPE_UINT32):
+            setattr(message, field.name, draw() & ((1 << (64 if field.type == field.TYPE_UINT64 else 32)) - 1))
+    return message
+
+
+@given(st.randoms(use_true_random=False))
+def test_decode_reads_what_protobuf_reads(rnd: Any) -> None:
+    """The decoder reads the fields by number as the generated messages read them (every
+    other field set too; limits at and above UNLIMITED)."""
+    def draw() -> int:
+        return rnd.choice([0, 1, rnd.getrandbits(20), rnd.getrandbits(64), metrics.UNLIMITED, 1 << 63])
+
+    v1 = filled(m1.Metrics(), draw)
+    mem = v1.memory
+    assert metrics.decode(V1, v1.SerializeToString()) == metrics.CgroupUsage(
+        metrics.V1, v1.cpu.usage.total, mem.usage.usage, metrics._limit(mem.usage.limit),
+        max(mem.usage.usage - mem.total_inactive_file, 0), mem.total_rss, mem.total_pg_fault,
+        mem.total_pg_maj_fault, v1.pids.current, metrics._limit(v1.pids.limit))
+    v2 = filled(m2.Metrics(), draw)
+    m = v2.memory
+    assert metrics.decode(V2, v2.SerializeToString()) == metrics.CgroupUsage(
+        metrics.V2, v2.cpu.usage_usec * 1000, m.usage, metrics._limit(m.usage_limit),
+        max(m.usage - m.inactive_file, 0), m.anon, m.pgfault, m.pgmajfault, v2.pids.current,
+        metrics._limit(v2.pids.limit))
 
 
 def test_decode_v1_and_v2() -> None:

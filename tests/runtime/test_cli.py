@@ -275,7 +275,8 @@ def test_exec_in_a_terminal_with_its_size(env: Env) -> None:
     ["exec", "-d", "np", "true"], ["update", "--memory", "64m", "--cpus", "0.5", "np"], ["top", "np"],
     ["attach", "--no-stdin", "np-gone"], ["pause", "np"], ["unpause", "np"], ["kill", "-s", "0", "np"],
     ["run", "--rm", "-t", "busybox", "true"], ["run", "--rm", "-i", "busybox", "cat"],
-    ["run", "--rm", "--sandbox", "nope", "busybox", "true"], ["exec", "nope", "true"]])
+    ["run", "--rm", "--sandbox", "nope", "busybox", "true"], ["exec", "nope", "true"], ["stats"],
+    ["--json", "stats", "np"]])
 def test_commands_import_no_protobuf_nor_asyncio(env: Env, argv: list[str]) -> None:
     """Each command's whole run (requests built, replies and errors read), not only its
     module's import, loads no google.*, *_pb2, asyncio or uvloop."""

@@ -56,7 +56,8 @@ def test_the_client_path_imports_nothing_costly() -> None:
 COMMAND_MODULES = ("moorage.services.transfer.cli", "moorage.services.transfer.oci", "moorage.services.content.cli",
                    "moorage.services.content.writes", "moorage.services.snapshots.cli", "moorage.cli.events",
                    "moorage.cli.leases", "moorage.cli.namespaces", "moorage.cli.services", "moorage.cli.gc",
-                   "moorage.services.sandbox.cli", "moorage.nri.cli")
+                   "moorage.services.sandbox.cli", "moorage.nri.cli", "moorage.services.runtime.stats",
+                   "moorage.services.runtime.metrics")
 
 
 @pytest.mark.parametrize("module", COMMAND_MODULES)
@@ -67,10 +68,11 @@ def test_the_other_commands_import_no_protobuf_nor_anything_costly(module: str) 
     assert not {m for m in loaded if m.split(".")[0] in COSTLY | {"google", "uvloop"} or m.endswith("_pb2")}
 
 
-# The runtime's, sandbox's and NRI's commands (run, exec, attach, update, top, ...; sandbox;
-# nri ls) build and read every message through moorage.cli.wire: no protobuf imported on use
+# The runtime's, sandbox's and NRI's commands (run, exec, attach, update, top, stats, ...;
+# sandbox; nri ls) build and read every message through moorage.cli.wire: no protobuf imported on use
 # either (tests/runtime/test_cli.py runs them whole).
-@pytest.mark.parametrize("path", ["services/runtime/cli.py", "services/sandbox/cli.py", "nri/cli.py"])
+@pytest.mark.parametrize("path", ["services/runtime/cli.py", "services/runtime/stats.py", "services/runtime/metrics.py",
+                                  "services/sandbox/cli.py", "nri/cli.py"])
 def test_the_runtime_sandbox_and_nri_commands_import_no_protobuf_on_use(path: str) -> None:
     source = (TOP / path).read_text()
     assert "_pb2" not in source and "google.protobuf" not in source and "_ttrpc import" not in source
