@@ -214,10 +214,17 @@ class _ClientIO:
     """Fifos in a private temp dir: stdin written from our stdin, stdout/stderr copied out."""
 
     def __init__(self, stdin: bool, stdout: bool, stderr: bool) -> None:
-        import tempfile
-
-        base = "/run/moorage" if os.access("/run/moorage", os.W_OK) else None
-        self.dir = tempfile.mkdtemp(prefix="moor-io-", dir=base)
+        # as tempfile.mkdtemp(prefix="moor-io-") makes it (tempfile, with shutil and random:
+        # ~15 ms of `moor exec`)
+        base = "/run/moorage" if os.access("/run/moorage", os.W_OK) else next(
+            (d for d in map(os.environ.get, ("TMPDIR", "TEMP", "TMP")) if d), "/tmp")
+        while True:
+            self.dir = os.path.join(base, "moor-io-" + os.urandom(6).hex())
+            try:
+                os.mkdir(self.dir, 0o700)
+                break
+            except FileExistsError:
+                continue
         self.paths: dict[str, str] = {}
         self.fds: dict[str, int] = {}
         self.threads: list[threading.Thread] = []  # -i/-t only: threading imported then
@@ -292,15 +299,21 @@ class _ClientIO:
             t.join(max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
-        import shutil
-
         for fd in self.fds.values():
             try:
                 os.close(fd)
             except OSError:
                 pass
         self.fds.clear()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        for path in self.paths.values():
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        try:
+            os.rmdir(self.dir)
+        except OSError:
+            pass
 
 
 class _RawTerminal:

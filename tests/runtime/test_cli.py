@@ -279,7 +279,8 @@ def test_exec_in_a_terminal_with_its_size(env: Env) -> None:
     ["--json", "stats", "np"]])
 def test_commands_import_no_protobuf_nor_asyncio(env: Env, argv: list[str]) -> None:
     """Each command's whole run (requests built, replies and errors read), not only its
-    module's import, loads no google.*, *_pb2, asyncio or uvloop."""
+    module's import, loads no google.*, *_pb2, asyncio or uvloop (nor tempfile and shutil:
+    the stdio fifos' directory is made and removed with os)."""
     if env.moor("ps", "-q").stdout.split().count("np") == 0:
         assert env.moor("run", "-d", "--name", "np", "busybox", "sleep", "1000").returncode == 0
     code = (
@@ -287,8 +288,8 @@ def test_commands_import_no_protobuf_nor_asyncio(env: Env, argv: list[str]) -> N
         "import moorage.cli.main as m\n"
         "try:\n m.main()\n"
         "except SystemExit:\n pass\n"
-        "print(sorted(n for n in sys.modules if n.split('.')[0] in ('asyncio', 'uvloop', 'google')"
-        " or n.endswith('_pb2')), file=sys.stderr)"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in ('asyncio', 'uvloop', 'google', 'tempfile',"
+        " 'shutil') or n.endswith('_pb2')), file=sys.stderr)"
     ) % (env.suite.address, env.ns, argv)
     r = subprocess.run([sys.executable, "-c", code], env=env.suite.env(), input=b"x\n", capture_output=True,
                        timeout=60)
