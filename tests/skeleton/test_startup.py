@@ -57,7 +57,7 @@ COMMAND_MODULES = ("moorage.services.transfer.cli", "moorage.services.transfer.o
                    "moorage.services.content.writes", "moorage.services.snapshots.cli", "moorage.cli.events",
                    "moorage.cli.leases", "moorage.cli.namespaces", "moorage.cli.services", "moorage.cli.gc",
                    "moorage.services.sandbox.cli", "moorage.nri.cli", "moorage.services.runtime.stats",
-                   "moorage.services.runtime.metrics")
+                   "moorage.services.runtime.metrics", "moorage.services.runtime.attach")
 
 
 @pytest.mark.parametrize("module", COMMAND_MODULES)
