@@ -14,7 +14,8 @@ the shim wrote meanwhile waits in the pipe.
 Attach (`moor attach`, CRI Attach): every chunk read from `io/stdout|stderr` is also
 written, raw, to `io/attach-stdout|attach-stderr` when a reader holds that fifo open (the
 attaching client reopens it; one attacher per stream at a time). The tee never blocks: a
-reader that falls behind loses output, not the container. A task with a runtime-owned
+reader that falls behind loses output, not the container. When the output ends the tee
+closes, so the attacher sees EOF on both streams (also on one that never wrote). A task with a runtime-owned
 stdin (`io/stdin`) has it held open by the runtime (an O_RDWR descriptor) so the process's
 stdin stays open across attaches; attachers write into it; CloseIO ends it. A terminal
 task has no stderr fifo (the terminal's output comes on stdout).
@@ -159,6 +160,12 @@ class _Stream(FifoReader):
                 self.on_chunk(chunk)
 
     def close(self) -> None:
+        """The output is complete: an attacher sees EOF on its tee. One that never got a
+        chunk of this stream has never seen a writer, and a fifo without one never says
+        EOF: open the tee now (if someone reads it) only to close it."""
+        if self.tee < 0:
+            with contextlib.suppress(OSError):  # ENXIO: nobody attached
+                self.tee = os.open(self.tee_path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         if self.tee >= 0:
             os.close(self.tee)
             self.tee = -1

@@ -249,3 +249,27 @@ def test_moor_run_detached_interactive_then_attach(env: Env) -> None:
         assert "got first\n" in logs.stdout and "got second\n" in logs.stdout
     finally:
         env.moor("rm", "-f", "talker")
+
+
+def test_attach_ends_with_the_container(env: Env) -> None:
+    """A container that exits by itself while attached: `moor attach` prints what it wrote
+    and returns its exit code (as `ctr task attach`)."""
+    r = env.moor("run", "-d", "-i", "--name", "once", "busybox", "sh", "-c",
+                 "read x; echo got $x; exit 4")
+    assert r.returncode == 0, r.stderr
+    try:
+        a = subprocess.Popen(
+            [sys.executable, "-m", "moorage.cli.main", "--address", env.suite.address,
+             "--namespace", env.ns, "attach", "once"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env.suite.env())
+        try:
+            out, err = a.communicate(b"hello\n", timeout=20)
+        except subprocess.TimeoutExpired:
+            a.kill()
+            out, err = a.communicate()
+            raise AssertionError(f"attach did not end with the container: {out!r} {err!r}") from None
+        assert out == b"got hello\n", err
+        assert a.returncode == 4, err
+    finally:
+        env.moor("rm", "-f", "once")
