@@ -218,14 +218,15 @@ def container_status_pb(c: Container) -> cri.ContainerStatus:
 
 
 def _cpu(u: Usage) -> cri.CpuUsage:
-    return cri.CpuUsage(timestamp=u.timestamp, usage_core_nano_seconds=cri.UInt64Value(value=u.cpu_ns))
+    return cri.CpuUsage(timestamp=u.timestamp, usage_core_nano_seconds=cri.UInt64Value(value=u.counters.cpu_ns))
 
 
 def _memory(u: Usage) -> cri.MemoryUsage:
+    c = u.counters
     return cri.MemoryUsage(
-        timestamp=u.timestamp, working_set_bytes=cri.UInt64Value(value=u.memory_working_set),
-        usage_bytes=cri.UInt64Value(value=u.memory_usage), rss_bytes=cri.UInt64Value(value=u.memory_rss),
-        page_faults=cri.UInt64Value(value=u.page_faults), major_page_faults=cri.UInt64Value(value=u.major_page_faults))
+        timestamp=u.timestamp, working_set_bytes=cri.UInt64Value(value=c.memory_working_set),
+        usage_bytes=cri.UInt64Value(value=c.memory_usage), rss_bytes=cri.UInt64Value(value=c.memory_rss),
+        page_faults=cri.UInt64Value(value=c.page_faults), major_page_faults=cri.UInt64Value(value=c.major_page_faults))
 
 
 def container_stats_pb(s: ContainerStats) -> cri.ContainerStats:

@@ -33,6 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from moorage.services.runtime.metrics import CgroupUsage
+
 
 class PodState(enum.IntEnum):
     READY = 0
@@ -269,15 +271,11 @@ class ExecResult:
 
 @dataclass(frozen=True)
 class Usage:
-    """CPU and memory of a cgroup at ``timestamp`` (ns): ``cpu_ns`` cumulative."""
+    """A cgroup's counters at ``timestamp`` (ns), from its task's shim or from cgroupfs
+    (``cpu_ns`` cumulative)."""
 
     timestamp: int
-    cpu_ns: int = 0
-    memory_working_set: int = 0
-    memory_usage: int = 0
-    memory_rss: int = 0
-    page_faults: int = 0
-    major_page_faults: int = 0
+    counters: CgroupUsage = CgroupUsage("")
 
 
 @dataclass(frozen=True)

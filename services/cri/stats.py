@@ -12,6 +12,8 @@ import os
 import time
 from pathlib import Path
 
+from moorage.services.runtime.metrics import V1, V2, CgroupUsage
+
 from .contract import Usage
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -52,8 +54,8 @@ def usage(cgroup: str, root: Path = CGROUP_ROOT) -> Usage:
         mem = _read_int(d / "memory.current")
         stat = _read_kv(d / "memory.stat")
         inactive = stat.get("inactive_file", 0)
-        return Usage(now, cpu, max(mem - inactive, 0), mem, stat.get("anon", 0), stat.get("pgfault", 0),
-                     stat.get("pgmajfault", 0))
+        return Usage(now, CgroupUsage(V2, cpu, mem, 0, max(mem - inactive, 0), stat.get("anon", 0),
+                                      stat.get("pgfault", 0), stat.get("pgmajfault", 0)))
     cpu = _read_int(root / "cpuacct" / rel / "cpuacct.usage")
     if not cpu and os.path.isdir(root / "cpu,cpuacct"):
         cpu = _read_int(root / "cpu,cpuacct" / rel / "cpuacct.usage")
@@ -61,8 +63,8 @@ def usage(cgroup: str, root: Path = CGROUP_ROOT) -> Usage:
     mem = _read_int(mdir / "memory.usage_in_bytes")
     stat = _read_kv(mdir / "memory.stat")
     inactive = stat.get("total_inactive_file", 0)
-    return Usage(now, cpu, max(mem - inactive, 0), mem, stat.get("total_rss", 0), stat.get("total_pgfault", 0),
-                 stat.get("total_pgmajfault", 0))
+    return Usage(now, CgroupUsage(V1, cpu, mem, 0, max(mem - inactive, 0), stat.get("total_rss", 0),
+                                  stat.get("total_pgfault", 0), stat.get("total_pgmajfault", 0)))
 
 
 def oom_killed(cgroup: str, root: Path = CGROUP_ROOT) -> bool:
@@ -76,6 +78,9 @@ def oom_killed(cgroup: str, root: Path = CGROUP_ROOT) -> bool:
 
 
 def add(a: Usage, b: Usage) -> Usage:
-    return Usage(max(a.timestamp, b.timestamp), a.cpu_ns + b.cpu_ns, a.memory_working_set + b.memory_working_set,
-                 a.memory_usage + b.memory_usage, a.memory_rss + b.memory_rss, a.page_faults + b.page_faults,
-                 a.major_page_faults + b.major_page_faults)
+    """A pod's usage with one more container's counted in (limits are ``a``'s)."""
+    x, y = a.counters, b.counters
+    return Usage(max(a.timestamp, b.timestamp), x._replace(
+        cpu_ns=x.cpu_ns + y.cpu_ns, memory_usage=x.memory_usage + y.memory_usage,
+        memory_working_set=x.memory_working_set + y.memory_working_set, memory_rss=x.memory_rss + y.memory_rss,
+        page_faults=x.page_faults + y.page_faults, major_page_faults=x.major_page_faults + y.major_page_faults))

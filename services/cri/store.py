@@ -572,12 +572,9 @@ class CriRuntime:
         out: dict[str, Usage] = {}
         for id, (type_url, value) in got.items():
             try:
-                u = metrics.decode(type_url, value)
+                out[id] = Usage(now, metrics.decode(type_url, value))
             except Error as exc:
                 self.log.debug("task metrics of %s: %s", id, exc)
-                continue
-            out[id] = Usage(now, u.cpu_ns, u.memory_working_set, u.memory_usage, u.memory_rss, u.page_faults,
-                            u.major_page_faults)
         return out
 
     async def _stats(self, c: Container, usage: Usage | None) -> ContainerStats:

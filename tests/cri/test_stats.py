@@ -138,21 +138,23 @@ def runtime(tmp_path: Path) -> tuple[CriRuntime, FakePeers]:
 async def test_container_stats_come_from_task_metrics(runtime: tuple[CriRuntime, FakePeers]) -> None:
     rt, peers = runtime
     one = await rt.container_stats("v1")
-    u = one.usage
+    u = one.usage.counters
     assert (u.cpu_ns, u.memory_usage, u.memory_working_set, u.memory_rss) == (
         7_000_000_123, 50 << 20, 42 << 20, 30 << 20)
-    assert (u.page_faults, u.major_page_faults, u.timestamp > 0) == (1234, 5, True)
+    assert (u.page_faults, u.major_page_faults, one.usage.timestamp > 0) == (1234, 5, True)
     assert (one.writable_bytes, one.writable_inodes) == (4096, 2)
     assert peers.calls == [["v1"]]
 
-    listed = {s.id: s.usage for s in await rt.list_container_stats()}
+    every = await rt.list_container_stats()
+    listed = {s.id: s.usage.counters for s in every}
+    stamps = {s.id: s.usage.timestamp for s in every}
     assert sorted(listed) == ["created", "notask", "v1", "v2"]
     assert peers.calls[-1] == ["v1", "v2", "notask"], "one Metrics call for the running containers"
     assert (listed["v2"].cpu_ns, listed["v2"].memory_working_set, listed["v2"].memory_rss) == (
         2_500_000_000, 16 << 20, 12 << 20)
     # no task (or not started): today's reading of the container's cgroup (none here: zeros)
-    assert listed["notask"].cpu_ns == listed["created"].cpu_ns == 0 and listed["notask"].timestamp > 0
-    assert (await rt.container_stats("exited")).usage.memory_usage == 0
+    assert listed["notask"].cpu_ns == listed["created"].cpu_ns == 0 and stamps["notask"] > 0
+    assert (await rt.container_stats("exited")).usage.counters.memory_usage == 0
     assert peers.calls[-1] == []
 
 
@@ -160,4 +162,4 @@ async def test_runtime_service_down_reads_the_cgroup(runtime: tuple[CriRuntime, 
     rt, peers = runtime
     peers.down = True
     s = await rt.container_stats("v1")
-    assert s.usage.cpu_ns == 0 and s.usage.timestamp > 0 and s.writable_bytes == 4096
+    assert s.usage.counters.cpu_ns == 0 and s.usage.timestamp > 0 and s.writable_bytes == 4096
