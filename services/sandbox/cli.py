@@ -100,7 +100,7 @@ def _ts(msg: Fields, number: int) -> str:
 
 
 def _run(api: _Api, args: Args, ctx: CliContext) -> int:
-    from .contract import POD_CONFIG_TYPE, DNSConfig, PodConfig, PortMapping
+    from .podconfig import POD_CONFIG_TYPE, DNSConfig, PodConfig, PortMapping
 
     try:
         ports = tuple(PortMapping.parse(p) for p in args.port)

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from dataclasses import dataclass, field
     from typing import Any
-else:  # `moor images ls` sizes images with this module: nothing costly to import (frozen.py)
-    from .frozen import dataclass, field
+else:  # `moor images ls` sizes images with this module: nothing costly to import (moorage/frozen.py)
+    from moorage.frozen import dataclass, field
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

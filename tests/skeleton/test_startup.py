@@ -52,12 +52,14 @@ def test_the_client_path_imports_nothing_costly() -> None:
 # The other commands' modules (images, pull, push, tag, rmi, import, export; content;
 # snapshots; events; leases; namespaces; services; gc): messages through moorage.cli.wire,
 # never protobuf, and nothing else costly until a command needs it (tests/content/test_cli.py
-# runs them whole). `images ls` sizes images with transfer.oci's parser (frozen.py, not dataclasses).
+# runs them whole). `images ls` sizes images with transfer.oci's parser, `sandbox run` builds its
+# options with sandbox.podconfig (both through moorage.frozen, not dataclasses).
 COMMAND_MODULES = ("moorage.services.transfer.cli", "moorage.services.transfer.oci", "moorage.services.content.cli",
                    "moorage.services.content.writes", "moorage.services.snapshots.cli", "moorage.cli.events",
                    "moorage.cli.leases", "moorage.cli.namespaces", "moorage.cli.services", "moorage.cli.gc",
-                   "moorage.services.sandbox.cli", "moorage.nri.cli", "moorage.services.runtime.stats",
-                   "moorage.services.runtime.metrics", "moorage.services.runtime.attach")
+                   "moorage.services.sandbox.cli", "moorage.services.sandbox.podconfig", "moorage.frozen",
+                   "moorage.nri.cli", "moorage.services.runtime.stats", "moorage.services.runtime.metrics",
+                   "moorage.services.runtime.attach")
 
 
 @pytest.mark.parametrize("module", COMMAND_MODULES)
@@ -66,6 +68,34 @@ def test_the_other_commands_import_no_protobuf_nor_anything_costly(module: str) 
     loaded = loaded_after(f"import {module}") - bare
     assert module in loaded
     assert not {m for m in loaded if m.split(".")[0] in COSTLY | {"google", "uvloop"} or m.endswith("_pb2")}
+
+
+def test_sandbox_run_builds_and_sends_its_options_loading_nothing_costly() -> None:
+    """`moor sandbox run` whole, against a stand-in for the connection that answers every
+    call with an empty message: its pod options built, encoded and sent without the sandbox
+    contract (dataclasses, json, enum, ipaddress: ~65 ms) nor anything else costly."""
+    probe = (
+        "from moorage.cli.wire import Fields\n"
+        "from moorage.services.sandbox import cli\n"
+        "class Api:\n"
+        "    sent = []\n"
+        "    def call(self, service, method, fields):\n"
+        "        self.sent.append((method, fields.get(3)))\n"
+        "        return Fields(b'')\n"
+        "    def status(self, sandbox_id, sandboxer, verbose=False):\n"
+        "        return Fields(b'')\n"
+        "class Ctx:\n"
+        "    json = False\n"
+        "args = cli._flags('run').parse(['-p', '8080:80/udp', '--dns', '1.1.1.1', '--hostname', 'h', 'pod'])\n"
+        "assert cli._run(Api(), args, Ctx()) == 0\n"
+        "assert [m for m, _ in Api.sent] == ['Create', 'Create', 'Start'], Api.sent\n"
+        "opts = Fields(Api.sent[1][1].SerializeToString())\n"
+        "assert opts.text(1) == 'moorage.sandbox.v1.PodConfig' and b'\"hostPort\": 8080' in opts.blob(2)\n"
+    )
+    loaded = loaded_after(probe) - loaded_after("import moorage.services.sandbox.cli")
+    assert "moorage.services.sandbox.podconfig" in loaded
+    assert not {m for m in loaded if m.split(".")[0] in COSTLY | {"google", "uvloop", "ipaddress"}
+                or m.endswith(("_pb2", ".contract"))}
 
 
 # The runtime's, sandbox's and NRI's commands (run, exec, attach, update, top, stats, ...;

@@ -1,15 +1,18 @@
-"""``@dataclass(frozen=True)`` for oci.py's value types without importing dataclasses (through
-inspect, ast, enum and re, about 25 ms of `moor images ls`, which parses manifests to size images).
+"""``@dataclass(frozen=True)`` without importing dataclasses (through inspect, ast, enum and
+re, about 25 ms), for value types on a ``moor`` command's path: transfer/oci.py's (`moor
+images ls` parses manifests to size images) and the sandbox pod options `moor sandbox run`
+sends (services/sandbox/podconfig.py).
 
-``from .frozen import dataclass, field``: the type checker sees dataclasses' own names; at run
-time ``dataclass(frozen=True)`` builds what dataclasses builds for a class whose fields are its
-annotations (trailing ones with defaults, a mutable one as ``field(default_factory=...)``):
+``from moorage.frozen import dataclass, field``: the type checker sees dataclasses' own names; at
+run time ``dataclass(frozen=True)`` builds what dataclasses builds for a class whose fields are
+its annotations (trailing ones with defaults, a mutable one as ``field(default_factory=...)``):
 ``__init__`` with the same parameters, defaults and factories, ``__repr__``, ``__eq__`` (same
 class, fields in order, else NotImplemented), ``__hash__`` of the fields, ``__match_args__``,
 and ``dataclasses.FrozenInstanceError`` on assigning or deleting a field. Methods the class
 defines itself are kept. Not built: ``__dataclass_fields__``, so ``dataclasses.fields``,
-``replace`` and ``asdict`` do not take these classes (nothing uses them on oci's types).
-Users keep their annotations unevaluated (``from __future__ import annotations``).
+``replace``, ``asdict`` and ``is_dataclass`` do not take these classes: a type that needs them
+stays a real dataclass. Users keep their annotations unevaluated (``from __future__ import
+annotations``).
 """
 
 from __future__ import annotations

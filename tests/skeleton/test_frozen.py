@@ -1,11 +1,12 @@
-"""services/transfer/frozen.py's ``dataclass(frozen=True)`` builds what dataclasses builds for
-oci.py's types, and oci.validate_digest (no re) accepts exactly what its regular expressions did."""
+"""moorage/frozen.py's ``dataclass(frozen=True)`` builds what dataclasses builds for
+oci.py's types and the sandbox's pod options (podconfig.py), and oci.validate_digest (no re) accepts exactly what its regular expressions did."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import inspect
+import json
 import pickle
 import re
 from typing import Any
@@ -14,8 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from moorage import errdefs
-from moorage.services.transfer import frozen, oci
+from moorage import errdefs, frozen
+from moorage.services.sandbox import podconfig
+from moorage.services.transfer import oci
 
 
 def twins(body: dict[str, Any], annotations: dict[str, str]) -> tuple[type, type]:
@@ -56,8 +58,9 @@ def test_records_behave_as_frozen_dataclasses() -> None:
                 assert (a, b) == ("x", 1)
 
 
-def test_oci_types_match_their_dataclass_twins() -> None:
-    for cls in (oci.Platform, oci.Descriptor, oci.Manifest, oci.Index, oci.ImageConfig):
+def test_light_types_match_their_dataclass_twins() -> None:
+    for cls in (oci.Platform, oci.Descriptor, oci.Manifest, oci.Index, oci.ImageConfig,
+                podconfig.PortMapping, podconfig.DNSConfig, podconfig.PodConfig):
         ann = dict(cls.__annotations__)
         body = {n: getattr(cls, n) for n in ann if n in cls.__dict__}
         sig = inspect.signature(cls)
@@ -74,6 +77,24 @@ def test_oci_types_match_their_dataclass_twins() -> None:
     assert str(p) == "linux/arm/v7" and hash(p) == hash(("linux", "arm", "v7", ""))
     assert pickle.loads(pickle.dumps(d)) == d and copy.deepcopy(d) == d
     assert oci.Index(oci.OCI_INDEX, (d,)) == oci.Index(oci.OCI_INDEX, (d,), {})
+
+
+def test_pod_config_writes_and_reads_its_json_as_json_does() -> None:
+    ports = (podconfig.PortMapping.parse("[::1]:8080:80/UDP"), podconfig.PortMapping(1, 2))
+    pod = podconfig.PodConfig("web", podconfig.DNSConfig(("1.1.1.1",), ("x.local",), ("ndots:2",)), ports, True,
+                              (("K8S_POD_NAME", "p"),))
+    doc = {"hostname": "web", "host_network": True, "cni_args": [["K8S_POD_NAME", "p"]],
+           "port_mappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "udp", "hostIP": "::1"},
+                             {"hostPort": 1, "containerPort": 2, "protocol": "tcp", "hostIP": ""}],
+           "dns": {"servers": ["1.1.1.1"], "searches": ["x.local"], "options": ["ndots:2"]}}
+    assert pod.to_json() == json.dumps(doc, sort_keys=True).encode()
+    assert podconfig.PodConfig.from_json(pod.to_json()) == pod and podconfig.PodConfig.from_json(b"") == podconfig.PodConfig()
+    assert repr(ports[1]) == "PortMapping(host_port=1, container_port=2, protocol='tcp', host_ip='')"
+    for bad in ("1.2.3.999:80:80", "80", "0:80", "80:80/icmp"):
+        with pytest.raises(ValueError):
+            podconfig.PortMapping.parse(bad)
+    with pytest.raises(ValueError):
+        podconfig.PodConfig.from_json("[]")
 
 
 def test_host_platform_is_platform_machines() -> None:
