@@ -15,8 +15,11 @@ Protocol for an attacher (blocking or asyncio alike):
      no writer yet is neither (the runtime opens its tee at its next chunk);
   2. open stdin `O_WRONLY` (there is always a reader: the shim);
   3. terminal: Tasks.ResizePty(exec_id="") on every size change;
-  4. end when the outputs reach EOF (then Tasks.Wait gives the exit status), or when the
-     client leaves (then CloseIO if the stdin mode is `once`).
+  4. end when the outputs reach EOF, or EXIT_GRACE after a Tasks.Wait sent beside the copy
+     returns (its exit status is the attacher's), or when the client leaves (then CloseIO
+     if the stdin mode is `once`). Wait is needed: a task that exits between the attacher's
+     status check and its opening of the fifos closed its tee while nobody read it, and a
+     fifo that never had a writer never says EOF.
 
 No asyncio here: `moor attach` imports this.
 """
@@ -29,6 +32,9 @@ from ttrpc.lighttyping import NamedTuple  # dataclasses: ~20 ms of `moor attach`
 
 ATTACH_PREFIX = "attach-"
 STDIN_LABEL = "moorage/stdin"
+EXIT_GRACE = 1.0
+"""Seconds an attacher goes on copying output after Tasks.Wait returned (the last chunks
+may still be on their way; EOF on every output ends it sooner)."""
 
 
 class AttachPaths(NamedTuple):

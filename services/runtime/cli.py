@@ -742,8 +742,10 @@ def cmd_exec(argv: list[str], ctx: CliContext) -> int:
 
 def cmd_attach(argv: list[str], ctx: CliContext) -> int:
     """`moor attach [--no-stdin] ID`: the container's init process stdio here (see
-    runtime/attach.py) until its output ends; the exit code is the container's. From a
-    terminal, Ctrl-P Ctrl-Q detaches (the container goes on; exit 0)."""
+    runtime/attach.py) until its output ends, or shortly after its exit (a Tasks.Wait runs
+    beside the copy: a task that exits before our fifos are open never gives them EOF);
+    the exit code is the container's. From a terminal, Ctrl-P Ctrl-Q detaches (the
+    container goes on; exit 0)."""
     import select
 
     from . import attach as at
@@ -761,6 +763,25 @@ def cmd_attach(argv: list[str], ctx: CliContext) -> int:
         raise NotFound(f"container {a.container} has no task")
     if proc.status not in (1, 2, 4):
         raise FailedPrecondition(f"cannot attach to a {STATUS.get(proc.status)} container")
+    ended = threading.Event()
+    waited: list[int | BaseException] = []
+
+    def waiter() -> None:
+        try:
+            from ttrpc.blocking import Client
+
+            from moorage import errdefs
+
+            with Client(api.ctx.address, error_factory=errdefs.from_status) as c:
+                # WaitRequest{container_id=1} -> WaitResponse{exit_status=1}
+                r = c.unary(TASKS, "Wait", Msg({1: a.container}), Fields, metadata=api.md)
+                waited.append(r.uint(1))
+        except BaseException as exc:
+            waited.append(exc)
+        finally:
+            ended.set()
+
+    threading.Thread(target=waiter, daemon=True).start()
     paths = at.attach_paths(proc.stdin, proc.stdout, proc.stderr, proc.terminal)
     once = api.container(a.container).labels.get(at.STDIN_LABEL) == "once"
     outs: dict[int, int] = {}
@@ -809,14 +830,20 @@ def cmd_attach(argv: list[str], ctx: CliContext) -> int:
         poller = select.poll()
         for fd in outs:
             poller.register(fd, select.POLLIN)
+        drain_until = 0.0  # once the task has exited: the last output's deadline
         while outs and not detached.is_set():
+            if not drain_until and ended.is_set():
+                drain_until = time.monotonic() + at.EXIT_GRACE
+            left = drain_until - time.monotonic() if drain_until else 0.2
+            if left <= 0:
+                break
             if winch.is_set():
                 winch.clear()
                 try:
                     api.resize(a.container, "", sys.stdin.fileno())
                 except Exception:
                     pass
-            for fd, _ev in poller.poll(200):
+            for fd, _ev in poller.poll(min(200, int(left * 1000) + 1)):
                 try:
                     data = os.read(fd, 65536)
                 except BlockingIOError:
@@ -836,7 +863,11 @@ def cmd_attach(argv: list[str], ctx: CliContext) -> int:
             os.close(fd)
     if detached.is_set():
         return 0
-    return api.wait(a.container, timeout=None)
+    ended.wait()
+    result = waited[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 # ---- the rest -----------------------------------------------------------------------------

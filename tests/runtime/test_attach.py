@@ -212,6 +212,91 @@ def test_attach_refuses_a_stopped_task(rt: Suite, api: Rt, rootfs: Path) -> None
     assert b.finish() != 0
 
 
+# `moor attach` held between its status check and its opening of the fifos (at.open_output)
+# until the test says go: argv[1] is told "here", argv[2] says "go".
+HELD_ATTACH = """
+import os, sys
+from moorage.cli.main import main
+from moorage.services.runtime import attach as at
+
+here, go, real, first = int(sys.argv[1]), int(sys.argv[2]), at.open_output, [True]
+def open_output(path):
+    if first:
+        first.clear()
+        os.write(here, b"h")
+        os.read(go, 1)
+    return real(path)
+at.open_output = open_output
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _read_to_eof(fds: list[int], timeout: float = 20) -> dict[int, bytes]:
+    got = {fd: b"" for fd in fds}
+    left = set(fds)
+    deadline = time.monotonic() + timeout
+    while left:
+        ready, _, _ = select.select(list(left), [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no EOF: {got}"
+        for fd in ready:
+            chunk = os.read(fd, 65536)
+            got[fd] += chunk
+            if not chunk:
+                left.discard(fd)
+    return got
+
+
+def test_attach_to_a_task_that_exits_before_its_fifos_open(rt: Suite, api: Rt,
+                                                           rootfs: Path) -> None:
+    """The task's output ends (the runtime closes its tees, nobody reading) after attach
+    saw it running and before attach opened the tees: attach ends anyway (Tasks.Wait), with
+    the exit code, having missed the output (it waited forever before)."""
+    _container(api, "r1", ["sh", "-c", "read x; echo got $x; echo err $x >&2; exit 5"])
+    api.create("r1", rootfs)
+    api.start("r1")
+    st = api.get("r1")
+    io_dir = os.path.dirname(st.stdout)
+    here_r, here_w = os.pipe()
+    go_r, go_w = os.pipe()
+    p = subprocess.Popen(
+        [sys.executable, "-c", HELD_ATTACH, str(here_w), str(go_r), "--address", rt.address,
+         "--namespace", api.ns, "attach", "r1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=rt.env(), pass_fds=(here_w, go_r))
+    os.close(here_w)
+    os.close(go_r)
+    tees: list[int] = []
+    try:
+        assert select.select([here_r], [], [], 20)[0] and os.read(here_r, 1) == b"h", \
+            p.communicate(timeout=5)
+        # we read the tees meanwhile: their EOF says the runtime has closed them
+        tees = [os.open(os.path.join(io_dir, "attach-" + n), os.O_RDONLY | os.O_NONBLOCK)
+                for n in ("stdout", "stderr")]
+        w = os.open(st.stdin, os.O_WRONLY)
+        os.write(w, b"hi\n")
+        os.close(w)
+        got = _read_to_eof(tees)
+        assert list(got.values()) == [b"got hi\n", b"err hi\n"]
+        for fd in tees:
+            os.close(fd)
+        tees = []
+        assert api.wait("r1") == 5  # stopped, not deleted
+        os.write(go_w, b"g")
+        try:
+            out, err = p.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+            raise AssertionError(f"attach never ended: {out!r} {err!r}") from None
+        assert (p.returncode, out, err) == (5, b"", b"")
+    finally:
+        for fd in (here_r, go_w, *tees):
+            os.close(fd)
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
 def _container(api: Rt, id: str, args: list[str], stdin: str = "open", **kw: object) -> object:
     from google.protobuf import any_pb2
 
