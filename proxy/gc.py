@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -167,14 +166,19 @@ def conditions(labels: Mapping[str, str]) -> list[tuple[Node, str, float]]:
     ``containerd.io/gc.cond.snapshot[.|/]<snapshotter>[/<name>]`` =
     ``<condition>[,<condition>...]|<key>``, conditions OR'ed): (snapshot, "<" or ">", seconds):
     the snapshot is kept if it was last used less (more) than that long ago. The one condition
-    is ``usedat<D`` or ``usedat>D``, D a Go duration; any other is ignored, as containerd does."""
+    is ``usedat<D`` or ``usedat>D``, D a Go duration; any other (``<=``, ``>=``, ``=``, ``==``,
+    ``!=``, another name, a D Go rejects) is ignored, as containerd does.
+
+    The snapshotter is read as containerd's core/metadata/gc.go reads it: the rest of the key
+    with its leading ``.`` and ``/`` trimmed, up to the next ``/`` (so ``...snapshotx`` names
+    ``x``, as there); a key that leaves none names no snapshot."""
     out: list[tuple[Node, str, float]] = []
     for key, value in labels.items():
         if not key.startswith(COND_SNAPSHOT):
             continue
         snapshotter = key[len(COND_SNAPSHOT):].lstrip("./").split("/", 1)[0]
         conds, bar, name = value.partition("|")
-        if not bar:
+        if not bar or not snapshotter:
             continue
         for cond in conds.split(","):
             at = next((i for i, ch in enumerate(cond) if ch in "!<>="), -1)
@@ -194,26 +198,79 @@ def used_at(labels: Mapping[str, str]) -> list[float]:
             if key.startswith(USED_AT) and (when := rfc3339(value)) is not None]
 
 
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0,
-                   "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1, "us": 1_000, "\u00b5s": 1_000, "\u03bcs": 1_000, "ms": 1_000_000,
+                   "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
+"""Nanoseconds per unit, Go's ``unitMap``."""
+_NS_LIMIT = 1 << 63
+"""Go's overflow bound: a time.Duration is an int64 of nanoseconds (2^63-1, ~292 years)."""
 
 
 def go_duration(text: str) -> float | None:
-    """Seconds in a Go ``time.ParseDuration`` string ("2h", "1h30m", "-1.5s", "0"); None if
-    it is not one."""
-    sign = -1.0 if text[:1] == "-" else 1.0
-    body = text[1:] if text[:1] in ("-", "+") else text
-    if body == "0":
-        return 0.0
-    total, at = 0.0, 0
-    while at < len(body):
-        part = _DURATION_PART.match(body, at)
-        if part is None:
+    """Seconds in a Go ``time.ParseDuration`` string ("2h", "1h30m", "-1.5s", "0"); None where
+    ParseDuration returns an error, a value past time.Duration's range included."""
+    ns = go_duration_ns(text)
+    return None if ns is None else ns / 1e9
+
+
+def go_duration_ns(text: str) -> int | None:
+    """Go's ``time.ParseDuration`` (time/format.go) step for step: integer nanoseconds, each
+    fraction truncated through float64 as Go does; None for its "invalid duration", "missing
+    unit" and "unknown unit" errors. Magnitudes above 2^63-1 ns are errors, except -2^63."""
+    s = text
+    neg = False
+    if s[:1] in ("-", "+"):
+        neg, s = s[0] == "-", s[1:]
+    if s == "0":
+        return 0
+    if not s:
+        return None
+    total = 0
+    while s:
+        if not (s[0] == "." or "0" <= s[0] <= "9"):
             return None
-        total += float(part[1]) * _DURATION_UNITS[part[2]]
-        at = part.end()
-    return sign * total if body else None
+        value, i = 0, 0
+        while i < len(s) and "0" <= s[i] <= "9":  # Go's leadingInt
+            if value > _NS_LIMIT // 10:
+                return None
+            value = value * 10 + ord(s[i]) - 48
+            if value > _NS_LIMIT:
+                return None
+            i += 1
+        pre, s = i > 0, s[i:]
+        fraction, scale, post = 0, 1.0, False
+        if s[:1] == ".":  # Go's leadingFraction: digits past int64 precision are dropped
+            s, i, overflow = s[1:], 0, False
+            while i < len(s) and "0" <= s[i] <= "9":
+                if not overflow:
+                    longer = fraction * 10 + ord(s[i]) - 48
+                    if fraction > (_NS_LIMIT - 1) // 10 or longer > _NS_LIMIT:
+                        overflow = True
+                    else:
+                        fraction, scale = longer, scale * 10
+                i += 1
+            post, s = i > 0, s[i:]
+        if not (pre or post):
+            return None
+        i = 0
+        while i < len(s) and not (s[i] == "." or "0" <= s[i] <= "9"):
+            i += 1
+        unit = _DURATION_UNITS.get(s[:i])
+        if unit is None:
+            return None
+        s = s[i:]
+        if value > _NS_LIMIT // unit:
+            return None
+        value *= unit
+        if fraction > 0:
+            value += int(float(fraction) * (float(unit) / scale))
+            if value > _NS_LIMIT:
+                return None
+        total = (total + value) % (1 << 64)  # a uint64 in Go
+        if total > _NS_LIMIT:
+            return None
+    if neg:
+        return -total
+    return None if total > _NS_LIMIT - 1 else total
 
 
 @dataclass
@@ -245,6 +302,8 @@ class Image:
     labels: Mapping[str, str]
     expired: bool
     """Past its ``containerd.io/gc.expire``: no root, it lives only while something live names it."""
+    updated_at: datetime | None = None
+    """As read: the image is deleted only if a read just before the delete finds it unchanged."""
 
 
 @dataclass
@@ -422,8 +481,11 @@ class Freed:
 class Services(Protocol):
     """What the collector reads and deletes through; the namespace is the contextvar's."""
 
-    async def images(self) -> list[tuple[str, str, Mapping[str, str]]]: ...
-    """(name, target digest, labels) of every image."""
+    async def images(self) -> list[tuple[str, str, Mapping[str, str], datetime | None]]: ...
+    """(name, target digest, labels, updated_at) of every image."""
+
+    async def image(self, name: str) -> tuple[str, Mapping[str, str], datetime | None]: ...
+    """(target digest, labels, updated_at) of one image (NotFound if there is none)."""
 
     async def containers(self) -> list[tuple[str, str, str, Mapping[str, str]]]: ...
     """(id, snapshotter, snapshot key, labels) of every container."""
@@ -449,7 +511,8 @@ class Services(Protocol):
     async def abort_ingest(self, ref: str) -> None: ...
 
     async def delete_image(self, name: str, target: str) -> None: ...
-    """Delete the image if it still points at ``target`` (NotFound/FailedPrecondition else)."""
+    """Delete the image if it still points at ``target`` (NotFound/FailedPrecondition else):
+    Images.Delete's one condition."""
 
 
 class RemoteServices:
@@ -469,8 +532,12 @@ class RemoteServices:
         self.sandbox_client = StoreClient(client)
         self.snapshotters_client = RemoteSnapshotters(client)
 
-    async def images(self) -> list[tuple[str, str, Mapping[str, str]]]:
-        return [(i.name, i.target.digest, i.labels) for i in await self.images_client.list()]
+    async def images(self) -> list[tuple[str, str, Mapping[str, str], datetime | None]]:
+        return [(i.name, i.target.digest, i.labels, i.updated_at) for i in await self.images_client.list()]
+
+    async def image(self, name: str) -> tuple[str, Mapping[str, str], datetime | None]:
+        i = await self.images_client.get(name)
+        return i.target.digest, i.labels, i.updated_at
 
     async def containers(self) -> list[tuple[str, str, str, Mapping[str, str]]]:
         return [(c.id, c.snapshotter, c.snapshot_key, c.labels) for c in await self.containers_client.list()]
@@ -738,11 +805,21 @@ class Collector:
 
     async def _delete_images(self, services: Services, ns: str, images: Sequence[Image],
                              freed: Freed) -> list[Image]:
-        """Delete the expired images nothing live named, each if it still has the target the
-        collection read; those still there afterwards (moved to another target, or an error)."""
+        """Delete the expired images nothing live named, each only if it is as the collection
+        read it; those still there afterwards (changed, or an error).
+
+        containerd deletes them in the transaction that read them. Here Images.Delete can be
+        made conditional on the target alone, so the image is read again first and kept if
+        its target, labels or updated_at differ (its ``gc.expire`` removed or moved, say);
+        the delete then names the target. An update landing between that read and the delete
+        (one round trip) still goes unseen."""
         kept: list[Image] = []
         for image in images:
             try:
+                target, labels, updated = await services.image(image.name)
+                if (target, dict(labels), updated) != (image.target, dict(image.labels), image.updated_at):
+                    kept.append(image)
+                    continue
                 await services.delete_image(image.name, image.target)
             except errdefs.NotFound:
                 continue
@@ -777,9 +854,10 @@ class Collector:
         unexpired ones as roots)."""
         roots: list[tuple[Node, bool]] = []
         now = time.time()
-        for name, target, labels in await self._listed(IMAGES, "images", services.images):
+        for name, target, labels, updated in await self._listed(IMAGES, "images", services.images):
             when = expiry(labels)
-            images.setdefault(name, []).append(Image(name, target, labels, when is not None and when <= now))
+            images.setdefault(name, []).append(
+                Image(name, target, labels, when is not None and when <= now, updated))
         for cid, snapshotter, key, labels in await self._listed(CONTAINERS, "containers", services.containers):
             roots.append((("container", "", cid), False))
             if snapshotter and key:

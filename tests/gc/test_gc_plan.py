@@ -36,20 +36,38 @@ class Fake:
         self.on_list_blobs: Any = None
         self.on_sweep: Any = None
         self.on_delete_image: Any = None
+        self.on_get_image: Any = None
+        self.on_list_images: Any = None
+        """Called with the number of image lists read so far, after each."""
+        self.image_lists = 0
+        self.updated: dict[str, datetime] = {}
+        """name -> updated_at (None where absent)."""
 
-    async def images_(self) -> list[tuple[str, str, Mapping[str, str]]]:
+    async def images_(self) -> list[tuple[str, str, Mapping[str, str], datetime | None]]:
         if self.fail_images:
             raise errdefs.Unavailable("images down")
-        return [(n, t, labels) for n, (t, labels) in self.images.items()]
+        out = [(n, t, labels, self.updated.get(n)) for n, (t, labels) in self.images.items()]
+        self.image_lists += 1
+        if self.on_list_images is not None:
+            self.on_list_images(self.image_lists)
+        return out
 
 
 class Services:
     def __init__(self, fake: Fake) -> None:
         self.f = fake
 
-    async def images(self) -> list[tuple[str, str, Mapping[str, str]]]:
+    async def images(self) -> list[tuple[str, str, Mapping[str, str], datetime | None]]:
         assert namespace() == "default"
         return await self.f.images_()
+
+    async def image(self, name: str) -> tuple[str, Mapping[str, str], datetime | None]:
+        if self.f.on_get_image is not None:
+            self.f.on_get_image(name)
+        if name not in self.f.images:
+            raise errdefs.NotFound(f"image {name}")
+        target, labels = self.f.images[name]
+        return target, labels, self.f.updated.get(name)
 
     async def containers(self) -> list[tuple[str, str, str, Mapping[str, str]]]:
         return [(f"c{i}", sn, key, labels) for i, (sn, key, labels) in enumerate(self.f.containers)]
@@ -520,6 +538,47 @@ async def test_an_expired_image_moved_before_its_delete_keeps_what_it_named(tmp_
     assert {d(n) for n in range(1, 6)} <= set(fake.blobs) and freed.snapshots == {}
 
 
+async def test_an_expired_image_changed_after_it_was_read_is_not_deleted(tmp_path: Path) -> None:
+    """Images.Delete checks only the target: the collector reads the image again just before
+    and keeps it (with what it names) if its labels or updated_at moved since the lists were
+    read, e.g. its ``containerd.io/gc.expire`` removed; the next collection judges it anew."""
+    fake = Fake()
+    image_graph(fake)
+    fake.images["old"] = (d(1), dict(EXPIRED))
+    fake.updated["old"] = OLD
+
+    def unexpire(reads: int) -> None:
+        if reads == 2:  # after the collection's last read of the list
+            fake.images["old"] = (d(1), {})
+            fake.updated["old"] = datetime(2021, 1, 1, tzinfo=timezone.utc)
+
+    fake.on_list_images = unexpire
+    c = collector(fake, tmp_path)
+    freed = await c.collect()
+    assert freed.images == {} and fake.images["old"] == (d(1), {})
+    assert freed.content == {} and freed.snapshots == {} and {d(n) for n in range(1, 6)} <= set(fake.blobs)
+    fake.on_list_images = None
+    freed = await c.collect()  # no longer expired: a root
+    assert freed.images == {} and freed.content == {} and "old" in fake.images
+
+
+async def test_an_expired_image_updated_unchanged_is_kept_until_the_next_collection(tmp_path: Path) -> None:
+    """Only updated_at moved (same labels and target, or deleted and created again): kept by
+    this collection, deleted by the next, which reads it as it is."""
+    fake = Fake()
+    image_graph(fake)
+    fake.images["old"] = (d(1), dict(EXPIRED))
+    fake.updated["old"] = OLD
+    fake.on_get_image = lambda name: fake.updated.__setitem__(name, datetime(2021, 1, 1, tzinfo=timezone.utc))
+    c = collector(fake, tmp_path)
+    freed = await c.collect()
+    assert freed.images == {} and "old" in fake.images and freed.content == {}
+    fake.on_get_image = None
+    freed = await c.collect()
+    assert freed.images == {"default": ["old"]} and fake.images == {}
+    assert {x for x, _ in freed.content["default"]} == {d(n) for n in range(1, 6)}
+
+
 def test_label_names_match_as_containerd_does() -> None:
     """A reference label is the prefix itself or the prefix then ``.`` or ``/`` and a name."""
     refs = gc.label_refs({
@@ -595,9 +654,83 @@ def test_go_durations() -> None:
     assert gc.go_duration("2h") == 7200 and gc.go_duration("1h30m") == 5400
     assert gc.go_duration("-1.5s") == -1.5 and gc.go_duration("+.5m") == 30
     assert gc.go_duration("0") == 0 and gc.go_duration("300ms") == 0.3
-    assert gc.go_duration("2\u00b5s") == 2e-6
-    for bad in ("", "-", "2", "2x", "h", "1h 2m", "1e3s"):
+    assert gc.go_duration("2\u00b5s") == 2e-6 and gc.go_duration("2\u03bcs") == 2e-6
+    for bad in ("", "-", "2", "2x", "h", "1h 2m", "1e3s", ".s", "00", "2\u0661s"):
         assert gc.go_duration(bad) is None, bad
+
+
+def test_go_durations_past_time_duration_are_errors_as_in_go() -> None:
+    """Go's time.ParseDuration: an int64 of nanoseconds; above 2^63-1 ns (-2^63 is the one
+    magnitude past it allowed) it returns "invalid duration". Each value below was checked
+    against Go's own ParseDuration."""
+    ns = gc.go_duration_ns
+    assert ns("9223372036854775807ns") == 2**63 - 1 and ns("9223372036854775808ns") is None
+    assert ns("-9223372036854775808ns") == -2**63 and ns("-9223372036854775809ns") is None
+    assert ns("2562047h47m16.854775807s") == 2**63 - 1 and ns("2562047h47m16.854775808s") is None
+    assert ns("2562047h") == 9223369200000000000 and ns("2562048h") is None
+    assert ns("153722867m") == 9223372020000000000 and ns("153722868m") is None
+    assert ns("9223372036.8547758075s") == 2**63 - 1  # fraction digits past precision dropped
+    assert ns("1.123456789123456789s") == 1123456789  # truncated to the nanosecond
+    assert ns("9223372036854775808ns9223372036854775808ns") == 0  # Go's uint64 sum wraps
+    for bad in ("3000000h", "300000000000000000000h", "1" + "0" * 400 + "h", "10000000000000000000000ns"):
+        assert gc.go_duration(bad) is None, bad
+
+
+async def test_a_condition_past_go_durations_range_is_ignored(tmp_path: Path) -> None:
+    """``usedat<3000000h`` (~342 years) is no duration to containerd: the condition is
+    ignored and the snapshot goes, however recently it was used."""
+    cond = "containerd.io/gc.cond.snapshot.overlayfs"
+    used = {"containerd.io/gc.cond.value-usedat": ago(60)}
+    fake = Fake()
+    root = {"containerd.io/gc.root": "x"}
+    fake.blobs[d(1)] = (1, OLD, {**root, cond: "usedat<3000000h|a"})
+    fake.blobs[d(2)] = (1, OLD, {**root, cond: "usedat<1" + "0" * 400 + "h|b"})
+    fake.blobs[d(3)] = (1, OLD, {**root, cond: "usedat<2562047h|c"})  # in range
+    for key in "abc":
+        fake.snaps[key] = ("", 1, dict(used))
+    await collector(fake, tmp_path).collect()
+    assert sorted(fake.removed) == ["a", "b"] and set(fake.snaps) == {"c"}
+
+
+def test_conditional_labels_name_their_snapshotter_as_containerd_does() -> None:
+    """containerd (core/metadata/gc.go) trims the leading ``.`` and ``/`` after
+    ``containerd.io/gc.cond.snapshot`` and takes the rest up to a ``/``; no snapshotter, no
+    reference."""
+    cond = "containerd.io/gc.cond.snapshot"
+    got = gc.conditions({
+        cond: "usedat<1h|k0", f"{cond}.": "usedat<1h|k1", f"{cond}./": "usedat<1h|k2",
+        f"{cond}/": "usedat<1h|k3", f"{cond}.overlayfs": "usedat<1h|k4",
+        f"{cond}/native/name": "usedat<1h|k5", f"{cond}..//btrfs": "usedat<1h|k6",
+        f"{cond}x": "usedat<1h|k7", f"{cond}.zfs": "usedat<1h",
+    })
+    assert sorted(got) == [(("snapshot", "btrfs", "k6"), "<", 3600.0),
+                           (("snapshot", "native", "k5"), "<", 3600.0),
+                           (("snapshot", "overlayfs", "k4"), "<", 3600.0),
+                           (("snapshot", "x", "k7"), "<", 3600.0)]
+
+
+def test_usedat_takes_only_less_and_greater_than_as_containerd_does() -> None:
+    """containerd 2.3 parses ``=``, ``!=``, ``<``, ``>``, ``<=``, ``>=`` (``==`` as ``=``) but
+    ``usedat`` acts on ``<`` and ``>`` only; the rest, and unknown names, are ignored."""
+    key = "containerd.io/gc.cond.snapshot.overlayfs"
+    value = ",".join(["usedat<1h", "usedat>2h", "usedat<=3h", "usedat>=4h", "usedat=5h", "usedat==6h",
+                      "usedat!=7h", "usedat<<8h", "usedat<=>9h", " usedat<10h", "usedAt<11h", "usedat",
+                      "created<12h", "usedat<13h "]) + "|k"
+    assert gc.conditions({key: value}) == [(("snapshot", "overlayfs", "k"), "<", 3600.0),
+                                           (("snapshot", "overlayfs", "k"), ">", 7200.0)]
+
+
+async def test_usedat_with_or_equal_keeps_nothing(tmp_path: Path) -> None:
+    cond = "containerd.io/gc.cond.snapshot.overlayfs"
+    fake = Fake()
+    root = {"containerd.io/gc.root": "x"}
+    fake.blobs[d(1)] = (1, OLD, {**root, cond: "usedat<=2h|le"})
+    fake.blobs[d(2)] = (1, OLD, {**root, cond: "usedat>=1m|ge"})
+    fake.blobs[d(3)] = (1, OLD, {**root, cond: "usedat<2h,usedat>=1m|lt"})
+    for key in ("le", "ge", "lt"):
+        fake.snaps[key] = ("", 1, {"containerd.io/gc.cond.value-usedat": ago(3600)})
+    await collector(fake, tmp_path).collect()
+    assert sorted(fake.removed) == ["ge", "le"] and set(fake.snaps) == {"lt"}
 
 
 async def test_add_resource_on_an_expired_image_being_deleted_waits_for_the_sweep(tmp_path: Path) -> None:
