@@ -354,6 +354,61 @@ async def test_attach_to_a_stopped_container_fails(server: StreamingServer, api:
     assert st["status"] == "Failure" and "not running" in st["message"]
 
 
+class _Sink:
+    def __init__(self) -> None:
+        self.data = b""
+
+    async def write(self, data: bytes) -> None:
+        self.data += data
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_attach_to_a_task_that_exits_before_its_fifos_open(
+        rt_suite: Suite, api: Rt, rootfs: Path, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """The task's output ends (the runtime closes its tees, nobody reading) after the
+    backend saw it running and before it opened the tees: the attach ends anyway (its Wait
+    beside the copy), having missed the output (it waited forever before)."""
+    import os
+
+    from moorage.services.runtime import attach as at
+    from runtime.test_attach import _container, _read_to_eof
+
+    _container(api, "r1", ["sh", "-c", "read x; echo got $x; echo err $x >&2; exit 5"])
+    api.create("r1", rootfs)
+    api.start("r1")
+    st = api.get("r1")
+    real, first = at.open_output, [True]
+
+    def open_output(path: str) -> int:  # between the status check and the fifos' opening
+        if first:
+            first.clear()
+            tees = [os.open(os.path.join(os.path.dirname(st.stdout), "attach-" + n),
+                            os.O_RDONLY | os.O_NONBLOCK) for n in ("stdout", "stderr")]
+            try:
+                w = os.open(st.stdin, os.O_WRONLY)
+                os.write(w, b"hi\n")
+                os.close(w)
+                assert list(_read_to_eof(tees).values()) == [b"got hi\n", b"err hi\n"]
+            finally:
+                for fd in tees:
+                    os.close(fd)
+            assert api.wait("r1") == 5
+        return real(path)
+
+    monkeypatch.setattr(at, "open_output", open_output)
+    peer = Peer(rt_suite.address)
+    out, err = _Sink(), _Sink()
+    try:
+        backend = RuntimeBackend(peer, tmp_path / "streaming")
+        await asyncio.wait_for(backend.attach("r1", False, None, out, err, None), 20)
+    finally:
+        await peer.close()
+    assert not first and (out.data, err.data) == (b"", b"")
+
+
 # ---- port forwarding ---------------------------------------------------------------------
 
 ECHO = """

@@ -6,8 +6,9 @@
 - attach: the init process's stdio. Where the CRI process owns a container's stdio
   in-process, ``io_of(container_id)`` returns it (subscribe/write_stdin/close_stdin);
   otherwise the task's fifos are reopened (moorage.services.runtime.attach: the runtime's
-  tee `attach-stdout|stderr` when there is one). stdin mode `once` (container label
-  ``moorage/stdin``) closes the process's stdin when the attach ends.
+  tee `attach-stdout|stderr` when there is one) and copied until their EOF or, with a Wait
+  beside, shortly after the exit. stdin mode `once` (container label ``moorage/stdin``)
+  closes the process's stdin when the attach ends.
 - port_forward: the pod's network namespace from the sandbox service (Controller.Status
   ``netns_path``; empty = host network); the connection to ``127.0.0.1:port`` is made by a
   thread of its own that enters that namespace (setns) and ends after connecting.
@@ -444,12 +445,21 @@ class RuntimeBackend:
                 w = at.open_input(paths.stdin)
                 os.set_blocking(w, False)
                 side.append(loop.create_task(self._pump_in(stdin, w, stdin_done)))
-            if outs:
+            if outs:  # until their EOF, or a grace after the exit: a task that exited
+                # before the fifos were open never gives them EOF (see runtime/attach.py)
+                copied = asyncio.gather(*outs)
+                exited = loop.create_task(self._call(TASKS, "Wait", tpb.WaitRequest(
+                    container_id=container_id), tpb.WaitResponse, timeout=None))
                 try:
-                    await asyncio.gather(*outs)
+                    await asyncio.wait({copied, exited}, return_when=asyncio.FIRST_COMPLETED)
+                    if not copied.done():
+                        await asyncio.wait({copied}, timeout=at.EXIT_GRACE)
+                    if copied.done():
+                        copied.result()
                 finally:
-                    for t in outs:
+                    for t in (*outs, exited):
                         t.cancel()
+                    await asyncio.gather(copied, exited, return_exceptions=True)
             else:
                 await self._call(TASKS, "Wait", tpb.WaitRequest(container_id=container_id),
                                  tpb.WaitResponse, timeout=None)
