@@ -8,13 +8,17 @@ Exit 0 when the stream ends (the proxy stopped), per kind on error, 130 on Ctrl-
 Envelopes and the events of :data:`EVENTS` (containerd's own, api/containerd/events/*.proto)
 are read through moorage.cli.wire, and written as protobuf's ``MessageToDict`` writes them
 (proto field names, defaults left out, 64-bit integers as strings, timestamps in RFC 3339):
-no protobuf import. Only an event of another type, or one carrying a ``google.protobuf.Any``
-(a ContainerCreate's runtime options), imports protobuf to decode it, when it arrives.
+no protobuf import, ever. A ``google.protobuf.Any`` inside an event (a ContainerCreate's
+runtime options) is written as MessageToDict writes a resolvable one, ``{"@type": URL, ...its
+fields}``, when its type is in :data:`ANY_TYPES` (runc's options); an event or Any of
+another type as ``{"@type": URL, "value": BASE64}``, its bytes as protobuf's JSON and
+ctr write bytes (MessageToDict itself refuses a type it cannot resolve).
 """
 
 from __future__ import annotations
 
 import sys
+from binascii import b2a_base64
 from datetime import datetime, timedelta, timezone
 
 from moorage.cli.context import EXIT, CliContext
@@ -33,8 +37,8 @@ FLAG_REMOTE_CLOSED = 0x01
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # Kinds: s string, i64 int64 (a JSON string), u32 uint32, b bool, map map<string, string>,
-# *s repeated string, ts google.protobuf.Timestamp, any google.protobuf.Any (protobuf decodes
-# the event), a Schema a nested message, [Schema] a repeated one.
+# *s repeated string, ts google.protobuf.Timestamp, any google.protobuf.Any (see ANY_TYPES),
+# a Schema a nested message, [Schema] a repeated one.
 _MOUNT: Schema = ((1, "type", "s"), (2, "source", "s"), (3, "target", "s"), (4, "options", "*s"))
 _TASK_IO: Schema = ((1, "stdin", "s"), (2, "stdout", "s"), (3, "stderr", "s"), (4, "terminal", "b"))
 _NAME_LABELS: Schema = ((1, "name", "s"), (2, "labels", "map"))
@@ -77,8 +81,15 @@ EVENTS: dict[str, Schema] = {
 }
 
 
-class _Other(Exception):
-    """The event holds what :data:`EVENTS` does not describe."""
+ANY_TYPES: dict[str, Schema] = {
+    # api/containerd/types/runc/options/oci.proto: what `moor run` and the runtime give runc
+    "containerd.runc.v1.Options": ((1, "no_pivot_root", "b"), (2, "no_new_keyring", "b"), (3, "shim_cgroup", "s"),
+                                   (4, "io_uid", "u32"), (5, "io_gid", "u32"), (6, "binary_name", "s"),
+                                   (7, "root", "s"), (8, "criu_path", "s"), (9, "systemd_cgroup", "b"),
+                                   (10, "criu_image_path", "s"), (11, "criu_work_path", "s"),
+                                   (12, "task_api_address", "s"), (13, "task_api_version", "u32")),
+}
+"""Types an Any inside an event is written field by field from (else type URL and base64)."""
 
 
 def _to_dict(f: Fields, schema: Schema) -> dict[str, Any]:
@@ -108,43 +119,38 @@ def _to_dict(f: Fields, schema: Schema) -> dict[str, Any]:
             out[name] = _to_dict(f.msg(number), kind)
         elif kind == "ts":
             out[name] = rfc3339(f.msg(number))
-        else:  # any
-            raise _Other(name)
+        else:  # any: Any{type_url=1, value=2}
+            out[name] = _any(f.msg(number))
     return out
 
 
+def _any(a: Fields) -> dict[str, Any]:
+    type_url, value = a.text(1), a.blob(2)
+    if not type_url and not value:
+        return {}
+    schema = ANY_TYPES.get(type_url.rsplit("/", 1)[-1])
+    if schema is not None:
+        try:
+            return {"@type": type_url, **_to_dict(Fields(value), schema)}
+        except ValueError:  # not what its type says: as an unknown one
+            pass
+    return _opaque(type_url, value)
+
+
+def _opaque(type_url: str, value: bytes) -> dict[str, str]:
+    return {"@type": type_url, "value": b2a_base64(value, newline=False).decode("ascii")}
+
+
 def decode_event(type_url: str, value: bytes) -> Any:
-    """The event as a dict when its type is known (containerd.events.*), else base64-free hex."""
+    """The event as a dict: by its fields when its type is in :data:`EVENTS` (and its bytes
+    read as that type), else its type URL and its bytes in base64."""
     schema = EVENTS.get(type_url.rsplit("/", 1)[-1])
     if schema is not None:
         try:
             return _to_dict(Fields(value), schema)
-        except _Other:
+        except ValueError:
             pass
-    return _decode_with_protobuf(type_url, value)
-
-
-def _decode_with_protobuf(type_url: str, value: bytes) -> Any:
-    from google.protobuf import json_format, symbol_database
-
-    _load_event_types()
-    name = type_url.rsplit("/", 1)[-1]
-    try:
-        cls = symbol_database.Default().GetSymbol(name)
-    except KeyError:
-        return {"@type": type_url, "value": value.hex()}
-    msg = cls.FromString(value)
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
-
-
-def _load_event_types() -> None:
-    import importlib
-
-    for mod in ("container", "content", "image", "namespace", "sandbox", "snapshot", "task"):
-        try:
-            importlib.import_module(f"moorage.api.containerd.events.{mod}_pb2")
-        except ImportError:
-            pass
+    return _opaque(type_url, value)
 
 
 def _time(env: Fields) -> datetime:

@@ -3,8 +3,6 @@ they write it reads (the messages `moor run` exchanges)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -68,69 +66,3 @@ def test_round_trip(n: int, s: str, b: bytes) -> None:
 def test_truncated_or_bad_input_is_a_value_error(data: bytes) -> None:
     with pytest.raises(ValueError):
         Fields.FromString(data)
-
-
-# ---- moor events: the event table and the JSON it writes, against protobuf --------------------
-
-_KINDS = {9: "s", 3: "i64", 13: "u32", 8: "b"}  # FieldDescriptor.TYPE_*: string, int64, uint32, bool
-
-
-def _schema_of(desc: Any) -> Any:
-    out = []
-    for fd in desc.fields:
-        if fd.message_type is None:
-            kind: Any = ("*" if fd.is_repeated else "") + _KINDS[fd.type]
-        elif fd.message_type.GetOptions().map_entry:
-            kind = "map"
-        elif fd.message_type.full_name == "google.protobuf.Timestamp":
-            kind = "ts"
-        elif fd.message_type.full_name == "google.protobuf.Any":
-            kind = "any"
-        else:
-            kind = _schema_of(fd.message_type)
-            kind = [kind] if fd.is_repeated else kind
-        out.append((fd.number, fd.name, kind))
-    return tuple(sorted(out))
-
-
-def test_the_event_table_is_the_protos() -> None:
-    from google.protobuf import symbol_database
-
-    from moorage.cli import events
-
-    events._load_event_types()
-    for name, schema in events.EVENTS.items():
-        assert schema == _schema_of(symbol_database.Default().GetSymbol(name).DESCRIPTOR), name
-
-
-def _events() -> list[Any]:
-    from moorage.api.containerd.events import container_pb2, content_pb2, image_pb2, sandbox_pb2, task_pb2
-    from moorage.api.containerd.types import mount_pb2
-
-    exit_ = task_pb2.TaskExit(container_id="c", id="e", pid=7, exit_status=137)
-    exit_.exited_at.FromNanoseconds(1_700_000_000_123_456_789)
-    delete = task_pb2.TaskDelete(container_id="c", pid=1)
-    delete.exited_at.seconds = 5
-    sandbox = sandbox_pb2.SandboxExit(sandbox_id="s")
-    sandbox.exited_at.SetInParent()
-    return [
-        content_pb2.ContentCreate(digest="sha256:x", size=2**40), content_pb2.ContentCreate(digest="d"),
-        image_pb2.ImageUpdate(name="n", labels={"a": "1"}), exit_, delete, sandbox,
-        task_pb2.TaskCreate(container_id="c", rootfs=[mount_pb2.Mount(type="overlay", options=["ro"]),
-                                                      mount_pb2.Mount()], io=task_pb2.TaskIO(terminal=True), pid=3),
-        task_pb2.TaskCreate(container_id="c"),
-        container_pb2.ContainerCreate(id="c", runtime=container_pb2.ContainerCreate.Runtime(name="r")),
-        container_pb2.ContainerUpdate(id="c", labels={"k": "v"}),
-    ]
-
-
-@pytest.mark.parametrize("event", _events(), ids=lambda e: type(e).__name__)
-def test_events_read_as_message_to_dict(event: Any) -> None:
-    from google.protobuf import json_format
-
-    from moorage.cli import events
-
-    url = "types.containerd.io/" + event.DESCRIPTOR.full_name
-    want = json_format.MessageToDict(event, preserving_proto_field_name=True)
-    assert events.decode_event(url, event.SerializeToString()) == want
-    assert events._decode_with_protobuf(url, event.SerializeToString()) == want
