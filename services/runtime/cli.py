@@ -618,17 +618,19 @@ def _wait_logged(api: _Api, id: str, log_path: str, rm: bool, container: Any,
     return code
 
 
-def _attach_and_wait(api: _Api, id: str, log_path: str, cio: _ClientIO | None, tty: bool,
-                     interactive: bool, rm: bool, container: Any, exec_id: str = "") -> int:
-    if cio is None and not tty and log_path and not exec_id:
-        return _wait_logged(api, id, log_path, rm, container)
-    import threading
+class _Waiter:
+    """Tasks.Wait for a process, on its own connection in a daemon thread (started at once):
+    ``done`` is set when Wait returns or fails; ``code()`` waits for that, then gives the exit
+    status or raises Wait's error."""
 
-    done = threading.Event()
-    result: list[int] = []
-    errors: list[BaseException] = []
+    def __init__(self, api: _Api, id: str, exec_id: str = "") -> None:
+        import threading
 
-    def waiter() -> None:
+        self.done = threading.Event()
+        self._result: list[int | BaseException] = []
+        threading.Thread(target=self._wait, args=(api, id, exec_id), daemon=True).start()
+
+    def _wait(self, api: _Api, id: str, exec_id: str) -> None:
         try:
             from ttrpc.blocking import Client
 
@@ -637,11 +639,25 @@ def _attach_and_wait(api: _Api, id: str, log_path: str, cio: _ClientIO | None, t
             with Client(api.ctx.address, error_factory=errdefs.from_status) as c:
                 # WaitRequest{container_id=1, exec_id=2} -> WaitResponse{exit_status=1}
                 r = c.unary(TASKS, "Wait", Msg({1: id, 2: exec_id}), Fields, metadata=api.md)
-                result.append(r.uint(1))
+                self._result.append(r.uint(1))
         except BaseException as exc:
-            errors.append(exc)
+            self._result.append(exc)
         finally:
-            done.set()
+            self.done.set()
+
+    def code(self) -> int:
+        self.done.wait()
+        result = self._result[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
+def _attach_and_wait(api: _Api, id: str, log_path: str, cio: _ClientIO | None, tty: bool,
+                     interactive: bool, rm: bool, container: Any, exec_id: str = "") -> int:
+    if cio is None and not tty and log_path and not exec_id:
+        return _wait_logged(api, id, log_path, rm, container)
+    import threading
 
     term: _RawTerminal | None = None
     winch = threading.Event()
@@ -654,7 +670,8 @@ def _attach_and_wait(api: _Api, id: str, log_path: str, cio: _ClientIO | None, t
     logged = bool(log_path) and (cio is None or "stdout" not in cio.paths)
     if term is None:
         _forward_signals(api, id, exec_id)
-    threading.Thread(target=waiter, daemon=True).start()
+    waiter = _Waiter(api, id, exec_id)
+    done = waiter.done
     try:
         if cio is not None:
             cio.start(lambda: api.close_stdin(id, exec_id))
@@ -686,8 +703,7 @@ def _attach_and_wait(api: _Api, id: str, log_path: str, cio: _ClientIO | None, t
             cio.close()
     if rm and not exec_id:
         api.remove_container(container)
-    if errors and not result:
-        raise errors[0]
+    waiter.code()  # its error, if Wait failed
     return code
 
 
@@ -763,25 +779,8 @@ def cmd_attach(argv: list[str], ctx: CliContext) -> int:
         raise NotFound(f"container {a.container} has no task")
     if proc.status not in (1, 2, 4):
         raise FailedPrecondition(f"cannot attach to a {STATUS.get(proc.status)} container")
-    ended = threading.Event()
-    waited: list[int | BaseException] = []
-
-    def waiter() -> None:
-        try:
-            from ttrpc.blocking import Client
-
-            from moorage import errdefs
-
-            with Client(api.ctx.address, error_factory=errdefs.from_status) as c:
-                # WaitRequest{container_id=1} -> WaitResponse{exit_status=1}
-                r = c.unary(TASKS, "Wait", Msg({1: a.container}), Fields, metadata=api.md)
-                waited.append(r.uint(1))
-        except BaseException as exc:
-            waited.append(exc)
-        finally:
-            ended.set()
-
-    threading.Thread(target=waiter, daemon=True).start()
+    waiter = _Waiter(api, a.container)
+    ended = waiter.done
     paths = at.attach_paths(proc.stdin, proc.stdout, proc.stderr, proc.terminal)
     once = api.container(a.container).labels.get(at.STDIN_LABEL) == "once"
     outs: dict[int, int] = {}
@@ -863,11 +862,7 @@ def cmd_attach(argv: list[str], ctx: CliContext) -> int:
             os.close(fd)
     if detached.is_set():
         return 0
-    ended.wait()
-    result = waited[0]
-    if isinstance(result, BaseException):
-        raise result
-    return result
+    return waiter.code()
 
 
 # ---- the rest -----------------------------------------------------------------------------
