@@ -14,8 +14,9 @@ Rules, as containerd's metadata store:
   resource twice or deleting one the lease does not hold is not an error; calls on a lease
   that does not exist are NotFound;
 - List filters (containerd syntax) over ``id`` and ``labels.<key>``;
-- ``containerd.io/gc.expire`` (RFC 3339): a lease past its expiry is dropped, with its
-  resources, before every List and at start (containerd drops it at its next collection).
+- ``containerd.io/gc.expire`` (RFC 3339 as Go's ``time.Parse`` reads it, see ``rfc3339``;
+  unparsable: no expiry): a lease past its expiry is dropped, with its resources, before every
+  List and at start (containerd drops it at its next collection).
 
 The collector (gc.py) treats every resource of a live lease as a root; ``sync`` on Delete
 collects before answering. The lease a call runs under travels in metadata
@@ -31,7 +32,7 @@ import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date
 from pathlib import Path
 
 import msgpack
@@ -99,12 +100,44 @@ def expiry(labels: Mapping[str, str]) -> float | None:
     return rfc3339(value) if value else None
 
 
+_RFC3339 = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{1,2}):([0-9]{2}):([0-9]{2})"
+                      r"(?:[.,]([0-9]+))?(?:Z|([+-])([0-9]{2}):([0-9]{2}))")
+"""Go's ``time.Parse(time.RFC3339, v)``: its layout path (tried when the strict fast path fails)
+takes a one-digit hour, a ``,`` before the fraction and any number of fraction digits."""
+_EPOCH = date(1970, 1, 1)
+_DAYS_IN_400_YEARS = 146097
+"""The Gregorian calendar repeats every 400 years (Go's has a year 0, datetime has none)."""
+
+
 def rfc3339(value: str) -> float | None:
-    """An RFC 3339 time as epoch seconds (None: not one)."""
+    """A time as containerd reads its ``gc.expire`` and ``gc.cond.value-usedat`` labels, Go's
+    ``time.Parse(time.RFC3339, v)`` (Go 1.23+), as epoch seconds; None where Go errs, so the
+    label is ignored as containerd ignores it. Go's rules: ``YYYY-MM-DDTh[h]:mm:ss``, ASCII
+    digits, a capital ``T``; year 0000-9999 (proleptic Gregorian), the day within its month,
+    hour 0-23, minute and second 0-59 (no leap second); an optional ``.`` or ``,`` with one or
+    more digits (past nine ignored); then ``Z`` (capital) or ``+hh:mm``/``-hh:mm`` with hh at
+    most 24 and mm at most 60, and nothing after. No date alone, no zone-less time, no space
+    for ``T``, no compact form."""
+    m = _RFC3339.fullmatch(value)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        same_day = date(2000 + year % 400, month, day)
     except ValueError:
         return None
+    if hour > 23 or minute > 59 or second > 59:
+        return None
+    offset = 0
+    if m[8]:
+        zone_hour, zone_minute = int(m[9]), int(m[10])
+        if zone_hour > 24 or zone_minute > 60:
+            return None
+        offset = (zone_hour * 60 + zone_minute) * 60 * (1 if m[8] == "+" else -1)
+    nanos = int(m[7][:9].ljust(9, "0")) if m[7] else 0
+    days = (same_day - _EPOCH).days + (year // 400 - 5) * _DAYS_IN_400_YEARS
+    return days * 86400 + hour * 3600 + minute * 60 + second - offset + nanos / 1e9
+
 
 
 SCHEMA_VERSION = 1
