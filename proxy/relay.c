@@ -54,6 +54,7 @@
 #define OUT_KEEP (16u << 10)
 #define RETRY_NS 500000000LL /* a replica that refused a connection is left out this long */
 #define EVENTS 256
+#define DRAIN_TICK_MS 10 /* while closing: how often an untold RELAY_DRAINED is tried again */
 
 #define CODE_INVALID_ARGUMENT 3
 #define CODE_RESOURCE_EXHAUSTED 8
@@ -427,13 +428,31 @@ static void unref(relay *r, conn *c) {
     }
 }
 
-/* Closing, with no call left open: tell Python once, on the notify pipe (RELAY_DRAINED). */
+/* No call left open and every answer written out to its client (stopping drops what a
+ * client has not read yet). */
+static int drained(const relay *r) {
+    if (r->open_streams)
+        return 0;
+    for (const conn *c = r->all; c; c = c->next_all)
+        if (c->kind == K_CLIENT && !c->dead && buf_pending(&c->out))
+            return 0;
+    return 1;
+}
+
+/* Closing and drained: tell Python once, on the notify pipe (RELAY_DRAINED). When the pipe
+ * is full, relay_run tries again until the word goes. */
 static void tell_if_drained(relay *r) {
-    if (r->open_streams || r->drained_told || !__atomic_load_n(&r->closing, __ATOMIC_RELAXED))
+    if (r->drained_told || !__atomic_load_n(&r->closing, __ATOMIC_RELAXED) || !drained(r))
         return;
     int word = RELAY_DRAINED;
     if (write(r->notify, &word, sizeof word) == (ssize_t)sizeof word)
         r->drained_told = 1;
+}
+
+/* relay_run's epoll timeout: none, but while closing and not yet told, a retry tick (a
+ * full notify pipe, a slow client that went away with its answers unread). */
+static int wait_ms(const relay *r) {
+    return __atomic_load_n(&r->closing, __ATOMIC_RELAXED) && !r->drained_told ? DRAIN_TICK_MS : -1;
 }
 
 /* One carried call is over (answered, given up, or its backend gone). */
@@ -551,6 +570,8 @@ static void flush(relay *r, conn *c) {
             conn_close(r, c);
             return;
         }
+        if (c->kind == K_CLIENT)
+            tell_if_drained(r);
     }
     if (left < LOW_WATER) {
         if (c->nwaiters)
@@ -1443,7 +1464,7 @@ static void wake(relay *r) {
 
 void relay_set_closing(relay *r) {
     pthread_mutex_lock(&r->lock);
-    r->closing = 1;
+    __atomic_store_n(&r->closing, 1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&r->lock);
     wake(r);
 }
@@ -1472,7 +1493,7 @@ int relay_run(relay *r) {
         pthread_mutex_unlock(&r->lock);
         if (stop)
             break;
-        int n = epoll_wait(r->ep, evs, EVENTS, -1);
+        int n = epoll_wait(r->ep, evs, EVENTS, wait_ms(r));
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -1515,6 +1536,7 @@ int relay_run(relay *r) {
                 flush(r, c);
         }
         sweep(r);
+        tell_if_drained(r);
     }
     /* stopping: every connection goes (clients, backends and the Python ends see EOF) */
     r->listen_closed = 1;

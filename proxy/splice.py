@@ -478,6 +478,7 @@ class Splice:
         self.fronts: set[Front] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle: asyncio.Event | None = None
+        self._gone: asyncio.Event | None = None  # draining: set when no client is left
         self.closing = False
 
     def services(self) -> list[Service]:
@@ -517,19 +518,31 @@ class Splice:
         self.fronts.discard(front)
         if self._idle is not None and not any(f.streams for f in self.fronts):
             self._idle.set()
+        if self._gone is not None and not self.fronts:
+            self._gone.set()
 
     def stream_done(self) -> None:
         if self._idle is not None and not any(f.streams for f in self.fronts):
             self._idle.set()
 
     async def drain(self, grace: float) -> None:
-        """Refuse new calls, wait up to ``grace`` seconds for open streams to end, then drop
-        every client."""
+        """Refuse new calls and wait up to ``grace`` seconds in all for open streams to end
+        and for their answers to be written out to the clients; then drop every client."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         self.closing = True
         self._idle = asyncio.Event()
         if any(f.streams for f in self.fronts):
             try:
                 await asyncio.wait_for(self._idle.wait(), grace)
+            except TimeoutError:
+                pass
+        self._gone = asyncio.Event()
+        for front in list(self.fronts):
+            front.close()  # once what it was sent is written (a transport's close)
+        if self.fronts:
+            try:
+                await asyncio.wait_for(self._gone.wait(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 pass
         self.close()
@@ -694,6 +707,12 @@ class Front(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    def close(self) -> None:
+        """End the connection once what it was sent is written (connection_lost then)."""
+        self.out.flush()
+        if self.transport is not None:
+            self.transport.close()
 
     def own_lost(self) -> None:
         self.own = None

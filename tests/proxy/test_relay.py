@@ -24,7 +24,7 @@ from moorage.api.containerd.services.namespaces.v1 import namespace_pb2 as ns
 from moorage.rpc import connect
 from suite import Suite, raw_frames, skeleton_suite
 from ttrpc.client import Client
-from ttrpc.frame import REQUEST, encode_frame, pack_header
+from ttrpc.frame import REQUEST, RESPONSE, Frame, FrameDecoder, encode_frame, pack_header
 from ttrpc.messages import decode_response, encode_request
 
 ECHO = "moorage.test.v1.Echo"
@@ -290,6 +290,39 @@ async def test_sigterm_drains_the_calls_the_relay_carries(suite: Suite, client: 
     # grace (which would end about 4 s after the 1 s call)
     assert time.monotonic() - ended < 2
     assert not os.path.exists(suite.address)
+
+
+@pytest.mark.parametrize("relay", [True, False], ids=["relay", "splice"])
+async def test_sigterm_lets_a_slow_reader_have_its_whole_answer(tmp_path: Path, relay: bool) -> None:
+    """An answer still queued in the proxy for a client that reads slowly is written out
+    before the proxy stops (within the grace), by the relay and by the splice alike; the
+    call ending at the backend is not the end of it."""
+    suite = skeleton_suite(tmp_path, relay=relay)
+    try:
+        proxy = await asyncio.to_thread(suite.start, "proxy")
+        await asyncio.to_thread(suite.start, "echo")
+        c = await connect(suite.address)
+        try:  # records the namespace, so that the relay carries the big call itself
+            assert await c.unary_raw(ECHO, "Echo", b"warm", metadata=MD) == b"warm"
+        finally:
+            await c.close()
+        payload = os.urandom(3 << 20)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(suite.address)
+            s.sendall(encode_frame(1, REQUEST, 0, encode_request(ECHO, "Echo", payload, 0, list(MD.items()))))
+            s.settimeout(20)
+            got = bytearray(s.recv(10))  # the answer has begun: the rest waits in the proxy
+            proxy.popen.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(proxy.notify.wait_for, "STOPPING=1", None)
+            while chunk := s.recv(64 << 10):  # a slow reader: about 0.5 s for the 3 MiB
+                got += chunk
+                time.sleep(0.01)
+        assert await asyncio.to_thread(proxy.popen.wait, 30) == 0
+        frames = FrameDecoder().feed(bytes(got))
+        assert [(f.stream_id, f.type) for f in frames] == [(1, RESPONSE)], f"{len(got)} bytes came"
+        assert isinstance(frames[0], Frame) and decode_response(frames[0].body).payload == payload
+    finally:
+        suite.close()
 
 
 async def test_the_splice_serves_alone_when_the_relay_is_off(tmp_path: Path) -> None:
