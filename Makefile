@@ -49,7 +49,7 @@ $(STAMP)/deps:
 	@touch $@
 
 venv: $(STAMP)/venv
-$(STAMP)/venv: pyproject.toml setup.py
+$(STAMP)/venv: pyproject.toml setup.py | deps
 	@mkdir -p $(STAMP)
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -27,9 +27,10 @@ FLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
 
 
-def builder(sanitize: bool = False, where: Path = HERE) -> cffi.FFI:
+def builder(sanitize: bool = False, where: Path = HERE, optional: bool = False) -> cffi.FFI:
     """The module's builder, its C sources named under ``where``: absolute for
-    ``FFI.compile`` (it compiles in its own tmpdir), relative for setuptools."""
+    ``FFI.compile`` (it compiles in its own tmpdir), relative for setuptools. ``optional``:
+    setuptools leaves the module out, with a warning, when it does not compile."""
     ffi = cffi.FFI()
     ffi.cdef((HERE / "relay.h").read_text())
     ffi.set_source(
@@ -40,14 +41,17 @@ def builder(sanitize: bool = False, where: Path = HERE) -> cffi.FFI:
         include_dirs=[str(where)],
         extra_compile_args=FLAGS + (SANITIZE if sanitize else []),
         extra_link_args=SANITIZE[:1] if sanitize else [],
+        optional=optional,
     )
     return ffi
 
 
 def ffibuilder() -> cffi.FFI:
     """setup.py's builder (``cffi_modules``): setuptools takes only paths relative to the
-    project, where pip runs setup.py (an absolute one broke wheel builds)."""
-    return builder(where=Path(os.path.relpath(HERE)))
+    project, where pip runs setup.py (an absolute one broke wheel builds). The module is
+    optional there, as it is to the proxy: without a C compiler the install goes on and the
+    proxy serves with the splice alone."""
+    return builder(where=Path(os.path.relpath(HERE)), optional=True)
 
 
 def build(dest: Path, sanitize: bool = False) -> Path:

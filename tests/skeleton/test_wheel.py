@@ -1,6 +1,7 @@
 """A regular install has the proxy's C relay: the wheel pip builds (offline) from the
 project's sdist holds ``moorage.proxy._relay``, compiled by setup.py's ``cffi_modules``, and
-the proxy installed from that wheel loads it."""
+the proxy installed from that wheel loads it. Without a C compiler the wheel is built all the
+same, without the relay (the proxy's splice serves alone)."""
 
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
-@pytest.mark.slow
-def test_the_wheel_holds_the_relay_and_its_proxy_uses_it(tmp_path: Path) -> None:
+def build_wheel(tmp_path: Path, env: dict[str, str] | None = None) -> tuple[Path, list[str]]:
+    """An sdist of the project, then a wheel from it, offline: the wheel and its names."""
     src = tmp_path / "src"
     shutil.copytree(TOP, src, ignore=NOT_SOURCE)
     dist = tmp_path / "dist"
@@ -40,10 +41,26 @@ def test_the_wheel_holds_the_relay_and_its_proxy_uses_it(tmp_path: Path) -> None
     (sdist,) = dist.glob("moorage-*.tar.gz")  # the C sources and relay.h with it
     wheels = tmp_path / "wheels"
     run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-        "-w", wheels, sdist, cwd=tmp_path)
+        "-w", wheels, sdist, cwd=tmp_path, env=env)
     (wheel,) = wheels.glob("moorage-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    assert [n for n in names if n.startswith("moorage/proxy/_relay") and n.endswith(".so")], names
+    return wheel, zipfile.ZipFile(wheel).namelist()
+
+
+def relays(names: list[str]) -> list[str]:
+    return [n for n in names if n.startswith("moorage/proxy/_relay") and n.endswith(".so")]
+
+
+@pytest.mark.slow
+def test_without_a_c_compiler_the_wheel_is_built_without_the_relay(tmp_path: Path) -> None:
+    wheel, names = build_wheel(tmp_path, env={**os.environ, "CC": "/bin/false"})
+    assert not relays(names)
+    assert "moorage/proxy/splice.py" in names
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_the_relay_and_its_proxy_uses_it(tmp_path: Path) -> None:
+    wheel, names = build_wheel(tmp_path)
+    assert relays(names), names
 
     site = tmp_path / "site"
     run(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", site, wheel,
