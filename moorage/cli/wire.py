@@ -9,7 +9,12 @@ ttrpc's blocking client uses of a generated message (``SerializeToString``,
 
 Encoding follows proto3: scalar fields equal to their default (0, False, "", b"") are
 left out; a nested message (:class:`Msg` or :class:`Fields`) is always written; a list
-is a repeated field; a dict is a ``map<string, string>``.
+is a repeated field, every element written ("" and 0 too); a dict is a
+``map<string, string>``. An int outside [-2**63, 2**64) is a ValueError, as protobuf
+raises for any integer field: the caller checks the narrower range of its field (a uint32
+signal, an int64 size) where it takes the value from the user. Reading, a truncated field,
+a field number outside [1, 2**29) or a group is a ValueError, as it is a DecodeError for
+protobuf.
 """
 
 from __future__ import annotations
@@ -25,14 +30,16 @@ if TYPE_CHECKING:  # (typing and collections.abc cost every `moor` command ~20 m
                         | list["Value"] | Mapping[str, str])
 
 
-def _field(out: bytearray, number: int, value: Value) -> None:
-    if isinstance(value, bool) or isinstance(value, int):
-        if value:
+def _field(out: bytearray, number: int, value: Value, always: bool = False) -> None:
+    if isinstance(value, int):  # bool too
+        if not -(1 << 63) <= value < 1 << 64:
+            raise ValueError(f"field {number}: {value} is out of range for a varint")
+        if value or always:
             out += varint(number << 3)
             out += varint(int(value))
     elif isinstance(value, (str, bytes)):
         data = value.encode() if isinstance(value, str) else value
-        if data:
+        if data or always:
             out += varint(number << 3 | 2)
             out += varint(len(data))
             out += data
@@ -43,7 +50,7 @@ def _field(out: bytearray, number: int, value: Value) -> None:
         out += data
     elif isinstance(value, list):
         for item in value:
-            _field(out, number, item)
+            _field(out, number, item, always=True)
     else:
         for k, v in value.items():
             _field(out, number, Msg({1: k, 2: v}))
@@ -76,20 +83,21 @@ class Fields:
         while i < n:
             key, i = read_varint(raw, i)
             number, wire_type = key >> 3, key & 7
+            if not 0 < number < 1 << 29:
+                raise ValueError(f"field number {number} out of range")
             value: int | bytes
             if wire_type == 0:
                 value, i = read_varint(raw, i)
-            elif wire_type == 2:
-                size, i = read_varint(raw, i)
-                if i + size > n:
-                    raise ValueError("truncated field")
-                value, i = raw[i:i + size], i + size
-            elif wire_type == 1:
-                value, i = raw[i:i + 8], i + 8
-            elif wire_type == 5:
-                value, i = raw[i:i + 4], i + 4
             else:
-                raise ValueError(f"unsupported wire type {wire_type}")
+                if wire_type == 2:
+                    size, i = read_varint(raw, i)
+                elif wire_type == 1 or wire_type == 5:
+                    size = 8 if wire_type == 1 else 4
+                else:
+                    raise ValueError(f"unsupported wire type {wire_type}")
+                if i + size > n:
+                    raise ValueError(f"truncated field {number}")
+                value, i = raw[i:i + size], i + size
             self._fields.setdefault(number, []).append(value)
 
     @classmethod
@@ -140,10 +148,16 @@ def any_of(type_url: str, fields: Mapping[int, Value]) -> Msg:
 
 def rfc3339(ts: Fields) -> str:
     """A ``google.protobuf.Timestamp`` {seconds=1, nanos=2} as protobuf's ``ToJsonString``
-    writes it: UTC with ``Z``, and 0, 3, 6 or 9 fraction digits, as few as are exact."""
+    writes it: UTC with ``Z``, and 0, 3, 6 or 9 fraction digits, as few as are exact; a
+    ValueError, as there, for seconds outside years 1-9999 or nanos outside [0, 1e9)."""
     from datetime import datetime, timedelta
 
-    seconds, nanos = ts.int64(1), ts.int64(2)
+    seconds, nanos = ts.int64(1), ts.uint(2) & 0xFFFFFFFF  # nanos: an int32
+    nanos -= (nanos >> 31) << 32
+    if not -62135596800 <= seconds <= 253402300799:
+        raise ValueError(f"Timestamp is not valid: Seconds {seconds} must be in range [-62135596800, 253402300799].")
+    if not 0 <= nanos < 1_000_000_000:
+        raise ValueError(f"Timestamp is not valid: Nanos {nanos} must be in a range [0, 999999999].")
     text = (datetime(1970, 1, 1) + timedelta(seconds // 86400, seconds % 86400)).isoformat()
     if nanos % 1_000_000_000 == 0:
         return text + "Z"

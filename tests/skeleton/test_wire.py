@@ -7,10 +7,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.wrappers_pb2 import Int64Value, UInt64Value
+
 from moorage.api.containerd.services.containers.v1 import containers_pb2 as cpb
+from moorage.api.containerd.services.content.v1 import content_pb2
+from moorage.api.containerd.services.events.v1 import events_pb2
 from moorage.api.containerd.services.snapshots.v1 import snapshots_pb2 as spb
 from moorage.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
-from moorage.cli.wire import Fields, Msg
+from moorage.cli.wire import Fields, Msg, rfc3339
+from moorage.protowire import varint
 
 
 def test_container_create_request_parses_as_protobuf() -> None:
@@ -58,11 +65,70 @@ def test_reads_protobuf_replies() -> None:
 @given(st.integers(min_value=0, max_value=2**32 - 1), st.text(), st.binary())
 def test_round_trip(n: int, s: str, b: bytes) -> None:
     f = Fields.FromString(Msg({1: n, 2: s, 15: b, 300: [s, s]}).SerializeToString())
-    assert (f.uint(1), f.text(2), f.blob(15), f.texts(300)) == (n, s, b, [s, s] if s else [])
+    assert (f.uint(1), f.text(2), f.blob(15), f.texts(300)) == (n, s, b, [s, s])
     assert tpb.StartResponse.FromString(Msg({1: n}).SerializeToString()).pid == n
 
 
-@pytest.mark.parametrize("data", [b"\x08", b"\x0a\x05ab", b"\x0b", b"\x80"])
+@pytest.mark.parametrize("data", [b"\x08", b"\x0a\x05ab", b"\x0b", b"\x80",
+                                  b"\x09\x01\x02", b"\x09", b"\x0d\x01\x02\x03", b"\x0d",  # fixed64, fixed32
+                                  b"\x00\x01", b"\x02\x00", varint(1 << 29 << 3) + b"\x00"])  # field 0, 2**29
 def test_truncated_or_bad_input_is_a_value_error(data: bytes) -> None:
     with pytest.raises(ValueError):
         Fields.FromString(data)
+    with pytest.raises(DecodeError):  # as protobuf rejects it
+        Timestamp.FromString(data)
+
+
+def test_fixed_fields_and_the_last_field_number_are_read() -> None:
+    data = b"\x09" + bytes(range(8)) + b"\x15" + bytes(4) + varint(((1 << 29) - 1) << 3) + b"\x07"
+    f = Fields.FromString(data)
+    assert (f.blob(1), f.blob(2), f.uint((1 << 29) - 1)) == (bytes(range(8)), bytes(4), 7)
+
+
+@pytest.mark.parametrize("value", [-(1 << 63), -1, (1 << 63) - 1, 1 << 63, (1 << 64) - 1])
+def test_ints_at_the_ends_of_a_varint_are_written_as_protobuf_does(value: int) -> None:
+    data = Msg({1: value}).SerializeToString()
+    assert Fields.FromString(data).uint(1) == value % (1 << 64)
+    typed = Int64Value(value=value) if value < 1 << 63 else UInt64Value(value=value)
+    assert data == typed.SerializeToString()
+
+
+@pytest.mark.parametrize("value", [1 << 64, 1 << 70, -(1 << 63) - 1, -(1 << 70)])
+def test_ints_outside_a_varint_are_a_value_error(value: int) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        Msg({3: value})
+    with pytest.raises(ValueError, match="out of range"):
+        Msg({1: [Msg({3: [value]})]})
+    with pytest.raises(ValueError):  # as protobuf raises for a uint64 or int64 field
+        content_pb2.WriteContentRequest(total=value)
+
+
+@given(st.lists(st.text(max_size=3)))
+def test_lists_write_every_element(filters: list[str]) -> None:
+    assert (Msg({1: filters}).SerializeToString()
+            == events_pb2.SubscribeRequest(filters=filters).SerializeToString()
+            == content_pb2.ListContentRequest(filters=filters).SerializeToString())
+    assert Fields.FromString(Msg({1: filters}).SerializeToString()).texts(1) == filters
+    assert Msg({1: ["", ""]}).SerializeToString() == b"\x0a\x00\x0a\x00"
+    assert Fields.FromString(Msg({1: [0, 5]}).SerializeToString()).uint(1) == 5
+
+
+@pytest.mark.parametrize(("seconds", "nanos"), [(0, 0), (-1, 999_999_999), (-62135596800, 0), (253402300799, 999_999_999),
+                                                (1700000000, 120_000_000), (1, 1000), (1, 1)])
+def test_rfc3339_is_protobufs_to_json_string(seconds: int, nanos: int) -> None:
+    ts = Timestamp(seconds=seconds, nanos=nanos)
+    assert rfc3339(Fields.FromString(ts.SerializeToString())) == ts.ToJsonString()
+    # nanos is an int32: protobuf keeps a wider varint's low 32 bits
+    wide = Msg({1: seconds, 2: nanos + (5 << 32)}).SerializeToString()
+    assert rfc3339(Fields.FromString(wide)) == Timestamp.FromString(wide).ToJsonString()
+
+
+@pytest.mark.parametrize(("seconds", "nanos"), [(0, -1), (0, 1_000_000_000), (0, -(1 << 31)), (0, (1 << 31) - 1),
+                                                (253402300800, 0), (-62135596801, 0), (1 << 62, 0), (-(1 << 63), 0)])
+def test_rfc3339_of_an_invalid_timestamp_is_a_value_error_as_in_protobuf(seconds: int, nanos: int) -> None:
+    ts = Timestamp(seconds=seconds, nanos=nanos)
+    with pytest.raises(ValueError, match="Timestamp is not valid") as ours:
+        rfc3339(Fields.FromString(ts.SerializeToString()))
+    with pytest.raises(ValueError, match="Timestamp is not valid") as theirs:
+        ts.ToJsonString()
+    assert str(ours.value).split(" must")[0] == str(theirs.value).split(" must")[0]
