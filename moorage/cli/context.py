@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from ttrpc.blocking import Client
 
 DEFAULT_ADDRESS = "/run/moorage/moorage.sock.ttrpc"
+MAX_SECONDS = 9e9
+"""The longest timeout a call can carry: ttrpc's ``timeout_nano`` is an int64 (2**63 ns)."""
 
 EXIT: dict[str, int] = {
     "ok": 0,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from moorage.cli.context import DEFAULT_ADDRESS, EXIT, CliContext
+from moorage.cli.context import DEFAULT_ADDRESS, EXIT, MAX_SECONDS, CliContext
 
 COMMANDS: dict[str, str] = {
     "services": "moorage.cli.services",
@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "--json":
                 as_json = True
             elif name == "--timeout":
-                timeout = float(value())
+                text = value()
+                timeout = float(text)
+                if not 0 <= timeout < MAX_SECONDS:  # and NaN
+                    raise _Usage(f"--timeout {text!r}: want seconds from 0 (none) to {MAX_SECONDS:.0f}")
             elif name in ("-h", "--help"):
                 sys.stdout.write(USAGE.format(address=DEFAULT_ADDRESS))
                 return 0

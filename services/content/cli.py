@@ -328,6 +328,8 @@ def _ingest(args: list[str], ctx: CliContext) -> int:
                 total = int(a.partition("=")[2])
             except ValueError:
                 raise Usage("--expected-size takes a byte count") from None
+            if not 0 <= total < 1 << 63:  # WriteContentRequest's total: an int64
+                raise errdefs.InvalidArgument(f"--expected-size: {total} is out of range (0 to {(1 << 63) - 1} bytes)")
         elif a.startswith("--expected-digest="):
             expected = a.partition("=")[2]
         elif a.startswith("-"):

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+from moorage.cli.context import MAX_SECONDS
 from moorage.cli.flags import Flags
 from moorage.cli.wire import Fields, Msg
 from moorage.errdefs import FailedPrecondition, InvalidArgument, NotFound
@@ -868,15 +869,17 @@ def cmd_attach(argv: list[str], ctx: CliContext) -> int:
 # ---- the rest -----------------------------------------------------------------------------
 
 def _signum(text: str) -> int:
+    """``-s``'s signal by name (``KILL``, ``SIGKILL``) or number: KillRequest's signal is a
+    uint32, and 0 is no signal (ctr: ``unknown signal "0"``)."""
     t = text.upper()
-    if t.isdigit():
-        return int(t)
-    if not t.startswith("SIG"):
-        t = "SIG" + t
-    try:
-        return int(getattr(_signal, t))
-    except AttributeError:
-        raise InvalidArgument(f"unknown signal {text!r}") from None
+    if t.isascii() and t.isdigit():
+        n = int(t)
+    else:
+        name = t if t.startswith("SIG") else "SIG" + t
+        n = 0 if name.startswith("SIG_") else int(getattr(_signal, name, 0))  # not SIG_DFL, SIG_IGN...
+    if not 0 < n < 1 << 32:
+        raise InvalidArgument(f"--signal: unknown signal {text!r}")
+    return n
 
 
 def cmd_ps(argv: list[str], ctx: CliContext) -> int:
@@ -929,9 +932,10 @@ def cmd_kill(argv: list[str], ctx: CliContext) -> int:
     p.value("--exec-id", metavar="ID", help="an exec'd process instead of the init process")
     p.many("containers", metavar="CONTAINER")
     a = p.parse(argv)
+    sig = _signum(a.signal)
     api = _Api(ctx)
     for id in a.containers:
-        api.kill(id, _signum(a.signal), a.exec_id, a.all)
+        api.kill(id, sig, a.exec_id, a.all)
     return 0
 
 
@@ -943,6 +947,8 @@ def cmd_stop(argv: list[str], ctx: CliContext) -> int:
     p.value("-t", "--time", metavar="SECONDS", kind=float, default=10.0, help="grace time")
     p.many("containers", metavar="CONTAINER")
     a = p.parse(argv)
+    if not a.time < MAX_SECONDS:  # and NaN
+        raise InvalidArgument(f"--time: {a.time} seconds is out of range (at most {MAX_SECONDS:.0f})")
     api = _Api(ctx)
     for id in a.containers:
         t = api.task(id)

@@ -225,4 +225,6 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
         raise Usage(f"unknown sandbox command {argv[0]!r}\n{USAGE}")
     name = "ls" if argv[0] == "list" else "rm" if argv[0] == "remove" else argv[0]
     args = _flags(name).parse(argv[1:])
+    if name == "stop" and not 0 <= args.timeout < 1 << 32:  # ControllerStopRequest's timeout_secs: a uint32
+        raise errdefs.InvalidArgument(f"--timeout: {args.timeout} is out of range (0 to {(1 << 32) - 1} seconds)")
     return action(_Api(ctx), args, ctx)

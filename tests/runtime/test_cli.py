@@ -273,7 +273,7 @@ def test_exec_in_a_terminal_with_its_size(env: Env) -> None:
 @pytest.mark.parametrize("argv", [
     ["exec", "np", "echo", "hi"], ["exec", "-i", "np", "cat"], ["exec", "-t", "np", "true"],
     ["exec", "-d", "np", "true"], ["update", "--memory", "64m", "--cpus", "0.5", "np"], ["top", "np"],
-    ["attach", "--no-stdin", "np-gone"], ["pause", "np"], ["unpause", "np"], ["kill", "-s", "0", "np"],
+    ["attach", "--no-stdin", "np-gone"], ["pause", "np"], ["unpause", "np"], ["kill", "-s", "CONT", "np"],
     ["run", "--rm", "-t", "busybox", "true"], ["run", "--rm", "-i", "busybox", "cat"],
     ["run", "--rm", "--sandbox", "nope", "busybox", "true"], ["exec", "nope", "true"], ["stats"],
     ["--json", "stats", "np"]])
