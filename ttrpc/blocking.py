@@ -251,7 +251,21 @@ class Client:
         metadata: Metadata | None = None,
     ) -> T:
         payload = self.unary_raw(service, method, request.SerializeToString(), timeout_nano(timeout), metadata)
-        return response_type.FromString(payload)  # type: ignore[attr-defined,no-any-return]
+        return self._parser(service, method, response_type)(payload)
+
+    def _parser(self, service: str, method: str, response_type: type[T]) -> Callable[[bytes], T]:
+        """``response_type.FromString``, a reply it cannot parse an INTERNAL error naming the
+        method (gRPC's client's code for "error parsing response proto") in place of the
+        codec's own exception (protobuf's DecodeError, the wire codec's ValueError...)."""
+        parse: Callable[[bytes], T] = response_type.FromString  # type: ignore[attr-defined]
+
+        def checked(payload: bytes) -> T:
+            try:
+                return parse(payload)
+            except Exception as exc:  # whatever the codec raises on bad bytes
+                raise self._error(Code.INTERNAL, f"/{service}/{method}: cannot parse the reply: {exc}") from exc
+
+        return checked
 
     def open_stream(
         self,
@@ -279,7 +293,7 @@ class Client:
         deadline = time.monotonic() + nanos / 1e9 if nanos else None
         sid = self._open(service, method, request.SerializeToString(), FLAG_REMOTE_CLOSED, nanos, metadata)
         stream: BlockingStream[Any, T] = BlockingStream(
-            self, sid, serialize, response_type.FromString, deadline  # type: ignore[attr-defined]
+            self, sid, serialize, self._parser(service, method, response_type), deadline
         )
         try:
             yield from stream
@@ -297,4 +311,4 @@ class Client:
         nanos = timeout_nano(timeout)
         deadline = time.monotonic() + nanos / 1e9 if nanos else None
         sid = self._open(service, method, b"", FLAG_REMOTE_OPEN, nanos, metadata)
-        return BlockingStream(self, sid, serialize, response_type.FromString, deadline)  # type: ignore[attr-defined]
+        return BlockingStream(self, sid, serialize, self._parser(service, method, response_type), deadline)

@@ -1,16 +1,23 @@
 """moorage.cli.wire: what it writes parses as containerd's generated messages, and what
-they write it reads (the messages `moor run` exchanges)."""
+they write it reads (the messages `moor run` exchanges); what protobuf refuses to write or
+read it refuses too, and a reply that does not parse is an INTERNAL error naming the method."""
 
 from __future__ import annotations
 
-import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.wrappers_pb2 import Int64Value, UInt64Value
+from hypothesis import given
+from hypothesis import strategies as st
 
+from moorage import errdefs
 from moorage.api.containerd.services.containers.v1 import containers_pb2 as cpb
 from moorage.api.containerd.services.content.v1 import content_pb2
 from moorage.api.containerd.services.events.v1 import events_pb2
@@ -18,6 +25,9 @@ from moorage.api.containerd.services.snapshots.v1 import snapshots_pb2 as spb
 from moorage.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
 from moorage.cli.wire import Fields, Msg, rfc3339
 from moorage.protowire import varint
+from ttrpc.blocking import Client as BlockingClient
+from ttrpc.frame import REQUEST, RESPONSE, Frame, FrameDecoder, encode_frame
+from ttrpc.messages import encode_response
 
 
 def test_container_create_request_parses_as_protobuf() -> None:
@@ -132,3 +142,46 @@ def test_rfc3339_of_an_invalid_timestamp_is_a_value_error_as_in_protobuf(seconds
     with pytest.raises(ValueError, match="Timestamp is not valid") as theirs:
         ts.ToJsonString()
     assert str(ours.value).split(" must")[0] == str(theirs.value).split(" must")[0]
+
+
+@pytest.fixture
+def bad_replies(tmp_path: Path) -> Iterator[str]:
+    """A ttrpc server at the returned path that answers every call with the bytes of a
+    truncated message (field 1, a fixed64 of 2 bytes)."""
+    path = str(tmp_path / "s")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                frames = FrameDecoder()
+                while data := conn.recv(65536):
+                    for f in frames.feed(data):
+                        if isinstance(f, Frame) and f.type == REQUEST:
+                            conn.sendall(encode_frame(f.stream_id, RESPONSE, 0, encode_response(b"\x09\x01\x02")))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield path
+    listener.close()
+    t.join(5)
+
+
+def test_a_reply_that_does_not_parse_is_internal_naming_the_method(bad_replies: str) -> None:
+    with BlockingClient(bad_replies, error_factory=errdefs.from_status) as c:
+        with pytest.raises(errdefs.Internal, match="^/s.v1.S/Get: cannot parse the reply: truncated field 1$"):
+            c.unary("s.v1.S", "Get", Msg({}), Fields)
+        with pytest.raises(errdefs.Internal, match="^/s.v1.S/List: cannot parse the reply: .*"):
+            list(c.server_stream("s.v1.S", "List", Msg({}), Timestamp))  # protobuf's DecodeError too
+
+
+def test_moor_shows_a_reply_that_does_not_parse_as_internal(bad_replies: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from moorage.cli import main as moor
+
+    assert moor.main(["--address", bad_replies, "version"]) == 1
+    assert capsys.readouterr().err == ("moor: /containerd.services.version.v1.Version/Version: "
+                                       "cannot parse the reply: truncated field 1\n")
