@@ -9,7 +9,9 @@ import inspect
 import json
 import pickle
 import re
-from typing import Any
+from collections.abc import Callable
+from dataclasses import KW_ONLY, InitVar
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given
@@ -135,3 +137,121 @@ def test_validate_digest_examples(d: str) -> None:
         ok = False
     assert ok == by_regex(d)
 
+
+
+DECORATORS = [(dataclasses.dataclass(frozen=True), dataclasses.field), (frozen.dataclass(frozen=True), frozen.field)]
+
+
+def outcome(make: Callable[[Any, Any], Any]) -> list[str]:
+    """What a class body decorated by dataclasses and by frozen.py gives (or raises)."""
+    out = []
+    for deco, fld in DECORATORS:
+        try:
+            out.append(repr(make(deco, fld)))
+        except (TypeError, ValueError) as exc:
+            out.append(f"{type(exc).__name__}: {exc}")
+    return out
+
+
+@pytest.mark.parametrize("default", [[], {}, set(), bytearray(), (), frozenset(), "", 0, None, b""])
+def test_an_unhashable_default_is_a_value_error_as_in_dataclasses(default: Any) -> None:
+    def make(deco: Any, fld: Any) -> Any:
+        return deco(type("Rec", (), {"__annotations__": {"x": "Any"}, "x": default}))()
+
+    real, light = outcome(make)
+    assert real == light
+    assert real.startswith("ValueError: mutable default") == (type(default).__hash__ is None)
+
+
+@pytest.mark.parametrize("annotation", ["ClassVar[int]", "typing.ClassVar[int]", "ClassVar", "InitVar[int]",
+                                        "dataclasses.InitVar[str]", " KW_ONLY", ClassVar[int], ClassVar,
+                                        InitVar[int], KW_ONLY])
+def test_classvar_initvar_and_kw_only_are_refused(annotation: Any) -> None:
+    with pytest.raises(TypeError, match=r"^Rec\.k: frozen.dataclass takes no ClassVar, InitVar or KW_ONLY"):
+        frozen.dataclass(frozen=True)(type("Rec", (), {"__annotations__": {"x": "int", "k": annotation}, "k": 3}))
+
+
+@pytest.mark.parametrize("annotation", ["ClassVars[int]", "tuple[ClassVar, ...]", "Mapping[str, InitVar]", "MyKW_ONLY"])
+def test_other_annotations_are_fields(annotation: str) -> None:
+    cls = frozen.dataclass(frozen=True)(type("Rec", (), {"__annotations__": {"x": annotation}}))
+    assert cls.__match_args__ == ("x",)
+
+
+def test_a_base_with_annotations_is_refused_one_without_is_kept() -> None:
+    @frozen.dataclass(frozen=True)
+    class Base:
+        x: int
+
+    with pytest.raises(TypeError, match="does not inherit fields"):
+        @frozen.dataclass(frozen=True)
+        class Sub(Base):  # dataclasses: Sub(x, y)
+            y: int = 0
+
+    class Plain:  # no annotations: methods only
+        def twice(self) -> int:
+            return 2 * self.y  # type: ignore[attr-defined, no-any-return]
+
+    @frozen.dataclass(frozen=True)
+    class Rec(Plain):
+        y: int = 0
+
+    assert Rec(4).twice() == 8 and Rec.__match_args__ == ("y",)
+
+
+def test_hash_and_match_args_set_in_the_body_are_kept_as_in_dataclasses() -> None:
+    def hash_none(deco: Any, fld: Any) -> Any:
+        @deco
+        class A:
+            x: int
+            __hash__ = None  # type: ignore[assignment]
+        return A.__hash__, A(1) == A(1)
+
+    def own_eq(deco: Any, fld: Any) -> Any:  # Python's own __hash__ = None for a class with __eq__
+        @deco
+        class A:
+            x: int
+
+            def __eq__(self, other: object) -> bool:
+                return True
+        return hash(A(1)) == hash((1,)), A(1) == A(2)
+
+    def own_hash(deco: Any, fld: Any) -> Any:
+        @deco
+        class A:
+            x: int
+
+            def __hash__(self) -> int:
+                return 7
+        return hash(A(1))
+
+    def match_args(deco: Any, fld: Any) -> Any:
+        @deco
+        class A:
+            x: int
+            y: int = 0
+            __match_args__ = ("y",)
+        return A.__match_args__
+
+    for make in (hash_none, own_eq, own_hash, match_args):
+        real, light = outcome(make)
+        assert real == light, make.__name__
+    assert outcome(hash_none)[0] == "(None, True)" and outcome(match_args)[0] == "('y',)"
+
+
+def test_what_dataclasses_refuses_frozen_refuses() -> None:
+    def own_setattr(deco: Any, fld: Any) -> Any:
+        return deco(type("A", (), {"__annotations__": {"x": "int"}, "__setattr__": lambda s, n, v: None}))
+
+    def own_delattr(deco: Any, fld: Any) -> Any:
+        return deco(type("A", (), {"__annotations__": {"x": "int"}, "__delattr__": lambda s, n: None}))
+
+    def unannotated_field(deco: Any, fld: Any) -> Any:
+        return deco(type("A", (), {"__annotations__": {"x": "int"}, "y": fld(default_factory=list)}))
+
+    def default_first(deco: Any, fld: Any) -> Any:
+        return deco(type("A", (), {"__annotations__": {"x": "int", "y": "int"}, "x": 0}))
+
+    for make in (own_setattr, own_delattr, unannotated_field, default_first):
+        real, light = outcome(make)
+        assert real.split(":")[0] == light.split(":")[0] == "TypeError", (real, light)
+    assert outcome(own_setattr)[0] == outcome(own_setattr)[1]
