@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# bench/ holds ttrpc.py: keep it from shadowing the ttrpc package
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.append(str(REPO))  # for bench.anchor, after site-packages: the repo's folders shadow nothing
 
