@@ -206,6 +206,7 @@ def up_suite(loaded: Loaded) -> int:
     conf.write_text(render_supervisor(loaded, run_dir, notify_path))
     conf.chmod(0o600)
 
+    _append_output()
     env = dict(os.environ)
     outer_notify = env.pop("NOTIFY_SOCKET", None)
     proc = subprocess.Popen(
@@ -240,6 +241,24 @@ def up_suite(loaded: Loaded) -> int:
         pass
     print("moorage: stopped", file=sys.stderr)
     return 0 if rc in (0, -signal.SIGTERM) else rc
+
+
+def _append_output() -> None:
+    """Make stdout and stderr append when they are a regular file (``moorage up > log``).
+
+    supervisord opens /dev/stdout anew, appending, for the processes' output; what ``up`` and
+    supervisord print through the file description the shell opened would otherwise land at
+    that description's own offset, over the processes' lines.
+    """
+    import fcntl
+    import stat
+
+    for fd in (1, 2):
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+        except OSError:
+            pass
 
 
 def _relay_ready(notify: socket.socket, expected: list[str], cfg: Config, outer: str | None) -> None:
