@@ -730,6 +730,14 @@ def cmd_exec(argv: list[str], ctx: CliContext) -> int:
     spec = loads(c.spec)
     proc = sp.process_spec(spec, a.command, env=a.env, user=a.user, cwd=a.workdir,
                            terminal=a.tty)
+    if a.tty and sys.stdin.isatty():
+        # runc makes an exec's pty at its start (a ResizePty before Start finds no console)
+        # and sizes it from consoleSize; the resize after Start is for runtimes that do not
+        try:
+            size = os.get_terminal_size(sys.stdin.fileno())
+            proc["consoleSize"] = {"height": size.lines, "width": size.columns}
+        except OSError:
+            pass
     exec_id = a.exec_id or "exec-" + os.urandom(6).hex()
     cio = None if a.detach else _ClientIO(stdin=a.interactive, stdout=True,
                                            stderr=not a.tty)
@@ -740,8 +748,6 @@ def cmd_exec(argv: list[str], ctx: CliContext) -> int:
             1: a.container, 2: cio.path("stdin") if cio else "", 3: cio.path("stdout") if cio else "",
             4: cio.path("stderr") if cio else "", 5: a.tty,
             6: Msg({1: sp.PROCESS_TYPE_URL, 2: dumps(proc).encode()}), 7: exec_id}), Fields)
-        if a.tty and sys.stdin.isatty():
-            api.resize(a.container, exec_id, sys.stdin.fileno())
         # StartRequest{container_id=1, exec_id=2} -> StartResponse
         api.call(TASKS, "Start", Msg({1: a.container, 2: exec_id}), Fields)
     except BaseException:
