@@ -1100,7 +1100,13 @@ def cmd_containers(argv: list[str], ctx: CliContext) -> int:
         return 0
     if sub in ("rm", "delete", "del"):
         for id in argv[1:]:
-            api.remove_container(api.container(id))
+            c = api.container(id)
+            t = api.task(id)
+            if t is not None:  # as ctr: a stopped task goes first, a running one stays
+                if t.status != 3:
+                    raise FailedPrecondition(f"container {id} is running: stop it first or use moor rm -f")
+                api.delete_task(id)
+            api.remove_container(c)
         return 0
     if sub == "info" and len(argv) == 2:
         c = api.container(argv[1])
