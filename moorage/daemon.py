@@ -147,7 +147,11 @@ def render_supervisor(loaded: Loaded, run_dir: Path, notify: Path) -> str:
         )
         names.append(program)
     user = "user=root" if os.geteuid() == 0 else ""  # as root, say so (else supervisord warns)
-    return head.substitute(run=str(run_dir), programs=",".join(names), user=user) + "".join(blocks)
+    # the control socket is 0600 in a 0700 folder; a password per run (in this 0600 file, for
+    # supervisorctl -c) only keeps supervisord from logging CRIT about its absence at start
+    password = os.urandom(16).hex()
+    return head.substitute(run=str(run_dir), programs=",".join(names), user=user,
+                           password=password) + "".join(blocks)
 
 
 def _sv_quote(arg: str) -> str:

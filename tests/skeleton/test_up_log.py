@@ -1,7 +1,8 @@
 """``moorage up > FILE`` (and ``make run > FILE``): every line of the suite's output reaches the
 file whole. supervisord opens /dev/stdout anew for its programs' output (appending), so the
 shell's own file description, which ``up`` and supervisord print through, must append too, or
-its writes land at its own offset, over the processes' log lines."""
+its writes land at its own offset, over the processes' log lines. Nor does supervisord greet
+the operator with a CRIT line."""
 
 from __future__ import annotations
 
@@ -44,3 +45,6 @@ def test_up_output_redirected_to_a_file_keeps_every_line(tmp_path: Path) -> None
     for line in logged:
         processes.add(json.loads(line)["process"])  # a line cut or overwritten is no JSON
     assert {"proxy", "echo"} <= processes
+    # supervisord's control socket has credentials (0600 in a 0700 folder anyway): no CRIT line
+    # "Server 'unix_http_server' running without any HTTP authentication checking" on start
+    assert [line for line in lines if supervisord.match(line) and " CRIT " in line] == []
