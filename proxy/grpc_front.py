@@ -366,10 +366,14 @@ class GrpcFront:
             await self.start()
 
         async def drain(grace: float) -> None:
+            # one grace for both: a stream that never ends (ctr events) holds the gRPC stop
+            # for all of it, and the ttrpc door then gets only what is left
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace
             try:
                 await self.stop(grace)
             finally:
-                await inner.drain(grace)
+                await inner.drain(max(0.0, deadline - loop.time()))
 
         return Listener(serve, drain)
 
