@@ -131,6 +131,16 @@ class Exchange:
             _end(sub.queue)
         self.subscribers.clear()
 
+    def finish(self) -> None:
+        """End every subscription after what it has queued (a stopping proxy: a Subscribe
+        stream never ends on its own, so it would hold the drain for all its grace)."""
+        for sub in list(self.subscribers):
+            try:
+                sub.queue.put_nowait(None)
+            except asyncio.QueueFull:
+                _end(sub.queue)
+        self.subscribers.clear()
+
 
 def _end(q: asyncio.Queue[event_pb2.Envelope | None]) -> None:
     """Drop what ``q`` holds and leave only the end marker."""

@@ -206,7 +206,19 @@ async def build(ctx: BuildContext) -> list[object]:
             settings.grpc_max_send_message_size,
         )
         listener = front.around(listener)
-    return [ns_service.raw(), *ev_service.raw(), lease_service, gc.raw(collector), *intro.raw(), listener]
+    return [ns_service.raw(), *ev_service.raw(), lease_service, gc.raw(collector), *intro.raw(),
+            _ending_subscriptions(listener, exchange)]
+
+
+def _ending_subscriptions(listener: Listener, exchange: events.Exchange) -> Listener:
+    """``listener`` whose drain first ends every events subscription, so that the drain
+    waits for calls that can end, not for Subscribe streams that never would."""
+
+    async def drain(grace: float) -> None:
+        exchange.finish()
+        await listener.drain(grace)
+
+    return Listener(listener.serve, drain)
 
 
 PROCESS = Process(

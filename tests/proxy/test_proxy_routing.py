@@ -275,6 +275,23 @@ async def test_a_process_publishes_through_the_proxy(suite: Suite, client: Clien
     assert namespace_pb2.NamespaceUpdate.FromString(got.event.value).name == "from-echo"
 
 
+async def test_sigterm_ends_events_subscriptions_and_does_not_wait_for_them(suite: Suite, client: Client) -> None:
+    """A Subscribe stream never ends on its own: the stopping proxy ends it (the subscriber
+    sees the stream close) instead of waiting out its grace (the suite's is 5 s)."""
+    assert await _published(client, b"live") == "live"  # the subscription is live
+    from moorage.api.containerd.services.events.v1 import events_pb2
+
+    req = events_pb2.SubscribeRequest(filters=['topic=="/never"'])
+    stream = await client.open_stream("containerd.services.events.v1.Events", "Subscribe", req.SerializeToString(), 0x01)
+    assert await client.unary_raw(ECHO, "Echo", b"x", metadata=MD) == b"x"  # it is open
+    proxy = suite.procs["proxy"]
+    stopping = time.monotonic()
+    proxy.popen.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(stream.recv(), 20) is None  # ended, not cut
+    assert await asyncio.to_thread(proxy.popen.wait, 30) == 0
+    assert time.monotonic() - stopping < 4
+
+
 async def _published(client: Client, payload: bytes) -> str:
     from moorage.api.containerd.events import namespace_pb2
     from moorage.api.containerd.services.events.v1 import events_pb2
