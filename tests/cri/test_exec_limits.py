@@ -16,7 +16,7 @@ import grpc
 import pytest
 from moorage.api.k8s.cri.v1 import api_pb2 as api
 
-from .conftest import CriSuite, wait_until
+from .conftest import CriSuite
 
 pytestmark = pytest.mark.root
 
