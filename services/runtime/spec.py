@@ -309,6 +309,15 @@ def clean_container_path(path: str, what: str) -> str:
     return clean
 
 
+def working_dir(path: str) -> str:
+    """A process's working directory: :func:`clean_container_path`, and never ``/proc`` or
+    below it (a ``/proc/self/fd/N`` cwd reaches a host fd leaked into runc, CVE-2024-21626)."""
+    clean = clean_container_path(path, "working directory")
+    if clean == "/proc" or clean.startswith("/proc/"):
+        raise InvalidArgument(f"working directory {path!r} must not be under /proc")
+    return clean
+
+
 def volume_mounts(volumes: Sequence[str]) -> list[dict[str, Any]]:
     """Image volumes → fresh tmpfs mounts: an empty directory, never a host path (CVE-2022-23648)."""
     out: list[dict[str, Any]] = []
@@ -350,7 +359,7 @@ def build_spec(
         raise InvalidArgument("command contains a NUL byte")
     proc["args"] = args
     cwd = overrides.workdir or image.working_dir or "/"
-    proc["cwd"] = clean_container_path(cwd, "working directory")
+    proc["cwd"] = working_dir(cwd)
     proc["user"] = resolve_user(overrides.user or image.user, read_rootfs)
     proc["terminal"] = overrides.terminal
     if overrides.terminal:
@@ -471,7 +480,7 @@ def process_spec(spec: Spec, args: Sequence[str], *, env: Sequence[str] = (), us
     if user:
         proc["user"] = resolve_user(user, None)
     if cwd:
-        proc["cwd"] = clean_container_path(cwd, "working directory")
+        proc["cwd"] = working_dir(cwd)
     return proc
 
 

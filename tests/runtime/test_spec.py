@@ -65,6 +65,21 @@ def test_overrides_win() -> None:
     assert s["linux"]["resources"]["cpu"] == {"quota": 50000, "period": 100000}
 
 
+@pytest.mark.parametrize("cwd", ["/proc/self/fd/7", "/proc", "/proc/", "//proc/1/cwd", "/proc/./self/cwd",
+                                 "/proc/thread-self/fd/3"])
+def test_working_dir_under_proc_is_refused(cwd: str) -> None:
+    """CVE-2024-21626: a cwd of /proc/self/fd/N reaches a host directory fd leaked into runc."""
+    img = sp.ImageConfig(entrypoint=("/ep",), working_dir=cwd)
+    with pytest.raises(InvalidArgument, match="working directory .* must not be under /proc"):
+        sp.build_spec("n", "c", img)
+    with pytest.raises(InvalidArgument, match="under /proc"):
+        sp.build_spec("n", "c", sp.ImageConfig(entrypoint=("/ep",)), sp.Overrides(workdir=cwd))
+    spec = sp.build_spec("n", "c", sp.ImageConfig(entrypoint=("/ep",)))
+    with pytest.raises(InvalidArgument, match="under /proc"):
+        sp.process_spec(spec, ["sh"], cwd=cwd)
+    assert sp.process_spec(spec, ["sh"], cwd="/procfs/x")["cwd"] == "/procfs/x"
+
+
 def test_no_command_is_an_error() -> None:
     with pytest.raises(InvalidArgument, match="no command"):
         sp.build_spec("n", "c", sp.ImageConfig())
