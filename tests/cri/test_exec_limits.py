@@ -11,17 +11,20 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 from moorage.api.k8s.cri.v1 import api_pb2 as api
 
-from .conftest import CriSuite
+from .conftest import CriSuite, wait_until
 
 pytestmark = pytest.mark.root
 
 BUSYBOX = "/bin/busybox"
 CAP = 16 << 20
+TTY_ROUNDS = 100
+ATTACH_ROUNDS = 5
 
 
 def _rss_kib(pid: int) -> int:
@@ -105,3 +108,54 @@ def test_exec_sync_output_that_fits_the_reply_is_whole(pods: CriSuite, big_chann
     n = 3 << 20
     r = _exec_sync(big_channel, c, BUSYBOX, "sh", "-c", f"{BUSYBOX} yes | {BUSYBOX} head -c {n}; echo err >&2")
     assert r.exit_code == 0 and r.stdout == b"y\n" * (n // 2) and r.stderr == b"err\n"
+
+
+def test_failed_tty_execs_and_attaches_through_the_cri_leave_nothing(pods: CriSuite, tmp_path: Path) -> None:
+    """Failed TTY execs (a missing binary) and attaches whose container stopped before the
+    client came, through the streaming server as kubectl would: the CRI process's, the
+    runtime's and the shim's fd and thread counts come back to where they were."""
+    from .test_streaming_cri import run_client
+
+    cri = pods
+    c = _idle(cri, "tty-fails")
+    (shim,) = cri.shims([cri.pods[-1]])  # the pod's shim hosts its containers
+    procs = {"cri": cri.suite.procs["cri"].pid, "runtime": cri.suite.procs["runtime"].pid, "shim": shim}
+
+    def failed_exec() -> None:
+        url = cri.rt("Exec", api.ExecRequest(container_id=c, cmd=["/no/such/binary"], tty=True, stdin=True,
+                                             stdout=True)).url
+        doc, out, _ = run_client(tmp_path, "exec", url, "-stdin", "-tty", "-resize", "80x24")
+        assert "no/such/binary" in doc["error"] and out == b"", doc
+
+    def failed_attach() -> None:
+        pod_id, cfg = cri.run_pod("gone")
+        g = cri.create(pod_id, cfg, cri.container_config("gone", cri.images.busybox, BUSYBOX, "sleep", "1000",
+                                                         tty=True, stdin=True))
+        cri.rt("StartContainer", api.StartContainerRequest(container_id=g))
+        url = cri.rt("Attach", api.AttachRequest(container_id=g, tty=True, stdin=True, stdout=True)).url
+        cri.rt("StopContainer", api.StopContainerRequest(container_id=g, timeout=0))
+        doc, out, _ = run_client(tmp_path, "attach", url, "-stdin", "-tty", "-resize", "80x24")
+        cri.rt("StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        cri.rt("RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        assert "has no running task" in doc["error"] and out == b"", doc
+
+    for _ in range(3):  # first-use allocations (executor threads, Go's threads) are not leaks
+        failed_exec()
+    failed_attach()
+    base = {k: _fds_threads(pid) for k, pid in procs.items()}
+    for _ in range(TTY_ROUNDS):
+        failed_exec()
+    for _ in range(ATTACH_ROUNDS):
+        failed_attach()
+
+    def settled() -> bool:
+        now = {k: _fds_threads(pid) for k, pid in procs.items()}
+        # the Go shim keeps OS threads it once made (idle), never one per round
+        return all(now[k] == base[k] for k in ("cri", "runtime")) and now["shim"][0] == base["shim"][0] \
+            and now["shim"][1] <= base["shim"][1] + 3
+
+    try:
+        wait_until(settled, 10, "fd and thread counts back at the baseline")
+    except AssertionError:
+        raise AssertionError(f"baseline {base}, now {({k: _fds_threads(p) for k, p in procs.items()})}") from None
+    assert [p for top in (cri.suite.state, cri.suite.root) for p in top.rglob("exec-*")] == []  # no fifo dirs
