@@ -67,6 +67,7 @@ FLOOD = (f"{BUSYBOX} yes | {BUSYBOX} head -c {128 << 20}; {BUSYBOX} yes e | {BUS
 """128 MiB on stdout, 64 MiB on stderr, then a marker file and exit 7."""
 
 
+@pytest.mark.slow
 def test_exec_sync_flood_is_capped_memory_bounded_and_the_call_returns(pods: CriSuite, big_channel: grpc.Channel) -> None:
     """Whatever the reply, the CRI process kept at most the cap of each stream: either the
     capped output comes back or (today, see the xfail below) the reply of 2 x 16 MiB is
@@ -110,6 +111,8 @@ def test_exec_sync_output_that_fits_the_reply_is_whole(pods: CriSuite, big_chann
     assert r.exit_code == 0 and r.stdout == b"y\n" * (n // 2) and r.stderr == b"err\n"
 
 
+@pytest.mark.interop  # the Go SPDY client
+@pytest.mark.slow
 def test_failed_tty_execs_and_attaches_through_the_cri_leave_nothing(pods: CriSuite, tmp_path: Path) -> None:
     """Failed TTY execs (a missing binary) and attaches whose container stopped before the
     client came, through the streaming server as kubectl would: the CRI process's, the

@@ -26,7 +26,7 @@ from suite import Suite
 
 from .helpers import TASKS, Rt, shim_pid, wait_until
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 ROUNDS = 200
 WARMUP = 5
