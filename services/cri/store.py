@@ -8,8 +8,9 @@ prepared on the image's chain id, spec from :mod:`.ocispec`) whose task is creat
 start with stdio fifos this process copies into the CRI log (:mod:`.cio`).
 
 One exit watcher per started task (a Tasks.Wait held open through the proxy) records
-the exit (code, reason: ``Completed``, ``Error``, ``OOMKilled``) and deletes the task at
-once, as containerd's CRI does; a pod whose pause exited is NOTREADY. Every step that
+the exit (code, reason: ``Completed``, ``Error``, ``OOMKilled``; a task that is gone, its
+exit unknown, is code 255 reason ``Unknown``) and deletes the task at once, as containerd's
+CRI does; a pod whose pause exited is NOTREADY. Every step that
 creates something arms its undo; a failed RunPodSandbox/CreateContainer/StartContainer
 undoes what it did (shielded from the caller's cancellation). Operations on one pod or
 container are serialised by a per-id lock. A running container's stats are what its shim
@@ -85,6 +86,9 @@ POD_TYPE = "moorage.cri.v1.PodSandboxConfig"
 IO_DRAIN = 2.0
 KILL_WAIT = 30.0
 CLOSE_WAIT = 10.0
+UNKNOWN_EXIT_CODE = 255
+UNKNOWN_EXIT_REASON = "Unknown"
+"""containerd's CRI (unknownExitCode/unknownExitReason) for a task that is gone, its exit unknown."""
 
 def _ignore_missing(exc: BaseException) -> bool:
     return isinstance(exc, NotFound)
@@ -625,12 +629,12 @@ class CriRuntime:
     async def _watch(self, id: str, ns: str) -> None:
         """Wait for ``id``'s task to exit; record it; delete the task."""
         current_namespace.set(ns)
-        code, exited_at = 255, 0
+        code, exited_at, unknown = UNKNOWN_EXIT_CODE, 0, True
         while not self._closing:
             try:
                 tasks = await self.peers.tasks()
                 info = await tasks.wait(id)
-                code, exited_at = info.exit_status, info.exited_at
+                code, exited_at, unknown = info.exit_status, info.exited_at, False
                 break
             except NotFound:
                 break
@@ -641,18 +645,20 @@ class CriRuntime:
                 await asyncio.sleep(1.0)  # the proxy or the runtime restarts
         if self._closing:
             return
-        await self._exited(id, code, exited_at)
+        await self._exited(id, code, exited_at, unknown=unknown)
 
-    async def _exited(self, id: str, code: int, exited_at: int) -> None:
+    async def _exited(self, id: str, code: int, exited_at: int, *, unknown: bool = False) -> None:
         """Record the exit of ``id``'s task and delete the task; whatever fails on the way,
-        the exit is signalled (a StopContainer waiting on it returns)."""
+        the exit is signalled (a StopContainer waiting on it returns). ``unknown``: the task
+        was gone (NotFound), so its exit is not known: code 255, reason ``Unknown``, unless
+        the delete still reports it."""
         try:
             c = self.ctrs.get(id)
             oom = stats.oom_killed(c.cgroup_path) if c is not None else False
             try:
                 tasks = await self.peers.tasks()
                 info = await tasks.delete(id)
-                code, exited_at = info.exit_status, info.exited_at or exited_at
+                code, exited_at, unknown = info.exit_status, info.exited_at or exited_at, False
             except NotFound:
                 pass
             except Error as exc:
@@ -661,8 +667,10 @@ class CriRuntime:
             if cio is not None:
                 await cio.wait(IO_DRAIN)
             if c is not None:
+                code = UNKNOWN_EXIT_CODE if unknown else code
                 c.state, c.exit_code, c.finished_at = ContainerState.EXITED, code, exited_at or time.time_ns()
-                c.reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
+                c.reason = UNKNOWN_EXIT_REASON if unknown else (
+                    "OOMKilled" if oom else ("Completed" if code == 0 else "Error"))
                 self.ctrs.put(c)
             pod = self.pods.get(id)
             if pod is not None and pod.state == PodState.READY:
@@ -698,8 +706,10 @@ class CriRuntime:
                 st = None
             if st is not None and st.status in (Status.RUNNING, Status.PAUSED, Status.PAUSING, Status.CREATED):
                 self.watchers[id] = self._spawn(self._watch(id, ns))
+            elif st is None:
+                await self._exited(id, UNKNOWN_EXIT_CODE, 0, unknown=True)
             else:
-                await self._exited(id, st.exit_status if st is not None else 255, st.exited_at if st else 0)
+                await self._exited(id, st.exit_status, st.exited_at)
 
     async def reconcile(self) -> list[str]:
         """Remove what a crash left behind: runtime containers and sandboxes this process
