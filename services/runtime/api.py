@@ -30,6 +30,7 @@ from .containers import SqliteContainerStore
 from .contract import Container, CreateTask, StdIO
 from .nri import NRI_ORIGIN_KEY
 from .tasks import LOG_LABEL, LOG_PATH_LABEL, TaskManager
+from .versions import RuntimePolicy, oci_binary
 
 if TYPE_CHECKING:
     from ttrpc.server import Context
@@ -117,17 +118,24 @@ class ContainersService(ContainersServicer):  # type: ignore[misc, unused-ignore
 
 
 class TasksService(TasksServicer):  # type: ignore[misc, unused-ignore]
-    def __init__(self, tasks: TaskManager) -> None:
+    def __init__(self, tasks: TaskManager, policy: RuntimePolicy | None = None) -> None:
         self.tasks = tasks
+        self.policy = policy
 
     async def Create(self, request: tpb.CreateTaskRequest, ctx: Context) -> tpb.CreateTaskResponse:
         if request.HasField("checkpoint") and request.checkpoint.digest:
             raise NotImplemented("checkpoint restore is not supported")
+        options = wire.any_in(request, "options")
+        if self.policy is not None:  # the OCI runtime it would run: refused when vulnerable
+            c = await self.tasks.containers.get(request.container_id)
+            binary = oci_binary(c.runtime.name, options or c.runtime.options)
+            if binary is not None:
+                await self.policy.check(binary)
         st = await self.tasks.create(CreateTask(
             container_id=request.container_id,
             rootfs=wire.mounts_in(request.rootfs),
             stdio=StdIO(request.stdin, request.stdout, request.stderr, request.terminal),
-            options=wire.any_in(request, "options"),
+            options=options,
             runtime_path=request.runtime_path,
         ))
         return tpb.CreateTaskResponse(container_id=request.container_id, pid=st.pid)

@@ -21,6 +21,13 @@ class RuntimeConfig:
     process that stays while the runtime runs (off by default: `moor run --rm` then
     leaves no shim at all)."""
 
+    refuse_unpatched_runtimes: bool = False
+    """Refuse to create tasks with an OCI runtime (runc, crun) that lacks upstream fixes for
+    container breakouts its distribution has not backported yet (runc CVE-2025-31133,
+    -52565, -52881: Debian 12's runc). false: such a runtime runs, with a warning in the
+    log at start and at its first use. Breakouts fixed long ago (runc < 1.1.12 without a
+    known backport, CVE-2024-21626) are refused either way."""
+
     nri: bool = True
     """Consult the nri process (moorage.nri.v1.Hooks, through the proxy) on the container
     lifecycle. When it is not running the runtime goes on without it, asking again every

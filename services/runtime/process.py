@@ -28,6 +28,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
     from .shim import SCHEMA as SHIMS_SCHEMA
     from .shim import ShimFlags, ShimRecords
     from .tasks import TaskManager
+    from .versions import RuntimePolicy, oci_binary
 
     from moorage import syscalls  # noqa: F401  (cffi set-up now, not in the first task delete)
 
@@ -56,9 +57,16 @@ async def build(ctx: BuildContext) -> Sequence[object]:
     import asyncio
 
     follower = asyncio.get_running_loop().create_task(tasks.follow_events())
+    policy = RuntimePolicy(ctx.logger, refuse_unpatched=settings.refuse_unpatched_runtimes)
+    default_binary = oci_binary(settings.default_runtime, None)
+    # judged now, off the start-up path: the log says at start what the runtime will refuse
+    probe = None if default_binary is None else asyncio.get_running_loop().create_task(
+        policy.verdict(default_binary))
 
     async def close() -> None:
         follower.cancel()
+        if probe is not None:
+            probe.cancel()
         await tasks.close()
         await publisher.close()
         await nri.close()
@@ -72,7 +80,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
 
     ctx.on_close(close)
     ctx.namespace_usage(usage)
-    return [ContainersService(store, tasks, publisher), TasksService(tasks)]
+    return [ContainersService(store, tasks, publisher), TasksService(tasks, policy)]
 
 
 PROCESS = Process(
