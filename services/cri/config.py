@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -24,6 +25,11 @@ class CriConfig:
     (loopback; port 0 picks one). ``cni_conf_dir``: where NetworkReady looks for a network
     (the sandbox service's directory). ``default_cgroup_parent``: the cgroup parent of pods
     kubelet gives none. ``max_exec_output``: bytes ExecSync keeps of each stream.
+    ``pod_annotations``/``container_annotations``: per RuntimeClass handler (``""`` is the
+    default, ``runtime``), the key patterns (Go ``path.Match``: ``*`` and ``?`` never match
+    ``/``) of the pod's / the container's CRI annotations that reach the OCI spec, as
+    containerd's runtime options of those names; pod annotations reach the pause and every
+    container of the pod. Default none: user annotations stay out of the spec.
     """
 
     namespace: str = "k8s.io"
@@ -40,6 +46,8 @@ class CriConfig:
     cni_conf_dir: str = "/etc/cni/net.d"
     default_cgroup_parent: str = "/k8s.io"
     max_exec_output: int = 16 << 20
+    pod_annotations: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    container_annotations: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         try:
@@ -57,3 +65,54 @@ class CriConfig:
             raise ValueError("sandbox_image must not be empty")
         if self.default_cgroup_parent and not self.default_cgroup_parent.startswith("/"):
             raise ValueError("default_cgroup_parent must be absolute")
+        for key, lists in (("pod_annotations", self.pod_annotations),
+                           ("container_annotations", self.container_annotations)):
+            for handler, patterns in lists.items():
+                if handler and handler not in self.runtime_handlers:
+                    raise ValueError(f"{key}: no runtime handler {handler!r} in runtime_handlers")
+                for pattern in patterns:
+                    annotation_pattern(pattern, f"{key}.{handler}" if handler else f'{key}.""')
+
+
+def annotation_pattern(pattern: str, where: str = "") -> re.Pattern[str]:
+    """Go's ``path.Match`` pattern (what containerd matches annotation keys with) as a regular
+    expression: ``*`` any run of non-``/``, ``?`` one non-``/``, ``[^a-z]`` a class, ``\\``
+    escapes. ValueError (naming ``where``) for what Go calls ErrBadPattern."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+
+    def char(j: int) -> tuple[str, int]:
+        if j < n and pattern[j] == "\\" and j + 1 < n:
+            return pattern[j + 1], j + 2
+        if j >= n or pattern[j] in "\\-]":
+            raise ValueError(f"{where}: bad annotation pattern {pattern!r}")
+        return pattern[j], j + 1
+
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "\\":
+            lit, i = char(i)
+            out.append(re.escape(lit))
+            continue
+        elif c == "[":
+            i += 1
+            negate = i < n and pattern[i] == "^"
+            i += negate
+            ranges: list[str] = []
+            while not (i < n and pattern[i] == "]" and ranges):
+                lo, i = char(i)
+                hi = lo
+                if i < n and pattern[i] == "-":
+                    hi, i = char(i + 1)
+                    if hi < lo:
+                        raise ValueError(f"{where}: bad annotation pattern {pattern!r}")
+                ranges.append(re.escape(lo) if lo == hi else f"{re.escape(lo)}-{re.escape(hi)}")
+            out.append(f"[{'^' if negate else ''}{''.join(ranges)}]")
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)

@@ -6,6 +6,11 @@ request is trusted (kubelet). The pause container owns the pod's UTS, IPC and (i
 mode) PID namespaces and sits in the sandbox's network namespace; a container joins them
 by ``/proc/<pause pid>/ns/*``, per its namespace options (NODE: the host's, CONTAINER: its
 own, TARGET: another container's PID namespace).
+
+Pod sysctls are checked before anything is made (:func:`check_sysctls`, CVE-2022-0811). User
+annotations reach a spec only through the runtime handler's allow-lists (containerd's
+``pod_annotations``/``container_annotations``); the CRI's own keys and the runc shim group
+are written after them, so no annotation can move a container into another pod's shim.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +36,7 @@ from moorage.errdefs import InvalidArgument, PermissionDenied
 from moorage.services.runtime import spec as sp
 from moorage.services.runtime.spec import ImageConfig, Spec
 
+from .config import annotation_pattern
 from .contract import (
     ContainerConfig,
     Device,
@@ -52,6 +59,12 @@ ALL_CAPS: tuple[str, ...] = (
 )
 SANDBOX_OOM_SCORE_ADJ = -998
 """containerd's defaultSandboxOOMAdj."""
+IPC_SYSCTLS = frozenset({"kernel.sem", "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced",
+                         "kernel.msgmax", "kernel.msgmnb", "kernel.msgmni"})
+"""Namespaced by IPC (runc's validSysctlMap, k8s.io/component-helpers' nameToNamespace), with ``fs.mqueue.*``."""
+_SYSCTL_SEGMENT = "[a-z0-9]([-_a-z0-9]*[a-z0-9])?"
+SYSCTL_NAME = re.compile(f"({_SYSCTL_SEGMENT}[./])*{_SYSCTL_SEGMENT}")
+"""Kubernetes' SysctlContainSlashFmt (at most 253 characters)."""
 
 
 class OomClamp:
@@ -248,11 +261,47 @@ def seccomp_profile(name: str, *, privileged: bool = False, capabilities: Sequen
     return doc
 
 
+def check_sysctls(pod: PodConfig) -> None:
+    """InvalidArgument naming the first pod sysctl that is malformed (Kubernetes' name
+    syntax), whose value holds ``+``, ``=``, a newline or NUL (CVE-2022-0811 smuggled a
+    second ``key=value`` in one), or that is not namespaced by a namespace the pod owns:
+    ``net.*`` needs its own network namespace, the IPC ones its own IPC namespace;
+    anything else would be the host's (kubelet's and runc's rules)."""
+    for key, value in pod.sysctls.items():
+        if len(key) > 253 or not SYSCTL_NAME.fullmatch(key):
+            raise InvalidArgument(f"sysctl {key!r}: not a valid sysctl name")
+        if any(c in value for c in "+=\n\0"):
+            raise InvalidArgument(f"sysctl {key!r}: value {value!r} must not contain '+', '=', a newline or NUL")
+        if key.startswith("net."):
+            if pod.namespaces.network == NamespaceMode.NODE:
+                raise InvalidArgument(f"sysctl {key!r} is not allowed in the host's network namespace")
+        elif key in IPC_SYSCTLS or key.startswith("fs.mqueue."):
+            if pod.namespaces.ipc == NamespaceMode.NODE:
+                raise InvalidArgument(f"sysctl {key!r} is not allowed in the host's IPC namespace")
+        else:
+            raise InvalidArgument(f"sysctl {key!r} is not in a namespace of the pod's own")
+
+
+def passthrough_annotations(annotations: Mapping[str, str], patterns: Sequence[str]) -> dict[str, str]:
+    """containerd's GetPassthroughAnnotations: the annotations whose key one of the runtime
+    handler's ``patterns`` matches."""
+    compiled = [annotation_pattern(p) for p in patterns]
+    return {k: v for k, v in annotations.items() if any(c.fullmatch(k) for c in compiled)}
+
+
+def _annotate(spec: Spec, user: Mapping[str, str], cri: Mapping[str, str]) -> None:
+    """The user's (allowed) annotations first; the spec's own (the shim group) and the CRI's
+    keys after them, so that none of those can be overridden."""
+    spec["annotations"] = {**user, **spec.get("annotations", {}), **cri}
+
+
 def pause_spec(namespace: str, pod_id: str, pod: PodConfig, image: ImageConfig, info: Mapping[str, str], *,
-               cgroup: str, clamp: OomClamp, allow_privileged: bool) -> Spec:
-    """The pause container: the pod's namespaces, hostname, sysctls and cgroup parent."""
+               cgroup: str, clamp: OomClamp, allow_privileged: bool, pod_annotations: Sequence[str] = ()) -> Spec:
+    """The pause container: the pod's namespaces, hostname, sysctls and cgroup parent; the pod
+    annotations ``pod_annotations`` allows."""
     if pod.privileged and not allow_privileged:
         raise PermissionDenied("privileged pods are not allowed ([cri] allow_privileged = false)")
+    check_sysctls(pod)
     cmd = tuple(image.entrypoint) + tuple(image.cmd) or ("/pause",)
     spec = sp.build_spec(namespace, pod_id, ImageConfig(cmd=cmd, env=image.env, working_dir=image.working_dir,
                                                         user=image.user))
@@ -278,9 +327,9 @@ def pause_spec(namespace: str, pod_id: str, pod: PodConfig, image: ImageConfig, 
         spec["process"]["user"] = {"uid": pod.run_as_user, "gid": pod.run_as_group or 0}
     if pod.privileged:
         _privileged(spec)
-    spec["annotations"] = {**spec.get("annotations", {}), CONTAINER_TYPE: "sandbox", SANDBOX_ID: pod_id,
-                           SANDBOX_NAME: pod.metadata.name, SANDBOX_NAMESPACE: pod.metadata.namespace,
-                           SANDBOX_UID: pod.metadata.uid}
+    _annotate(spec, passthrough_annotations(pod.annotations, pod_annotations),
+              {CONTAINER_TYPE: "sandbox", SANDBOX_ID: pod_id, SANDBOX_NAME: pod.metadata.name,
+               SANDBOX_NAMESPACE: pod.metadata.namespace, SANDBOX_UID: pod.metadata.uid})
     return spec
 
 
@@ -333,8 +382,10 @@ def _bind(m: Any) -> dict[str, Any]:
 def container_spec(namespace: str, id: str, pod_id: str, pod: PodConfig, config: ContainerConfig,
                    image: ImageConfig, image_name: str, info: Mapping[str, str], pause_pid: int, *,
                    cgroup: str, clamp: OomClamp, allow_privileged: bool,
-                   read_rootfs: sp.RootfsReader | None = None, target_pid: int = 0) -> Spec:
-    """A container of the pod ``pod_id`` whose pause runs as ``pause_pid``."""
+                   read_rootfs: sp.RootfsReader | None = None, target_pid: int = 0,
+                   pod_annotations: Sequence[str] = (), container_annotations: Sequence[str] = ()) -> Spec:
+    """A container of the pod ``pod_id`` whose pause runs as ``pause_pid``, with the pod and
+    container annotations ``pod_annotations`` and ``container_annotations`` allow."""
     sc = config.security
     if sc.privileged and not allow_privileged:
         raise PermissionDenied("privileged containers are not allowed ([cri] allow_privileged = false)")
@@ -397,9 +448,9 @@ def container_spec(namespace: str, id: str, pod_id: str, pod: PodConfig, config:
     if seccomp is not None:
         spec["linux"]["seccomp"] = seccomp
     _resources(spec, config.resources, clamp, f"container {id}")
-    spec["annotations"] = {**spec.get("annotations", {}), **dict(config.annotations), CONTAINER_TYPE: "container",
-                           SANDBOX_ID: pod_id, SANDBOX_NAME: pod.metadata.name,
+    user = {**passthrough_annotations(pod.annotations, pod_annotations),
+            **passthrough_annotations(config.annotations, container_annotations)}
+    _annotate(spec, user, {CONTAINER_TYPE: "container", SANDBOX_ID: pod_id, SANDBOX_NAME: pod.metadata.name,
                            SANDBOX_NAMESPACE: pod.metadata.namespace, SANDBOX_UID: pod.metadata.uid,
-                           CONTAINER_NAME: config.metadata.name,
-                           IMAGE_NAME: image_name}
+                           CONTAINER_NAME: config.metadata.name, IMAGE_NAME: image_name})
     return spec

@@ -191,6 +191,7 @@ class CriRuntime:
         runtime = self.cfg.runtime_handlers.get(runtime_handler) if runtime_handler else self.cfg.runtime
         if runtime is None:
             raise NotFound(f'no runtime for "{runtime_handler}" is configured')
+        ocispec.check_sysctls(config)
         id = secrets.token_hex(32)
         name = md.reserved_name()
         self.names.reserve(name, id)
@@ -203,7 +204,7 @@ class CriRuntime:
             self.pods.put(pod)
             undo.append(("record", self._forget_pod(id)))
             async with hold(self.peers.leases):
-                pid, info, ips = await self._start_pod(id, ns, config, cgroup, runtime, undo)
+                pid, info, ips = await self._start_pod(id, ns, config, cgroup, runtime_handler, runtime, undo)
             pod.state, pod.pause_pid, pod.info = PodState.READY, pid, info
             pod.netns_path = info.get("netns_path", "")
             pod.ip, pod.additional_ips = (ips[0] if ips else ""), tuple(ips[1:])
@@ -215,7 +216,7 @@ class CriRuntime:
         self.watchers[id] = self._spawn(self._watch(id, ns))
         return id
 
-    async def _start_pod(self, id: str, ns: str, config: PodConfig, cgroup: str, runtime: str,
+    async def _start_pod(self, id: str, ns: str, config: PodConfig, cgroup: str, handler: str, runtime: str,
                          undo: list[tuple[str, Callable[[], Awaitable[Any]]]]) -> tuple[int, dict[str, str], list[str]]:
         """The sandbox (network) and, concurrently, the pause's rootfs; then the pause started:
         its pid, the sandbox's status info, the pod's IPs."""
@@ -244,7 +245,8 @@ class CriRuntime:
                 await asyncio.shield(rootfs)
         ips = [ip for ip in info.get("ips", "").split(",") if ip]
         spec = ocispec.pause_spec(ns, id, config, ImageConfig.from_json(image.config), info, cgroup=cgroup,
-                                  clamp=self.clamp, allow_privileged=self.cfg.allow_privileged)
+                                  clamp=self.clamp, allow_privileged=self.cfg.allow_privileged,
+                                  pod_annotations=self.cfg.pod_annotations.get(handler, ()))
         containers = await self.peers.containers()
         await containers.create(RContainer(
             id, RuntimeInfo(runtime), spec=RAny(SPEC_TYPE_URL, dumps(spec)), image=image.name,
@@ -390,10 +392,13 @@ class CriRuntime:
         mounts = await self.peers.prepare_snapshot(self.cfg.snapshotter, id, image.chain_id)
         undo.append(("snapshot", lambda: self.peers.remove_snapshot(self.cfg.snapshotter, id)))
         cgroup = ocispec.cgroup_path(pod.config.cgroup_parent, self.cfg.default_cgroup_parent, id)
+        handler = pod.runtime_handler
         spec = ocispec.container_spec(ns, id, pod.id, pod.config, config, image_config, image.name, pod.info,
                                       pod.pause_pid, cgroup=cgroup, clamp=self.clamp,
                                       allow_privileged=self.cfg.allow_privileged,
-                                      read_rootfs=rfs.reader(mounts), target_pid=target_pid)
+                                      read_rootfs=rfs.reader(mounts), target_pid=target_pid,
+                                      pod_annotations=self.cfg.pod_annotations.get(handler, ()),
+                                      container_annotations=self.cfg.container_annotations.get(handler, ()))
         log_path = ""
         if config.log_path:
             log_path = os.path.join(pod.config.log_directory, config.log_path) if pod.config.log_directory \

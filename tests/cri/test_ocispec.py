@@ -151,3 +151,112 @@ def test_devices_from_the_host() -> None:
         _spec(_cfg(devices=(Device("/dev/x", "/etc/hostname"),)))
     with pytest.raises(InvalidArgument, match="permissions"):
         _spec(_cfg(devices=(Device("/dev/x", "/dev/null", "rwx"),)))
+
+
+def _pause(pod: PodConfig, **kw: object) -> dict:  # type: ignore[type-arg]
+    return ocispec.pause_spec("k8s.io", "p1", pod, ImageConfig(entrypoint=("/pause",)), INFO, cgroup="/k/p1",
+                              clamp=ocispec.OomClamp(True, 0), allow_privileged=False, **kw)  # type: ignore[arg-type]
+
+
+def _pod(sysctls: dict[str, str], network: NamespaceMode = NamespaceMode.POD,
+         ipc: NamespaceMode = NamespaceMode.POD) -> PodConfig:
+    return PodConfig(PodMetadata("web", "uid1", "default"), sysctls=sysctls,
+                     namespaces=NamespaceOptions(network=network, ipc=ipc))
+
+
+@pytest.mark.parametrize("sysctls,network,ipc,match", [
+    # CVE-2022-0811: a second key=value smuggled in the value
+    ({"kernel.shm_rmid_forced": "1+kernel.core_pattern=|/tmp/x"}, "pod", "pod", "'kernel.shm_rmid_forced': value"),
+    ({"net.ipv4.ip_forward": "1=2"}, "pod", "pod", "'net.ipv4.ip_forward': value"),
+    ({"net.ipv4.ip_forward": "1\nkernel.core_pattern=x"}, "pod", "pod", "value"),
+    ({"net.ipv4.ip_forward": "1\0"}, "pod", "pod", "value"),
+    ({"kernel.core_pattern": "|/tmp/x"}, "pod", "pod", "'kernel.core_pattern' is not in a namespace"),
+    ({"kernel.hostname": "x"}, "pod", "pod", "'kernel.hostname' is not in a namespace"),
+    ({"vm.overcommit_memory": "1"}, "pod", "pod", "'vm.overcommit_memory' is not in a namespace"),
+    ({"kernel.shm_next_id": "1"}, "pod", "pod", "not in a namespace"),
+    ({"net.ipv4.ip_forward": "1"}, "node", "pod", "'net.ipv4.ip_forward' is not allowed in the host's network"),
+    ({"kernel.shmmax": "1"}, "pod", "node", "'kernel.shmmax' is not allowed in the host's IPC"),
+    ({"fs.mqueue.msg_max": "1"}, "pod", "node", "'fs.mqueue.msg_max' is not allowed in the host's IPC"),
+    ({"net..x": "1"}, "pod", "pod", "not a valid sysctl name"),
+    ({"net.ipv4/../../x": "1"}, "pod", "pod", "not a valid sysctl name"),
+    ({"Net.ipv4.ip_forward": "1"}, "pod", "pod", "not a valid sysctl name"),
+    ({"net." + "a" * 250: "1"}, "pod", "pod", "not a valid sysctl name"),
+    ({"": "1"}, "pod", "pod", "not a valid sysctl name"),
+])
+def test_pod_sysctls_are_checked(sysctls: dict[str, str], network: str, ipc: str, match: str) -> None:
+    mode = {"pod": NamespaceMode.POD, "node": NamespaceMode.NODE}
+    pod = _pod(sysctls, mode[network], mode[ipc])
+    with pytest.raises(InvalidArgument, match=match):
+        ocispec.check_sysctls(pod)
+    with pytest.raises(InvalidArgument, match=match):
+        _pause(pod)
+
+
+def test_namespaced_pod_sysctls_pass() -> None:
+    ok = {"net.ipv4.ip_forward": "1", "net.ipv4.ping_group_range": "0 2147483647", "kernel.sem": "250 32000 32 128",
+          "kernel.shm_rmid_forced": "1", "kernel.msgmax": "8192", "fs.mqueue.msg_max": "10",
+          "net.ipv4.conf.eth0/100.forwarding": "1"}
+    assert _pause(_pod(ok))["linux"]["sysctl"] == ok
+    assert _pause(_pod({"kernel.sem": "1 2 3 4"}, network=NamespaceMode.NODE))["linux"]["sysctl"] == {
+        "kernel.sem": "1 2 3 4"}
+    assert _pause(_pod({"net.core.somaxconn": "1024"}, ipc=NamespaceMode.NODE))["linux"]["sysctl"] == {
+        "net.core.somaxconn": "1024"}
+
+
+GROUP = "io.containerd.runc.v2.group"
+HOSTILE = {GROUP: "VICTIM-POD-ID", "io.kubernetes.cri.sandbox-id": "VICTIM-POD-ID",
+           "io.kubernetes.cri.container-type": "sandbox", "org.systemd.property.CPUQuota": "1%",
+           "example.com/ok": "1", "example.com/deep/no": "2", "other": "3"}
+
+
+def test_user_annotations_never_choose_the_shim_group_or_the_cri_keys() -> None:
+    """H8 F2 (CVE-2024-3154 class): a CRI annotation naming another pod's shim group must not
+    move the container there; with no allow-list no user annotation reaches the spec at all."""
+    from moorage.services.runtime.shim import group_of
+
+    pod = PodConfig(PodMetadata("web", "uid1", "default"), annotations=HOSTILE)
+    cfg = _cfg(annotations=HOSTILE)
+    spec = _spec(cfg, pod=pod)
+    notes = spec["annotations"]
+    assert group_of(notes, "c1") == "p1"
+    assert notes[GROUP] == "p1" and notes["io.kubernetes.cri.sandbox-id"] == "p1"
+    assert notes["io.kubernetes.cri.container-type"] == "container"
+    assert not (set(HOSTILE) - {GROUP, "io.kubernetes.cri.sandbox-id", "io.kubernetes.cri.container-type"}) & set(notes)
+    pause = _pause(pod)["annotations"]
+    assert pause[GROUP] == "p1" and pause["io.kubernetes.cri.container-type"] == "sandbox"
+    assert "example.com/ok" not in pause and "other" not in pause
+    # allow everything: what is allowed passes, the group and the CRI's keys still win
+    wide = ocispec.container_spec("k8s.io", "c1", "p1", pod, cfg, IMAGE, "img", INFO, 4242, cgroup="/k/c1",
+                                  clamp=ocispec.OomClamp(True, 0), allow_privileged=False,
+                                  pod_annotations=("*",), container_annotations=("*", "*/*", "*/*/*"))["annotations"]
+    assert group_of(wide, "c1") == "p1" and wide[GROUP] == "p1"
+    assert wide["io.kubernetes.cri.sandbox-id"] == "p1" and wide["io.kubernetes.cri.container-type"] == "container"
+    assert wide["org.systemd.property.CPUQuota"] == "1%" and wide["example.com/deep/no"] == "2"
+    pause = _pause(pod, pod_annotations=("*",))["annotations"]
+    assert pause[GROUP] == "p1" and pause["io.kubernetes.cri.sandbox-id"] == "p1" and pause["other"] == "3"
+
+
+def test_annotation_allow_lists_match_like_containerd() -> None:
+    """Go path.Match on the key: `*` does not cross `/`; pod annotations reach the pause and
+    the containers, container annotations only their container."""
+    pod = PodConfig(PodMetadata("web", "uid1", "default"), annotations={"example.com/ok": "pod", "pod.x": "1"})
+    cfg = _cfg(annotations={"example.com/ok": "ctr", "example.com/deep/no": "2", "ctr.y": "1", "other": "3"})
+    notes = ocispec.container_spec("k8s.io", "c1", "p1", pod, cfg, IMAGE, "img", INFO, 4242, cgroup="/k/c1",
+                                   clamp=ocispec.OomClamp(True, 0), allow_privileged=False,
+                                   pod_annotations=("pod.*",),
+                                   container_annotations=("example.com/*", "ctr.?"))["annotations"]
+    assert {k: notes[k] for k in notes if not k.startswith(("io.kubernetes.cri.", "io.containerd."))} == {
+        "pod.x": "1", "example.com/ok": "ctr", "ctr.y": "1"}
+    assert ocispec.passthrough_annotations({"a/b": "1", "ab": "2", "a[": "3"}, ("a?", "a\\[")) == {"ab": "2", "a[": "3"}
+
+
+def test_annotation_allow_lists_in_the_config() -> None:
+    from moorage.services.cri.config import CriConfig
+
+    cfg = CriConfig(pod_annotations={"": ("io.example.*",)}, container_annotations={"runc": ("example.com/*",)})
+    assert cfg.pod_annotations[""] == ("io.example.*",)
+    assert CriConfig().pod_annotations == {} and CriConfig().container_annotations == {}
+    with pytest.raises(ValueError, match="no runtime handler 'kata'"):
+        CriConfig(container_annotations={"kata": ("x",)})
+    with pytest.raises(ValueError, match=r"pod_annotations.runc: bad annotation pattern '\['"):
+        CriConfig(pod_annotations={"runc": ("[",)})
