@@ -5,6 +5,11 @@ placeholder writers until the shim has opened its ends at Start), the process is
 with Tasks.Exec (the container's process spec with other args), started, and waited for.
 After ``timeout`` seconds (0 = none) it is killed (SIGKILL), reaped, and DeadlineExceeded
 raised. The exec process is always deleted and the fifos removed.
+
+Each stream is kept up to ``limit`` bytes while it is read (``[cri] max_exec_output``), and
+the reply then fits one ttrpc message, which is how it leaves this process: stdout and
+stderr share ``REPLY_BUDGET`` (:func:`fit_reply`), each keeping its first bytes, as a cap
+does.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 from moorage.errdefs import DeadlineExceeded, Error, NotFound
 from moorage.services.runtime.contract import StdIO
+from ttrpc.frame import MAX_MESSAGE_SIZE
 
 from .cio import BufferSink, FifoReader
 from .contract import ExecResult
@@ -28,6 +34,23 @@ from .peers import Peers
 
 OUTPUT_DRAIN = 5.0
 KILL_WAIT = 30.0
+REPLY_BUDGET = MAX_MESSAGE_SIZE - 4096
+"""Output bytes one ExecSync reply carries: ttrpc's message limit less room for the reply's
+other fields and the ttrpc Response around it."""
+
+
+def fit_reply(stdout: bytes, stderr: bytes, budget: int = REPLY_BUDGET) -> tuple[bytes, bytes]:
+    """``stdout`` and ``stderr`` cut to ``budget`` bytes in all, each keeping its first
+    bytes: a stream under half the budget is kept whole and the other gets the rest;
+    otherwise each gets half."""
+    if len(stdout) + len(stderr) <= budget:
+        return stdout, stderr
+    half = budget // 2
+    if len(stderr) <= half:
+        return stdout[: budget - len(stderr)], stderr
+    if len(stdout) <= half:
+        return stdout, stderr[: budget - len(stdout)]
+    return stdout[:half], stderr[: budget - half]
 
 
 async def exec_sync(peers: Peers, root: Path, container_id: str, process: Mapping[str, Any], cmd: tuple[str, ...],
@@ -69,7 +92,8 @@ async def exec_sync(peers: Peers, root: Path, container_id: str, process: Mappin
         finally:
             with contextlib.suppress(NotFound, Error):
                 await peers.delete_process(container_id, exec_id)
-        return ExecResult(bytes(sink.data.get("stdout", b"")), bytes(sink.data.get("stderr", b"")), info.exit_status)
+        out, err = fit_reply(bytes(sink.data.get("stdout", b"")), bytes(sink.data.get("stderr", b"")))
+        return ExecResult(out, err, info.exit_status)
     finally:
         for r in readers:
             r.close()

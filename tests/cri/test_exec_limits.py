@@ -3,19 +3,20 @@ CRI-O CVE-2022-1708) and failed TTY execs leave nothing behind (CVE-2022-23471 c
 
 ExecSync keeps at most ``[cri] max_exec_output`` bytes of each stream (16 MiB by default,
 services/cri/cio.py:BufferSink) and, as containerd's cappedWriter, drops the rest silently
-while still draining the fifo, so the command runs to its end and the call returns.
+while still draining the fifo, so the command runs to its end and the call returns; the
+reply then carries what one ttrpc message can (execsync.fit_reply).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from moorage.api.k8s.cri.v1 import api_pb2 as api
+from moorage.services.cri.execsync import REPLY_BUDGET
 
 from .conftest import CriSuite, wait_until
 
@@ -69,22 +70,17 @@ FLOOD = (f"{BUSYBOX} yes | {BUSYBOX} head -c {128 << 20}; {BUSYBOX} yes e | {BUS
 
 @pytest.mark.slow
 def test_exec_sync_flood_is_capped_memory_bounded_and_the_call_returns(pods: CriSuite, big_channel: grpc.Channel) -> None:
-    """Whatever the reply, the CRI process kept at most the cap of each stream: either the
-    capped output comes back or (today, see the xfail below) the reply of 2 x 16 MiB is
-    refused at the 4 MiB ttrpc hop, naming its length. The command ran to its end."""
+    """The CRI process kept at most the cap of each stream, and the reply carries the
+    first bytes of each, half the reply budget each (one ttrpc message crosses the proxy).
+    The command ran to its end."""
     cri = pods
     c = _idle(cri, "chatty")
     pid = cri.suite.procs["cri"].pid
     before = _rss_kib(pid)
-    try:
-        r = _exec_sync(big_channel, c, BUSYBOX, "sh", "-c", FLOOD)
-    except grpc.RpcError as e:
-        assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e  # type: ignore[attr-defined]
-        m = re.search(r"message length (\d+)", str(e.details()))  # type: ignore[attr-defined]
-        assert m is not None, e
-        assert 2 * CAP < int(m.group(1)) <= 2 * CAP + 64  # both streams cut at exactly the cap
-    else:
-        assert r.exit_code == 7 and len(r.stdout) == CAP and len(r.stderr) == CAP
+    r = _exec_sync(big_channel, c, BUSYBOX, "sh", "-c", FLOOD)
+    half = REPLY_BUDGET // 2
+    assert r.exit_code == 7
+    assert r.stdout == b"y\n" * (half // 2) and r.stderr == b"e\n" * ((REPLY_BUDGET - half) // 2)
     after = _rss_kib(pid)
     assert cri.exec_sync(c, BUSYBOX, "cat", "/finished").stdout == b"done\n"  # drained, not cut short
     # two capped streams plus one encoded reply; at most half of the 192 MiB printed
@@ -92,15 +88,15 @@ def test_exec_sync_flood_is_capped_memory_bounded_and_the_call_returns(pods: Cri
     assert list((cri.suite.state / "cri" / "exec").iterdir()) == []
 
 
-@pytest.mark.xfail(strict=True, raises=grpc.RpcError,
-                   reason="bug: ExecSync keeps 16 MiB per stream (max_exec_output) but the CRI reply crosses "
-                          "the proxy as one ttrpc message, limited to 4 MiB: RESOURCE_EXHAUSTED instead of "
-                          "the capped output (containerd answers over gRPC, 16 MiB)")
-def test_exec_sync_output_over_the_cap_comes_back_cut_at_the_cap(pods: CriSuite, big_channel: grpc.Channel) -> None:
+def test_exec_sync_output_over_the_reply_comes_back_cut(pods: CriSuite, big_channel: grpc.Channel) -> None:
+    """Output past what one reply carries comes back cut, not refused (it was refused with
+    RESOURCE_EXHAUSTED at the 4 MiB ttrpc hop): stdout gets what stderr leaves."""
     cri = pods
     c = _idle(cri, "capped")
-    r = _exec_sync(big_channel, c, BUSYBOX, "sh", "-c", f"{BUSYBOX} yes | {BUSYBOX} head -c {CAP + (8 << 20)}")
-    assert r.exit_code == 0 and r.stdout == b"y\n" * (CAP // 2) and r.stderr == b""
+    r = _exec_sync(big_channel, c, BUSYBOX, "sh", "-c",
+                   f"{BUSYBOX} yes | {BUSYBOX} head -c {CAP + (8 << 20)}; echo err >&2")
+    assert r.exit_code == 0 and r.stderr == b"err\n"
+    assert r.stdout == (b"y\n" * CAP)[: REPLY_BUDGET - 4]
 
 
 def test_exec_sync_output_that_fits_the_reply_is_whole(pods: CriSuite, big_channel: grpc.Channel) -> None:
