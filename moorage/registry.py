@@ -114,6 +114,7 @@ class BuildContext:
     logger: logging.Logger
     closers: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
     usage: list[Callable[[str], Awaitable[Sequence[str]]]] = field(default_factory=list)
+    notes: list[Callable[[], Sequence[str]]] = field(default_factory=list)
 
     def on_close(self, fn: Callable[[], Awaitable[None] | None]) -> None:
         """Run ``fn`` after the server drained, in reverse registration order."""
@@ -126,6 +127,12 @@ class BuildContext:
         answers a non-empty list (see moorage.runner.USAGE_SERVICE).
         """
         self.usage.append(fn)
+
+    def health_notes(self, fn: Callable[[], Sequence[str]]) -> None:
+        """Add what ``fn`` returns to every Health answer: warnings for operators (the
+        process still serves). They show in introspection (``exports["notes"]``) and in
+        ``moor services``."""
+        self.notes.append(fn)
 
 
 # The built-in processes, in start order (the proxy first). name -> "module:attr".

@@ -151,7 +151,7 @@ async def serve(
     try:
         items = await record.build(ctx)
         listener = _register(server, items)
-        server.register_raw(INTERNAL_SERVICE, "Health", _health(record.name, replica, started))
+        server.register_raw(INTERNAL_SERVICE, "Health", _health(record.name, replica, started, ctx.notes))
         server.register_raw(INTERNAL_SERVICE, "NamespaceUsage", _usage(ctx.usage))
         claim_socket(sock)
         listening = _listen(sock)
@@ -290,9 +290,12 @@ def with_namespace_raw(handler: Callable[[Context, RawCall], Awaitable[None]]) -
 # the internal service
 
 
-def _health(name: str, replica: int | None, started: float) -> Callable[[Context, RawCall], Awaitable[None]]:
+def _health(
+    name: str, replica: int | None, started: float, notes: Sequence[Callable[[], Sequence[str]]] = ()
+) -> Callable[[Context, RawCall], Awaitable[None]]:
     async def handler(ctx: Context, call: RawCall) -> None:
-        body = {"name": name, "replica": replica, "pid": os.getpid(), "uptime": time.monotonic() - started}
+        body = {"name": name, "replica": replica, "pid": os.getpid(), "uptime": time.monotonic() - started,
+                "notes": [n for fn in notes for n in fn()]}
         await call.respond(msgpack.packb(body))
 
     return handler

@@ -3,7 +3,8 @@
 ``Plugins`` lists one Plugin per ttrpc service the suite serves: type
 :data:`PLUGIN_TYPE`, id = the service name, exports ``process``, ``replicas``, ``healthy``
 and ``rtt_us`` (the best round trip of a Health call to a replica, measured now; empty for
-the proxy's own services) and ``sockets``; ``init_err`` carries why a service is down.
+the proxy's own services), ``sockets``, and ``notes`` when healthy replicas report warnings
+(BuildContext.health_notes); ``init_err`` carries why a service is down.
 Filters use containerd's syntax over ``type``, ``id`` and ``exports.<key>``.
 ``Server`` answers the suite's uuid (kept in ``<root>/proxy/uuid``), the proxy's pid and pidns.
 """
@@ -74,12 +75,13 @@ class IntrospectionService:
             RawService(VERSION_SERVICE, {"Version": unary(empty_pb2.Empty, self.version)}),
         ]
 
-    async def _pool_health(self, pool: Pool) -> tuple[int, float | None, str]:
+    async def _pool_health(self, pool: Pool) -> tuple[int, float | None, str, str]:
         results = await asyncio.gather(*(ping(b, self.health_timeout) for b in pool.backends))
-        healthy = sum(1 for ok, _, _ in results if ok)
-        rtts = [rtt for ok, rtt, _ in results if ok and rtt is not None]
-        errors = [f"{b.path}: {err}" for b, (ok, _, err) in zip(pool.backends, results) if not ok]
-        return healthy, (min(rtts) if rtts else None), "; ".join(errors)
+        healthy = sum(1 for ok, _, _, _ in results if ok)
+        rtts = [rtt for ok, rtt, _, _ in results if ok and rtt is not None]
+        errors = [f"{b.path}: {err}" for b, (ok, _, err, _) in zip(pool.backends, results) if not ok]
+        notes = dict.fromkeys(n for _, _, _, ns in results for n in ns)  # replicas say the same
+        return healthy, (min(rtts) if rtts else None), "; ".join(errors), "; ".join(notes)
 
     async def plugins(self, req: pb.PluginsRequest, ctx: Context) -> pb.PluginsResponse:
         pools = list({id(p): p for p in self.routes.values()}.values())
@@ -89,7 +91,7 @@ class IntrospectionService:
             for s in self.own
         ]
         for service, pool in sorted(self.routes.items()):
-            healthy, rtt, error = health[id(pool)]
+            healthy, rtt, error, notes = health[id(pool)]
             p = pb.Plugin(
                 type=PLUGIN_TYPE,
                 id=service,
@@ -99,6 +101,7 @@ class IntrospectionService:
                     "healthy": str(healthy),
                     "rtt_us": "" if rtt is None else f"{rtt:.1f}",
                     "sockets": ",".join(b.path for b in pool.backends),
+                    **({"notes": notes} if notes else {}),
                 },
             )
             if error:

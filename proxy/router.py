@@ -31,14 +31,26 @@ class Pool:
         self.backends = [Backend(process, p) for p in paths]
 
 
-async def ping(backend: Backend, timeout: float = 1.0) -> tuple[bool, float | None, str]:
-    """(healthy, round trip µs, error) of one replica's internal Health call."""
+async def ping(backend: Backend, timeout: float = 1.0) -> tuple[bool, float | None, str, tuple[str, ...]]:
+    """(healthy, round trip µs, error, notes) of one replica's internal Health call; notes are
+    the warnings a healthy replica reports (see BuildContext.health_notes)."""
     from moorage.runner import INTERNAL_SERVICE
 
     try:
         client = await asyncio.wait_for(backend.client(), timeout)
         start = time.perf_counter()
-        await client.unary_raw(INTERNAL_SERVICE, "Health", b"", int(timeout * 1e9))
-        return True, (time.perf_counter() - start) * 1e6, ""
+        body = await client.unary_raw(INTERNAL_SERVICE, "Health", b"", int(timeout * 1e9))
+        rtt = (time.perf_counter() - start) * 1e6
     except (OSError, RpcError, errdefs.Error, TimeoutError) as exc:
-        return False, None, getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return False, None, getattr(exc, "strerror", None) or str(exc) or type(exc).__name__, ()
+    return True, rtt, "", _notes(body)
+
+
+def _notes(body: bytes) -> tuple[str, ...]:
+    import msgpack
+
+    try:
+        notes = msgpack.unpackb(body).get("notes") or ()
+    except Exception:
+        return ()
+    return tuple(str(n) for n in notes) if isinstance(notes, (list, tuple)) else ()

@@ -3,7 +3,8 @@ health and the round-trip time the proxy measured to it just now.
 
 Data comes from containerd.services.introspection.v1 Plugins: one Plugin per service, type
 ``io.moorage.service.v1``, id = the ttrpc service name, exports ``process``, ``replicas``,
-``healthy`` and ``rtt_us`` (see moorage.proxy.introspection). The first row is the proxy
+``healthy``, ``rtt_us`` and ``notes`` (see moorage.proxy.introspection): a healthy service
+with notes (warnings its process reports, e.g. an unpatched runc) reads ``ok [note]``. The first row is the proxy
 itself, with moor's own round trip to it. Messages go through moorage.cli.wire: no protobuf.
 """
 
@@ -46,6 +47,7 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
             "health": "ok" if healthy == replicas and replicas else ("down" if healthy == 0 else "degraded"),
             "rtt_us": float(rtt) if rtt else None,
             "error": p.msg(7).text(2) if p.has(7) else "",
+            "notes": ex.get("notes", ""),
         })
     if ctx.json:
         ctx.emit_json({"address": ctx.address, "call_us": round(total_us, 1), "services": rows})
@@ -54,7 +56,8 @@ def main(cmd: str, argv: list[str], ctx: CliContext) -> int:
             ["service", "process", "replicas", "health", "rtt"],
             [
                 (r["service"], r["process"], f"{r['healthy']}/{r['replicas']}",
-                 r["health"] + (f" ({r['error']})" if r["error"] else ""),
+                 r["health"] + (f" ({r['error']})" if r["error"] else "")
+                 + (f" [{r['notes']}]" if r["notes"] else ""),
                  "-" if r["rtt_us"] is None else _fmt_us(float(r["rtt_us"])))
                 for r in rows
             ],

@@ -80,6 +80,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
 
     ctx.on_close(close)
     ctx.namespace_usage(usage)
+    ctx.health_notes(policy.notes)
     return [ContainersService(store, tasks, publisher), TasksService(tasks, policy)]
 
 

@@ -211,6 +211,10 @@ def test_host_runc_runs_with_a_warning(tmp_path: Path, ns: str, rootfs: Path) ->
         assert api.wait("c1") == 0
         api.delete("c1")
         out = _wait_log(s, "CVE-2025-52881")
+        listed = s.moor("services")
+    # the runtime stays healthy, with the note where operators look
+    row = next(line for line in listed.stdout.splitlines() if ".tasks.v1.Tasks" in line)
+    assert " ok [" in row and str(HOST_RUNC) in row and all(c in row for c in UNPATCHED), row
     warning = next(line for line in out.splitlines() if "CVE-2025-31133" in line)
     assert "WARNING" in warning and str(HOST_RUNC) in warning
     assert "1.1.5+ds1-1+deb12u" in warning and all(c in warning for c in UNPATCHED)
