@@ -14,8 +14,13 @@ Events running when a sync starts finish first, new ones wait until the plugin i
 (:mod:`moorage.nri.gate`), so a plugin misses no container and sees none twice.
 
 Per event call (``request_timeout`` each):
-- DEADLINE_EXCEEDED, UNAVAILABLE (connection gone) or CANCELLED: the plugin is dropped
-  (a launched one killed) and the event carries on as if it had not been subscribed;
+- DEADLINE_EXCEEDED: only this event goes on without the plugin (logged), which stays
+  connected; after ``request_timeout_strikes`` timeouts in a row (default 3; 1 is upstream's
+  drop-on-first-timeout) it is dropped (a launched one killed). Any answer resets the count.
+  A plugin in ``required_plugins`` that times out on CreateContainer fails that creation
+  (DeadlineExceeded naming it), and only that one;
+- UNAVAILABLE (connection gone), CANCELLED, EOF: the plugin is dropped at once (a launched
+  one killed) and the event carries on as if it had not been subscribed;
 - UNIMPLEMENTED for an event with a StateChange form: the event is re-sent as StateChange
   (and always will be, for that plugin);
 - any other error fails the operation: :class:`moorage.errdefs.Unknown` naming the plugin;
@@ -24,7 +29,7 @@ Per event call (``request_timeout`` each):
 Plugins named in ``required_plugins`` must have answered CreateContainer, else the
 creation fails (fail closed: absent, timed out or crashed alike).
 Validators (VALIDATE_CONTAINER_ADJUSTMENT) run in parallel after all adjustments; a reject,
-error or fatal failure fails the creation.
+error, timeout or fatal failure fails the creation.
 
 Updates plugins ask for (from Synchronize, events, or unsolicited UpdateContainers) go to
 the ``updater`` the owner supplies; updates of containers other than the one in the event
@@ -65,7 +70,7 @@ log = logging.getLogger("moorage.nri")
 NRI_VERSION = "v0.12.2"
 PLUGIN_SERVICE = "nri.pkg.api.v1alpha1.Plugin"
 MAX_MESSAGE = 4 * 1024 * 1024
-FATAL = (Code.DEADLINE_EXCEEDED, Code.UNAVAILABLE, Code.CANCELLED)
+FATAL = (Code.UNAVAILABLE, Code.CANCELLED)
 E = api.Event
 M = TypeVar("M", bound=Message)
 
@@ -88,6 +93,17 @@ class Options:
     restart_max_delay: float = 30.0
     required_plugins: tuple[str, ...] = ()
     """Plugin names that must take part in every container creation (fail closed)."""
+    request_timeout_strikes: int = 3
+    """Request timeouts in a row after which a plugin is dropped (1: at the first, as upstream)."""
+
+
+@dataclass(frozen=True)
+class Missed:
+    """A plugin gave no answer to one call: ``why`` (it says whether it was dropped);
+    ``timed_out``, else it went away."""
+
+    why: str
+    timed_out: bool
 
 
 async def _no_updates(updates: Sequence[api.ContainerUpdate]) -> list[api.ContainerUpdate]:
@@ -120,6 +136,8 @@ class Adaptation:
         self._launch_dirs: tuple[Path, Path] = (Path("/etc/nri/conf.d"), Path("/run/nri"))
         self._launched_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
+        self._timeouts: dict[PluginConn, int] = {}
+        """Request timeouts in a row, per plugin (absent: none since its last answer)."""
 
     def _changed(self) -> None:
         ev, self._change = self._change, None
@@ -219,6 +237,7 @@ class Adaptation:
     def _on_closed(self, p: PluginConn) -> None:
         if not p.close_reason:
             p.close("connection closed")
+        self._timeouts.pop(p, None)
         if p in self.plugins:
             self.plugins.remove(p)
             log.warning("nri: plugin %s dropped: %s", p.id, p.close_reason)
@@ -384,31 +403,59 @@ class Adaptation:
 
     async def _call(self, p: PluginConn, method: str, request: Message, response_type: type[M],
                     legacy: api.StateChangeEvent | None = None) -> M | None:
-        """One call to ``p``; None when ``p`` was dropped (the event carries on without it)."""
+        """One call to ``p``; None when it gave no answer (the event carries on without it)."""
+        resp = await self._ask(p, method, request, response_type, legacy)
+        return None if isinstance(resp, Missed) else resp
+
+    async def _ask(self, p: PluginConn, method: str, request: Message, response_type: type[M],
+                   legacy: api.StateChangeEvent | None = None) -> M | Missed:
+        """One call to ``p``: its answer, or why there is none (timed out, or dropped).
+
+        An error status the plugin answers raises Unknown naming it."""
         assert p.client is not None
         client = p.client.client
         timeout = self.options.request_timeout
         try:
             if legacy is not None and method in p.legacy:
                 await client.unary(PLUGIN_SERVICE, "StateChange", legacy, api.Empty, timeout=timeout)
-                return response_type()
-            try:
-                return await client.unary(PLUGIN_SERVICE, method, request, response_type, timeout=timeout)
-            except RpcError as exc:
-                if exc.code != Code.UNIMPLEMENTED or legacy is None:
-                    raise
-                log.warning("nri: plugin %s does not implement %s; using the deprecated StateChange", p.id, method)
-                p.legacy.add(method)
-                await client.unary(PLUGIN_SERVICE, "StateChange", legacy, api.Empty, timeout=timeout)
-                return response_type()
+                resp = response_type()
+            else:
+                try:
+                    resp = await client.unary(PLUGIN_SERVICE, method, request, response_type, timeout=timeout)
+                except RpcError as exc:
+                    if exc.code != Code.UNIMPLEMENTED or legacy is None:
+                        raise
+                    log.warning("nri: plugin %s does not implement %s; using the deprecated StateChange",
+                                p.id, method)
+                    p.legacy.add(method)
+                    await client.unary(PLUGIN_SERVICE, "StateChange", legacy, api.Empty, timeout=timeout)
+                    resp = response_type()
         except RpcError as exc:
+            if exc.code == Code.DEADLINE_EXCEEDED:
+                return self._timed_out(p, method)
             if exc.code in FATAL:
                 self.drop(p, f"{method}: {exc.message}")
-                return None
+                return Missed(f"dropped: {p.close_reason}", timed_out=False)
+            self._timeouts.pop(p, None)
             raise errdefs.Unknown(f'plugin "{p.id}" failed to handle {method}: {exc.message}') from None
         except (OSError, EOFError) as exc:
-            self.drop(p, f"{method}: {exc}")
-            return None
+            self.drop(p, f"{method}: {exc or type(exc).__name__}")
+            return Missed(f"dropped: {p.close_reason}", timed_out=False)
+        self._timeouts.pop(p, None)
+        return resp
+
+    def _timed_out(self, p: PluginConn, method: str) -> Missed:
+        """Count a request timeout of ``p``; drop it after ``request_timeout_strikes`` in a row."""
+        n = self._timeouts.get(p, 0) + 1
+        limit = self.options.request_timeout_strikes
+        why = f"timed out on {method} after {self.options.request_timeout:g}s ({n} of {limit} in a row)"
+        if n >= limit:
+            self.drop(p, why)
+            return Missed(f"{why}, dropped", timed_out=True)
+        if not p.close_reason:
+            self._timeouts[p] = n
+        log.warning("nri: plugin %s %s; this event goes on without it", p.id, why)
+        return Missed(why, timed_out=True)
 
     async def _notify(self, event: int, method: str, request: Message, response_type: type[M],
                       pod: api.PodSandbox | None, container: api.Container | None = None,
@@ -462,9 +509,12 @@ class Adaptation:
         evictions: list[api.ContainerEviction] = []
         consulted: list[PluginConn] = []
         for p in self._subscribed(E.CREATE_CONTAINER):
-            resp = await self._call(p, "CreateContainer", api.CreateContainerRequest(pod=pod, container=work),
-                                    api.CreateContainerResponse)
-            if resp is None:
+            resp = await self._ask(p, "CreateContainer", api.CreateContainerRequest(pod=pod, container=work),
+                                   api.CreateContainerResponse)
+            if isinstance(resp, Missed):
+                if p.name in self.options.required_plugins:
+                    kind = errdefs.DeadlineExceeded if resp.timed_out else errdefs.FailedPrecondition
+                    raise kind(f'required NRI plugin "{p.id}" did not answer CreateContainer: {resp.why}')
                 continue
             consulted.append(p)
             if resp.HasField("adjust"):
@@ -498,9 +548,10 @@ class Adaptation:
         )
 
         async def one(p: PluginConn) -> None:
-            resp = await self._call(p, "ValidateContainerAdjustment", req, api.ValidateContainerAdjustmentResponse)
-            if resp is None:
-                raise errdefs.FailedPrecondition(f'validator plugin "{p.id}" failed (dropped: {p.close_reason})')
+            resp = await self._ask(p, "ValidateContainerAdjustment", req, api.ValidateContainerAdjustmentResponse)
+            if isinstance(resp, Missed):
+                kind = errdefs.DeadlineExceeded if resp.timed_out else errdefs.FailedPrecondition
+                raise kind(f'validator plugin "{p.id}" did not answer: {resp.why}')
             if resp.reject:
                 raise errdefs.FailedPrecondition(f'validator plugin "{p.id}" rejected the adjustment: {resp.reason}')
 

@@ -13,8 +13,10 @@ class NriConfig:
     socket 0600: it is root-equivalent). ``plugin_path``: pre-installed plugins, started at
     boot (``NN-name`` executables); ``plugin_config_path``: their ``NN-name.conf`` /
     ``name.conf``. Timeouts in seconds: ``registration_timeout`` from connect to
-    RegisterPlugin, ``request_timeout`` per call (a plugin that misses it is dropped),
-    ``sync_timeout`` for the whole (possibly split) Synchronize of a new plugin.
+    RegisterPlugin, ``request_timeout`` per call (a plugin that misses it is skipped for
+    that event only; ``request_timeout_strikes`` misses in a row drop it, 1 = at the first
+    as containerd; any answer resets the count), ``sync_timeout`` for the whole (possibly
+    split) Synchronize of a new plugin.
     ``disable_connections``: no socket, only pre-installed plugins. ``apply_updates``:
     updates and evictions plugins ask for go to the runtime's tasks (Tasks.Update / Kill
     through the proxy); off, they are logged and reported failed. ``required_plugins``:
@@ -34,6 +36,7 @@ class NriConfig:
     disable_connections: bool = False
     apply_updates: bool = True
     required_plugins: tuple[str, ...] = ()
+    request_timeout_strikes: int = 3
     restart_delay: float = 1.0
     restart_max_delay: float = 30.0
 
@@ -42,5 +45,7 @@ class NriConfig:
             raise ValueError("restart_delay must be >= 0 and <= restart_max_delay")
         if min(self.registration_timeout, self.request_timeout, self.sync_timeout) <= 0:
             raise ValueError("timeouts must be positive")
+        if self.request_timeout_strikes < 1:
+            raise ValueError("request_timeout_strikes must be >= 1")
         if not self.socket_path.startswith("/"):
             raise ValueError("socket_path must be absolute")

@@ -107,6 +107,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
         runtime_name="moorage",
         runtime_version=runtime_version,
         required_plugins=cfg.required_plugins,
+        request_timeout_strikes=cfg.request_timeout_strikes,
         restart_delay=cfg.restart_delay,
         restart_max_delay=cfg.restart_max_delay,
     )

@@ -61,6 +61,24 @@ class Hang(Plugin):
         await asyncio.sleep(3600)
 
 
+class Slow(Env):
+    """Env that hangs on the calls numbered in ``slow`` (from 1) until ``release`` is set."""
+
+    def __init__(self, key: str, value: str, slow: set[int]) -> None:
+        super().__init__(key, value)
+        self.slow = slow
+        self.calls = 0
+        self.hanging = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def create_container(self, pod: api.PodSandbox, container: api.Container) -> Adjustment:
+        self.calls += 1
+        if self.calls in self.slow:
+            self.hanging.set()
+            await self.release.wait()
+        return await super().create_container(pod, container)
+
+
 class Crash(Plugin):
     async def create_container(self, pod: api.PodSandbox, container: api.Container) -> None:
         assert self.stub is not None
@@ -110,7 +128,7 @@ async def test_plugin_error_fails_the_operation_naming_it(harness: Harness) -> N
     assert harness.ids() == ["10-gpu"]  # an error is not a reason to drop
 
 
-async def test_hanging_plugin_is_dropped_and_the_event_carries_on(harness: Harness) -> None:
+async def test_hanging_plugin_is_skipped_and_the_event_carries_on(harness: Harness) -> None:
     hang = Hang()
     await harness.plugin(hang, "10", "hang")
     await harness.plugin(Env("A", "1"), "20", "env")
@@ -120,9 +138,50 @@ async def test_hanging_plugin_is_dropped_and_the_event_carries_on(harness: Harne
     assert hang.called.is_set()
     assert [kv.key for kv in adj.env] == ["A"]
     assert took < 2 * harness.nri.options.request_timeout
-    assert harness.ids() == ["20-env"]
-    adj = await harness.nri.create_container(POD, ctr("c2"))  # the next event does not wait for it
+    assert harness.ids() == ["10-hang", "20-env"]  # one timeout is a strike, not a drop
+    adj = await harness.nri.create_container(POD, ctr("c2"))  # bounded again, and carries on
     assert [kv.key for kv in adj.env] == ["A"]
+
+
+async def test_plugin_slow_once_keeps_being_called(harness: Harness) -> None:
+    slow = Slow("S", "1", slow={1})
+    await harness.plugin(slow, "10", "slow")
+    await harness.plugin(Env("A", "1"), "20", "env")
+    adj = await harness.nri.create_container(POD, ctr("c1"))
+    assert slow.hanging.is_set()
+    assert [kv.key for kv in adj.env] == ["A"]  # this event only went on without it
+    assert harness.ids() == ["10-slow", "20-env"]
+    slow.release.set()
+    adj = await harness.nri.create_container(POD, ctr("c2"))
+    assert [kv.key for kv in adj.env] == ["S", "A"]  # its late answer to c1 was discarded
+
+
+async def test_plugin_timing_out_strikes_times_in_a_row_is_dropped(harness: Harness) -> None:
+    assert harness.nri.options.request_timeout_strikes == 3
+    hang = Hang()
+    await harness.plugin(hang, "10", "hang")
+    await harness.plugin(Env("A", "1"), "20", "env")
+    for i in range(2):
+        await harness.nri.create_container(POD, ctr(f"c{i}"))
+        assert harness.ids() == ["10-hang", "20-env"]
+    adj = await harness.nri.create_container(POD, ctr("c2"))
+    assert [kv.key for kv in adj.env] == ["A"]
+    assert harness.ids() == ["20-env"]
+    await harness.stubs[0].wait()  # the connection is closed: the stub ends
+
+
+async def test_an_answer_resets_the_timeout_count(harness_factory: Any) -> None:
+    async for h in harness_factory(request_timeout_strikes=2):
+        slow = Slow("S", "1", slow={1, 3, 4})  # never released: those calls hang
+        await h.plugin(slow, "10", "slow")
+        await h.nri.create_container(POD, ctr("c1"))  # timeout 1 of 2
+        assert h.ids() == ["10-slow"]
+        await h.nri.create_container(POD, ctr("c2"))  # answered: count reset
+        assert h.ids() == ["10-slow"]
+        await h.nri.create_container(POD, ctr("c3"))  # timeout 1 of 2 again, not 2 of 2
+        assert h.ids() == ["10-slow"]
+        await h.nri.create_container(POD, ctr("c4"))  # 2 of 2: dropped
+        assert h.ids() == []
 
 
 async def test_crashing_plugin_is_dropped_and_the_event_carries_on(harness: Harness) -> None:
@@ -252,12 +311,59 @@ async def test_required_plugin_fails_closed(harness_factory: Any) -> None:
     async for h in harness_factory(required_plugins=("guard",)):
         with pytest.raises(errdefs.FailedPrecondition, match="required NRI plugin 'guard' did not take part"):
             await h.nri.create_container(POD, ctr())
-        await h.plugin(Hang(), "10", "guard")
-        with pytest.raises(errdefs.FailedPrecondition, match="required NRI plugin 'guard'"):
-            await h.nri.create_container(POD, ctr())  # timed out: dropped, and creation refused
+        stub = await h.plugin(Hang(), "10", "guard")
+        with pytest.raises(errdefs.DeadlineExceeded, match='required NRI plugin "10-guard" did not answer '
+                           r"CreateContainer: timed out on CreateContainer after 0.5s \(1 of 3 in a row\)"):
+            await h.nri.create_container(POD, ctr())
+        stub.close()  # gone: absent again
+        await h.nri.wait_until(lambda: not h.nri.plugins)
+        with pytest.raises(errdefs.FailedPrecondition, match="required NRI plugin 'guard' did not take part"):
+            await h.nri.create_container(POD, ctr())
         await h.plugin(Env("A", "1"), "10", "guard")
         adj = await h.nri.create_container(POD, ctr())
         assert [kv.key for kv in adj.env] == ["A"]
+
+
+async def test_required_plugin_slow_once_fails_that_creation_only(harness_factory: Any) -> None:
+    async for h in harness_factory(required_plugins=("guard",)):
+        guard = Slow("G", "1", slow={1})
+        await h.plugin(guard, "10", "guard")
+        with pytest.raises(errdefs.DeadlineExceeded, match='required NRI plugin "10-guard" did not answer'):
+            await h.nri.create_container(POD, ctr("c1"))
+        assert "c1" not in h.nri.containers
+        assert h.ids() == ["10-guard"]
+        guard.release.set()
+        adj = await h.nri.create_container(POD, ctr("c2"))
+        assert [kv.key for kv in adj.env] == ["G"]
+
+
+async def test_required_plugin_crashing_fails_the_creation_naming_it(harness_factory: Any) -> None:
+    async for h in harness_factory(required_plugins=("guard",)):
+        await h.plugin(Crash(), "10", "guard")
+        with pytest.raises(errdefs.FailedPrecondition, match='required NRI plugin "10-guard" did not answer '
+                           "CreateContainer: dropped"):
+            await h.nri.create_container(POD, ctr())
+        assert h.ids() == []
+
+
+async def test_validator_that_times_out_fails_the_creation_and_stays(harness: Harness) -> None:
+    class SlowValidator(Plugin):
+        def __init__(self) -> None:
+            self.calls = 0
+            self.release = asyncio.Event()
+
+        async def validate_container_adjustment(self, request: api.ValidateContainerAdjustmentRequest) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                await self.release.wait()
+
+    v = SlowValidator()
+    await harness.plugin(v, "90", "check")
+    with pytest.raises(errdefs.DeadlineExceeded, match='validator plugin "90-check" did not answer: timed out'):
+        await harness.nri.create_container(POD, ctr("c1"))
+    v.release.set()
+    await harness.nri.create_container(POD, ctr("c2"))
+    assert harness.ids() == ["90-check"] and v.calls == 2
 
 
 async def test_plugins_get_shutdown_when_the_runtime_stops(harness: Harness) -> None:
@@ -344,3 +450,14 @@ async def test_sync_waits_for_running_events_and_holds_new_ones(harness: Harness
     assert late.seen == ["c1"]  # the event that ran first is in its sync
     await harness.nri.create_container(POD, ctr("c2"))
     assert late.events == [("create_container", "c2")]  # and every later event reaches it
+
+
+def test_request_timeout_strikes_config_key() -> None:
+    from moorage.config import ConfigError, loads
+    from moorage.nri.process import PROCESS
+
+    cfg = loads("[nri]\nrequest_timeout_strikes = 5\n", [PROCESS])
+    assert cfg.processes["nri"].settings.request_timeout_strikes == 5
+    assert loads("", [PROCESS]).processes["nri"].settings.request_timeout_strikes == 3
+    with pytest.raises(ConfigError, match="request_timeout_strikes must be >= 1"):
+        loads("[nri]\nrequest_timeout_strikes = 0\n", [PROCESS])

@@ -67,7 +67,9 @@ def test_discovery_and_config(tmp_path: Path) -> None:
 async def test_launched_plugin_that_hangs_or_crashes_is_killed_and_dropped(folder: Path, mode: str) -> None:
     plugin(folder, "10-bad", mode)
     plugin(folder, "20-good", "ok")
-    nri = Adaptation(Options(socket_path=str(folder / "nri.sock"), request_timeout=1.0, registration_timeout=10.0))
+    # one timeout drops it (request_timeout_strikes 1, upstream's rule; the default is 3)
+    nri = Adaptation(Options(socket_path=str(folder / "nri.sock"), request_timeout=1.0, registration_timeout=10.0,
+                             request_timeout_strikes=1))
     try:
         running = await nri.launch_preinstalled(folder, folder / "conf.d", folder / "logs")
         assert [p.id for p in running] == ["10-bad", "20-good"]
