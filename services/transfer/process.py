@@ -6,7 +6,6 @@ proxy. Not replica-safe: a transfer and the streams it names must meet in one pr
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 
 from moorage.registry import BuildContext, Process
@@ -56,14 +55,15 @@ async def build(ctx: BuildContext) -> Sequence[object]:
         hosts_dir=settings.hosts_dir, credentials_file=settings.credentials_file,
         default_snapshotter=settings.default_snapshotter, chunk_size=settings.upload_chunk_size),
         leases=leases)
-    threading.Thread(target=_preload, name="preload", daemon=True).start()
+    _preload()
     ctx.logger.info("transfer ready", extra={"root": str(ctx.root)})
     return [ImagesService(images, Recorder(leases), leases.collect), TransferService(transferrer, streams), StreamingService(streams)]
 
 
 def _preload() -> None:
     """What a first pull would import (the registry client's stack, the peers' clients),
-    loaded off the critical path while the service waits for work."""
+    loaded at start rather than on the first pull's critical path. Not on a thread: imports
+    racing the first request's own can fail ("deadlock detected by _ModuleLock")."""
     from moorage.services.content.client import ContentClient  # noqa: F401
     from moorage.services.snapshots.client import RemoteDiffer  # noqa: F401
 
