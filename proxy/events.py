@@ -86,6 +86,7 @@ class Exchange:
 
     def __init__(self) -> None:
         self.subscribers: set[Subscriber] = set()
+        self.closed = False
         _load_event_types()
 
     def forward(self, env: event_pb2.Envelope) -> None:
@@ -120,24 +121,24 @@ class Exchange:
 
             parsed = f.parse(list(filters))
         sub = Subscriber(parsed)
-        self.subscribers.add(sub)
+        if self.closed:
+            _end(sub.queue)
+        else:
+            self.subscribers.add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
 
-    def close(self) -> None:
+    def close(self, keep_queued: bool = False) -> None:
+        """End every subscription, and any made from now on; with ``keep_queued``, after
+        what each has queued (a stopping proxy: a Subscribe stream never ends on its own, so
+        it would hold the drain for all its grace)."""
+        self.closed = True
         for sub in list(self.subscribers):
-            _end(sub.queue)
-        self.subscribers.clear()
-
-    def finish(self) -> None:
-        """End every subscription after what it has queued (a stopping proxy: a Subscribe
-        stream never ends on its own, so it would hold the drain for all its grace)."""
-        for sub in list(self.subscribers):
-            try:
+            if keep_queued and not sub.queue.full():
                 sub.queue.put_nowait(None)
-            except asyncio.QueueFull:
+            else:
                 _end(sub.queue)
         self.subscribers.clear()
 

@@ -215,7 +215,7 @@ def _ending_subscriptions(listener: Listener, exchange: events.Exchange) -> List
     waits for calls that can end, not for Subscribe streams that never would."""
 
     async def drain(grace: float) -> None:
-        exchange.finish()
+        exchange.close(keep_queued=True)
         await listener.drain(grace)
 
     return Listener(listener.serve, drain)

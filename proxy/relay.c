@@ -439,8 +439,8 @@ static int drained(const relay *r) {
     return 1;
 }
 
-/* Closing and drained: tell Python once, on the notify pipe (RELAY_DRAINED). When the pipe
- * is full, relay_run tries again until the word goes. */
+/* Closing and drained: tell Python once, on the notify pipe (RELAY_DRAINED). relay_run asks
+ * after every round of events, and on a tick while untold (a full pipe). */
 static void tell_if_drained(relay *r) {
     if (r->drained_told || !__atomic_load_n(&r->closing, __ATOMIC_RELAXED) || !drained(r))
         return;
@@ -570,8 +570,6 @@ static void flush(relay *r, conn *c) {
             conn_close(r, c);
             return;
         }
-        if (c->kind == K_CLIENT)
-            tell_if_drained(r);
     }
     if (left < LOW_WATER) {
         if (c->nwaiters)

@@ -6,10 +6,10 @@ with Tasks.Exec (the container's process spec with other args), started, and wai
 After ``timeout`` seconds (0 = none) it is killed (SIGKILL), reaped, and DeadlineExceeded
 raised. The exec process is always deleted and the fifos removed.
 
-Each stream is kept up to ``limit`` bytes while it is read (``[cri] max_exec_output``), and
-the reply then fits one ttrpc message, which is how it leaves this process: stdout and
-stderr share ``REPLY_BUDGET`` (:func:`fit_reply`), each keeping its first bytes, as a cap
-does.
+Each stream is kept up to ``limit`` bytes (``[cri] max_exec_output``) or ``REPLY_BUDGET``,
+whichever is less, while it is read, and the reply then fits one ttrpc message, which is how
+it leaves this process: stdout and stderr share ``REPLY_BUDGET`` (:func:`fit_reply`), each
+keeping its first bytes, as a cap does.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ async def exec_sync(peers: Peers, root: Path, container_id: str, process: Mappin
     exec_id = secrets.token_hex(8)
     d = root / exec_id
     d.mkdir(parents=True, mode=0o700)
-    sink = BufferSink(limit)
+    sink = BufferSink(min(limit, REPLY_BUDGET))  # no stream can bring back more
     readers: list[FifoReader] = []
     try:
         for name in ("stdout", "stderr"):
