@@ -18,7 +18,7 @@ import grpc.aio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ttrpc"))
 
 from ttrpc.server import Server  # noqa: E402
-from ttrpctest.echo_pb2 import EchoRequest  # noqa: E402
+from ttrpctest.echo_pb2 import EchoRequest, EchoResponse  # noqa: E402
 from ttrpctest.impl import Echo  # noqa: E402
 
 from moorage.proxy.grpc_front import GrpcFront, MethodTable  # noqa: E402
@@ -46,9 +46,9 @@ async def test_drain_with_an_open_stream_takes_at_most_the_grace(tmp_path: Path)
     await listener.serve(None, None)
     try:
         async with grpc.aio.insecure_channel(f"unix:{tmp_path / 'moorage.sock'}") as ch:
-            call = ch.unary_stream("/moorage.test.v1.Echo/Count")(
-                EchoRequest(data=b"x", count=1, sleep_ms=60_000).SerializeToString())
-            await asyncio.sleep(0.3)  # the stream is open on the backend
+            call = ch.stream_stream("/moorage.test.v1.Echo/Chat")()
+            await call.write(EchoRequest(data=b"x").SerializeToString())
+            assert EchoResponse.FromString(await call.read()).data == b"x"  # open on the backend, and stays
             t0 = time.monotonic()
             await listener.drain(1.0)
             took = time.monotonic() - t0

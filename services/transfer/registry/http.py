@@ -120,9 +120,11 @@ def _new_context(h: RegistryHost) -> ssl.SSLContext:
 
 
 def _read_size() -> None:
+    """httpcore's read size (a class attribute, READ_NUM_BYTES: 64 KiB) raised to READ_SIZE;
+    left alone if a newer httpcore has no such attribute (then only slower, never broken)."""
     import httpcore
 
-    if httpcore.AsyncHTTP11Connection.READ_NUM_BYTES < READ_SIZE:
+    if getattr(httpcore.AsyncHTTP11Connection, "READ_NUM_BYTES", READ_SIZE) < READ_SIZE:
         httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = READ_SIZE
 
 
