@@ -67,6 +67,7 @@ async def build(ctx: BuildContext) -> Sequence[object]:
         follower.cancel()
         if probe is not None:
             probe.cancel()
+        policy.close()
         await tasks.close()
         await publisher.close()
         await nri.close()

@@ -262,6 +262,11 @@ class RuntimePolicy:
             if why:
                 raise FailedPrecondition(why)
 
+    def close(self) -> None:
+        """Cancel the probes still running (their ``--version`` processes are killed)."""
+        for _, t in self._verdicts.values():
+            t.cancel()
+
     def notes(self) -> list[str]:
         """The warnings of the binaries judged so far (for health and introspection)."""
         out = []
@@ -298,4 +303,7 @@ async def _version_output(path: str) -> str:
         proc.kill()
         await proc.wait()
         return ""
+    except asyncio.CancelledError:
+        proc.kill()
+        raise
     return out.decode(errors="replace")

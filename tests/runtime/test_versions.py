@@ -238,3 +238,36 @@ def test_config_default_lists_the_key(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     section = out.stdout.split("[runtime]", 1)[1].split("\n[", 1)[0]
     assert "refuse_unpatched_runtimes = false" in section
+
+
+def test_close_cancels_a_probe_and_kills_its_process(tmp_path: Path) -> None:
+    """A runtime that stops while a ``--version`` probe runs leaves no task and no process."""
+    pidfile = tmp_path / "pid"
+    slow = tmp_path / "bin" / "runc"
+    slow.parent.mkdir()
+    slow.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 60\n")
+    slow.chmod(0o755)
+    policy = RuntimePolicy(logging.getLogger("test"))
+
+    def gone(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split()[2] == "Z"
+        except FileNotFoundError:
+            return True
+
+    async def go() -> None:
+        probe = asyncio.ensure_future(policy.verdict(str(slow)))
+        deadline = time.monotonic() + 20
+        while not (pidfile.exists() and pidfile.read_text().strip()):  # the probe runs
+            assert time.monotonic() < deadline and not probe.done()
+            await asyncio.sleep(0.01)
+        pid = int(pidfile.read_text())
+        policy.close()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        while not gone(pid):
+            assert time.monotonic() < deadline, "the probe's process lives on"
+            await asyncio.sleep(0.01)
+
+    asyncio.run(go())
